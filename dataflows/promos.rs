@@ -1,0 +1,503 @@
+//! Job 1, `promos`: restaurant campaigns ⋈ subscriptions → notification drafts.
+//!
+//! ```text
+//!  raw Kafka records ──decode──┬── Err ─────────────────────────────► dead letters
+//!                              └── Ok(Campaign)
+//!                                     │ valid_campaigns: +1 at max(arrival, start)
+//!                                     │                  −1 at max(arrival, end)
+//!                                     │ distinct (one copy per campaign version)
+//!                                     ▼
+//!                        arrange by restaurant_id ─┐
+//!                                                  ├─ join ──► Draft { campaign, client_id }
+//!  subscribers_restaurants ── distinct pairs ──────┘
+//!     arranged by restaurant_id
+//! ```
+//!
+//! The rules, by name:
+//! * [`parse_campaign`]: what a valid campaign message is; everything else is a [`Reject`].
+//! * [`valid_campaigns`]: *insert at start, retract at end* — a campaign exists in
+//!   `[adv_campaign_datetime_start, adv_campaign_datetime_end)`, never before its arrival.
+//!   A campaign that arrives after its end is inserted and retracted at the same time and
+//!   therefore never appears.
+//! * [`drafts`]: one draft per (campaign, client) while the campaign is valid and the client
+//!   subscribes to its restaurant; duplicate subscription rows count once.
+//! * [`Draft::notification`]: the exact output format, with `trigger_datetime_created` being
+//!   the logical second at which the draft came into existence.
+
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{DeadLetter, Diff, RawRecord, Time, secs_to_time};
+
+/// A promotion campaign, as published on the promos topic (all eight fields are required).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Campaign {
+    /// Restaurant running the campaign; joins with the subscriptions.
+    pub restaurant_id: String,
+    /// Identifies the campaign.
+    pub adv_campaign_id: String,
+    /// Text of the promotion.
+    pub adv_campaign_content: String,
+    /// Person responsible for the campaign.
+    pub adv_campaign_owner: String,
+    /// Contact of the owner.
+    pub adv_campaign_owner_contact: String,
+    /// Start of validity, unix seconds (inclusive).
+    pub adv_campaign_datetime_start: i64,
+    /// End of validity, unix seconds (exclusive).
+    pub adv_campaign_datetime_end: i64,
+    /// When the campaign version was created, unix seconds.
+    pub datetime_created: i64,
+}
+
+/// One row of `subscribers_restaurants`: a client has a restaurant among their favourites.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Subscription {
+    /// The subscribing client.
+    pub client_id: String,
+    /// The restaurant subscribed to.
+    pub restaurant_id: String,
+}
+
+/// A notification draft: one campaign for one subscribed client.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Draft {
+    /// The campaign, as valid when the draft exists.
+    pub campaign: Campaign,
+    /// The client to notify.
+    pub client_id: String,
+}
+
+/// The notification message and feedback row, field for field in the order of the SPEC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification<'a> {
+    /// See [`Campaign::restaurant_id`].
+    pub restaurant_id: &'a str,
+    /// See [`Campaign::adv_campaign_id`].
+    pub adv_campaign_id: &'a str,
+    /// See [`Campaign::adv_campaign_content`].
+    pub adv_campaign_content: &'a str,
+    /// See [`Campaign::adv_campaign_owner`].
+    pub adv_campaign_owner: &'a str,
+    /// See [`Campaign::adv_campaign_owner_contact`].
+    pub adv_campaign_owner_contact: &'a str,
+    /// See [`Campaign::adv_campaign_datetime_start`].
+    pub adv_campaign_datetime_start: i64,
+    /// See [`Campaign::adv_campaign_datetime_end`].
+    pub adv_campaign_datetime_end: i64,
+    /// The notified client.
+    pub client_id: &'a str,
+    /// See [`Campaign::datetime_created`].
+    pub datetime_created: i64,
+    /// Unix second at which the draft came into existence in the job's logical time.
+    pub trigger_datetime_created: i64,
+}
+
+impl Draft {
+    /// The Kafka key of the draft: `<adv_campaign_id>:<client_id>`.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.campaign.adv_campaign_id, self.client_id)
+    }
+
+    /// The notification for this draft, which came into existence at logical time `time`.
+    pub fn notification(&self, time: Time) -> Notification<'_> {
+        let c = &self.campaign;
+        Notification {
+            restaurant_id: &c.restaurant_id,
+            adv_campaign_id: &c.adv_campaign_id,
+            adv_campaign_content: &c.adv_campaign_content,
+            adv_campaign_owner: &c.adv_campaign_owner,
+            adv_campaign_owner_contact: &c.adv_campaign_owner_contact,
+            adv_campaign_datetime_start: c.adv_campaign_datetime_start,
+            adv_campaign_datetime_end: c.adv_campaign_datetime_end,
+            client_id: &self.client_id,
+            datetime_created: c.datetime_created,
+            trigger_datetime_created: crate::time_to_secs(time),
+        }
+    }
+}
+
+/// Why a campaign message was rejected. [`Reject::code`] is what the dead-letter topic carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// The message has no value at all (a Kafka tombstone).
+    Tombstone,
+    /// The value is zero bytes long.
+    EmptyValue,
+    /// The value is not valid UTF-8.
+    NotUtf8,
+    /// The value is UTF-8 but not JSON.
+    NotJson,
+    /// The value is JSON but not an object.
+    NotObject,
+    /// A required field is absent.
+    MissingField(&'static str),
+    /// A required field is `null`.
+    NullField(&'static str),
+    /// A field has the wrong JSON type (strings must be strings, datetimes integers).
+    WrongType(&'static str),
+    /// A datetime does not fit the output (`trigger_datetime_created` is an `int4`).
+    OutOfRange(&'static str),
+    /// `adv_campaign_datetime_end <= adv_campaign_datetime_start`: the campaign is never valid.
+    EndNotAfterStart,
+}
+
+impl Reject {
+    /// Stable, machine-readable reason, e.g. `missing_field:restaurant_id`.
+    pub fn code(&self) -> String {
+        match self {
+            Reject::Tombstone => "tombstone".into(),
+            Reject::EmptyValue => "empty_value".into(),
+            Reject::NotUtf8 => "not_utf8".into(),
+            Reject::NotJson => "not_json".into(),
+            Reject::NotObject => "not_object".into(),
+            Reject::MissingField(f) => format!("missing_field:{f}"),
+            Reject::NullField(f) => format!("null_field:{f}"),
+            Reject::WrongType(f) => format!("wrong_type:{f}"),
+            Reject::OutOfRange(f) => format!("out_of_range:{f}"),
+            Reject::EndNotAfterStart => "end_not_after_start".into(),
+        }
+    }
+}
+
+fn field<'v>(obj: &'v Map<String, Value>, name: &'static str) -> Result<&'v Value, Reject> {
+    match obj.get(name) {
+        None => Err(Reject::MissingField(name)),
+        Some(Value::Null) => Err(Reject::NullField(name)),
+        Some(v) => Ok(v),
+    }
+}
+
+fn string(obj: &Map<String, Value>, name: &'static str) -> Result<String, Reject> {
+    field(obj, name)?
+        .as_str()
+        .map(str::to_owned)
+        .ok_or(Reject::WrongType(name))
+}
+
+fn seconds(obj: &Map<String, Value>, name: &'static str) -> Result<i64, Reject> {
+    field(obj, name)?.as_i64().ok_or(Reject::WrongType(name))
+}
+
+/// Decodes one campaign message value. Unknown extra fields are ignored.
+pub fn parse_campaign(value: Option<&[u8]>) -> Result<Campaign, Reject> {
+    let bytes = value.ok_or(Reject::Tombstone)?;
+    if bytes.is_empty() {
+        return Err(Reject::EmptyValue);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| Reject::NotUtf8)?;
+    let json: Value = serde_json::from_str(text).map_err(|_| Reject::NotJson)?;
+    let obj = json.as_object().ok_or(Reject::NotObject)?;
+    let campaign = Campaign {
+        restaurant_id: string(obj, "restaurant_id")?,
+        adv_campaign_id: string(obj, "adv_campaign_id")?,
+        adv_campaign_content: string(obj, "adv_campaign_content")?,
+        adv_campaign_owner: string(obj, "adv_campaign_owner")?,
+        adv_campaign_owner_contact: string(obj, "adv_campaign_owner_contact")?,
+        adv_campaign_datetime_start: seconds(obj, "adv_campaign_datetime_start")?,
+        adv_campaign_datetime_end: seconds(obj, "adv_campaign_datetime_end")?,
+        datetime_created: seconds(obj, "datetime_created")?,
+    };
+    // `trigger_datetime_created` (int4) is at least the start, so the start must fit an int4.
+    if i32::try_from(campaign.adv_campaign_datetime_start).is_err() {
+        return Err(Reject::OutOfRange("adv_campaign_datetime_start"));
+    }
+    if campaign.adv_campaign_datetime_end <= campaign.adv_campaign_datetime_start {
+        return Err(Reject::EndNotAfterStart);
+    }
+    Ok(campaign)
+}
+
+/// Splits raw promo records into decoded campaigns and dead letters.
+pub fn decode<'s>(
+    raw: VecCollection<'s, Time, RawRecord, Diff>,
+) -> (
+    VecCollection<'s, Time, Campaign, Diff>,
+    VecCollection<'s, Time, DeadLetter, Diff>,
+) {
+    let decoded = raw.map(|record| match parse_campaign(record.value.as_deref()) {
+        Ok(campaign) => Ok(campaign),
+        Err(reject) => Err(DeadLetter {
+            record,
+            reason: reject.code(),
+        }),
+    });
+    let campaigns = decoded.clone().flat_map(Result::ok);
+    let dead_letters = decoded.flat_map(Result::err);
+    (campaigns, dead_letters)
+}
+
+/// Insert at start, retract at end: each campaign exists during its validity interval.
+///
+/// An update arriving at logical time `a` is moved to `max(a, start)` and cancelled at
+/// `max(a, end)`; a campaign that arrives after its end therefore cancels out immediately.
+pub fn valid_campaigns<'s>(
+    campaigns: VecCollection<'s, Time, Campaign, Diff>,
+) -> VecCollection<'s, Time, Campaign, Diff> {
+    campaigns.join_function(|campaign| {
+        let start = secs_to_time(campaign.adv_campaign_datetime_start);
+        let end = secs_to_time(campaign.adv_campaign_datetime_end);
+        [(campaign.clone(), start, 1), (campaign, end, -1)]
+    })
+}
+
+/// Notification drafts: valid campaigns joined with the *distinct* subscriptions of their
+/// restaurant. The result is a set: each draft has multiplicity one while it exists.
+pub fn drafts<'s>(
+    campaigns: VecCollection<'s, Time, Campaign, Diff>,
+    subscriptions: VecCollection<'s, Time, Subscription, Diff>,
+) -> VecCollection<'s, Time, Draft, Diff> {
+    let campaigns = valid_campaigns(campaigns)
+        // The same message delivered twice is one campaign.
+        .threshold_named("DistinctCampaigns", |_, count| Diff::from(*count > 0))
+        .map(|campaign| (campaign.restaurant_id.clone(), campaign))
+        .arrange_by_key_named("CampaignsByRestaurant");
+    subscriptions
+        .map(|s| (s.restaurant_id, s.client_id))
+        // Duplicate rows for the same pair are one subscription.
+        .threshold_named("DistinctSubscriptions", |_, count| Diff::from(*count > 0))
+        .arrange_by_key_named("SubscribersByRestaurant")
+        .join_core(campaigns, |_restaurant, client_id, campaign| {
+            Some(Draft {
+                campaign: campaign.clone(),
+                client_id: client_id.clone(),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::{Capture, ToStream};
+
+    fn campaign(id: &str, restaurant: &str, start: i64, end: i64) -> Campaign {
+        Campaign {
+            restaurant_id: restaurant.into(),
+            adv_campaign_id: id.into(),
+            adv_campaign_content: "first campaign".into(),
+            adv_campaign_owner: "Ivanov Ivan Ivanovich".into(),
+            adv_campaign_owner_contact: "iiivanov@restaurant.ru".into(),
+            adv_campaign_datetime_start: start,
+            adv_campaign_datetime_end: end,
+            datetime_created: 1_659_131_516,
+        }
+    }
+
+    fn sub(client: &str, restaurant: &str) -> Subscription {
+        Subscription {
+            client_id: client.into(),
+            restaurant_id: restaurant.into(),
+        }
+    }
+
+    fn draft(c: &Campaign, client: &str) -> Draft {
+        Draft {
+            campaign: c.clone(),
+            client_id: client.into(),
+        }
+    }
+
+    /// Runs `drafts` over the given timed inputs and returns its consolidated output.
+    fn run_drafts(
+        campaigns: Vec<(Campaign, Time, Diff)>,
+        subscriptions: Vec<(Subscription, Time, Diff)>,
+    ) -> Vec<(Draft, Time, Diff)> {
+        let captured = timely::example(move |scope| {
+            let c = campaigns.into_iter().to_stream(scope).as_collection();
+            let s = subscriptions.into_iter().to_stream(scope).as_collection();
+            drafts(c, s).consolidate().inner.capture()
+        });
+        let mut out: Vec<_> = captured.extract().into_iter().flat_map(|(_, v)| v).collect();
+        out.sort();
+        out
+    }
+
+    const VALID: &str = r#"{"restaurant_id":"r","adv_campaign_id":"c","adv_campaign_content":"x",
+        "adv_campaign_owner":"o","adv_campaign_owner_contact":"e","adv_campaign_datetime_start":10,
+        "adv_campaign_datetime_end":20,"datetime_created":5,"extra":[1,2]}"#;
+
+    #[test]
+    fn parses_a_valid_campaign_and_ignores_unknown_fields() {
+        let c = parse_campaign(Some(VALID.as_bytes())).expect("valid");
+        assert_eq!(c.restaurant_id, "r");
+        assert_eq!(
+            (c.adv_campaign_datetime_start, c.adv_campaign_datetime_end),
+            (10, 20)
+        );
+    }
+
+    #[test]
+    fn rejects_every_class_of_bad_input_with_its_reason() {
+        let with = |from: &str, to: &str| VALID.replace(from, to);
+        let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
+            (None, "tombstone"),
+            (Some(vec![]), "empty_value"),
+            (Some(vec![0xff, 0xfe, b'{']), "not_utf8"),
+            (Some(b"{not json".to_vec()), "not_json"),
+            (Some(b"[1,2,3]".to_vec()), "not_object"),
+            (Some(b"\"text\"".to_vec()), "not_object"),
+            (
+                Some(with(r#""restaurant_id":"r","#, "").into_bytes()),
+                "missing_field:restaurant_id",
+            ),
+            (
+                Some(with(r#""adv_campaign_id":"c""#, r#""adv_campaign_id":null"#).into_bytes()),
+                "null_field:adv_campaign_id",
+            ),
+            (
+                Some(with(r#""adv_campaign_owner":"o""#, r#""adv_campaign_owner":7"#).into_bytes()),
+                "wrong_type:adv_campaign_owner",
+            ),
+            (
+                Some(with(r#""datetime_created":5"#, r#""datetime_created":"5""#).into_bytes()),
+                "wrong_type:datetime_created",
+            ),
+            (
+                Some(with(r#""datetime_created":5"#, r#""datetime_created":5.5"#).into_bytes()),
+                "wrong_type:datetime_created",
+            ),
+            (
+                Some(
+                    with(
+                        r#""adv_campaign_datetime_end":20"#,
+                        r#""adv_campaign_datetime_end":10"#,
+                    )
+                    .into_bytes(),
+                ),
+                "end_not_after_start",
+            ),
+            (
+                Some(
+                    with(
+                        r#""adv_campaign_datetime_start":10"#,
+                        r#""adv_campaign_datetime_start":99999999999"#,
+                    )
+                    .into_bytes(),
+                ),
+                "out_of_range:adv_campaign_datetime_start",
+            ),
+        ];
+        for (value, expected) in cases {
+            let got = parse_campaign(value.as_deref()).map_err(|r| r.code());
+            assert_eq!(got, Err(expected.to_string()), "value {value:?}");
+        }
+    }
+
+    #[test]
+    fn decode_routes_bad_records_to_dead_letters_as_data() {
+        let good = RawRecord {
+            partition: 0,
+            offset: 1,
+            key: Some(b"first_message".to_vec()),
+            value: Some(VALID.as_bytes().to_vec()),
+        };
+        let bad = RawRecord {
+            partition: 2,
+            offset: 7,
+            key: Some(b"k".to_vec()),
+            value: Some(b"nope".to_vec()),
+        };
+        let input = vec![(good, 5u64, 1isize), (bad.clone(), 6, 1)];
+        let (campaigns, dead) = timely::example(move |scope| {
+            let raw = input.into_iter().to_stream(scope).as_collection();
+            let (c, d) = decode(raw);
+            (c.inner.capture(), d.inner.capture())
+        });
+        let campaigns: Vec<_> = campaigns.extract().into_iter().flat_map(|(_, v)| v).collect();
+        let dead: Vec<_> = dead.extract().into_iter().flat_map(|(_, v)| v).collect();
+        assert_eq!(campaigns.len(), 1);
+        assert_eq!(campaigns[0].1, 5);
+        assert_eq!(
+            dead,
+            vec![(
+                DeadLetter {
+                    record: bad,
+                    reason: "not_json".into()
+                },
+                6,
+                1
+            )]
+        );
+    }
+
+    #[test]
+    fn a_valid_campaign_is_inserted_on_arrival_and_retracted_at_its_end() {
+        // Valid [10 s, 20 s); arrives at 12.5 s.
+        let c = campaign("c1", "r1", 10, 20);
+        let out = run_drafts(vec![(c.clone(), 12_500, 1)], vec![(sub("a", "r1"), 0, 1)]);
+        assert_eq!(
+            out,
+            vec![(draft(&c, "a"), 12_500, 1), (draft(&c, "a"), 20_000, -1)]
+        );
+    }
+
+    #[test]
+    fn an_early_campaign_is_held_until_its_start() {
+        let c = campaign("c1", "r1", 10, 20);
+        let out = run_drafts(vec![(c.clone(), 3_000, 1)], vec![(sub("a", "r1"), 0, 1)]);
+        assert_eq!(
+            out,
+            vec![(draft(&c, "a"), 10_000, 1), (draft(&c, "a"), 20_000, -1)]
+        );
+    }
+
+    #[test]
+    fn an_ended_campaign_gives_nothing() {
+        let c = campaign("c1", "r1", 10, 20);
+        let out = run_drafts(vec![(c, 25_000, 1)], vec![(sub("a", "r1"), 0, 1)]);
+        assert_eq!(out, vec![]);
+    }
+
+    #[test]
+    fn duplicate_subscriptions_and_duplicate_deliveries_count_once() {
+        let c = campaign("c1", "r1", 10, 20);
+        let out = run_drafts(
+            vec![(c.clone(), 11_000, 1), (c.clone(), 12_000, 1)],
+            vec![
+                (sub("a", "r1"), 0, 1),
+                (sub("a", "r1"), 0, 1),
+                (sub("b", "r2"), 0, 1),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![(draft(&c, "a"), 11_000, 1), (draft(&c, "a"), 20_000, -1)]
+        );
+    }
+
+    #[test]
+    fn a_subscription_during_validity_adds_a_draft_and_an_unsubscribe_retracts_it() {
+        let c = campaign("c1", "r1", 10, 20);
+        let out = run_drafts(
+            vec![(c.clone(), 10_000, 1)],
+            vec![(sub("a", "r1"), 14_000, 1), (sub("a", "r1"), 16_000, -1)],
+        );
+        assert_eq!(
+            out,
+            vec![(draft(&c, "a"), 14_000, 1), (draft(&c, "a"), 16_000, -1)]
+        );
+    }
+
+    #[test]
+    fn notification_has_the_spec_fields_in_order_and_the_trigger_second() {
+        let c = campaign(
+            "123e4567-e89b-12d3-a456-426614174003",
+            "123e4567-e89b-12d3-a456-426614174000",
+            1_659_203_516,
+            2_659_207_116,
+        );
+        let d = draft(&c, "023e4567-e89b-12d3-a456-426614174000");
+        let json = serde_json::to_string(&d.notification(1_659_304_828_999)).expect("json");
+        assert_eq!(
+            json,
+            r#"{"restaurant_id":"123e4567-e89b-12d3-a456-426614174000","adv_campaign_id":"123e4567-e89b-12d3-a456-426614174003","adv_campaign_content":"first campaign","adv_campaign_owner":"Ivanov Ivan Ivanovich","adv_campaign_owner_contact":"iiivanov@restaurant.ru","adv_campaign_datetime_start":1659203516,"adv_campaign_datetime_end":2659207116,"client_id":"023e4567-e89b-12d3-a456-426614174000","datetime_created":1659131516,"trigger_datetime_created":1659304828}"#
+        );
+        assert_eq!(
+            d.key(),
+            "123e4567-e89b-12d3-a456-426614174003:023e4567-e89b-12d3-a456-426614174000"
+        );
+    }
+}
