@@ -1,1 +1,32 @@
-fn main(){}
+//! The `dishflow` binary: parses the command line, runs the command, and turns any error
+//! into one line on stderr and a non-zero exit status.
+
+use clap::Parser;
+use dishflow::cli::{Cli, Command, ProduceCommand};
+use tracing_subscriber::EnvFilter;
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Setup(args) => {
+            dishflow::pg::setup_promos(&args.postgres_url)?;
+            tracing::info!("schema ready");
+            Ok(())
+        }
+        Command::Promos(args) => dishflow::jobs::promos::run(args),
+        Command::Produce(ProduceCommand::Promos(args)) => dishflow::produce::promos(&args),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(error) = run(cli) {
+        eprintln!("dishflow: error: {error:#}");
+        std::process::exit(1);
+    }
+}

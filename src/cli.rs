@@ -1,0 +1,271 @@
+//! Command line of the `dishflow` binary.
+//!
+//! Every flag can also be given as an environment variable `DISHFLOW_<FLAG>` (upper case,
+//! dashes as underscores), e.g. `DISHFLOW_BROKERS`, `DISHFLOW_POSTGRES_URL`. A flag on the
+//! command line wins over the environment.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Streaming jobs for a food-delivery aggregator, on timely and differential dataflow.
+///
+/// Inputs (Kafka topics, Postgres tables) become differential collections; outputs are the
+/// changes of collections, written to Kafka and Postgres as they happen.
+#[derive(Debug, Parser)]
+#[command(name = "dishflow", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the tables and indexes the jobs write to (accepts tables created by others).
+    Setup(SetupArgs),
+    /// Job 1: restaurant promos ⋈ subscribers → notification drafts (Kafka) + feedback rows (Postgres).
+    Promos(PromosArgs),
+    /// Produce valid test data to Kafka.
+    #[command(subcommand)]
+    Produce(ProduceCommand),
+}
+
+/// Arguments of `dishflow setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Postgres connection URL.
+    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL)]
+    pub postgres_url: String,
+}
+
+/// The default Postgres URL: the local server's database `de`.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/de";
+
+/// How to reach Kafka (shared by every command that talks to it).
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma separated (HOST:PORT,...).
+    #[arg(long, env = "DISHFLOW_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Any librdkafka setting, like `kcat -X` (repeatable): e.g. `security.protocol=SASL_SSL`.
+    /// In the environment, separate several with `;`.
+    #[arg(long = "kafka-property", env = "DISHFLOW_KAFKA_PROPERTY", value_name = "KEY=VALUE",
+          value_parser = parse_key_value, value_delimiter = ';')]
+    pub properties: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+/// Scale-out: worker threads per process, and processes in a cluster.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Worker threads in this process.
+    #[arg(long, short = 'w', env = "DISHFLOW_WORKERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
+
+    /// Number of processes in the cluster (all started with the same arguments but --process).
+    #[arg(long, env = "DISHFLOW_PROCESSES", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub processes: u16,
+
+    /// Index of this process in the cluster, 0-based.
+    #[arg(long, env = "DISHFLOW_PROCESS", default_value_t = 0)]
+    pub process: u16,
+
+    /// File with one HOST:PORT per line, line i being process i (needed with --processes > 1).
+    #[arg(long, env = "DISHFLOW_HOSTFILE")]
+    pub hostfile: Option<PathBuf>,
+}
+
+/// Where a job starts reading its Kafka topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartFrom {
+    /// The first retained offset of every partition.
+    Earliest,
+    /// The end of every partition as of startup: only new messages.
+    Latest,
+}
+
+/// How retractions (campaign ended, client unsubscribed) appear in the notification topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Envelope {
+    /// Only insertions are written; a retraction writes nothing.
+    Append,
+    /// A retraction writes a tombstone (same key, null value), for compacted topics.
+    Upsert,
+}
+
+/// Arguments of `dishflow promos`.
+#[derive(Debug, Args)]
+pub struct PromosArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Postgres connection URL (subscribers are read from, feedback rows written to, it).
+    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL)]
+    pub postgres_url: String,
+
+    /// Topic with the restaurant campaigns (JSON).
+    #[arg(long, env = "DISHFLOW_PROMO_TOPIC", default_value = "restaurant_promos")]
+    pub promo_topic: String,
+
+    /// Topic the notification drafts are written to (created if missing).
+    #[arg(long, env = "DISHFLOW_NOTIFICATION_TOPIC", default_value = "promo_notifications")]
+    pub notification_topic: String,
+
+    /// Topic undecodable promo messages are written to, with the reason in headers
+    /// (created if missing).
+    #[arg(long, env = "DISHFLOW_DEAD_LETTER_TOPIC", default_value = "restaurant_promos.dlq")]
+    pub dead_letter_topic: String,
+
+    /// Where to start reading the promo topic.
+    #[arg(long, env = "DISHFLOW_FROM", value_enum, default_value_t = StartFrom::Earliest)]
+    pub from: StartFrom,
+
+    /// Bounded run: read every partition up to its end as of startup, flush every sink, exit 0.
+    /// Drafts that would only start existing later (campaigns starting in the future) are not
+    /// written by such a run.
+    #[arg(long, env = "DISHFLOW_STOP_AT_END")]
+    pub stop_at_end: bool,
+
+    /// How retractions appear in the notification topic.
+    #[arg(long, env = "DISHFLOW_ENVELOPE", value_enum, default_value_t = Envelope::Append)]
+    pub envelope: Envelope,
+
+    /// How often (milliseconds) idle sources advance logical time with the wall clock: the
+    /// delay with which time-triggered drafts (campaign start, end) are released.
+    #[arg(long, env = "DISHFLOW_TICK_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub tick_ms: u64,
+
+    /// Timely cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// What `dishflow produce` generates.
+#[derive(Debug, Subcommand)]
+pub enum ProduceCommand {
+    /// Valid campaign messages for the promos job.
+    Promos(ProducePromosArgs),
+}
+
+/// Arguments of `dishflow produce promos`.
+#[derive(Debug, Args)]
+pub struct ProducePromosArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Topic to write to (created with --partitions if missing).
+    #[arg(long, env = "DISHFLOW_TOPIC", default_value = "restaurant_promos")]
+    pub topic: String,
+
+    /// Partitions of the topic, if it has to be created.
+    #[arg(long, env = "DISHFLOW_PARTITIONS", default_value_t = 4)]
+    pub partitions: i32,
+
+    /// Number of campaigns to produce.
+    #[arg(long, env = "DISHFLOW_COUNT", default_value_t = 10)]
+    pub count: u64,
+
+    /// Campaigns go to restaurants `<prefix>…<n>` for n in 0..restaurants, round robin. With the
+    /// default prefix, restaurant 0 is the seed example's `123e4567-e89b-12d3-a456-426614174000`.
+    #[arg(long, env = "DISHFLOW_RESTAURANTS", default_value_t = 1)]
+    pub restaurants: u64,
+
+    /// First campaign number: campaign ids are `<campaign-prefix>…<n>`.
+    #[arg(long, env = "DISHFLOW_FIRST_CAMPAIGN", default_value_t = 3)]
+    pub first_campaign: u64,
+
+    /// Campaign validity start, relative to now, in seconds (negative: already started).
+    #[arg(long, env = "DISHFLOW_START_IN", default_value_t = -3600, allow_hyphen_values = true)]
+    pub start_in: i64,
+
+    /// Campaign validity, in seconds from the start.
+    #[arg(long, env = "DISHFLOW_VALID_FOR", default_value_t = 86_400)]
+    pub valid_for: i64,
+
+    /// Use the seed example's fixed datetimes (start 1659203516, end 2659207116) instead of
+    /// --start-in / --valid-for.
+    #[arg(long, env = "DISHFLOW_SEED_TIMES")]
+    pub seed_times: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn contract_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "dishflow",
+            "promos",
+            "--brokers",
+            "h:1",
+            "--postgres-url",
+            "postgres://x/de",
+            "--promo-topic",
+            "p",
+            "--notification-topic",
+            "n",
+            "--dead-letter-topic",
+            "d",
+            "--from",
+            "latest",
+            "--stop-at-end",
+            "--envelope",
+            "upsert",
+            "--workers",
+            "2",
+            "--processes",
+            "2",
+            "--process",
+            "1",
+            "--hostfile",
+            "/tmp/h",
+            "--kafka-property",
+            "linger.ms=1",
+            "--kafka-property",
+            "acks=all",
+        ])
+        .expect("contract flags");
+        let Command::Promos(args) = cli.command else {
+            panic!("not promos")
+        };
+        assert_eq!(args.from, StartFrom::Latest);
+        assert_eq!(args.envelope, Envelope::Upsert);
+        assert!(args.stop_at_end);
+        assert_eq!(args.cluster.workers, 2);
+        assert_eq!(
+            args.kafka.properties,
+            vec![
+                ("linger.ms".to_string(), "1".to_string()),
+                ("acks".to_string(), "all".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_property_is_rejected() {
+        let err = Cli::try_parse_from(["dishflow", "promos", "--kafka-property", "nokey"])
+            .expect_err("must fail");
+        assert!(err.to_string().contains("KEY=VALUE"));
+    }
+}

@@ -1,0 +1,168 @@
+//! Job control: fatal errors, shutdown on signals, and the agreed end of bounded runs.
+//!
+//! # How a job ends
+//!
+//! A job ends when its sources *finish*: in a bounded run (`--stop-at-end`) when every owned
+//! partition has been read to its end, and in any run on SIGTERM/SIGINT. A finished source
+//! stops reading and holds its capability at its *final time* (the wall-clock time at which
+//! it finished). Then the workers agree on the **horizon**: the largest final time of all
+//! sources of all workers, computed by the small completion dataflow built by
+//! [`completion_barrier`]:
+//!
+//! ```text
+//!  every worker: local sources all finished at t_w ──(w, t_w)──► worker 0
+//!  worker 0: once all peers reported, horizon = max t_w ──(w, horizon)──► every worker
+//!  every worker: sources drop their capabilities; sinks write every update < horizon + 1
+//! ```
+//!
+//! Once the sources drop their capabilities, every frontier becomes empty. Sinks then write
+//! what is complete — updates at times up to the horizon — and discard the updates that the
+//! temporal logic had scheduled for later (a campaign that starts tomorrow): those belong to
+//! a later run. A second SIGTERM/SIGINT exits at once.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use dataflows::Time;
+use timely::dataflow::Scope;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::{Exchange, Operator};
+
+/// How a process ends: `Ok` once every worker finished, or the first fatal error.
+pub type Outcome = anyhow::Result<()>;
+
+/// Process-wide control shared by all workers of a process: report fatal errors, observe
+/// shutdown requests.
+#[derive(Clone)]
+pub struct Control {
+    fatal: Sender<Outcome>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Control {
+    /// Creates the control handle; fatal errors are sent to `fatal`, signals set `shutdown`.
+    pub fn new(fatal: Sender<Outcome>, shutdown: Arc<AtomicBool>) -> Self {
+        Control { fatal, shutdown }
+    }
+
+    /// Reports an error that must end the process (the main thread exits non-zero).
+    pub fn fail(&self, error: anyhow::Error) {
+        // The receiver only disappears when the process is exiting anyway.
+        let _ = self.fatal.send(Err(error));
+    }
+
+    /// Whether SIGTERM/SIGINT asked the job to finish.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// Installs SIGTERM/SIGINT handlers: the first sets the returned flag (graceful finish),
+/// the second exits immediately with status 130.
+pub fn install_signal_handlers() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let requested = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        flag::register_conditional_shutdown(signal, 130, Arc::clone(&requested))?;
+        flag::register(signal, Arc::clone(&requested))?;
+    }
+    Ok(requested)
+}
+
+#[derive(Default)]
+struct State {
+    registered: usize,
+    finished: usize,
+    final_time: Time,
+    horizon: Option<Time>,
+}
+
+/// Per-worker completion state shared by the worker's sources, sinks and the barrier.
+#[derive(Clone, Default)]
+pub struct Completion {
+    state: Rc<RefCell<State>>,
+}
+
+impl Completion {
+    /// Registers one more source that must finish before the worker is finished.
+    pub fn register_source(&self) {
+        self.state.borrow_mut().registered += 1;
+    }
+
+    /// Records that one registered source finished at logical time `time`.
+    pub fn source_finished(&self, time: Time) {
+        let mut state = self.state.borrow_mut();
+        state.finished += 1;
+        state.final_time = state.final_time.max(time);
+    }
+
+    /// The worker's final time, once all its registered sources finished.
+    fn local_final(&self) -> Option<Time> {
+        let state = self.state.borrow();
+        (state.finished >= state.registered).then_some(state.final_time)
+    }
+
+    /// The horizon agreed by all workers: the last logical time of the run, if decided.
+    pub fn horizon(&self) -> Option<Time> {
+        self.state.borrow().horizon
+    }
+
+    fn set_horizon(&self, horizon: Time) {
+        self.state.borrow_mut().horizon = Some(horizon);
+    }
+}
+
+/// Builds the completion dataflow (see the module docs). Call it after all sources of the
+/// worker have registered with `completion`. `poll` is how often to look for local completion.
+pub fn completion_barrier(scope: Scope<'_, Time>, completion: &Completion, poll: Duration) {
+    let peers = scope.peers();
+    let index = scope.index();
+    let local = completion.clone();
+    let finals = source(scope, "CompletionAnnounce", move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let mut capability = Some(capability);
+        move |output| {
+            if let Some(final_time) = local.local_final() {
+                if let Some(cap) = capability.take() {
+                    output.session(&cap).give((index, final_time));
+                }
+            } else {
+                activator.activate_after(poll);
+            }
+        }
+    })
+    .container::<Vec<(usize, Time)>>();
+
+    let decided = finals.exchange(|_| 0).unary(Pipeline, "CompletionDecide", |_, _| {
+        let mut reported: Vec<Time> = Vec::new();
+        move |input, output| {
+            input.for_each(|cap, data| {
+                reported.extend(data.drain(..).map(|(_, t)| t));
+                if reported.len() == peers {
+                    let horizon = reported.iter().copied().max().unwrap_or_default();
+                    output
+                        .session(&cap)
+                        .give_iterator((0..peers).map(|w| (w, horizon)));
+                }
+            });
+        }
+    });
+
+    let local = completion.clone();
+    decided
+        .container::<Vec<(usize, Time)>>()
+        .exchange(|(w, _)| *w as u64)
+        .sink(Pipeline, "CompletionApply", move |(input, _frontier)| {
+            input.for_each(|_, data| {
+                for (_, horizon) in data.drain(..) {
+                    local.set_horizon(horizon);
+                }
+            });
+        });
+}

@@ -1,0 +1,42 @@
+//! The jobs: wiring of sources, dataflows and sinks, and how a job's processes run and end.
+
+pub mod promos;
+
+use std::sync::mpsc::channel;
+
+use anyhow::{Result, anyhow};
+use timely::worker::Worker;
+
+use crate::control::{Control, Outcome};
+
+/// Runs `build` on every worker of the cluster described by `config` and waits until all
+/// workers finished, or until any of them reports a fatal error through the [`Control`]
+/// passed to `build` (then the error is returned at once, without waiting for the others).
+pub fn run_workers<F>(
+    config: timely::Config,
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    build: F,
+) -> Result<()>
+where
+    F: Fn(&mut Worker, Control) + Send + Sync + 'static,
+{
+    let (tx, rx) = channel::<Outcome>();
+    let control = Control::new(tx.clone(), shutdown);
+    let guards = timely::execute(config, move |worker| build(worker, control.clone()))
+        .map_err(|e| anyhow!("cannot start the timely cluster: {e}"))?;
+    std::thread::spawn(move || {
+        let failures: Vec<String> = guards
+            .join()
+            .into_iter()
+            .filter_map(|r| r.err())
+            .collect();
+        let outcome = if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!("worker failed: {}", failures.join("; ")))
+        };
+        let _ = tx.send(outcome);
+    });
+    rx.recv()
+        .map_err(|_| anyhow!("workers ended without reporting"))?
+}

@@ -1,0 +1,121 @@
+//! `dishflow promos`: Kafka promos ⋈ Postgres subscribers → Kafka drafts + feedback rows.
+//!
+//! ```text
+//!  Kafka restaurant_promos ─► kafka_source ─► promos::decode ─┬─► dead letters ─► Kafka *.dlq
+//!                                                             └─► campaigns ─┐
+//!  Postgres subscribers_restaurants ─► subscribers_snapshot ─────────────────┤ promos::drafts
+//!                                                                            ▼
+//!                                  drafts ─┬─► Kafka promo_notifications (append | upsert)
+//!                                          └─► Postgres subscribers_feedback (idempotent)
+//! ```
+//!
+//! Startup checks run before any worker starts, so that a bad URL or an unreachable server
+//! ends the program with one line: the schema is created or verified, the promo topic must
+//! exist, the output topics are created (with the promo topic's partition count) if missing.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use dataflows::promos;
+use tracing::info;
+
+use crate::cli::PromosArgs;
+use crate::control::{Completion, completion_barrier, install_signal_handlers};
+use crate::sinks::kafka::{DeadLetterEncoder, DraftEncoder, KafkaWriter};
+use crate::sinks::postgres::FeedbackWriter;
+use crate::sinks::sink;
+use crate::sources::kafka::{KafkaSourceConfig, kafka_source, wall_clock_ms};
+use crate::sources::postgres::subscribers_snapshot;
+use crate::{cluster, kafka, pg};
+
+/// Runs the promos job until its input ends (`--stop-at-end`) or a signal asks it to stop.
+pub fn run(args: PromosArgs) -> Result<()> {
+    let shutdown = install_signal_handlers()?;
+    let config = cluster::timely_config(&args.cluster)?;
+    pg::setup_promos(&args.postgres_url)?;
+    let partitions = kafka::topic_partitions(&args.kafka, &args.promo_topic)?;
+    let outputs = i32::try_from(partitions.len())?;
+    kafka::ensure_topic(&args.kafka, &args.notification_topic, outputs)?;
+    kafka::ensure_topic(&args.kafka, &args.dead_letter_topic, outputs)?;
+    info!(
+        promo_topic = %args.promo_topic,
+        partitions = partitions.len(),
+        notification_topic = %args.notification_topic,
+        envelope = ?args.envelope,
+        bounded = args.stop_at_end,
+        "starting promos"
+    );
+
+    let t0 = wall_clock_ms();
+    let tick = Duration::from_millis(args.tick_ms);
+    let source = KafkaSourceConfig {
+        kafka: args.kafka.clone(),
+        topic: args.promo_topic.clone(),
+        partitions,
+        from: args.from,
+        stop_at_end: args.stop_at_end,
+        tick,
+    };
+    let started = std::time::Instant::now();
+    super::run_workers(config, shutdown, move |worker, control| {
+        let writers = (|| -> Result<_> {
+            Ok((
+                KafkaWriter::new(
+                    &args.kafka,
+                    &args.notification_topic,
+                    DraftEncoder {
+                        envelope: args.envelope,
+                    },
+                )?,
+                KafkaWriter::new(
+                    &args.kafka,
+                    &args.dead_letter_topic,
+                    DeadLetterEncoder::new(&args.promo_topic),
+                )?,
+                FeedbackWriter::new(&args.postgres_url)?,
+            ))
+        })();
+        let (drafts_writer, dead_letter_writer, feedback_writer) = match writers {
+            Ok(writers) => writers,
+            Err(error) => return control.fail(error),
+        };
+        let completion = Completion::default();
+        worker.dataflow_named::<dataflows::Time, _, _>("promos", |scope| {
+            let raw = kafka_source(
+                scope,
+                "PromosSource",
+                source.clone(),
+                control.clone(),
+                completion.clone(),
+            );
+            let subscriptions =
+                subscribers_snapshot(scope, args.postgres_url.clone(), t0, control.clone());
+            let (campaigns, dead_letters) = promos::decode(raw);
+            let drafts = promos::drafts(campaigns, subscriptions);
+            sink(
+                dead_letters,
+                "DeadLetterSink",
+                dead_letter_writer,
+                control.clone(),
+                completion.clone(),
+            );
+            sink(
+                drafts.clone(),
+                "DraftsKafkaSink",
+                drafts_writer,
+                control.clone(),
+                completion.clone(),
+            );
+            sink(
+                drafts,
+                "FeedbackPostgresSink",
+                feedback_writer,
+                control.clone(),
+                completion.clone(),
+            );
+            completion_barrier(scope, &completion, tick);
+        });
+    })?;
+    info!(elapsed_ms = started.elapsed().as_millis() as u64, "promos finished");
+    Ok(())
+}

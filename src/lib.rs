@@ -1,0 +1,16 @@
+//! dishflow's engine: command line, cluster configuration, sources, sinks and job wiring.
+//!
+//! The business logic of every job lives in the `dataflows` crate (pure differential
+//! dataflow, no I/O); this crate connects it to Kafka and Postgres. See `README.md`.
+
+#![forbid(missing_docs)]
+
+pub mod cli;
+pub mod cluster;
+pub mod control;
+pub mod jobs;
+pub mod kafka;
+pub mod pg;
+pub mod produce;
+pub mod sinks;
+pub mod sources;

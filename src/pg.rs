@@ -1,0 +1,78 @@
+//! Postgres connections and the schema the jobs need (`dishflow setup`).
+
+use anyhow::{Context, Result, anyhow};
+use postgres::{Client, NoTls};
+
+/// Connects to `url`, with an error that names the server but never the password.
+pub fn connect(url: &str) -> Result<Client> {
+    let config: postgres::Config = url
+        .parse()
+        .map_err(|e| anyhow!("invalid Postgres URL: {e}"))?;
+    let mut config = config;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    config.application_name("dishflow");
+    config.connect(NoTls).map_err(|e| {
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                postgres::config::Host::Tcp(h) => h.clone(),
+                postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        let db = config.get_dbname().unwrap_or("(default)");
+        anyhow!(
+            "cannot connect to Postgres at {} database {db}: {e}",
+            hosts.join(",")
+        )
+    })
+}
+
+/// The input table of the promos job, exactly as its owner creates it.
+pub const SUBSCRIBERS_DDL: &str = "
+CREATE TABLE IF NOT EXISTS public.subscribers_restaurants (
+    id serial4 NOT NULL,
+    client_id varchar NOT NULL,
+    restaurant_id varchar NOT NULL,
+    CONSTRAINT pk_id PRIMARY KEY (id)
+)";
+
+/// The output table of the promos job, exactly as in the SPEC, plus the unique index that
+/// makes writing it idempotent.
+pub const FEEDBACK_DDL: &str = "
+CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
+    id serial4 NOT NULL,
+    restaurant_id text NOT NULL,
+    adv_campaign_id text NOT NULL,
+    adv_campaign_content text NOT NULL,
+    adv_campaign_owner text NOT NULL,
+    adv_campaign_owner_contact text NOT NULL,
+    adv_campaign_datetime_start int8 NOT NULL,
+    adv_campaign_datetime_end int8 NOT NULL,
+    datetime_created int8 NOT NULL,
+    client_id text NOT NULL,
+    trigger_datetime_created int4 NOT NULL,
+    feedback varchar NULL,
+    CONSTRAINT id_pk PRIMARY KEY (id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS subscribers_feedback_campaign_client_uq
+    ON public.subscribers_feedback (adv_campaign_id, client_id)";
+
+/// Creates the promos job's tables and index if missing. Safe to run concurrently from
+/// several processes (serialised by an advisory lock) and on tables created by others.
+pub fn setup_promos(url: &str) -> Result<()> {
+    let mut client = connect(url)?;
+    let mut tx = client.transaction()?;
+    // Arbitrary constant: the lock id of dishflow's setup.
+    tx.execute("SELECT pg_advisory_xact_lock(7347230001)", &[])?;
+    tx.batch_execute(SUBSCRIBERS_DDL)
+        .context("cannot create public.subscribers_restaurants")?;
+    tx.batch_execute(FEEDBACK_DDL).context(
+        "cannot create public.subscribers_feedback or its unique index on \
+         (adv_campaign_id, client_id) (duplicate rows in an existing table?)",
+    )?;
+    tx.commit()?;
+    Ok(())
+}

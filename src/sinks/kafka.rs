@@ -1,0 +1,237 @@
+//! Kafka sink: complete updates → messages, every delivery confirmed.
+//!
+//! ```text
+//!   SinkWriter::write(updates)
+//!     for each update: Encoder::encode → Option<KafkaMessage>  (None: nothing to write)
+//!     send all (waiting for queue space when full) ─► librdkafka batches per partition
+//!     flush ─► every delivery report served ─► any failed delivery = error for the batch
+//! ```
+//!
+//! The producer is idempotent (`enable.idempotence`), so librdkafka's internal retries never
+//! duplicate or reorder a message within a partition. A batch returns only when the broker
+//! acknowledged every message (`acks=all`); a delivery that fails after librdkafka's retries
+//! is an error, which ends the job instead of losing a draft silently.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use dataflows::promos::Draft;
+use dataflows::{DeadLetter, Diff, Time};
+use rdkafka::ClientContext;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::SinkWriter;
+use crate::cli::{Envelope, KafkaArgs};
+use crate::kafka::client_config;
+
+/// How long a batch may wait for its delivery reports before the sink gives up.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One message to produce.
+pub struct KafkaMessage {
+    /// Message key (`None`: no key).
+    pub key: Option<Vec<u8>>,
+    /// Message value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Headers, as (name, value).
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Turns an update into the message to write, if any.
+pub trait Encoder<D>: 'static {
+    /// The message for `data` changing by `diff` at logical time `time`, or `None`.
+    fn encode(&self, data: &D, time: Time, diff: Diff) -> Result<Option<KafkaMessage>>;
+}
+
+/// Remembers the first failed delivery of a batch.
+#[derive(Default, Clone)]
+struct DeliveryErrors(Arc<Mutex<Option<String>>>);
+
+impl ClientContext for DeliveryErrors {}
+
+impl ProducerContext for DeliveryErrors {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result
+            && let Ok(mut first) = self.0.lock()
+        {
+            first.get_or_insert_with(|| error.to_string());
+        }
+    }
+}
+
+/// Writes to one topic through `encoder`.
+pub struct KafkaWriter<E> {
+    producer: BaseProducer<DeliveryErrors>,
+    errors: DeliveryErrors,
+    topic: String,
+    encoder: E,
+}
+
+impl<E> KafkaWriter<E> {
+    /// A writer producing to `topic`.
+    pub fn new(kafka: &KafkaArgs, topic: &str, encoder: E) -> Result<Self> {
+        let errors = DeliveryErrors::default();
+        let producer = client_config(
+            kafka,
+            &[
+                // No duplicates or reordering from librdkafka's own retries.
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                // Small batching delay: drafts of one time are sent together anyway.
+                ("linger.ms", "5"),
+            ],
+        )
+        .create_with_context(errors.clone())
+        .context("invalid Kafka producer configuration")?;
+        Ok(KafkaWriter {
+            producer,
+            errors,
+            topic: topic.to_string(),
+            encoder,
+        })
+    }
+}
+
+impl<D, E: Encoder<D>> SinkWriter<D> for KafkaWriter<E> {
+    fn write(&mut self, updates: &[(D, Time, Diff)]) -> Result<()> {
+        let mut sent = 0usize;
+        for (data, time, diff) in updates {
+            let Some(message) = self.encoder.encode(data, *time, *diff)? else {
+                continue;
+            };
+            let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+            for (key, value) in &message.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_slice()),
+                });
+            }
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.topic).headers(headers);
+            if let Some(key) = &message.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(value) = &message.value {
+                record = record.payload(value.as_slice());
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((rdkafka::error::KafkaError::MessageProduction(code), back))
+                        if code == RDKafkaErrorCode::QueueFull =>
+                    {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((error, _)) => bail!("cannot produce to {}: {error}", self.topic),
+                }
+            }
+            sent += 1;
+        }
+        if sent == 0 {
+            return Ok(());
+        }
+        self.producer
+            .flush(FLUSH_TIMEOUT)
+            .map_err(|e| anyhow!("delivery to {} not confirmed: {e}", self.topic))?;
+        let failed = self.errors.0.lock().ok().and_then(|mut e| e.take());
+        if let Some(error) = failed {
+            bail!("delivery to {} failed: {error}", self.topic);
+        }
+        Ok(())
+    }
+}
+
+/// Notification drafts: the SPEC's JSON, key `<campaign>:<client>`; retractions are dropped
+/// (`append`) or written as tombstones (`upsert`).
+pub struct DraftEncoder {
+    /// How retractions appear.
+    pub envelope: Envelope,
+}
+
+impl Encoder<Draft> for DraftEncoder {
+    fn encode(&self, draft: &Draft, time: Time, diff: Diff) -> Result<Option<KafkaMessage>> {
+        let key = Some(draft.key().into_bytes());
+        Ok(match (diff > 0, self.envelope) {
+            (true, _) => Some(KafkaMessage {
+                key,
+                value: Some(serde_json::to_vec(&draft.notification(time))?),
+                headers: Vec::new(),
+            }),
+            (false, Envelope::Upsert) => Some(KafkaMessage {
+                key,
+                value: None,
+                headers: Vec::new(),
+            }),
+            (false, Envelope::Append) => None,
+        })
+    }
+}
+
+/// Dead letters: the original key and value, and where they came from and why in headers:
+/// `dishflow.error.reason`, `dishflow.source.topic`, `dishflow.source.partition`,
+/// `dishflow.source.offset`.
+pub struct DeadLetterEncoder {
+    source_topic: String,
+    counts: RefCell<(BTreeMap<String, u64>, Option<Instant>)>,
+}
+
+impl DeadLetterEncoder {
+    /// Dead letters of records read from `source_topic`.
+    pub fn new(source_topic: &str) -> Self {
+        DeadLetterEncoder {
+            source_topic: source_topic.to_string(),
+            counts: RefCell::default(),
+        }
+    }
+
+    /// Counts a dead letter; logs the totals by reason at most once a second.
+    fn count(&self, dead: &DeadLetter) {
+        let mut counts = self.counts.borrow_mut();
+        let (by_reason, last_log) = &mut *counts;
+        *by_reason.entry(dead.reason.clone()).or_default() += 1;
+        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last_log = Some(Instant::now());
+            tracing::warn!(
+                topic = %self.source_topic,
+                partition = dead.record.partition,
+                offset = dead.record.offset,
+                reason = %dead.reason,
+                totals = ?by_reason,
+                "dead-lettered"
+            );
+        }
+    }
+}
+
+impl Encoder<DeadLetter> for DeadLetterEncoder {
+    fn encode(&self, dead: &DeadLetter, _: Time, diff: Diff) -> Result<Option<KafkaMessage>> {
+        if diff <= 0 {
+            return Ok(None);
+        }
+        self.count(dead);
+        Ok(Some(KafkaMessage {
+            key: dead.record.key.clone(),
+            value: dead.record.value.clone(),
+            headers: vec![
+                ("dishflow.error.reason", dead.reason.clone().into_bytes()),
+                ("dishflow.source.topic", self.source_topic.clone().into_bytes()),
+                (
+                    "dishflow.source.partition",
+                    dead.record.partition.to_string().into_bytes(),
+                ),
+                (
+                    "dishflow.source.offset",
+                    dead.record.offset.to_string().into_bytes(),
+                ),
+            ],
+        }))
+    }
+}

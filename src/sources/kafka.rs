@@ -1,0 +1,300 @@
+//! Kafka source: one topic → a differential collection of [`RawRecord`]s.
+//!
+//! ```text
+//!   partitions 0 1 2 3 4 5          worker w of W owns every partition p with p % W == w
+//!              │ │ │ │ │ │          (manual assignment: no consumer group, no rebalancing)
+//!   worker 0 ◄─┘ │ │ │ └─┼──► ...
+//!   worker 1 ◄───┘ │ └───┘
+//!   worker 2 ◄─────┘
+//!
+//!   librdkafka fetch thread ──queue non-empty──► SyncActivator ──► operator scheduled
+//!   operator: t = wall clock (ms); emit (record, t, +1) for what is queued; capability → t+1
+//!   idle:     re-scheduled every tick to move the capability with the wall clock
+//! ```
+//!
+//! * **Time.** Every message read in one activation is stamped with the activation's
+//!   wall-clock millisecond `t`; the capability is then downgraded to `t + 1`, so the batch is
+//!   complete downstream immediately. Logical time never runs ahead of the wall clock: when a
+//!   second activation falls in the same millisecond it waits for the next one.
+//! * **Waking.** librdkafka calls back when the consumer queue becomes non-empty; the callback
+//!   activates the operator from librdkafka's thread. An activation drains at most
+//!   [`MAX_BATCH`] messages and re-activates itself if more are queued. Without data the
+//!   operator wakes once per tick, which is what moves frontiers and releases future-dated
+//!   updates (a campaign's start and end) on time.
+//! * **Bounded runs.** With `stop_at_end`, the high watermark of each owned partition is read
+//!   at startup. A partition is done when its next offset is at or past that watermark *and*
+//!   librdkafka reported partition EOF afterwards: Tansu's watermark can lag the last offset
+//!   by one batch, and EOF is only reported after an empty fetch, so the run neither stops
+//!   early nor hangs.
+//! * **Errors.** Fetch errors are logged (rate-limited) and retried by librdkafka; the
+//!   capability is kept. Undecodable messages are not this operator's concern: it emits raw
+//!   keys and values and the dataflow routes bad ones to the dead-letter topic.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use dataflows::{Diff, RawRecord, Time};
+use differential_dataflow::{AsCollection, VecCollection};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use timely::dataflow::Scope;
+use timely::dataflow::operators::generic::operator::source;
+use tracing::{debug, info, warn};
+
+use crate::cli::{KafkaArgs, StartFrom};
+use crate::control::{Completion, Control};
+use crate::kafka::{STARTUP_TIMEOUT, client_config};
+
+/// Most messages emitted per activation before yielding to other operators.
+pub const MAX_BATCH: usize = 8192;
+
+/// What a Kafka source reads.
+#[derive(Clone, Debug)]
+pub struct KafkaSourceConfig {
+    /// Connection settings.
+    pub kafka: KafkaArgs,
+    /// Topic to read.
+    pub topic: String,
+    /// All partitions of the topic (known at startup); each worker takes its share.
+    pub partitions: Vec<i32>,
+    /// Where to start in each partition.
+    pub from: StartFrom,
+    /// Finish once every owned partition is read to its end as of startup.
+    pub stop_at_end: bool,
+    /// Idle re-scheduling interval: how far the capability may trail the wall clock.
+    pub tick: Duration,
+}
+
+/// The partitions worker `index` of `peers` owns.
+pub fn owned_partitions(partitions: &[i32], index: usize, peers: usize) -> Vec<i32> {
+    partitions
+        .iter()
+        .copied()
+        .filter(|p| usize::try_from(*p).map(|p| p % peers == index).unwrap_or(false))
+        .collect()
+}
+
+/// Milliseconds since the unix epoch, by the wall clock.
+pub fn wall_clock_ms() -> Time {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Per-partition reading progress.
+struct PartitionState {
+    /// Offset of the next message to read.
+    next: i64,
+    /// High watermark at startup (bounded runs).
+    end: i64,
+    /// EOF seen since the last message.
+    at_eof: bool,
+}
+
+impl PartitionState {
+    fn done(&self) -> bool {
+        self.at_eof && self.next >= self.end
+    }
+}
+
+/// A consumer assigned to this worker's partitions, positioned per `config.from`.
+fn assigned_consumer(
+    config: &KafkaSourceConfig,
+    owned: &[i32],
+) -> Result<(BaseConsumer, HashMap<i32, PartitionState>)> {
+    let consumer: BaseConsumer = client_config(
+        &config.kafka,
+        &[
+            // Required by librdkafka for assign(); no group membership is used.
+            ("group.id", "dishflow"),
+            // Progress is dishflow's business, not the broker's.
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            // Needed to know that a bounded run has read a partition to its end.
+            ("enable.partition.eof", "true"),
+            // Read only committed transactional data.
+            ("isolation.level", "read_committed"),
+        ],
+    )
+    .create()
+    .context("invalid Kafka consumer configuration")?;
+    let mut assignment = TopicPartitionList::new();
+    let mut states = HashMap::new();
+    for &partition in owned {
+        let (low, high) = consumer
+            .fetch_watermarks(&config.topic, partition, STARTUP_TIMEOUT)
+            .map_err(|e| anyhow!("watermarks of {}/{partition}: {e}", config.topic))?;
+        let next = match config.from {
+            StartFrom::Earliest => low,
+            StartFrom::Latest => high,
+        };
+        assignment.add_partition_offset(&config.topic, partition, Offset::Offset(next))?;
+        states.insert(
+            partition,
+            PartitionState {
+                next,
+                end: high,
+                at_eof: false,
+            },
+        );
+    }
+    consumer.assign(&assignment)?;
+    Ok((consumer, states))
+}
+
+/// Builds the source operator for this worker. The source registers with `completion` and
+/// reports fatal startup errors (broker gone between checks and startup) to `control`.
+pub fn kafka_source<'s>(
+    scope: Scope<'s, Time>,
+    name: &str,
+    config: KafkaSourceConfig,
+    control: Control,
+    completion: Completion,
+) -> VecCollection<'s, Time, RawRecord, Diff> {
+    completion.register_source();
+    let name = name.to_string();
+    source(scope, &name.clone(), move |capability, info| {
+        let activator = scope.activator_for(info.address.clone());
+        let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let owned = owned_partitions(&config.partitions, scope.index(), scope.peers());
+        let mut reader = match assigned_consumer(&config, &owned) {
+            Ok((mut consumer, states)) => {
+                consumer.set_nonempty_callback(move || {
+                    // Fails only when the worker is gone, i.e. the job is ending.
+                    let _ = sync_activator.activate();
+                });
+                info!(source = %name, topic = %config.topic, partitions = ?owned, "reading");
+                Some((consumer, states))
+            }
+            Err(error) => {
+                control.fail(error.context(format!("source {name}")));
+                None
+            }
+        };
+        let mut capability = Some(capability);
+        let mut finished = false;
+        let mut next_tick = Instant::now();
+        let mut last_warning: Option<Instant> = None;
+
+        move |output| {
+            let Some(cap) = capability.as_mut() else {
+                return;
+            };
+            if finished {
+                if completion.horizon().is_some() {
+                    capability = None; // lets every frontier run to the end
+                } else {
+                    activator.activate_after(config.tick);
+                }
+                return;
+            }
+            let now = wall_clock_ms();
+            if now < *cap.time() {
+                // Same millisecond as the previous batch: never stamp ahead of the clock.
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
+            cap.downgrade(&now);
+
+            let mut emitted = 0;
+            let mut more = false;
+            if let Some((consumer, states)) = reader.as_mut() {
+                let mut session = output.session(&*cap);
+                loop {
+                    if emitted >= MAX_BATCH {
+                        more = true;
+                        break;
+                    }
+                    match consumer.poll(Duration::ZERO) {
+                        None => break,
+                        Some(Ok(message)) => {
+                            if let Some(state) = states.get_mut(&message.partition()) {
+                                state.next = message.offset() + 1;
+                                state.at_eof = false;
+                            }
+                            let record = RawRecord {
+                                partition: message.partition(),
+                                offset: message.offset(),
+                                key: message.key().map(<[u8]>::to_vec),
+                                value: message.payload().map(<[u8]>::to_vec),
+                            };
+                            session.give((record, now, 1));
+                            emitted += 1;
+                        }
+                        Some(Err(KafkaError::PartitionEOF(partition))) => {
+                            if let Some(state) = states.get_mut(&partition) {
+                                state.at_eof = true;
+                            }
+                        }
+                        Some(Err(error)) => {
+                            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                                warn!(source = %name, %error, "Kafka error (retrying)");
+                                last_warning = Some(Instant::now());
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            if emitted > 0 {
+                debug!(source = %name, emitted, time = now, "batch");
+            }
+            cap.downgrade(&(now + 1));
+
+            let all_read = config.stop_at_end
+                && reader
+                    .as_ref()
+                    .is_some_and(|(_, states)| states.values().all(PartitionState::done));
+            if all_read || control.shutdown_requested() {
+                info!(source = %name, final_time = now + 1, "finished reading");
+                finished = true;
+                completion.source_finished(now + 1);
+                activator.activate_after(config.tick);
+            } else if more {
+                activator.activate();
+            } else if Instant::now() >= next_tick {
+                next_tick = Instant::now() + config.tick;
+                activator.activate_after(config.tick);
+            }
+        }
+    })
+    .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_split_deterministically_and_completely() {
+        let all: Vec<i32> = (0..7).collect();
+        let mut seen = Vec::new();
+        for w in 0..3 {
+            let mine = owned_partitions(&all, w, 3);
+            assert!(mine.iter().all(|p| (*p as usize) % 3 == w));
+            seen.extend(mine);
+        }
+        seen.sort();
+        assert_eq!(seen, all);
+        assert_eq!(owned_partitions(&[0], 1, 2), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn a_partition_is_done_only_after_eof_past_the_startup_end() {
+        let mut s = PartitionState {
+            next: 5,
+            end: 10,
+            at_eof: true,
+        };
+        assert!(!s.done(), "EOF before the startup end is not the end");
+        s.next = 10;
+        s.at_eof = false;
+        assert!(!s.done(), "the watermark may lag: wait for EOF");
+        s.at_eof = true;
+        assert!(s.done());
+    }
+}
