@@ -310,7 +310,11 @@ mod tests {
             let s = subscriptions.into_iter().to_stream(scope).as_collection();
             drafts(c, s).consolidate().inner.capture()
         });
-        let mut out: Vec<_> = captured.extract().into_iter().flat_map(|(_, v)| v).collect();
+        let mut out: Vec<_> = captured
+            .extract()
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .collect();
         out.sort();
         out
     }
@@ -406,7 +410,11 @@ mod tests {
             let (c, d) = decode(raw);
             (c.inner.capture(), d.inner.capture())
         });
-        let campaigns: Vec<_> = campaigns.extract().into_iter().flat_map(|(_, v)| v).collect();
+        let campaigns: Vec<_> = campaigns
+            .extract()
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .collect();
         let dead: Vec<_> = dead.extract().into_iter().flat_map(|(_, v)| v).collect();
         assert_eq!(campaigns.len(), 1);
         assert_eq!(campaigns[0].1, 5);

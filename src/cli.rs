@@ -30,6 +30,25 @@ pub enum Command {
     /// Produce valid test data to Kafka.
     #[command(subcommand)]
     Produce(ProduceCommand),
+    /// Print every message of a topic, from the beginning to its current end, as JSON lines
+    /// ({"partition", "offset", "key", "value", "headers"}).
+    Consume(ConsumeArgs),
+}
+
+/// Arguments of `dishflow consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Topic to read.
+    #[arg(long, env = "DISHFLOW_TOPIC")]
+    pub topic: String,
+
+    /// Give up after this many seconds.
+    #[arg(long, env = "DISHFLOW_TIMEOUT", default_value_t = 60)]
+    pub timeout: u64,
 }
 
 /// Arguments of `dishflow setup`.
@@ -116,16 +135,28 @@ pub struct PromosArgs {
     pub postgres_url: String,
 
     /// Topic with the restaurant campaigns (JSON).
-    #[arg(long, env = "DISHFLOW_PROMO_TOPIC", default_value = "restaurant_promos")]
+    #[arg(
+        long,
+        env = "DISHFLOW_PROMO_TOPIC",
+        default_value = "restaurant_promos"
+    )]
     pub promo_topic: String,
 
     /// Topic the notification drafts are written to (created if missing).
-    #[arg(long, env = "DISHFLOW_NOTIFICATION_TOPIC", default_value = "promo_notifications")]
+    #[arg(
+        long,
+        env = "DISHFLOW_NOTIFICATION_TOPIC",
+        default_value = "promo_notifications"
+    )]
     pub notification_topic: String,
 
     /// Topic undecodable promo messages are written to, with the reason in headers
     /// (created if missing).
-    #[arg(long, env = "DISHFLOW_DEAD_LETTER_TOPIC", default_value = "restaurant_promos.dlq")]
+    #[arg(
+        long,
+        env = "DISHFLOW_DEAD_LETTER_TOPIC",
+        default_value = "restaurant_promos.dlq"
+    )]
     pub dead_letter_topic: String,
 
     /// Where to start reading the promo topic.

@@ -139,20 +139,22 @@ pub fn completion_barrier(scope: Scope<'_, Time>, completion: &Completion, poll:
     })
     .container::<Vec<(usize, Time)>>();
 
-    let decided = finals.exchange(|_| 0).unary(Pipeline, "CompletionDecide", |_, _| {
-        let mut reported: Vec<Time> = Vec::new();
-        move |input, output| {
-            input.for_each(|cap, data| {
-                reported.extend(data.drain(..).map(|(_, t)| t));
-                if reported.len() == peers {
-                    let horizon = reported.iter().copied().max().unwrap_or_default();
-                    output
-                        .session(&cap)
-                        .give_iterator((0..peers).map(|w| (w, horizon)));
-                }
-            });
-        }
-    });
+    let decided = finals
+        .exchange(|_| 0)
+        .unary(Pipeline, "CompletionDecide", |_, _| {
+            let mut reported: Vec<Time> = Vec::new();
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    reported.extend(data.drain(..).map(|(_, t)| t));
+                    if reported.len() == peers {
+                        let horizon = reported.iter().copied().max().unwrap_or_default();
+                        output
+                            .session(&cap)
+                            .give_iterator((0..peers).map(|w| (w, horizon)));
+                    }
+                });
+            }
+        });
 
     let local = completion.clone();
     decided

@@ -65,8 +65,13 @@ pub fn ensure_topic(args: &KafkaArgs, topic: &str, partitions: i32) -> Result<()
         .context("invalid Kafka configuration")?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let options = AdminOptions::new().operation_timeout(Some(STARTUP_TIMEOUT));
-    let results = futures_executor::block_on(admin.create_topics([&new], &options))
-        .map_err(|e| anyhow!("cannot reach Kafka at {} to create {topic}: {e}", args.brokers))?;
+    let results =
+        futures_executor::block_on(admin.create_topics([&new], &options)).map_err(|e| {
+            anyhow!(
+                "cannot reach Kafka at {} to create {topic}: {e}",
+                args.brokers
+            )
+        })?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -1,6 +1,8 @@
 //! The `dishflow` binary: parses the command line, runs the command, and turns any error
 //! into one line on stderr and a non-zero exit status.
 
+use std::io::{IsTerminal, Write};
+
 use clap::Parser;
 use dishflow::cli::{Cli, Command, ProduceCommand};
 use tracing_subscriber::EnvFilter;
@@ -14,6 +16,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Promos(args) => dishflow::jobs::promos::run(args),
         Command::Produce(ProduceCommand::Promos(args)) => dishflow::produce::promos(&args),
+        Command::Consume(args) => {
+            let messages = dishflow::sources::kafka::read_to_end(
+                &args.kafka,
+                &args.topic,
+                std::time::Duration::from_secs(args.timeout),
+            )?;
+            let mut out = std::io::stdout().lock();
+            for message in messages {
+                serde_json::to_writer(&mut out, &message)?;
+                writeln!(out)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -24,6 +39,7 @@ fn main() {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(error) = run(cli) {
         eprintln!("dishflow: error: {error:#}");

@@ -13,6 +13,12 @@ pub fn connect(url: &str) -> Result<Client> {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }
     config.application_name("dishflow");
+    // NOTICEs ("relation already exists, skipping") are not worth a log line.
+    let options = format!(
+        "{} -c client_min_messages=warning",
+        config.get_options().unwrap_or_default()
+    );
+    config.options(options.trim());
     config.connect(NoTls).map_err(|e| {
         let hosts: Vec<String> = config
             .get_hosts()

@@ -64,7 +64,13 @@ pub fn promos(args: &ProducePromosArgs) -> Result<()> {
     let restaurants = args.restaurants.max(1);
     let batch: Vec<(Campaign, u64, isize)> = (0..args.count)
         .map(|i| {
-            let c = campaign(args.first_campaign + i, i % restaurants, start, end, created);
+            let c = campaign(
+                args.first_campaign + i,
+                i % restaurants,
+                start,
+                end,
+                created,
+            );
             (c, 0, 1)
         })
         .collect();
@@ -85,7 +91,10 @@ mod tests {
 
     #[test]
     fn ids_follow_the_seed_example() {
-        assert_eq!(uuid_like(426_614_174_000), "123e4567-e89b-12d3-a456-426614174000");
+        assert_eq!(
+            uuid_like(426_614_174_000),
+            "123e4567-e89b-12d3-a456-426614174000"
+        );
         let c = campaign(3, 0, 1, 2, 0);
         assert_eq!(c.adv_campaign_id, "123e4567-e89b-12d3-a456-426614174003");
         assert_eq!(c.restaurant_id, "123e4567-e89b-12d3-a456-426614174000");

@@ -25,11 +25,7 @@ where
     let guards = timely::execute(config, move |worker| build(worker, control.clone()))
         .map_err(|e| anyhow!("cannot start the timely cluster: {e}"))?;
     std::thread::spawn(move || {
-        let failures: Vec<String> = guards
-            .join()
-            .into_iter()
-            .filter_map(|r| r.err())
-            .collect();
+        let failures: Vec<String> = guards.join().into_iter().filter_map(|r| r.err()).collect();
         let outcome = if failures.is_empty() {
             Ok(())
         } else {

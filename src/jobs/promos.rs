@@ -5,8 +5,8 @@
 //!                                                             └─► campaigns ─┐
 //!  Postgres subscribers_restaurants ─► subscribers_snapshot ─────────────────┤ promos::drafts
 //!                                                                            ▼
-//!                                  drafts ─┬─► Kafka promo_notifications (append | upsert)
-//!                                          └─► Postgres subscribers_feedback (idempotent)
+//!          drafts ─► Postgres subscribers_feedback (idempotent; the ledger of drafts sent)
+//!                        └─ drafts new to the table, retractions ─► Kafka promo_notifications
 //! ```
 //!
 //! Startup checks run before any worker starts, so that a bad URL or an unreachable server
@@ -59,23 +59,23 @@ pub fn run(args: PromosArgs) -> Result<()> {
     let started = std::time::Instant::now();
     super::run_workers(config, shutdown, move |worker, control| {
         let writers = (|| -> Result<_> {
+            let notifications = KafkaWriter::new(
+                &args.kafka,
+                &args.notification_topic,
+                DraftEncoder {
+                    envelope: args.envelope,
+                },
+            )?;
             Ok((
-                KafkaWriter::new(
-                    &args.kafka,
-                    &args.notification_topic,
-                    DraftEncoder {
-                        envelope: args.envelope,
-                    },
-                )?,
+                FeedbackWriter::new(&args.postgres_url, notifications)?,
                 KafkaWriter::new(
                     &args.kafka,
                     &args.dead_letter_topic,
                     DeadLetterEncoder::new(&args.promo_topic),
                 )?,
-                FeedbackWriter::new(&args.postgres_url)?,
             ))
         })();
-        let (drafts_writer, dead_letter_writer, feedback_writer) = match writers {
+        let (drafts_writer, dead_letter_writer) = match writers {
             Ok(writers) => writers,
             Err(error) => return control.fail(error),
         };
@@ -100,22 +100,18 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 completion.clone(),
             );
             sink(
-                drafts.clone(),
-                "DraftsKafkaSink",
-                drafts_writer,
-                control.clone(),
-                completion.clone(),
-            );
-            sink(
                 drafts,
-                "FeedbackPostgresSink",
-                feedback_writer,
+                "DraftsSink",
+                drafts_writer,
                 control.clone(),
                 completion.clone(),
             );
             completion_barrier(scope, &completion, tick);
         });
     })?;
-    info!(elapsed_ms = started.elapsed().as_millis() as u64, "promos finished");
+    info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "promos finished"
+    );
     Ok(())
 }

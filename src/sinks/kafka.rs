@@ -222,7 +222,10 @@ impl Encoder<DeadLetter> for DeadLetterEncoder {
             value: dead.record.value.clone(),
             headers: vec![
                 ("dishflow.error.reason", dead.reason.clone().into_bytes()),
-                ("dishflow.source.topic", self.source_topic.clone().into_bytes()),
+                (
+                    "dishflow.source.topic",
+                    self.source_topic.clone().into_bytes(),
+                ),
                 (
                     "dishflow.source.partition",
                     dead.record.partition.to_string().into_bytes(),

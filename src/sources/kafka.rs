@@ -36,8 +36,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 use dataflows::{Diff, RawRecord, Time};
 use differential_dataflow::{AsCollection, VecCollection};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use timely::dataflow::Scope;
@@ -73,7 +74,11 @@ pub fn owned_partitions(partitions: &[i32], index: usize, peers: usize) -> Vec<i
     partitions
         .iter()
         .copied()
-        .filter(|p| usize::try_from(*p).map(|p| p % peers == index).unwrap_or(false))
+        .filter(|p| {
+            usize::try_from(*p)
+                .map(|p| p % peers == index)
+                .unwrap_or(false)
+        })
         .collect()
 }
 
@@ -84,6 +89,27 @@ pub fn wall_clock_ms() -> Time {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// Whether `error` only says that a partition has been read to its current end.
+fn is_eof(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
+/// librdkafka callbacks of the source: partition EOF is expected, not an error.
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_eof(&error) {
+            warn!(%error, reason, "librdkafka");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
 
 /// Per-partition reading progress.
 struct PartitionState {
@@ -105,8 +131,8 @@ impl PartitionState {
 fn assigned_consumer(
     config: &KafkaSourceConfig,
     owned: &[i32],
-) -> Result<(BaseConsumer, HashMap<i32, PartitionState>)> {
-    let consumer: BaseConsumer = client_config(
+) -> Result<(BaseConsumer<SourceContext>, HashMap<i32, PartitionState>)> {
+    let consumer: BaseConsumer<SourceContext> = client_config(
         &config.kafka,
         &[
             // Required by librdkafka for assign(); no group membership is used.
@@ -120,7 +146,7 @@ fn assigned_consumer(
             ("isolation.level", "read_committed"),
         ],
     )
-    .create()
+    .create_with_context(SourceContext)
     .context("invalid Kafka consumer configuration")?;
     let mut assignment = TopicPartitionList::new();
     let mut states = HashMap::new();
@@ -263,6 +289,79 @@ pub fn kafka_source<'s>(
         }
     })
     .as_collection()
+}
+
+/// A message read by [`read_to_end`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumedMessage {
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Key, as UTF-8 (lossy), if any.
+    pub key: Option<String>,
+    /// Value, as UTF-8 (lossy); `None` for a tombstone.
+    pub value: Option<String>,
+    /// Headers, as (name, UTF-8 value).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads every partition of `topic` from the beginning to its end as of the call (same end
+/// detection as a bounded source), for tools and tests. Fails after `timeout`.
+pub fn read_to_end(
+    kafka: &KafkaArgs,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<ConsumedMessage>> {
+    use rdkafka::message::Headers;
+    let config = KafkaSourceConfig {
+        kafka: kafka.clone(),
+        topic: topic.to_string(),
+        partitions: crate::kafka::topic_partitions(kafka, topic)?,
+        from: StartFrom::Earliest,
+        stop_at_end: true,
+        tick: Duration::ZERO,
+    };
+    let (consumer, mut states) = assigned_consumer(&config, &config.partitions)?;
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    while !states.values().all(PartitionState::done) {
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out reading {topic} to its end");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                if let Some(state) = states.get_mut(&m.partition()) {
+                    state.next = m.offset() + 1;
+                    state.at_eof = false;
+                }
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(text).unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                messages.push(ConsumedMessage {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(text),
+                    value: m.payload().map(text),
+                    headers,
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                if let Some(state) = states.get_mut(&p) {
+                    state.at_eof = true;
+                }
+            }
+            Some(Err(error)) => return Err(anyhow!("reading {topic}: {error}")),
+        }
+    }
+    Ok(messages)
 }
 
 #[cfg(test)]

@@ -1,0 +1,240 @@
+//! Helpers for integration tests against real Postgres and a Kafka-API broker.
+//!
+//! Addresses come from `DISHFLOW_TEST_BROKERS` and `DISHFLOW_TEST_POSTGRES` (defaults: the
+//! local services that `scripts/services.sh` starts). Every test works in its own database
+//! and topics, named after the test and a unique suffix, so tests run in parallel and repeat.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dishflow::cli::KafkaArgs;
+use dishflow::sources::kafka::{ConsumedMessage, read_to_end};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// Kafka bootstrap servers of the test broker.
+pub fn brokers() -> String {
+    std::env::var("DISHFLOW_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Base URL (no database) of the test Postgres server.
+pub fn postgres_base() -> String {
+    std::env::var("DISHFLOW_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Kafka arguments for the test broker.
+pub fn kafka() -> KafkaArgs {
+    KafkaArgs {
+        brokers: brokers(),
+        properties: Vec::new(),
+    }
+}
+
+/// A name unique to this test run: `<name>_<pid>_<nanos>`.
+pub fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!(
+        "{name}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
+
+/// Creates a fresh database and returns its URL.
+pub fn database(name: &str) -> String {
+    let db = unique(name);
+    let mut admin =
+        postgres::Client::connect(&format!("{}/postgres", postgres_base()), postgres::NoTls)
+            .expect("connect to Postgres (is scripts/services.sh running?)");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .expect("create database");
+    format!("{}/{db}", postgres_base())
+}
+
+/// A client on `url`.
+pub fn pg(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).expect("connect")
+}
+
+/// The seed example's subscribers (SPEC), in a table created with the exact seed DDL.
+pub fn seed_subscribers(url: &str) {
+    let mut client = pg(url);
+    client
+        .batch_execute(dishflow::pg::SUBSCRIBERS_DDL)
+        .expect("ddl");
+    let rows = [
+        (
+            "223e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174000",
+        ),
+        (
+            "323e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174000",
+        ),
+        (
+            "423e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174000",
+        ),
+        (
+            "523e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174000",
+        ),
+        (
+            "623e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174000",
+        ),
+        (
+            "723e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174000",
+        ),
+        (
+            "823e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174000",
+        ),
+        (
+            "923e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174001",
+        ),
+        (
+            "923e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174001",
+        ),
+        (
+            "023e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174000",
+        ),
+    ];
+    for (client_id, restaurant_id) in rows {
+        client
+            .execute(
+                "INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ($1, $2)",
+                &[&client_id, &restaurant_id],
+            )
+            .expect("insert");
+    }
+}
+
+/// Creates `topic` and produces `messages` (key, value) to it, round robin over partitions.
+pub fn produce_raw(topic: &str, partitions: i32, messages: &[(Option<&[u8]>, Option<&[u8]>)]) {
+    dishflow::kafka::ensure_topic(&kafka(), topic, partitions).expect("create topic");
+    let producer: BaseProducer = dishflow::kafka::client_config(&kafka(), &[])
+        .create()
+        .expect("producer");
+    for (i, (key, value)) in messages.iter().enumerate() {
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).partition(i as i32 % partitions);
+        if let Some(key) = key {
+            record = record.key(*key);
+        }
+        if let Some(value) = value {
+            record = record.payload(*value);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Every message of `topic`.
+pub fn consume(topic: &str) -> Vec<ConsumedMessage> {
+    read_to_end(&kafka(), topic, Duration::from_secs(60)).expect("consume")
+}
+
+/// `dishflow` with `args`, run to completion (at most `timeout`).
+pub fn dishflow(args: &[&str], timeout: Duration) -> Output {
+    let child = spawn(args);
+    wait(child, timeout)
+}
+
+/// `dishflow` with `args`, in the background, its output captured.
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dishflow"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dishflow")
+}
+
+/// Waits for `child`, killing it (and failing) after `timeout`.
+pub fn wait(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "dishflow did not finish within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Asserts that `out` is a successful run, showing its stderr otherwise.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "dishflow failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Arguments of a promos run on `db` and the topics `<prefix>.in/.out/.dlq`.
+pub fn promos_args(db: &str, prefix: &str) -> Vec<String> {
+    [
+        "promos",
+        "--brokers",
+        &brokers(),
+        "--postgres-url",
+        db,
+        "--promo-topic",
+        &format!("{prefix}.in"),
+        "--notification-topic",
+        &format!("{prefix}.out"),
+        "--dead-letter-topic",
+        &format!("{prefix}.dlq"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// (adv_campaign_id, client_id, trigger_datetime_created) of every feedback row, sorted.
+pub fn feedback_rows(db: &str) -> Vec<(String, String, i32)> {
+    let mut rows: Vec<_> = pg(db)
+        .query(
+            "SELECT adv_campaign_id, client_id, trigger_datetime_created FROM subscribers_feedback",
+            &[],
+        )
+        .expect("query")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// A valid campaign message.
+pub fn campaign_json(campaign: &str, restaurant: &str, start: i64, end: i64) -> String {
+    format!(
+        r#"{{"restaurant_id":"{restaurant}","adv_campaign_id":"{campaign}","adv_campaign_content":"c","adv_campaign_owner":"o","adv_campaign_owner_contact":"e","adv_campaign_datetime_start":{start},"adv_campaign_datetime_end":{end},"datetime_created":{start}}}"#
+    )
+}

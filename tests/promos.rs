@@ -1,0 +1,460 @@
+//! Integration tests of `dishflow promos` against real Postgres and a Kafka-API broker.
+//! Run with `cargo test --features integration` after `scripts/services.sh` (or via
+//! `scripts/test.sh`, which does both).
+
+#![cfg(feature = "integration")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const R0: &str = "123e4567-e89b-12d3-a456-426614174000";
+const R1: &str = "123e4567-e89b-12d3-a456-426614174001";
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn run_bounded(args: &[String], extra: &[&str]) {
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.push("--stop-at-end");
+    all.extend_from_slice(extra);
+    assert_success(&dishflow(&all, MINUTE));
+}
+
+/// (key, value) of the notification topic, keys and payloads as strings.
+fn drafts_in_kafka(topic: &str) -> Vec<(String, serde_json::Value)> {
+    consume(topic)
+        .into_iter()
+        .map(|m| {
+            let value = m.value.expect("draft value");
+            (
+                m.key.expect("draft key"),
+                serde_json::from_str(&value).expect("json"),
+            )
+        })
+        .collect()
+}
+
+const FIELDS: [&str; 10] = [
+    "restaurant_id",
+    "adv_campaign_id",
+    "adv_campaign_content",
+    "adv_campaign_owner",
+    "adv_campaign_owner_contact",
+    "adv_campaign_datetime_start",
+    "adv_campaign_datetime_end",
+    "client_id",
+    "datetime_created",
+    "trigger_datetime_created",
+];
+
+#[test]
+fn seed_example_gives_eight_plus_one_drafts_and_a_second_run_adds_nothing() {
+    let db = database("seed");
+    seed_subscribers(&db);
+    let prefix = unique("seed");
+    let topic = format!("{prefix}.in");
+    let produce = [
+        "produce",
+        "promos",
+        "--brokers",
+        &brokers(),
+        "--topic",
+        &topic,
+        "--count",
+        "2",
+        "--restaurants",
+        "2",
+        "--seed-times",
+    ];
+    assert_success(&dishflow(&produce, MINUTE));
+    let args = promos_args(&db, &prefix);
+    let before = now_secs();
+    run_bounded(&args, &[]);
+
+    let messages = consume(&format!("{prefix}.out"));
+    assert_eq!(messages.len(), 9, "{messages:?}");
+    for m in &messages {
+        // Fields present, exactly, in SPEC order.
+        let value = m.value.as_deref().expect("value");
+        let positions: Vec<usize> = FIELDS
+            .iter()
+            .map(|f| value.find(&format!("\"{f}\":")).expect(f))
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "order: {value}");
+        let json: serde_json::Value = serde_json::from_str(value).expect("json");
+        assert_eq!(json.as_object().expect("object").len(), 10);
+        let key = format!(
+            "{}:{}",
+            json["adv_campaign_id"].as_str().expect("id"),
+            json["client_id"].as_str().expect("client")
+        );
+        assert_eq!(m.key.as_deref(), Some(key.as_str()));
+        let trigger = json["trigger_datetime_created"].as_i64().expect("trigger");
+        assert!(
+            trigger >= before && trigger <= now_secs(),
+            "arrival time: {trigger}"
+        );
+    }
+    let per_restaurant = |r: &str| {
+        drafts_in_kafka(&format!("{prefix}.out"))
+            .iter()
+            .filter(|(_, v)| v["restaurant_id"] == r)
+            .count()
+    };
+    assert_eq!(per_restaurant(R0), 8);
+    assert_eq!(
+        per_restaurant(R1),
+        1,
+        "duplicate subscription rows count once"
+    );
+
+    let rows = feedback_rows(&db);
+    assert_eq!(rows.len(), 9);
+    let kafka_keys: BTreeSet<String> = messages.iter().filter_map(|m| m.key.clone()).collect();
+    let row_keys: BTreeSet<String> = rows.iter().map(|(c, k, _)| format!("{c}:{k}")).collect();
+    assert_eq!(kafka_keys, row_keys);
+    let feedback_null: i64 = pg(&db)
+        .query_one(
+            "SELECT count(*) FROM subscribers_feedback WHERE feedback IS NULL",
+            &[],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(feedback_null, 9);
+
+    // A second bounded run over the same topic writes nothing new anywhere.
+    run_bounded(&args, &["--from", "earliest"]);
+    assert_eq!(consume(&format!("{prefix}.out")).len(), 9);
+    assert_eq!(feedback_rows(&db), rows);
+}
+
+#[test]
+fn ended_campaign_gives_nothing_and_an_early_one_is_held_until_its_start() {
+    let db = database("held");
+    seed_subscribers(&db);
+    let prefix = unique("held");
+    let now = now_secs();
+    let start = now + 6;
+    let ended = campaign_json("ended", R0, now - 100, now - 50);
+    let early = campaign_json("early", R1, start, now + 3600);
+    produce_raw(
+        &format!("{prefix}.in"),
+        1,
+        &[
+            (None, Some(ended.as_bytes())),
+            (None, Some(early.as_bytes())),
+        ],
+    );
+    assert_success(&dishflow(&["setup", "--postgres-url", &db], MINUTE));
+    let args = promos_args(&db, &prefix);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = spawn(&argv);
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let rows = loop {
+        let rows = feedback_rows(&db);
+        if !rows.is_empty() || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Nothing may appear before the start.
+    assert!(now_secs() >= start, "emitted before its start");
+    // SIGTERM: finish what is complete, exit 0.
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let out = wait(child, Duration::from_secs(20));
+    assert_success(&out);
+
+    assert_eq!(
+        rows,
+        vec![(
+            "early".to_string(),
+            "923e4567-e89b-12d3-a456-426614174000".to_string(),
+            start as i32
+        )]
+    );
+    let drafts = drafts_in_kafka(&format!("{prefix}.out"));
+    assert_eq!(drafts.len(), 1);
+    assert_eq!(drafts[0].1["trigger_datetime_created"], start);
+    assert_eq!(drafts[0].1["adv_campaign_id"], "early");
+}
+
+#[test]
+fn bad_input_goes_to_the_dead_letter_topic_and_the_job_goes_on() {
+    let db = database("dlq");
+    seed_subscribers(&db);
+    let prefix = unique("dlq");
+    let now = now_secs();
+    let valid = campaign_json("good", R1, now - 10, now + 3600);
+    let with = |from: &str, to: &str| valid.replace(from, to);
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0xff, 0xfe, b'{'], "not_utf8"),
+        (b"{oops".to_vec(), "not_json"),
+        (b"[1,2]".to_vec(), "not_object"),
+        (
+            with(r#""adv_campaign_owner":"o","#, "").into_bytes(),
+            "missing_field:adv_campaign_owner",
+        ),
+        (
+            with(
+                r#""adv_campaign_content":"c""#,
+                r#""adv_campaign_content":null"#,
+            )
+            .into_bytes(),
+            "null_field:adv_campaign_content",
+        ),
+        (
+            with(r#""restaurant_id":"123"#, r#""restaurant_id":123,"x":"123"#).into_bytes(),
+            "wrong_type:restaurant_id",
+        ),
+        (
+            campaign_json("backwards", R1, now + 10, now).into_bytes(),
+            "end_not_after_start",
+        ),
+        (Vec::new(), "empty_value"),
+    ];
+    let mut messages: Vec<(Option<&[u8]>, Option<&[u8]>)> = bad
+        .iter()
+        .map(|(v, reason)| (Some(reason.as_bytes()), Some(v.as_slice())))
+        .collect();
+    messages.push((Some(b"tombstone".as_slice()), None));
+    messages.push((Some(b"good".as_slice()), Some(valid.as_bytes())));
+    produce_raw(&format!("{prefix}.in"), 2, &messages);
+
+    run_bounded(&promos_args(&db, &prefix), &[]);
+
+    let dead = consume(&format!("{prefix}.dlq"));
+    assert_eq!(dead.len(), 9, "{dead:?}");
+    for m in &dead {
+        let header = |name: &str| {
+            m.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("header {name} in {m:?}"))
+        };
+        let key = m.key.clone().expect("original key kept");
+        let expected_reason = if key == "tombstone" {
+            "tombstone"
+        } else {
+            key.as_str()
+        };
+        assert_eq!(header("dishflow.error.reason"), expected_reason);
+        assert_eq!(header("dishflow.source.topic"), format!("{prefix}.in"));
+        let (partition, offset) = (
+            header("dishflow.source.partition"),
+            header("dishflow.source.offset"),
+        );
+        assert!(partition.parse::<i32>().is_ok() && offset.parse::<i64>().is_ok());
+        // The original value, byte for byte (compared as lossy text here).
+        let original = bad
+            .iter()
+            .find(|(_, r)| *r == key)
+            .map(|(v, _)| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(m.value, if key == "tombstone" { None } else { original });
+    }
+    // The good record after all the bad ones still made its draft.
+    assert_eq!(feedback_rows(&db).len(), 1);
+    assert_eq!(consume(&format!("{prefix}.out")).len(), 1);
+}
+
+/// Subscribers: 300 rows over 6 restaurants, with duplicates; 40 campaigns over 8 restaurants
+/// (two without subscribers).
+fn scale_input(db: &str, prefix: &str) {
+    let mut client = pg(db);
+    client
+        .batch_execute(dishflow::pg::SUBSCRIBERS_DDL)
+        .expect("ddl");
+    client
+        .batch_execute(
+            "INSERT INTO subscribers_restaurants (client_id, restaurant_id)
+             SELECT 'client-' || (i % 250), '123e4567-e89b-12d3-a456-' || lpad((426614174000 + i % 6)::text, 12, '0')
+             FROM generate_series(1, 300) AS i",
+        )
+        .expect("subscribers");
+    let now = now_secs();
+    let messages: Vec<String> = (0..40)
+        .map(|i| {
+            campaign_json(
+                &format!("campaign-{i}"),
+                &format!("123e4567-e89b-12d3-a456-{:012}", 426614174000u64 + i % 8),
+                now - 60,
+                now + 3600,
+            )
+        })
+        .collect();
+    let raw: Vec<(Option<&[u8]>, Option<&[u8]>)> = messages
+        .iter()
+        .map(|m| (None, Some(m.as_bytes())))
+        .collect();
+    produce_raw(&format!("{prefix}.in"), 4, &raw);
+}
+
+fn outputs(db: &str, prefix: &str) -> (BTreeSet<String>, BTreeSet<(String, String)>) {
+    let keys: Vec<String> = consume(&format!("{prefix}.out"))
+        .into_iter()
+        .filter_map(|m| m.key)
+        .collect();
+    let unique: BTreeSet<String> = keys.iter().cloned().collect();
+    assert_eq!(keys.len(), unique.len(), "no duplicate drafts");
+    let rows = feedback_rows(db)
+        .into_iter()
+        .map(|(c, k, _)| (c, k))
+        .collect();
+    (unique, rows)
+}
+
+#[test]
+fn two_workers_and_two_processes_give_the_same_output_as_one() {
+    let input = unique("scale");
+    let db1 = database("scale1");
+    scale_input(&db1, &input);
+    // The same topic feeds all three runs; each run writes to its own outputs and database.
+    let run = |db: &str, out: &str, extra: &[&str]| {
+        let mut args = promos_args(db, out);
+        args[6] = format!("{input}.in");
+        run_bounded(&args, extra);
+    };
+    let out1 = unique("scale_one");
+    run(&db1, &out1, &[]);
+    let one = outputs(&db1, &out1);
+    // 4 restaurants with subscribers among 8 campaign restaurants: 6 of 8 have subscribers
+    // (0..5); each subscribed restaurant has 50 rows, of which some are duplicates.
+    assert!(!one.0.is_empty());
+    assert_eq!(one.0.len(), one.1.len());
+
+    let db2 = database("scale2");
+    scale_input_subscribers_only(&db1, &db2);
+    let out2 = unique("scale_two");
+    run(&db2, &out2, &["--workers", "2"]);
+    assert_eq!(outputs(&db2, &out2), one);
+
+    let db3 = database("scale3");
+    scale_input_subscribers_only(&db1, &db3);
+    let out3 = unique("scale_procs");
+    let hostfile = std::env::temp_dir().join(format!("{out3}.hosts"));
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
+    )
+    .expect("hostfile");
+    let mut args = promos_args(&db3, &out3);
+    args[6] = format!("{input}.in");
+    let hostfile = hostfile.to_string_lossy().to_string();
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            let mut argv: Vec<String> = args.clone();
+            argv.extend(
+                [
+                    "--stop-at-end",
+                    "--processes",
+                    "2",
+                    "--process",
+                    &i.to_string(),
+                    "--hostfile",
+                    &hostfile,
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            spawn(&argv)
+        })
+        .collect();
+    for child in children {
+        assert_success(&wait(child, MINUTE));
+    }
+    assert_eq!(outputs(&db3, &out3), one);
+}
+
+/// Copies the subscribers of `from` into `to` (same ids, so the same split across workers is
+/// not what makes the outputs agree).
+fn scale_input_subscribers_only(from: &str, to: &str) {
+    let rows = pg(from)
+        .query(
+            "SELECT client_id, restaurant_id FROM subscribers_restaurants ORDER BY id",
+            &[],
+        )
+        .expect("read");
+    let mut client = pg(to);
+    client
+        .batch_execute(dishflow::pg::SUBSCRIBERS_DDL)
+        .expect("ddl");
+    for row in rows {
+        let (c, r): (String, String) = (row.get(0), row.get(1));
+        client
+            .execute(
+                "INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ($1, $2)",
+                &[&c, &r],
+            )
+            .expect("insert");
+    }
+}
+
+#[test]
+fn startup_problems_end_with_one_clear_line_and_a_non_zero_status() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "promos",
+                "--postgres-url",
+                "postgres://postgres@127.0.0.1:1/de",
+            ],
+            "cannot connect to Postgres",
+        ),
+        (
+            &["promos", "--postgres-url", "not a url"],
+            "invalid Postgres URL",
+        ),
+        (
+            &[
+                "setup",
+                "--postgres-url",
+                "postgres://postgres@127.0.0.1:1/de",
+            ],
+            "cannot connect to Postgres",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = dishflow(args, MINUTE);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("dishflow: error:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(expected), "{stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+    // Unreachable broker (Postgres fine).
+    let db = database("nobroker");
+    let out = dishflow(
+        &[
+            "promos",
+            "--brokers",
+            "127.0.0.1:1",
+            "--postgres-url",
+            &db,
+            "--kafka-property",
+            "socket.connection.setup.timeout.ms=1000",
+        ],
+        MINUTE,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("dishflow: error: cannot reach Kafka at 127.0.0.1:1"),
+        "{stderr}"
+    );
+}
