@@ -219,7 +219,7 @@ fn bad_input_goes_to_the_dead_letter_topic_and_the_job_goes_on() {
         ),
         (Vec::new(), "empty_value"),
     ];
-    let mut messages: Vec<(Option<&[u8]>, Option<&[u8]>)> = bad
+    let mut messages: Vec<Raw<'_>> = bad
         .iter()
         .map(|(v, reason)| (Some(reason.as_bytes()), Some(v.as_slice())))
         .collect();
@@ -289,7 +289,7 @@ fn scale_input(db: &str, prefix: &str) {
             )
         })
         .collect();
-    let raw: Vec<(Option<&[u8]>, Option<&[u8]>)> = messages
+    let raw: Vec<Raw<'_>> = messages
         .iter()
         .map(|m| (None, Some(m.as_bytes())))
         .collect();

@@ -124,9 +124,10 @@ impl<D, E: Encoder<D>> SinkWriter<D> for KafkaWriter<E> {
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
-                    Err((rdkafka::error::KafkaError::MessageProduction(code), back))
-                        if code == RDKafkaErrorCode::QueueFull =>
-                    {
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) => {
                         record = back;
                         self.producer.poll(Duration::from_millis(10));
                     }

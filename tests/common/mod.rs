@@ -120,8 +120,11 @@ pub fn seed_subscribers(url: &str) {
     }
 }
 
+/// A message to produce: (key, value); `None` is no key / a tombstone.
+pub type Raw<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// Creates `topic` and produces `messages` (key, value) to it, round robin over partitions.
-pub fn produce_raw(topic: &str, partitions: i32, messages: &[(Option<&[u8]>, Option<&[u8]>)]) {
+pub fn produce_raw(topic: &str, partitions: i32, messages: &[Raw<'_>]) {
     dishflow::kafka::ensure_topic(&kafka(), topic, partitions).expect("create topic");
     let producer: BaseProducer = dishflow::kafka::client_config(&kafka(), &[])
         .create()
