@@ -127,6 +127,21 @@ impl PartitionState {
     }
 }
 
+/// Records in `states` a message read at `partition`/`offset`.
+fn observe_message(states: &mut HashMap<i32, PartitionState>, partition: i32, offset: i64) {
+    if let Some(state) = states.get_mut(&partition) {
+        state.next = offset + 1;
+        state.at_eof = false;
+    }
+}
+
+/// Records in `states` that `partition` was read to its current end.
+fn observe_eof(states: &mut HashMap<i32, PartitionState>, partition: i32) {
+    if let Some(state) = states.get_mut(&partition) {
+        state.at_eof = true;
+    }
+}
+
 /// A consumer assigned to this worker's partitions, positioned per `config.from`.
 fn assigned_consumer(
     config: &KafkaSourceConfig,
@@ -238,10 +253,7 @@ pub fn kafka_source<'s>(
                     match consumer.poll(Duration::ZERO) {
                         None => break,
                         Some(Ok(message)) => {
-                            if let Some(state) = states.get_mut(&message.partition()) {
-                                state.next = message.offset() + 1;
-                                state.at_eof = false;
-                            }
+                            observe_message(states, message.partition(), message.offset());
                             let record = RawRecord {
                                 partition: message.partition(),
                                 offset: message.offset(),
@@ -252,9 +264,7 @@ pub fn kafka_source<'s>(
                             emitted += 1;
                         }
                         Some(Err(KafkaError::PartitionEOF(partition))) => {
-                            if let Some(state) = states.get_mut(&partition) {
-                                state.at_eof = true;
-                            }
+                            observe_eof(states, partition);
                         }
                         Some(Err(error)) => {
                             if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -333,10 +343,7 @@ pub fn read_to_end(
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
-                if let Some(state) = states.get_mut(&m.partition()) {
-                    state.next = m.offset() + 1;
-                    state.at_eof = false;
-                }
+                observe_message(&mut states, m.partition(), m.offset());
                 let headers = m
                     .headers()
                     .map(|h| {
@@ -353,11 +360,7 @@ pub fn read_to_end(
                     headers,
                 });
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                if let Some(state) = states.get_mut(&p) {
-                    state.at_eof = true;
-                }
-            }
+            Some(Err(KafkaError::PartitionEOF(p))) => observe_eof(&mut states, p),
             Some(Err(error)) => return Err(anyhow!("reading {topic}: {error}")),
         }
     }
