@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use dataflows::promos::Campaign;
 
-use crate::cli::{KafkaArgs, ProducePromosArgs};
+use crate::cli::ProducePromosArgs;
 use crate::kafka::ensure_topic;
 use crate::sinks::SinkWriter;
 use crate::sinks::kafka::{Encoder, KafkaMessage, KafkaWriter};
@@ -77,12 +77,8 @@ pub fn promos(args: &ProducePromosArgs) -> Result<()> {
     for chunk in batch.chunks(100_000) {
         writer.write(chunk)?;
     }
-    produced(&args.kafka, &args.topic, args.count);
+    tracing::info!(brokers = %args.kafka.brokers, topic = %args.topic, count = args.count, "produced");
     Ok(())
-}
-
-fn produced(kafka: &KafkaArgs, topic: &str, count: u64) {
-    tracing::info!(brokers = %kafka.brokers, topic, count, "produced");
 }
 
 #[cfg(test)]
