@@ -5,10 +5,9 @@ use postgres::{Client, NoTls};
 
 /// Connects to `url`, with an error that names the server but never the password.
 pub fn connect(url: &str) -> Result<Client> {
-    let config: postgres::Config = url
+    let mut config: postgres::Config = url
         .parse()
         .map_err(|e| anyhow!("invalid Postgres URL: {e}"))?;
-    let mut config = config;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }

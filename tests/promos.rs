@@ -317,26 +317,24 @@ fn two_workers_and_two_processes_give_the_same_output_as_one() {
     scale_input(&db1, &input);
     // The same topic feeds all three runs; each run writes to its own outputs and database.
     let run = |db: &str, out: &str, extra: &[&str]| {
-        let mut args = promos_args(db, out);
-        args[6] = format!("{input}.in");
-        run_bounded(&args, extra);
+        run_bounded(&promos_args_from(db, &format!("{input}.in"), out), extra);
     };
     let out1 = unique("scale_one");
     run(&db1, &out1, &[]);
     let one = outputs(&db1, &out1);
-    // 4 restaurants with subscribers among 8 campaign restaurants: 6 of 8 have subscribers
-    // (0..5); each subscribed restaurant has 50 rows, of which some are duplicates.
+    // Restaurants 0..5 of the 8 campaign restaurants have subscribers (50 rows each, some
+    // of them duplicate pairs); restaurants 6 and 7 have none.
     assert!(!one.0.is_empty());
     assert_eq!(one.0.len(), one.1.len());
 
     let db2 = database("scale2");
-    scale_input_subscribers_only(&db1, &db2);
+    copy_subscribers(&db1, &db2);
     let out2 = unique("scale_two");
     run(&db2, &out2, &["--workers", "2"]);
     assert_eq!(outputs(&db2, &out2), one);
 
     let db3 = database("scale3");
-    scale_input_subscribers_only(&db1, &db3);
+    copy_subscribers(&db1, &db3);
     let out3 = unique("scale_procs");
     let hostfile = std::env::temp_dir().join(format!("{out3}.hosts"));
     let port = 20_000 + (std::process::id() % 20_000) as u16;
@@ -345,8 +343,7 @@ fn two_workers_and_two_processes_give_the_same_output_as_one() {
         format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
     )
     .expect("hostfile");
-    let mut args = promos_args(&db3, &out3);
-    args[6] = format!("{input}.in");
+    let args = promos_args_from(&db3, &format!("{input}.in"), &out3);
     let hostfile = hostfile.to_string_lossy().to_string();
     let children: Vec<_> = (0..2)
         .map(|i| {
@@ -374,9 +371,8 @@ fn two_workers_and_two_processes_give_the_same_output_as_one() {
     assert_eq!(outputs(&db3, &out3), one);
 }
 
-/// Copies the subscribers of `from` into `to` (same ids, so the same split across workers is
-/// not what makes the outputs agree).
-fn scale_input_subscribers_only(from: &str, to: &str) {
+/// Copies the subscriber rows of `from` into the fresh database `to`, in one statement.
+fn copy_subscribers(from: &str, to: &str) {
     let rows = pg(from)
         .query(
             "SELECT client_id, restaurant_id FROM subscribers_restaurants ORDER BY id",

@@ -194,6 +194,11 @@ pub fn assert_success(out: &Output) {
 
 /// Arguments of a promos run on `db` and the topics `<prefix>.in/.out/.dlq`.
 pub fn promos_args(db: &str, prefix: &str) -> Vec<String> {
+    promos_args_from(db, &format!("{prefix}.in"), prefix)
+}
+
+/// Arguments of a promos run on `db` reading `input`, writing `<prefix>.out/.dlq`.
+pub fn promos_args_from(db: &str, input: &str, prefix: &str) -> Vec<String> {
     [
         "promos",
         "--brokers",
@@ -201,7 +206,7 @@ pub fn promos_args(db: &str, prefix: &str) -> Vec<String> {
         "--postgres-url",
         db,
         "--promo-topic",
-        &format!("{prefix}.in"),
+        input,
         "--notification-topic",
         &format!("{prefix}.out"),
         "--dead-letter-topic",
