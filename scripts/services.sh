@@ -49,6 +49,19 @@ postgres() {
     for _ in $(seq 1 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
   fi
   pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL is not accepting connections"; return 1; }
+  # The promos job follows subscribers_restaurants by logical decoding (pgoutput): it needs
+  # wal_level=logical, and one replication slot per worker (temporary; tests run in parallel).
+  local wal slots
+  wal="$(psql -h 127.0.0.1 -U postgres -tAc 'SHOW wal_level')"
+  slots="$(psql -h 127.0.0.1 -U postgres -tAc 'SHOW max_replication_slots')"
+  if [ "$wal" != logical ] || [ "$slots" -lt 64 ]; then
+    log "enabling logical decoding (wal_level=logical, max_replication_slots=64); restarting PostgreSQL $version"
+    psql -h 127.0.0.1 -U postgres -qc "ALTER SYSTEM SET wal_level = logical" \
+      -c "ALTER SYSTEM SET max_replication_slots = 64"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+    for _ in $(seq 1 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
+    pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL did not come back"; return 1; }
+  fi
   if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='de'" | grep -q 1; then
     log "creating database de"
     psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE de"

@@ -23,7 +23,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the tables and indexes the jobs write to (accepts tables created by others).
+    /// Create the tables, indexes and publication the jobs need (accepts tables created by
+    /// others); `--drop` removes the publication and leftover replication slots.
     Setup(SetupArgs),
     /// Job 1: restaurant promos ⋈ subscribers → notification drafts (Kafka) + feedback rows (Postgres).
     Promos(PromosArgs),
@@ -57,6 +58,11 @@ pub struct SetupArgs {
     /// Postgres connection URL.
     #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL)]
     pub postgres_url: String,
+
+    /// Remove what setup created for change capture instead: the publication
+    /// `dishflow_subscribers` and inactive `dishflow_*` replication slots. Tables are kept.
+    #[arg(long)]
+    pub drop: bool,
 }
 
 /// The default Postgres URL: the local server's database `de`.

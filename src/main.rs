@@ -10,9 +10,13 @@ use tracing_subscriber::EnvFilter;
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup(args) => {
-            dishflow::pg::setup_promos(&args.postgres_url)?;
-            tracing::info!("schema ready");
-            Ok(())
+            if args.drop {
+                dishflow::pg::drop_promos(&args.postgres_url)
+            } else {
+                dishflow::pg::setup_promos(&args.postgres_url)?;
+                tracing::info!("schema ready");
+                Ok(())
+            }
         }
         Command::Promos(args) => dishflow::jobs::promos::run(args),
         Command::Produce(ProduceCommand::Promos(args)) => dishflow::produce::promos(&args),

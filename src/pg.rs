@@ -65,8 +65,15 @@ CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
 CREATE UNIQUE INDEX IF NOT EXISTS subscribers_feedback_campaign_client_uq
     ON public.subscribers_feedback (adv_campaign_id, client_id)";
 
-/// Creates the promos job's tables and index if missing. Safe to run concurrently from
-/// several processes (serialised by an advisory lock) and on tables created by others.
+/// The publication through which the promos job captures changes of the subscribers table.
+pub const SUBSCRIBERS_PUBLICATION: &str = "dishflow_subscribers";
+
+/// Prefix of the replication slots dishflow creates (temporary ones, one per worker).
+pub const SLOT_PREFIX: &str = "dishflow_";
+
+/// Creates the promos job's tables, index and publication if missing. Safe to run
+/// concurrently from several processes (serialised by an advisory lock) and on tables
+/// created by others. Warns about inactive dishflow replication slots (they retain WAL).
 pub fn setup_promos(url: &str) -> Result<()> {
     let mut client = connect(url)?;
     let mut tx = client.transaction()?;
@@ -78,6 +85,58 @@ pub fn setup_promos(url: &str) -> Result<()> {
         "cannot create public.subscribers_feedback or its unique index on \
          (adv_campaign_id, client_id) (duplicate rows in an existing table?)",
     )?;
+    let exists = tx
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&SUBSCRIBERS_PUBLICATION],
+        )?
+        .is_some();
+    if !exists {
+        tx.batch_execute(&format!(
+            "CREATE PUBLICATION {SUBSCRIBERS_PUBLICATION} FOR TABLE public.subscribers_restaurants"
+        ))
+        .context(
+            "cannot create publication dishflow_subscribers for public.subscribers_restaurants \
+             (needs ownership of the table, or ask its owner to create it)",
+        )?;
+    }
     tx.commit()?;
+    for (slot, retained) in stale_slots(&mut client)? {
+        tracing::warn!(
+            slot,
+            retained_bytes = retained,
+            "inactive dishflow replication slot retains WAL; `dishflow setup --drop` removes it"
+        );
+    }
+    Ok(())
+}
+
+/// Inactive replication slots named like dishflow's, with the WAL bytes each retains.
+fn stale_slots(client: &mut Client) -> Result<Vec<(String, i64)>> {
+    let rows = client.query(
+        "SELECT slot_name::text, coalesce((pg_current_wal_lsn() - restart_lsn)::int8, 0) \
+         FROM pg_replication_slots \
+         WHERE NOT active AND database = current_database() AND starts_with(slot_name, $1)",
+        &[&SLOT_PREFIX],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Removes what `setup_promos` created for change capture: the publication and any inactive
+/// dishflow replication slot. Tables and their data are left alone.
+pub fn drop_promos(url: &str) -> Result<()> {
+    let mut client = connect(url)?;
+    for (slot, retained) in stale_slots(&mut client)? {
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .with_context(|| format!("cannot drop replication slot {slot}"))?;
+        tracing::info!(slot, retained_bytes = retained, "dropped replication slot");
+    }
+    client
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {SUBSCRIBERS_PUBLICATION}"
+        ))
+        .context("cannot drop publication dishflow_subscribers")?;
+    tracing::info!(publication = SUBSCRIBERS_PUBLICATION, "dropped publication");
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! ```text
 //!  Kafka restaurant_promos ─► kafka_source ─► promos::decode ─┬─► dead letters ─► Kafka *.dlq
 //!                                                             └─► campaigns ─┐
-//!  Postgres subscribers_restaurants ─► subscribers_snapshot ─────────────────┤ promos::drafts
+//!  Postgres subscribers_restaurants ─► subscribers (snapshot + changes) ─────┤ promos::drafts
 //!                                                                            ▼
 //!          drafts ─► Postgres subscribers_feedback (idempotent; the ledger of drafts sent)
 //!                        └─ drafts new to the table, retractions ─► Kafka promo_notifications
@@ -24,8 +24,9 @@ use crate::control::{Completion, completion_barrier, install_signal_handlers};
 use crate::sinks::kafka::{DeadLetterEncoder, DraftEncoder, KafkaWriter};
 use crate::sinks::postgres::FeedbackWriter;
 use crate::sinks::sink;
-use crate::sources::kafka::{KafkaSourceConfig, kafka_source, wall_clock_ms};
-use crate::sources::postgres::subscribers_snapshot;
+use crate::sources::kafka::{KafkaSourceConfig, kafka_source};
+use crate::sources::postgres::{SubscribersConfig, subscribers};
+use crate::sources::wall_clock_ms;
 use crate::{cluster, kafka, pg};
 
 /// Runs the promos job until its input ends (`--stop-at-end`) or a signal asks it to stop.
@@ -55,6 +56,12 @@ pub fn run(args: PromosArgs) -> Result<()> {
         from: args.from,
         stop_at_end: args.stop_at_end,
         tick,
+    };
+    let subscribers_config = SubscribersConfig {
+        url: args.postgres_url.clone(),
+        publication: pg::SUBSCRIBERS_PUBLICATION.to_string(),
+        follow: !args.stop_at_end,
+        poll: tick,
     };
     let started = std::time::Instant::now();
     super::run_workers(config, shutdown, move |worker, control| {
@@ -88,8 +95,13 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 control.clone(),
                 completion.clone(),
             );
-            let subscriptions =
-                subscribers_snapshot(scope, args.postgres_url.clone(), t0, control.clone());
+            let subscriptions = subscribers(
+                scope,
+                subscribers_config.clone(),
+                t0,
+                control.clone(),
+                completion.clone(),
+            );
             let (campaigns, dead_letters) = promos::decode(raw);
             let drafts = promos::drafts(campaigns, subscriptions);
             sink(

@@ -8,19 +8,14 @@
 //!   worker 2 ◄─────┘
 //!
 //!   librdkafka fetch thread ──queue non-empty──► SyncActivator ──► operator scheduled
-//!   operator: t = wall clock (ms); emit (record, t, +1) for what is queued; capability → t+1
-//!   idle:     re-scheduled every tick to move the capability with the wall clock
 //! ```
 //!
-//! * **Time.** Every message read in one activation is stamped with the activation's
-//!   wall-clock millisecond `t`; the capability is then downgraded to `t + 1`, so the batch is
-//!   complete downstream immediately. Logical time never runs ahead of the wall clock: when a
-//!   second activation falls in the same millisecond it waits for the next one.
+//! The operator is a [`clocked_source`] (time stamping, waking, finishing); this module is
+//! the Kafka side:
+//!
 //! * **Waking.** librdkafka calls back when the consumer queue becomes non-empty; the callback
 //!   activates the operator from librdkafka's thread. An activation drains at most
-//!   [`MAX_BATCH`] messages and re-activates itself if more are queued. Without data the
-//!   operator wakes once per tick, which is what moves frontiers and releases future-dated
-//!   updates (a campaign's start and end) on time.
+//!   [`MAX_BATCH`] messages and re-activates itself if more are queued.
 //! * **Bounded runs.** With `stop_at_end`, the high watermark of each owned partition is read
 //!   at startup. A partition is done when its next offset is at or past that watermark *and*
 //!   librdkafka reported partition EOF afterwards: Tansu's watermark can lag the last offset
@@ -31,23 +26,23 @@
 //!   keys and values and the dataflow routes bad ones to the dead-letter topic.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use dataflows::{Diff, RawRecord, Time};
-use differential_dataflow::{AsCollection, VecCollection};
+use differential_dataflow::VecCollection;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use timely::dataflow::Scope;
-use timely::dataflow::operators::generic::operator::source;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::cli::{KafkaArgs, StartFrom};
 use crate::control::{Completion, Control};
 use crate::kafka::{STARTUP_TIMEOUT, client_config};
+use crate::sources::{Reader, Status, clocked_source};
 
 /// Most messages emitted per activation before yielding to other operators.
 pub const MAX_BATCH: usize = 8192;
@@ -80,14 +75,6 @@ pub fn owned_partitions(partitions: &[i32], index: usize, peers: usize) -> Vec<i
                 .unwrap_or(false)
         })
         .collect()
-}
-
-/// Milliseconds since the unix epoch, by the wall clock.
-pub fn wall_clock_ms() -> Time {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Whether `error` only says that a partition has been read to its current end.
@@ -187,7 +174,62 @@ fn assigned_consumer(
     Ok((consumer, states))
 }
 
-/// Builds the source operator for this worker. The source registers with `completion` and
+/// The Kafka side of a source: this worker's assigned consumer and partition progress.
+struct KafkaReader {
+    name: String,
+    consumer: BaseConsumer<SourceContext>,
+    states: HashMap<i32, PartitionState>,
+    stop_at_end: bool,
+    last_warning: Option<Instant>,
+}
+
+impl Reader for KafkaReader {
+    type Data = RawRecord;
+
+    fn read(&mut self, give: &mut dyn FnMut(RawRecord, Diff)) -> Status {
+        let mut emitted = 0;
+        loop {
+            if emitted >= MAX_BATCH {
+                return Status::More;
+            }
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => {
+                    observe_message(&mut self.states, message.partition(), message.offset());
+                    let record = RawRecord {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        value: message.payload().map(<[u8]>::to_vec),
+                    };
+                    give(record, 1);
+                    emitted += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    observe_eof(&mut self.states, partition);
+                }
+                Some(Err(error)) => {
+                    if self
+                        .last_warning
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                    {
+                        warn!(source = %self.name, %error, "Kafka error (retrying)");
+                        self.last_warning = Some(Instant::now());
+                    }
+                    break;
+                }
+            }
+        }
+        if self.stop_at_end && self.states.values().all(PartitionState::done) {
+            Status::Finished
+        } else {
+            Status::Idle
+        }
+    }
+}
+
+/// Builds the source operator for this worker (see [`clocked_source`]): this worker's share
+/// of the topic's partitions as raw records. The source registers with `completion` and
 /// reports fatal startup errors (broker gone between checks and startup) to `control`.
 pub fn kafka_source<'s>(
     scope: Scope<'s, Time>,
@@ -196,109 +238,32 @@ pub fn kafka_source<'s>(
     control: Control,
     completion: Completion,
 ) -> VecCollection<'s, Time, RawRecord, Diff> {
-    completion.register_source();
-    let name = name.to_string();
-    source(scope, &name.clone(), move |capability, info| {
-        let activator = scope.activator_for(info.address.clone());
-        let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
-        let owned = owned_partitions(&config.partitions, scope.index(), scope.peers());
-        let mut reader = match assigned_consumer(&config, &owned) {
-            Ok((mut consumer, states)) => {
-                consumer.set_nonempty_callback(move || {
-                    // Fails only when the worker is gone, i.e. the job is ending.
-                    let _ = sync_activator.activate();
-                });
-                info!(source = %name, topic = %config.topic, partitions = ?owned, "reading");
-                Some((consumer, states))
-            }
-            Err(error) => {
-                control.fail(error.context(format!("source {name}")));
-                None
-            }
-        };
-        let mut capability = Some(capability);
-        let mut finished = false;
-        let mut next_tick = Instant::now();
-        let mut last_warning: Option<Instant> = None;
-
-        move |output| {
-            let Some(cap) = capability.as_mut() else {
-                return;
-            };
-            if finished {
-                if completion.horizon().is_some() {
-                    capability = None; // lets every frontier run to the end
-                } else {
-                    activator.activate_after(config.tick);
-                }
-                return;
-            }
-            let now = wall_clock_ms();
-            if now < *cap.time() {
-                // Same millisecond as the previous batch: never stamp ahead of the clock.
-                activator.activate_after(Duration::from_millis(1));
-                return;
-            }
-            cap.downgrade(&now);
-
-            let mut emitted = 0;
-            let mut more = false;
-            if let Some((consumer, states)) = reader.as_mut() {
-                let mut session = output.session(&*cap);
-                loop {
-                    if emitted >= MAX_BATCH {
-                        more = true;
-                        break;
-                    }
-                    match consumer.poll(Duration::ZERO) {
-                        None => break,
-                        Some(Ok(message)) => {
-                            observe_message(states, message.partition(), message.offset());
-                            let record = RawRecord {
-                                partition: message.partition(),
-                                offset: message.offset(),
-                                key: message.key().map(<[u8]>::to_vec),
-                                value: message.payload().map(<[u8]>::to_vec),
-                            };
-                            session.give((record, now, 1));
-                            emitted += 1;
-                        }
-                        Some(Err(KafkaError::PartitionEOF(partition))) => {
-                            observe_eof(states, partition);
-                        }
-                        Some(Err(error)) => {
-                            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                                warn!(source = %name, %error, "Kafka error (retrying)");
-                                last_warning = Some(Instant::now());
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-            if emitted > 0 {
-                debug!(source = %name, emitted, time = now, "batch");
-            }
-            cap.downgrade(&(now + 1));
-
-            let all_read = config.stop_at_end
-                && reader
-                    .as_ref()
-                    .is_some_and(|(_, states)| states.values().all(PartitionState::done));
-            if all_read || control.shutdown_requested() {
-                info!(source = %name, final_time = now + 1, "finished reading");
-                finished = true;
-                completion.source_finished(now + 1);
-                activator.activate_after(config.tick);
-            } else if more {
-                activator.activate();
-            } else if Instant::now() >= next_tick {
-                next_tick = Instant::now() + config.tick;
-                activator.activate_after(config.tick);
-            }
-        }
-    })
-    .as_collection()
+    let owned = owned_partitions(&config.partitions, scope.index(), scope.peers());
+    let source_name = name.to_string();
+    let tick = config.tick;
+    clocked_source(
+        scope,
+        name,
+        0,
+        tick,
+        control,
+        completion,
+        move |activator| {
+            let (mut consumer, states) = assigned_consumer(&config, &owned)?;
+            consumer.set_nonempty_callback(move || {
+                // Fails only when the worker is gone, i.e. the job is ending.
+                let _ = activator.activate();
+            });
+            info!(source = %source_name, topic = %config.topic, partitions = ?owned, "reading");
+            Ok(KafkaReader {
+                name: source_name,
+                consumer,
+                states,
+                stop_at_end: config.stop_at_end,
+                last_warning: None,
+            })
+        },
+    )
 }
 
 /// A message read by [`read_to_end`].

@@ -1,4 +1,160 @@
 //! Sources: external inputs as differential collections, one file per connector.
+//!
+//! Every source is a [`clocked_source`]: a connector-specific [`Reader`] says what is
+//! available, the shared operator decides at which logical time it happens.
+//!
+//! ```text
+//!   connector thread / client ──"data ready"──► SyncActivator ──► operator scheduled
+//!   operator: t = wall clock (ms); emit (data, t, diff) for what is ready; capability → t+1
+//!   idle:     re-scheduled every tick to move the capability with the wall clock
+//! ```
+//!
+//! * **Time.** Everything read in one activation is stamped with the activation's
+//!   wall-clock millisecond `t`; the capability is then downgraded to `t + 1`, so the batch is
+//!   complete downstream immediately. Logical time never runs ahead of the wall clock: when a
+//!   second activation falls in the same millisecond it waits for the next one.
+//! * **Holding.** While a reader [holds](Reader::holding) (a table snapshot being loaded),
+//!   its data is stamped with the source's start time and the capability stays there, so the
+//!   whole snapshot happens at one logical time, before anything read later.
+//! * **Waking.** The connector activates the operator when data arrives. An activation emits
+//!   a bounded amount (the reader decides) and re-activates itself if more is ready. Without
+//!   data the operator wakes once per tick, which is what moves frontiers and releases
+//!   future-dated updates (a campaign's start and end) on time.
+//! * **Finishing.** A source finishes when its reader says so (end of a bounded run) or on
+//!   SIGTERM/SIGINT. It then holds its capability at its final time until the workers agree
+//!   on the run's horizon ([`crate::control`]), and drops it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use dataflows::{Diff, Time};
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::Scope;
+use timely::dataflow::operators::generic::operator::source;
+use timely::scheduling::SyncActivator;
+use tracing::{debug, info};
+
+use crate::control::{Completion, Control};
 
 pub mod kafka;
+pub mod pgoutput;
 pub mod postgres;
+
+/// What a [`Reader`] reports after emitting what was available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Nothing more is ready now; the connector will wake the operator.
+    Idle,
+    /// More is ready: schedule again at once.
+    More,
+    /// The input has ended (bounded run): the source finishes.
+    Finished,
+}
+
+/// A connector, driven by [`clocked_source`] on the worker thread.
+pub trait Reader: 'static {
+    /// What the source emits.
+    type Data: Clone + 'static;
+
+    /// Emits (by `give(data, diff)`) what is available now, a bounded amount at a time.
+    fn read(&mut self, give: &mut dyn FnMut(Self::Data, Diff)) -> Status;
+
+    /// Whether the data read now belongs to the source's start time (a snapshot).
+    fn holding(&self) -> bool {
+        false
+    }
+}
+
+/// Builds a source operator for this worker around the reader made by `build`, which gets
+/// the activator that wakes the operator. A `build` error is fatal (reported to `control`).
+/// `start` is the job's start time; `tick` the idle re-scheduling interval.
+pub fn clocked_source<'s, R: Reader>(
+    scope: Scope<'s, Time>,
+    name: &str,
+    start: Time,
+    tick: Duration,
+    control: Control,
+    completion: Completion,
+    build: impl FnOnce(SyncActivator) -> Result<R> + 'static,
+) -> VecCollection<'s, Time, R::Data, Diff> {
+    completion.register_source();
+    let name = name.to_string();
+    source(scope, &name.clone(), move |mut capability, info| {
+        let activator = scope.activator_for(info.address.clone());
+        let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let mut reader = match build(sync_activator) {
+            Ok(reader) => Some(reader),
+            Err(error) => {
+                control.fail(error.context(format!("source {name}")));
+                None
+            }
+        };
+        capability.downgrade(&start.max(*capability.time()));
+        let mut capability = Some(capability);
+        let mut finished = false;
+        let mut next_tick = Instant::now();
+
+        move |output| {
+            let Some(cap) = capability.as_mut() else {
+                return;
+            };
+            if finished {
+                if completion.horizon().is_some() {
+                    capability = None; // lets every frontier run to the end
+                } else {
+                    activator.activate_after(tick);
+                }
+                return;
+            }
+            let holding = reader.as_ref().is_some_and(R::holding);
+            let now = wall_clock_ms();
+            if !holding {
+                if now < *cap.time() {
+                    // Same millisecond as the previous batch: never stamp ahead of the clock.
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+                cap.downgrade(&now);
+            }
+            let time = *cap.time();
+
+            let mut emitted = 0usize;
+            let mut status = Status::Idle;
+            if let Some(reader) = reader.as_mut() {
+                let mut session = output.session(&*cap);
+                status = reader.read(&mut |data, diff| {
+                    session.give((data, time, diff));
+                    emitted += 1;
+                });
+            }
+            if emitted > 0 {
+                debug!(source = %name, emitted, time, "batch");
+            }
+            let holding = reader.as_ref().is_some_and(R::holding);
+            if !holding {
+                cap.downgrade(&(time + 1));
+            }
+
+            if !holding && (status == Status::Finished || control.shutdown_requested()) {
+                info!(source = %name, final_time = time + 1, "finished reading");
+                finished = true;
+                completion.source_finished(time + 1);
+                activator.activate_after(tick);
+            } else if status == Status::More {
+                activator.activate();
+            } else if Instant::now() >= next_tick {
+                next_tick = Instant::now() + tick;
+                activator.activate_after(tick);
+            }
+        }
+    })
+    .as_collection()
+}
+
+/// Milliseconds since the unix epoch, by the wall clock.
+pub fn wall_clock_ms() -> Time {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
