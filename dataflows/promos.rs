@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!  raw Kafka records ──decode──┬── Err ─────────────────────────────► dead letters
-//!                              └── Ok(Campaign)
-//!                                     │ valid_campaigns: +1 at max(arrival, start)
-//!                                     │                  −1 at max(arrival, end)
-//!                                     │ distinct (one copy per campaign version)
+//!                              └── Ok(CampaignMessage)
+//!                                     │ exchange by adv_campaign_id
+//!                                     │ campaigns_in_force (Lifecycle): latest version wins,
+//!                                     │   +1 at max(arrival, start), −1 at max(arrival, end),
+//!                                     │   a replacement retracts the old version at arrival
 //!                                     ▼
 //!                        arrange by restaurant_id ─┐
 //!                                                  ├─ join ──► Draft { campaign, client_id }
@@ -15,18 +16,24 @@
 //!
 //! The rules, by name:
 //! * [`parse_campaign`]: what a valid campaign message is; everything else is a [`Reject`].
-//! * [`valid_campaigns`]: *insert at start, retract at end* — a campaign exists in
-//!   `[adv_campaign_datetime_start, adv_campaign_datetime_end)`, never before its arrival.
-//!   A campaign that arrives after its end is inserted and retracted at the same time and
-//!   therefore never appears.
+//! * [`Lifecycle`]: *insert at start, retract at end*, per `adv_campaign_id` — the version
+//!   in force exists in `[adv_campaign_datetime_start, adv_campaign_datetime_end)`, never
+//!   before its arrival; a newer version replaces it from its arrival on; state is dropped
+//!   once every version has ended.
 //! * [`drafts`]: one draft per (campaign, client) while the campaign is valid and the client
 //!   subscribes to its restaurant; duplicate subscription rows count once.
 //! * [`Draft::notification`]: the exact output format, with `trigger_datetime_created` being
 //!   the logical second at which the draft came into existence.
 
-use differential_dataflow::VecCollection;
+use std::collections::{BTreeMap, HashMap};
+
+use differential_dataflow::hashable::Hashable;
+use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::CapabilitySet;
+use timely::dataflow::operators::generic::Operator;
 
 use crate::{DeadLetter, Diff, RawRecord, Time, secs_to_time};
 
@@ -209,15 +216,31 @@ pub fn parse_campaign(value: Option<&[u8]>) -> Result<Campaign, Reject> {
     Ok(campaign)
 }
 
-/// Splits raw promo records into decoded campaigns and dead letters.
+/// A decoded campaign message with its position in the topic: versions of one campaign are
+/// ordered by `datetime_created`, then by arrival (logical time, partition, offset).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CampaignMessage {
+    /// The campaign version the message carries.
+    pub campaign: Campaign,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+}
+
+/// Splits raw promo records into decoded campaign messages and dead letters.
 pub fn decode<'s>(
     raw: VecCollection<'s, Time, RawRecord, Diff>,
 ) -> (
-    VecCollection<'s, Time, Campaign, Diff>,
+    VecCollection<'s, Time, CampaignMessage, Diff>,
     VecCollection<'s, Time, DeadLetter, Diff>,
 ) {
     let decoded = raw.map(|record| match parse_campaign(record.value.as_deref()) {
-        Ok(campaign) => Ok(campaign),
+        Ok(campaign) => Ok(CampaignMessage {
+            campaign,
+            partition: record.partition,
+            offset: record.offset,
+        }),
         Err(reject) => Err(DeadLetter {
             record,
             reason: reject.code(),
@@ -228,29 +251,181 @@ pub fn decode<'s>(
     (campaigns, dead_letters)
 }
 
-/// Insert at start, retract at end: each campaign exists during its validity interval.
-///
-/// An update arriving at logical time `a` is moved to `max(a, start)` and cancelled at
-/// `max(a, end)`; a campaign that arrives after its end therefore cancels out immediately.
-pub fn valid_campaigns<'s>(
-    campaigns: VecCollection<'s, Time, Campaign, Diff>,
-) -> VecCollection<'s, Time, Campaign, Diff> {
-    campaigns.join_function(|campaign| {
-        let start = secs_to_time(campaign.adv_campaign_datetime_start);
-        let end = secs_to_time(campaign.adv_campaign_datetime_end);
-        [(campaign.clone(), start, 1), (campaign, end, -1)]
-    })
+/// The version of one campaign currently in force.
+#[derive(Clone, Debug)]
+struct Current {
+    campaign: Campaign,
+    /// (datetime_created, arrival time, partition, offset) of the version in force.
+    order: (i64, Time, i32, i64),
+    /// When every version seen so far has ended: the state can be forgotten then.
+    forget_at: Time,
 }
 
-/// Notification drafts: valid campaigns joined with the *distinct* subscriptions of their
-/// restaurant. The result is a set: each draft has multiplicity one while it exists.
+/// The lifecycle of campaigns, keyed by `adv_campaign_id`: which version is in force, and
+/// when each version is valid. Pure state machine; [`campaigns_in_force`] runs it.
+///
+/// * A message for an unknown id starts the campaign: valid from `max(arrival, start)` to
+///   `max(arrival, end)` (nothing at all when it arrives after its end).
+/// * A newer version (greater `datetime_created`; on a tie, the later arrival) replaces the
+///   one in force at its arrival time `t`: the old version's remaining validity is
+///   retracted (its scheduled end is cancelled) and the new one's is scheduled, so a new end
+///   moves the retraction. Identical content changes nothing; an older version is ignored.
+/// * State is kept until every version seen of the campaign has ended, then forgotten, so
+///   memory is bounded by the campaigns that are live, not by all that ever existed.
+#[derive(Default)]
+pub struct Lifecycle {
+    current: HashMap<String, Current>,
+    /// Ids to look at when the frontier reaches a time (their `forget_at` when scheduled).
+    expiry: BTreeMap<Time, Vec<String>>,
+}
+
+/// Emits the validity of `campaign` as seen from logical time `t`: `diff` at
+/// `max(t, start)`, `-diff` at `max(t, end)`; nothing if that interval is empty.
+fn validity(campaign: &Campaign, t: Time, diff: Diff, emit: &mut impl FnMut(Campaign, Time, Diff)) {
+    let start = secs_to_time(campaign.adv_campaign_datetime_start).max(t);
+    let end = secs_to_time(campaign.adv_campaign_datetime_end).max(t);
+    if start < end {
+        emit(campaign.clone(), start, diff);
+        emit(campaign.clone(), end, -diff);
+    }
+}
+
+impl Lifecycle {
+    /// Applies the messages that arrived at logical time `t`, emitting the changes of the
+    /// valid-campaigns collection as `(campaign, time, diff)` with `time >= t`.
+    pub fn arrive(
+        &mut self,
+        t: Time,
+        mut messages: Vec<CampaignMessage>,
+        emit: &mut impl FnMut(Campaign, Time, Diff),
+    ) {
+        let order = |m: &CampaignMessage| (m.campaign.datetime_created, t, m.partition, m.offset);
+        messages.sort_by_key(order);
+        for message in messages {
+            let order = order(&message);
+            let end = secs_to_time(message.campaign.adv_campaign_datetime_end);
+            let id = message.campaign.adv_campaign_id.clone();
+            let forget_at = match self.current.get_mut(&id) {
+                None if end <= t => continue, // ended before it arrived: nothing to remember
+                None => {
+                    validity(&message.campaign, t, 1, emit);
+                    self.current.insert(
+                        id.clone(),
+                        Current {
+                            campaign: message.campaign,
+                            order,
+                            forget_at: end,
+                        },
+                    );
+                    end
+                }
+                Some(current) => {
+                    if order > current.order {
+                        if current.campaign != message.campaign {
+                            validity(&current.campaign, t, -1, emit);
+                            validity(&message.campaign, t, 1, emit);
+                            current.campaign = message.campaign;
+                        }
+                        current.order = order;
+                    }
+                    if end <= current.forget_at {
+                        continue;
+                    }
+                    current.forget_at = end;
+                    end
+                }
+            };
+            self.expiry.entry(forget_at).or_default().push(id);
+        }
+    }
+
+    /// Forgets the campaigns all of whose versions have ended at or before `time` (every
+    /// message up to `time` having been applied).
+    pub fn expire(&mut self, time: Time) {
+        while let Some(entry) = self.expiry.first_entry() {
+            if *entry.key() > time {
+                break;
+            }
+            for id in entry.remove() {
+                if self.current.get(&id).is_some_and(|c| c.forget_at <= time) {
+                    self.current.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Number of campaigns remembered.
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    /// Whether no campaign is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+}
+
+/// The campaigns in force and valid, as a collection: each campaign version exists while
+/// it is the version in force and valid (see [`Lifecycle`]). Messages are routed by
+/// `adv_campaign_id`, and each worker applies them in logical-time order once the input
+/// frontier has passed their time.
+pub fn campaigns_in_force<'s>(
+    messages: VecCollection<'s, Time, CampaignMessage, Diff>,
+) -> VecCollection<'s, Time, Campaign, Diff> {
+    let exchange = Exchange::new(|(m, _, _): &(CampaignMessage, Time, Diff)| {
+        m.campaign.adv_campaign_id.hashed()
+    });
+    messages
+        .inner
+        .unary_frontier(exchange, "CampaignLifecycle", |_capability, _info| {
+            let mut lifecycle = Lifecycle::default();
+            let mut pending: BTreeMap<Time, Vec<CampaignMessage>> = BTreeMap::new();
+            let mut capabilities = CapabilitySet::new();
+            move |(input, frontier), output| {
+                let port = output.output_index();
+                input.for_each(|capability, data| {
+                    if let Some(capability) = capability.retain_least(port) {
+                        capabilities.insert(capability);
+                    }
+                    for (message, time, diff) in data.drain(..) {
+                        // Messages are only ever added; a retraction would be a bug upstream.
+                        if diff > 0 {
+                            pending.entry(time).or_default().push(message);
+                        }
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    let time = *entry.key();
+                    if frontier.less_equal(&time) {
+                        break;
+                    }
+                    let capability = capabilities.delayed(&time);
+                    let mut session = output.session(&capability);
+                    lifecycle.arrive(time, entry.remove(), &mut |campaign, at, diff| {
+                        session.give((campaign, at, diff))
+                    });
+                }
+                match frontier.frontier().first() {
+                    Some(&time) => lifecycle.expire(time.saturating_sub(1)),
+                    None => lifecycle.expire(Time::MAX),
+                }
+                match pending.first_key_value() {
+                    Some((&time, _)) => capabilities.downgrade([time]),
+                    None => capabilities = CapabilitySet::new(),
+                }
+            }
+        })
+        .container::<Vec<(Campaign, Time, Diff)>>()
+        .as_collection()
+}
+
+/// Notification drafts: the campaigns in force joined with the *distinct* subscriptions of
+/// their restaurant. The result is a set: each draft has multiplicity one while it exists.
 pub fn drafts<'s>(
-    campaigns: VecCollection<'s, Time, Campaign, Diff>,
+    messages: VecCollection<'s, Time, CampaignMessage, Diff>,
     subscriptions: VecCollection<'s, Time, Subscription, Diff>,
 ) -> VecCollection<'s, Time, Draft, Diff> {
-    let campaigns = valid_campaigns(campaigns)
-        // The same message delivered twice is one campaign.
-        .threshold_named("DistinctCampaigns", |_, count| Diff::from(*count > 0))
+    let campaigns = campaigns_in_force(messages)
         .map(|campaign| (campaign.restaurant_id.clone(), campaign))
         .arrange_by_key_named("CampaignsByRestaurant");
     subscriptions
@@ -293,6 +468,148 @@ mod tests {
         }
     }
 
+    fn message(campaign: Campaign, offset: i64) -> CampaignMessage {
+        CampaignMessage {
+            campaign,
+            partition: 0,
+            offset,
+        }
+    }
+
+    /// Runs a [`Lifecycle`] over messages arriving at the given times (in that order),
+    /// expiring up to each arrival; returns the consolidated output and the state size.
+    fn run_lifecycle(
+        arrivals: Vec<(Time, Campaign)>,
+        until: Time,
+    ) -> (Vec<(Campaign, Time, Diff)>, usize) {
+        let mut lifecycle = Lifecycle::default();
+        let mut out = Vec::new();
+        for (offset, (t, campaign)) in arrivals.into_iter().enumerate() {
+            lifecycle.expire(t.saturating_sub(1));
+            lifecycle.arrive(
+                t,
+                vec![message(campaign, offset as i64)],
+                &mut |c, at, d| out.push(((c, at), d)),
+            );
+        }
+        lifecycle.expire(until);
+        differential_dataflow::consolidation::consolidate(&mut out);
+        let out = out.into_iter().map(|((c, t), d)| (c, t, d)).collect();
+        (out, lifecycle.len())
+    }
+
+    fn version(c: &Campaign, created: i64, content: &str, end: i64) -> Campaign {
+        Campaign {
+            datetime_created: created,
+            adv_campaign_content: content.into(),
+            adv_campaign_datetime_end: end,
+            ..c.clone()
+        }
+    }
+
+    #[test]
+    fn a_newer_version_replaces_the_old_one_from_its_arrival() {
+        let v1 = campaign("c1", "r1", 10, 20);
+        let v2 = version(&v1, v1.datetime_created + 1, "second", 20);
+        let (out, _) = run_lifecycle(vec![(11_000, v1.clone()), (15_000, v2.clone())], 0);
+        assert_eq!(
+            out,
+            vec![
+                (v1.clone(), 11_000, 1),
+                (v1, 15_000, -1),
+                (v2.clone(), 15_000, 1),
+                (v2, 20_000, -1)
+            ]
+        );
+    }
+
+    #[test]
+    fn older_and_identical_versions_change_nothing() {
+        let v1 = campaign("c1", "r1", 10, 20);
+        let older = version(&v1, v1.datetime_created - 1, "older", 30);
+        let (out, _) = run_lifecycle(
+            vec![(11_000, v1.clone()), (12_000, older), (13_000, v1.clone())],
+            0,
+        );
+        assert_eq!(out, vec![(v1.clone(), 11_000, 1), (v1, 20_000, -1)]);
+    }
+
+    #[test]
+    fn on_equal_creation_time_the_later_message_wins() {
+        let v1 = campaign("c1", "r1", 10, 20);
+        let v2 = version(&v1, v1.datetime_created, "corrected", 20);
+        let (out, _) = run_lifecycle(vec![(11_000, v1.clone()), (12_000, v2.clone())], 0);
+        let mut expected = vec![
+            (v1.clone(), 11_000, 1),
+            (v1, 12_000, -1),
+            (v2.clone(), 12_000, 1),
+            (v2, 20_000, -1),
+        ];
+        expected.sort();
+        assert_eq!(out, expected);
+        // Both in one batch: the later offset wins, the first never appears.
+        let v1 = campaign("c2", "r1", 10, 20);
+        let v2 = version(&v1, v1.datetime_created, "corrected", 20);
+        let mut lifecycle = Lifecycle::default();
+        let mut out = Vec::new();
+        lifecycle.arrive(
+            11_000,
+            vec![message(v2.clone(), 8), message(v1, 7)],
+            &mut |c, t, d| out.push(((c, t), d)),
+        );
+        differential_dataflow::consolidation::consolidate(&mut out);
+        assert_eq!(out, vec![((v2.clone(), 11_000), 1), ((v2, 20_000), -1)]);
+    }
+
+    #[test]
+    fn a_replacement_moves_the_end_earlier_or_later() {
+        let v1 = campaign("c1", "r1", 10, 20);
+        let shorter = version(&v1, v1.datetime_created + 1, "x", 16);
+        let (out, _) = run_lifecycle(vec![(11_000, v1.clone()), (12_000, shorter.clone())], 0);
+        assert_eq!(
+            out,
+            vec![
+                (v1.clone(), 11_000, 1),
+                (v1.clone(), 12_000, -1),
+                (shorter.clone(), 12_000, 1),
+                (shorter, 16_000, -1)
+            ]
+        );
+        let longer = version(&v1, v1.datetime_created + 1, "x", 40);
+        let (out, _) = run_lifecycle(vec![(11_000, v1.clone()), (12_000, longer.clone())], 0);
+        assert_eq!(out[3], (longer, 40_000, -1));
+        // A replacement of an early campaign before it started: the old one never appears.
+        let early = version(&v1, v1.datetime_created + 1, "x", 30);
+        let (out, _) = run_lifecycle(vec![(1_000, v1), (2_000, early.clone())], 0);
+        assert_eq!(out, vec![(early.clone(), 10_000, 1), (early, 30_000, -1)]);
+    }
+
+    #[test]
+    fn state_is_forgotten_once_every_version_has_ended() {
+        let arrivals: Vec<_> = (0..1000)
+            .map(|i| {
+                (
+                    1_000 + i as Time,
+                    campaign(&format!("c{i}"), "r", 1, 5 + i % 7),
+                )
+            })
+            .collect();
+        let (_, remembered) = run_lifecycle(arrivals.clone(), 11_000);
+        assert_eq!(
+            remembered,
+            1000 - (0..1000).filter(|i| 5 + i % 7 <= 11).count()
+        );
+        let (_, remembered) = run_lifecycle(arrivals, 12_000);
+        assert_eq!(remembered, 0);
+        // An older version with a later end keeps the campaign (and its winner) remembered.
+        let v1 = campaign("c1", "r1", 10, 20);
+        let older = version(&v1, v1.datetime_created - 1, "older", 30);
+        let (_, remembered) = run_lifecycle(vec![(11_000, v1.clone()), (12_000, older)], 25_000);
+        assert_eq!(remembered, 1);
+        let (out, _) = run_lifecycle(vec![(11_000, v1.clone()), (26_000, v1)], 0);
+        assert_eq!(out.len(), 2, "a re-delivery after the end adds nothing");
+    }
+
     fn draft(c: &Campaign, client: &str) -> Draft {
         Draft {
             campaign: c.clone(),
@@ -305,6 +622,11 @@ mod tests {
         campaigns: Vec<(Campaign, Time, Diff)>,
         subscriptions: Vec<(Subscription, Time, Diff)>,
     ) -> Vec<(Draft, Time, Diff)> {
+        let campaigns: Vec<_> = campaigns
+            .into_iter()
+            .enumerate()
+            .map(|(offset, (campaign, t, d))| (message(campaign, offset as i64), t, d))
+            .collect();
         let captured = timely::example(move |scope| {
             let c = campaigns.into_iter().to_stream(scope).as_collection();
             let s = subscriptions.into_iter().to_stream(scope).as_collection();

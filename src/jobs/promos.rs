@@ -17,9 +17,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 use dataflows::promos;
+use differential_dataflow::AsCollection;
+use differential_dataflow::hashable::Hashable;
+use timely::dataflow::operators::Exchange;
 use tracing::info;
 
-use crate::cli::PromosArgs;
+use crate::cli::{Envelope, PromosArgs};
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
 use crate::sinks::kafka::{DeadLetterEncoder, DraftEncoder, KafkaWriter};
 use crate::sinks::postgres::FeedbackWriter;
@@ -74,7 +77,11 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 },
             )?;
             Ok((
-                FeedbackWriter::new(&args.postgres_url, notifications)?,
+                FeedbackWriter::new(
+                    &args.postgres_url,
+                    args.envelope == Envelope::Upsert,
+                    notifications,
+                )?,
                 KafkaWriter::new(
                     &args.kafka,
                     &args.dead_letter_topic,
@@ -103,7 +110,14 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 completion.clone(),
             );
             let (campaigns, dead_letters) = promos::decode(raw);
-            let drafts = promos::drafts(campaigns, subscriptions);
+            // One worker writes all changes of a notification key, in time order (a
+            // replacement that changes the restaurant would otherwise split across workers).
+            let drafts = promos::drafts(campaigns, subscriptions)
+                .inner
+                .exchange(|(draft, _, _): &(promos::Draft, _, _)| {
+                    (&draft.campaign.adv_campaign_id, &draft.client_id).hashed()
+                })
+                .as_collection();
             sink(
                 dead_letters,
                 "DeadLetterSink",

@@ -732,7 +732,10 @@ mod tests {
             &mut out,
         );
         differential_dataflow::consolidation::consolidate(&mut out);
-        assert!(out.is_empty(), "a new key for the same pair nets to nothing");
+        assert!(
+            out.is_empty(),
+            "a new key for the same pair nets to nothing"
+        );
         apply(
             Message::Delete {
                 relation: 7,
