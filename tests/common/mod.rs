@@ -246,3 +246,60 @@ pub fn campaign_json(campaign: &str, restaurant: &str, start: i64, end: i64) -> 
         r#"{{"restaurant_id":"{restaurant}","adv_campaign_id":"{campaign}","adv_campaign_content":"c","adv_campaign_owner":"o","adv_campaign_owner_contact":"e","adv_campaign_datetime_start":{start},"adv_campaign_datetime_end":{end},"datetime_created":{start}}}"#
     )
 }
+
+/// A campaign message with every field that matters for versions.
+pub fn campaign_version_json(
+    campaign: &str,
+    restaurant: &str,
+    (start, end): (i64, i64),
+    created: i64,
+    content: &str,
+) -> String {
+    format!(
+        r#"{{"restaurant_id":"{restaurant}","adv_campaign_id":"{campaign}","adv_campaign_content":"{content}","adv_campaign_owner":"o","adv_campaign_owner_contact":"e","adv_campaign_datetime_start":{start},"adv_campaign_datetime_end":{end},"datetime_created":{created}}}"#
+    )
+}
+
+/// Sends SIGTERM to `child` and asserts that it finishes cleanly within 30 s.
+pub fn terminate(child: Child) -> Output {
+    let pid = child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let out = wait(child, Duration::from_secs(30));
+    assert_success(&out);
+    out
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, panicking with `what` after `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every message of `topic` as (key, value), or nothing while the topic does not exist.
+pub fn messages(topic: &str) -> Vec<(String, Option<String>)> {
+    if dishflow::kafka::topic_partitions(&kafka(), topic).is_err() {
+        return Vec::new();
+    }
+    consume(topic)
+        .into_iter()
+        .map(|m| (m.key.unwrap_or_default(), m.value))
+        .collect()
+}
+
+/// The messages of `topic` per key, in order: `Some(value)` or `None` for a tombstone.
+pub fn history(topic: &str) -> std::collections::BTreeMap<String, Vec<Option<String>>> {
+    let mut per_key = std::collections::BTreeMap::<String, Vec<Option<String>>>::new();
+    for (key, value) in messages(topic) {
+        per_key.entry(key).or_default().push(value);
+    }
+    per_key
+}

@@ -1,0 +1,402 @@
+//! Integration tests of `dishflow promos` while it runs: subscriber changes captured from
+//! Postgres, campaign replacement and expiry, and the snapshot → stream hand-over.
+//! Run with `cargo test --features integration` after `scripts/services.sh` (or via
+//! `scripts/test.sh`, which does both).
+
+#![cfg(feature = "integration")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(40);
+const R: &str = "rest-a";
+const R2: &str = "rest-b";
+
+/// Starts an unbounded promos job on `db`, reading `<prefix>.in` from the beginning.
+fn start(db: &str, prefix: &str, extra: &[&str]) -> std::process::Child {
+    assert_success(&dishflow(
+        &["setup", "--postgres-url", db],
+        Duration::from_secs(60),
+    ));
+    let mut args = promos_args(db, prefix);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(&argv)
+}
+
+fn subscribe(db: &str, client: &str, restaurant: &str) -> i32 {
+    pg(db)
+        .query_one(
+            "INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ($1, $2) \
+             RETURNING id",
+            &[&client, &restaurant],
+        )
+        .expect("insert")
+        .get(0)
+}
+
+fn sql(db: &str, statement: &str) {
+    pg(db).batch_execute(statement).expect(statement);
+}
+
+/// Waits until the notification topic's history of `key` is `expected`.
+fn wait_for_history(topic: &str, key: &str, expected: &[bool]) -> Vec<Option<String>> {
+    wait_until(WAIT, &format!("{key} to be {expected:?}"), || {
+        let h = history(topic).remove(key).unwrap_or_default();
+        let shape: Vec<bool> = h.iter().map(Option::is_some).collect();
+        (shape == expected).then_some(h)
+    })
+}
+
+fn table_ready(db: &str) {
+    pg(db)
+        .batch_execute(dishflow::pg::SUBSCRIBERS_DDL)
+        .expect("ddl");
+}
+
+#[test]
+fn subscribe_unsubscribe_move_and_duplicate_rows_flow_through_the_running_job() {
+    let db = database("live");
+    table_ready(&db);
+    let prefix = unique("live");
+    let out = format!("{prefix}.out");
+    let now = now_secs();
+    subscribe(&db, "a", R);
+    subscribe(&db, "c", R);
+    produce_raw(
+        &format!("{prefix}.in"),
+        2,
+        &[
+            (
+                None,
+                Some(campaign_json("C", R, now - 10, now + 600).as_bytes()),
+            ),
+            (
+                None,
+                Some(campaign_json("D", R2, now - 10, now + 600).as_bytes()),
+            ),
+        ],
+    );
+    let child = start(&db, &prefix, &["--envelope", "upsert"]);
+    wait_for_history(&out, "C:a", &[true]);
+    wait_for_history(&out, "C:c", &[true]);
+
+    // A client who subscribes while the campaign is valid gets its draft.
+    let b = subscribe(&db, "b", R);
+    wait_for_history(&out, "C:b", &[true]);
+    // Removing one of two duplicate rows changes nothing.
+    let dup = subscribe(&db, "a", R);
+    sql(
+        &db,
+        &format!("DELETE FROM subscribers_restaurants WHERE id = {dup}"),
+    );
+    // An unsubscribe retracts: a tombstone with the upsert envelope.
+    sql(
+        &db,
+        &format!("DELETE FROM subscribers_restaurants WHERE id = {b}"),
+    );
+    wait_for_history(&out, "C:b", &[true, false]);
+    // Moving a row to another restaurant is unsubscribe + subscribe, in one transaction.
+    sql(
+        &db,
+        &format!("UPDATE subscribers_restaurants SET restaurant_id = '{R2}' WHERE client_id = 'c'"),
+    );
+    wait_for_history(&out, "C:c", &[true, false]);
+    wait_for_history(&out, "D:c", &[true]);
+    terminate(child);
+
+    let final_history: BTreeMap<String, Vec<bool>> = history(&out)
+        .into_iter()
+        .map(|(k, h)| (k, h.iter().map(Option::is_some).collect()))
+        .collect();
+    let expected: BTreeMap<String, Vec<bool>> = [
+        ("C:a", vec![true]),
+        ("C:b", vec![true, false]),
+        ("C:c", vec![true, false]),
+        ("D:c", vec![true]),
+    ]
+    .into_iter()
+    .map(|(k, h)| (k.to_string(), h))
+    .collect();
+    assert_eq!(
+        final_history, expected,
+        "duplicate-row removal must change nothing"
+    );
+    let rows: Vec<String> = feedback_rows(&db)
+        .into_iter()
+        .map(|(c, k, _)| format!("{c}:{k}"))
+        .collect();
+    assert_eq!(
+        rows,
+        ["C:a", "C:b", "C:c", "D:c"],
+        "feedback rows are never deleted"
+    );
+}
+
+#[test]
+fn unsubscribe_writes_nothing_with_append_and_a_return_is_not_notified_twice() {
+    let db = database("append");
+    table_ready(&db);
+    let prefix = unique("append");
+    let out = format!("{prefix}.out");
+    let now = now_secs();
+    let a = subscribe(&db, "a", R);
+    produce_raw(
+        &format!("{prefix}.in"),
+        1,
+        &[(
+            None,
+            Some(campaign_json("C", R, now - 10, now + 600).as_bytes()),
+        )],
+    );
+    let child = start(&db, &prefix, &[]);
+    wait_for_history(&out, "C:a", &[true]);
+    sql(
+        &db,
+        &format!("DELETE FROM subscribers_restaurants WHERE id = {a}"),
+    );
+    subscribe(&db, "a", R);
+    // A later change as a marker: once it is out, the earlier ones were processed.
+    subscribe(&db, "m", R);
+    wait_for_history(&out, "C:m", &[true]);
+    terminate(child);
+    assert_eq!(history(&out).remove("C:a").unwrap_or_default().len(), 1);
+}
+
+#[test]
+fn a_newer_version_replaces_the_campaign_and_older_or_identical_ones_change_nothing() {
+    let db = database("replace");
+    table_ready(&db);
+    let prefix = unique("replace");
+    let input = format!("{prefix}.in");
+    let out = format!("{prefix}.out");
+    let now = now_secs();
+    subscribe(&db, "a", R);
+    subscribe(&db, "b", R);
+    let window = (now - 10, now + 600);
+    let v1 = campaign_version_json("C", R, window, 1000, "first");
+    produce_raw(&input, 2, &[(None, Some(v1.as_bytes()))]);
+    let child = start(&db, &prefix, &[]);
+    wait_for_history(&out, "C:a", &[true]);
+    wait_for_history(&out, "C:b", &[true]);
+    sql(
+        &db,
+        "UPDATE subscribers_feedback SET feedback = 'liked' WHERE client_id = 'a'",
+    );
+
+    // Newer: re-emitted with the new content, rows updated in place, feedback kept.
+    let v2 = campaign_version_json("C", R, (now - 10, now + 900), 2000, "second");
+    produce_raw(&input, 2, &[(None, Some(v2.as_bytes()))]);
+    let h = wait_for_history(&out, "C:a", &[true, true]);
+    let second: serde_json::Value = serde_json::from_str(h[1].as_deref().unwrap()).unwrap();
+    assert_eq!(second["adv_campaign_content"], "second");
+    assert_eq!(second["adv_campaign_datetime_end"], now + 900);
+    wait_for_history(&out, "C:b", &[true, true]);
+    let rows = pg(&db)
+        .query(
+            "SELECT client_id, adv_campaign_content, adv_campaign_datetime_end, datetime_created, \
+             feedback FROM subscribers_feedback ORDER BY client_id",
+            &[],
+        )
+        .expect("rows");
+    let rows: Vec<(String, String, i64, i64, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                "a".into(),
+                "second".into(),
+                now + 900,
+                2000,
+                Some("liked".into())
+            ),
+            ("b".into(), "second".into(), now + 900, 2000, None),
+        ]
+    );
+
+    // Older, and identical re-delivery (on both partitions): nothing anywhere.
+    let v0 = campaign_version_json("C", R, window, 500, "older");
+    produce_raw(
+        &input,
+        2,
+        &[
+            (None, Some(v0.as_bytes())),
+            (None, Some(v2.as_bytes())),
+            (None, Some(v2.as_bytes())),
+            (None, Some(v1.as_bytes())),
+        ],
+    );
+    let marker = campaign_json("M", R, now - 10, now + 600);
+    produce_raw(&input, 2, &[(None, Some(marker.as_bytes()))]);
+    wait_for_history(&out, "M:a", &[true]);
+    wait_for_history(&out, "M:b", &[true]);
+    terminate(child);
+    for key in ["C:a", "C:b"] {
+        assert_eq!(
+            history(&out)[key].len(),
+            2,
+            "{key}: {:?}",
+            history(&out)[key]
+        );
+    }
+    let contents: Vec<String> = pg(&db)
+        .query(
+            "SELECT adv_campaign_content FROM subscribers_feedback WHERE adv_campaign_id = 'C'",
+            &[],
+        )
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(contents, ["second", "second"]);
+}
+
+#[test]
+fn drafts_expire_at_the_end_with_a_tombstone_and_a_replacement_moves_the_end() {
+    let db = database("expiry");
+    table_ready(&db);
+    let prefix = unique("expiry");
+    let input = format!("{prefix}.in");
+    let out = format!("{prefix}.out");
+    let now = now_secs();
+    subscribe(&db, "a", R);
+    let short = campaign_version_json("S", R, (now - 10, now + 4), 1000, "short");
+    let moved = campaign_version_json("L", R, (now - 10, now + 3), 1000, "v1");
+    let moved_later = campaign_version_json("L", R, (now - 10, now + 8), 2000, "v2");
+    produce_raw(
+        &input,
+        1,
+        &[
+            (None, Some(short.as_bytes())),
+            (None, Some(moved.as_bytes())),
+        ],
+    );
+    let child = start(&db, &prefix, &["--envelope", "upsert"]);
+    wait_for_history(&out, "L:a", &[true]);
+    produce_raw(&input, 1, &[(None, Some(moved_later.as_bytes()))]);
+    wait_for_history(&out, "S:a", &[true, false]);
+    assert!(now_secs() >= now + 4, "retracted before the end");
+    wait_for_history(&out, "L:a", &[true, true, false]);
+    assert!(now_secs() >= now + 8, "the replacement moved the end later");
+    terminate(child);
+}
+
+#[test]
+fn snapshot_and_stream_hand_over_exactly_under_concurrent_writes() {
+    let db = database("handover");
+    table_ready(&db);
+    let prefix = unique("handover");
+    let out = format!("{prefix}.out");
+    let now = now_secs();
+    let restaurants: Vec<String> = (0..8).map(|r| format!("r{r}")).collect();
+    {
+        let mut client = pg(&db);
+        for i in 0..400 {
+            client
+                .execute(
+                    "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
+                     VALUES ($1, $2)",
+                    &[&format!("k{}", i % 150), &restaurants[i % 8]],
+                )
+                .expect("insert");
+        }
+    }
+    let campaigns: Vec<String> = restaurants
+        .iter()
+        .map(|r| campaign_json(&format!("camp-{r}"), r, now - 10, now + 600))
+        .collect();
+    let raw: Vec<Raw<'_>> = campaigns
+        .iter()
+        .map(|c| (None, Some(c.as_bytes())))
+        .collect();
+    produce_raw(&format!("{prefix}.in"), 2, &raw);
+    assert_success(&dishflow(
+        &["setup", "--postgres-url", &db],
+        Duration::from_secs(60),
+    ));
+
+    // Writers: inserts, deletes, moves and multi-row transactions, before, during and after
+    // the job's start (slot creation and snapshot).
+    let writer_db = db.clone();
+    let writer = std::thread::spawn(move || {
+        let mut client = pg(&writer_db);
+        for i in 0..600u32 {
+            let client_id = format!("k{}", (i * 7) % 170);
+            let restaurant = format!("r{}", (i * 3) % 8);
+            let statement = match i % 5 {
+                0 | 1 => format!(
+                    "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
+                     VALUES ('{client_id}', '{restaurant}')"
+                ),
+                2 => format!(
+                    "DELETE FROM subscribers_restaurants WHERE id = \
+                     (SELECT min(id) FROM subscribers_restaurants WHERE client_id = '{client_id}')"
+                ),
+                3 => format!(
+                    "UPDATE subscribers_restaurants SET restaurant_id = '{restaurant}' \
+                     WHERE id = (SELECT max(id) FROM subscribers_restaurants \
+                                 WHERE client_id = '{client_id}')"
+                ),
+                _ => format!(
+                    "BEGIN; \
+                     INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
+                       VALUES ('{client_id}', '{restaurant}'); \
+                     DELETE FROM subscribers_restaurants WHERE id = \
+                       (SELECT min(id) FROM subscribers_restaurants WHERE restaurant_id = '{restaurant}'); \
+                     COMMIT"
+                ),
+            };
+            client.batch_execute(&statement).expect("write");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let child = start(&db, &prefix, &["--envelope", "upsert", "--workers", "2"]);
+    writer.join().expect("writer");
+    subscribe(&db, "zz-marker", "r0");
+    wait_for_history(&out, "camp-r0:zz-marker", &[true]);
+    terminate(child);
+
+    // Fold the topic: the live drafts are the keys whose last message is a value.
+    let mut live = BTreeSet::new();
+    for (key, h) in history(&out) {
+        for pair in h.windows(2) {
+            assert!(
+                pair[0].is_some() != pair[1].is_some(),
+                "{key}: two consecutive {} ({h:?})",
+                if pair[0].is_some() {
+                    "values"
+                } else {
+                    "tombstones"
+                }
+            );
+        }
+        assert!(h[0].is_some(), "{key} starts with a tombstone");
+        if h.last().is_some_and(Option::is_some) {
+            live.insert(key);
+        }
+    }
+    let expected: BTreeSet<String> = pg(&db)
+        .query(
+            "SELECT DISTINCT 'camp-' || restaurant_id || ':' || client_id \
+             FROM subscribers_restaurants",
+            &[],
+        )
+        .expect("expected")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        expected.len() > 100,
+        "a meaningful data set: {}",
+        expected.len()
+    );
+    assert_eq!(live, expected);
+}
