@@ -400,3 +400,30 @@ fn snapshot_and_stream_hand_over_exactly_under_concurrent_writes() {
     );
     assert_eq!(live, expected);
 }
+
+#[test]
+fn setup_creates_the_publication_and_drop_removes_it_and_stale_slots() {
+    let db = database("slots");
+    let count = |sql: &str| -> i64 { pg(&db).query_one(sql, &[]).expect(sql).get(0) };
+    let publications = "SELECT count(*) FROM pg_publication WHERE pubname = 'dishflow_subscribers'";
+    assert_success(&dishflow(&["setup", "--postgres-url", &db], WAIT));
+    assert_eq!(count(publications), 1);
+    // A slot left behind (persistent, inactive) is reported by setup and removed by --drop.
+    let slot = unique("dishflow_stale");
+    pg(&db)
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .expect("slot");
+    let out = dishflow(&["setup", "--postgres-url", &db], WAIT);
+    assert_success(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&slot),
+        "setup names the stale slot"
+    );
+    assert_success(&dishflow(&["setup", "--postgres-url", &db, "--drop"], WAIT));
+    assert_eq!(count(publications), 0);
+    let slots = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    assert_eq!(count(&slots), 0);
+}
