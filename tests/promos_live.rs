@@ -427,3 +427,51 @@ fn setup_creates_the_publication_and_drop_removes_it_and_stale_slots() {
     let slots = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'");
     assert_eq!(count(&slots), 0);
 }
+
+#[test]
+fn a_lost_capture_connection_reconnects_and_catches_up_with_a_fresh_snapshot() {
+    let db = database("reconnect");
+    table_ready(&db);
+    let prefix = unique("reconnect");
+    let out = format!("{prefix}.out");
+    let now = now_secs();
+    let a = subscribe(&db, "a", R);
+    produce_raw(
+        &format!("{prefix}.in"),
+        1,
+        &[(
+            None,
+            Some(campaign_json("C", R, now - 10, now + 600).as_bytes()),
+        )],
+    );
+    let child = start(&db, &prefix, &["--envelope", "upsert"]);
+    wait_for_history(&out, "C:a", &[true]);
+    // Kill the change-capture connection (its temporary slot goes with it), then change
+    // the table while the job has no slot: the fresh snapshot must bring both changes.
+    let killed: i64 = wait_until(WAIT, "the capture connection", || {
+        let killed: i64 = pg(&db)
+            .query_one(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() \
+                   AND query LIKE '%pg_logical_slot_get_binary_changes%' \
+                   AND pid <> pg_backend_pid()) t",
+                &[],
+            )
+            .expect("terminate")
+            .get(0);
+        (killed > 0).then_some(killed)
+    });
+    assert_eq!(killed, 1, "one capture connection per worker");
+    sql(
+        &db,
+        &format!("DELETE FROM subscribers_restaurants WHERE id = {a}"),
+    );
+    subscribe(&db, "b", R);
+    wait_for_history(&out, "C:a", &[true, false]);
+    wait_for_history(&out, "C:b", &[true]);
+    let out_log = terminate(child);
+    assert!(
+        String::from_utf8_lossy(&out_log.stderr).contains("reconnecting"),
+        "the reconnect is logged"
+    );
+}
