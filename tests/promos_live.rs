@@ -265,26 +265,59 @@ fn drafts_expire_at_the_end_with_a_tombstone_and_a_replacement_moves_the_end() {
     let prefix = unique("expiry");
     let input = format!("{prefix}.in");
     let out = format!("{prefix}.out");
-    let now = now_secs();
+    let produce = |json: &str| produce_raw(&input, 1, &[(None, Some(json.as_bytes()))]);
+    let t0 = now_secs();
     subscribe(&db, "a", R);
-    let short = campaign_version_json("S", R, (now - 10, now + 4), 1000, "short");
-    let moved = campaign_version_json("L", R, (now - 10, now + 3), 1000, "v1");
-    let moved_later = campaign_version_json("L", R, (now - 10, now + 8), 2000, "v2");
-    produce_raw(
-        &input,
-        1,
-        &[
-            (None, Some(short.as_bytes())),
-            (None, Some(moved.as_bytes())),
-        ],
-    );
+    produce(&campaign_version_json(
+        "S",
+        R,
+        (t0 - 10, t0 + 8),
+        1000,
+        "short",
+    ));
     let child = start(&db, &prefix, &["--envelope", "upsert"]);
+    wait_for_history(&out, "S:a", &[true]);
+
+    // Each replacement is produced once the version it replaces is out, well before its end.
+    let t1 = now_secs();
+    produce(&campaign_version_json(
+        "E",
+        R,
+        (t1 - 10, t1 + 60),
+        1000,
+        "v1",
+    ));
+    produce(&campaign_version_json(
+        "L",
+        R,
+        (t1 - 10, t1 + 8),
+        1000,
+        "v1",
+    ));
+    wait_for_history(&out, "E:a", &[true]);
     wait_for_history(&out, "L:a", &[true]);
-    produce_raw(&input, 1, &[(None, Some(moved_later.as_bytes()))]);
+    produce(&campaign_version_json(
+        "E",
+        R,
+        (t1 - 10, t1 + 4),
+        2000,
+        "earlier",
+    ));
+    produce(&campaign_version_json(
+        "L",
+        R,
+        (t1 - 10, t1 + 14),
+        2000,
+        "later",
+    ));
+
     wait_for_history(&out, "S:a", &[true, false]);
-    assert!(now_secs() >= now + 4, "retracted before the end");
+    assert!(now_secs() >= t0 + 8, "retracted before the end");
+    wait_for_history(&out, "E:a", &[true, true, false]);
+    let moved_earlier = now_secs();
+    assert!(moved_earlier >= t1 + 4 && moved_earlier < t1 + 60);
     wait_for_history(&out, "L:a", &[true, true, false]);
-    assert!(now_secs() >= now + 8, "the replacement moved the end later");
+    assert!(now_secs() >= t1 + 14, "the replacement moved the end later");
     terminate(child);
 }
 
