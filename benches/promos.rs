@@ -43,22 +43,6 @@ fn main() {
     }
 }
 
-fn setup(name: &str) -> (String, String) {
-    let db = database(name);
-    pg(&db)
-        .batch_execute(dishflow::pg::SUBSCRIBERS_DDL)
-        .expect("ddl");
-    assert_success(&dishflow(&["setup", "--postgres-url", &db], WAIT));
-    (db, unique(name))
-}
-
-fn start_job(db: &str, prefix: &str, extra: &[&str]) -> std::process::Child {
-    let mut args = promos_args(db, prefix);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    spawn(&argv)
-}
-
 /// Receive time of every message of `topic` by key, from a consumer started now at the end.
 fn receiver(topic: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
     let partitions = dishflow::kafka::topic_partitions(&kafka(), topic).expect("topic");
@@ -99,15 +83,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn latency(samples: usize) {
-    let (db, prefix) = setup("bench_latency");
+    let (db, prefix) = live_fixture("bench_latency");
     let now = now_secs();
     let campaign = campaign_json("C", "R", now - 10, now + 3600);
-    produce_raw(
-        &format!("{prefix}.in"),
-        1,
-        &[(None, Some(campaign.as_bytes()))],
-    );
-    let child = start_job(&db, &prefix, &[]);
+    produce_values(&format!("{prefix}.in"), 1, &[&campaign]);
+    let child = spawn_promos(&db, &prefix, &[]);
     let out = format!("{prefix}.out");
     wait_until(WAIT, "the output topic", || {
         dishflow::kafka::topic_partitions(&kafka(), &out).ok()
@@ -180,7 +160,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn expiry(rounds: usize, per_round: usize) {
-    let (db, prefix) = setup("bench_expiry");
+    let (db, prefix) = live_fixture("bench_expiry");
     let restaurants = 100;
     {
         let mut client = pg(&db);
@@ -195,8 +175,8 @@ fn expiry(rounds: usize, per_round: usize) {
     let input = format!("{prefix}.in");
     let now = now_secs();
     let marker = campaign_json("warmup", "r0", now - 10, now + 5);
-    produce_raw(&input, 2, &[(None, Some(marker.as_bytes()))]);
-    let child = start_job(&db, &prefix, &["--envelope", "upsert"]);
+    produce_values(&input, 2, &[&marker]);
+    let child = spawn_promos(&db, &prefix, &["--envelope", "upsert"]);
     let count_rows = |db: &str| -> i64 {
         pg(db)
             .query_one("SELECT count(*) FROM subscribers_feedback", &[])
@@ -218,11 +198,8 @@ fn expiry(rounds: usize, per_round: usize) {
                 campaign_json(&id, &format!("r{}", i % restaurants), now - 1, now + 2)
             })
             .collect();
-        let raw: Vec<Raw<'_>> = campaigns
-            .iter()
-            .map(|c| (None, Some(c.as_bytes())))
-            .collect();
-        produce_raw(&input, 2, &raw);
+        let values: Vec<&str> = campaigns.iter().map(String::as_str).collect();
+        produce_values(&input, 2, &values);
         let expected = 1 + ((round + 1) * per_round) as i64;
         wait_until(WAIT, "the round's feedback rows", || {
             (count_rows(&db) >= expected).then_some(())

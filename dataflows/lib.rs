@@ -20,6 +20,8 @@
 
 #![forbid(missing_docs)]
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub mod promos;
@@ -65,6 +67,43 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// Keys scheduled for a logical time: what bounded state uses to find what it may forget.
+///
+/// The owner keeps the authoritative time per key in its own map; a key may be scheduled
+/// several times (its time moved later), and the owner checks its map for each due key.
+#[derive(Clone, Debug)]
+pub struct Schedule<K> {
+    by_time: BTreeMap<Time, Vec<K>>,
+}
+
+impl<K> Default for Schedule<K> {
+    fn default() -> Self {
+        Schedule {
+            by_time: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K> Schedule<K> {
+    /// Schedules `key` for `time`.
+    pub fn add(&mut self, time: Time, key: K) {
+        self.by_time.entry(time).or_default().push(key);
+    }
+
+    /// Removes and passes to `due` every key scheduled at or before `time`, with its time.
+    pub fn take_until(&mut self, time: Time, mut due: impl FnMut(Time, K)) {
+        while let Some(entry) = self.by_time.first_entry() {
+            if *entry.key() > time {
+                break;
+            }
+            let at = *entry.key();
+            for key in entry.remove() {
+                due(at, key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +113,20 @@ mod tests {
         assert_eq!(secs_to_time(1_659_203_516), 1_659_203_516_000);
         assert_eq!(secs_to_time(-5), 0);
         assert_eq!(time_to_secs(1_659_203_516_999), 1_659_203_516);
+    }
+
+    #[test]
+    fn a_schedule_hands_out_due_keys_in_time_order() {
+        let mut s = Schedule::default();
+        s.add(30, "c");
+        s.add(10, "a");
+        s.add(20, "b");
+        let mut due = Vec::new();
+        s.take_until(20, |t, k| due.push((t, k)));
+        assert_eq!(due, [(10, "a"), (20, "b")]);
+        s.take_until(25, |t, k| due.push((t, k)));
+        assert_eq!(due.len(), 2);
+        s.take_until(30, |t, k| due.push((t, k)));
+        assert_eq!(due[2], (30, "c"));
     }
 }

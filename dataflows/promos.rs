@@ -35,7 +35,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::CapabilitySet;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::{DeadLetter, Diff, RawRecord, Time, secs_to_time};
+use crate::{DeadLetter, Diff, RawRecord, Schedule, Time, secs_to_time};
 
 /// A promotion campaign, as published on the promos topic (all eight fields are required).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -276,7 +276,7 @@ struct Current {
 pub struct Lifecycle {
     current: HashMap<String, Current>,
     /// Ids to look at when the frontier reaches a time (their `forget_at` when scheduled).
-    expiry: BTreeMap<Time, Vec<String>>,
+    expiry: Schedule<String>,
 }
 
 /// Emits the validity of `campaign` as seen from logical time `t`: `diff` at
@@ -335,23 +335,19 @@ impl Lifecycle {
                     end
                 }
             };
-            self.expiry.entry(forget_at).or_default().push(id);
+            self.expiry.add(forget_at, id);
         }
     }
 
     /// Forgets the campaigns all of whose versions have ended at or before `time` (every
     /// message up to `time` having been applied).
     pub fn expire(&mut self, time: Time) {
-        while let Some(entry) = self.expiry.first_entry() {
-            if *entry.key() > time {
-                break;
+        let current = &mut self.current;
+        self.expiry.take_until(time, |_, id| {
+            if current.get(&id).is_some_and(|c| c.forget_at <= time) {
+                current.remove(&id);
             }
-            for id in entry.remove() {
-                if self.current.get(&id).is_some_and(|c| c.forget_at <= time) {
-                    self.current.remove(&id);
-                }
-            }
-        }
+        });
     }
 
     /// Number of campaigns remembered.

@@ -267,10 +267,7 @@ fn bad_input_goes_to_the_dead_letter_topic_and_the_job_goes_on() {
 /// Subscribers: 300 rows over 6 restaurants, with duplicates; 40 campaigns over 8 restaurants
 /// (two without subscribers).
 fn scale_input(db: &str, prefix: &str) {
-    let mut client = pg(db);
-    client
-        .batch_execute(dishflow::pg::SUBSCRIBERS_DDL)
-        .expect("ddl");
+    let mut client = subscribers_table(db);
     client
         .batch_execute(
             "INSERT INTO subscribers_restaurants (client_id, restaurant_id)
@@ -379,10 +376,7 @@ fn copy_subscribers(from: &str, to: &str) {
             &[],
         )
         .expect("read");
-    let mut client = pg(to);
-    client
-        .batch_execute(dishflow::pg::SUBSCRIBERS_DDL)
-        .expect("ddl");
+    let mut client = subscribers_table(to);
     for row in rows {
         let (c, r): (String, String) = (row.get(0), row.get(1));
         client

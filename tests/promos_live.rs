@@ -16,18 +16,6 @@ const WAIT: Duration = Duration::from_secs(40);
 const R: &str = "rest-a";
 const R2: &str = "rest-b";
 
-/// Starts an unbounded promos job on `db`, reading `<prefix>.in` from the beginning.
-fn start(db: &str, prefix: &str, extra: &[&str]) -> std::process::Child {
-    assert_success(&dishflow(
-        &["setup", "--postgres-url", db],
-        Duration::from_secs(60),
-    ));
-    let mut args = promos_args(db, prefix);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    spawn(&argv)
-}
-
 fn subscribe(db: &str, client: &str, restaurant: &str) -> i32 {
     pg(db)
         .query_one(
@@ -52,36 +40,22 @@ fn wait_for_history(topic: &str, key: &str, expected: &[bool]) -> Vec<Option<Str
     })
 }
 
-fn table_ready(db: &str) {
-    pg(db)
-        .batch_execute(dishflow::pg::SUBSCRIBERS_DDL)
-        .expect("ddl");
-}
-
 #[test]
 fn subscribe_unsubscribe_move_and_duplicate_rows_flow_through_the_running_job() {
-    let db = database("live");
-    table_ready(&db);
-    let prefix = unique("live");
+    let (db, prefix) = live_fixture("live");
     let out = format!("{prefix}.out");
     let now = now_secs();
     subscribe(&db, "a", R);
     subscribe(&db, "c", R);
-    produce_raw(
+    produce_values(
         &format!("{prefix}.in"),
         2,
         &[
-            (
-                None,
-                Some(campaign_json("C", R, now - 10, now + 600).as_bytes()),
-            ),
-            (
-                None,
-                Some(campaign_json("D", R2, now - 10, now + 600).as_bytes()),
-            ),
+            &campaign_json("C", R, now - 10, now + 600),
+            &campaign_json("D", R2, now - 10, now + 600),
         ],
     );
-    let child = start(&db, &prefix, &["--envelope", "upsert"]);
+    let child = spawn_promos(&db, &prefix, &["--envelope", "upsert"]);
     wait_for_history(&out, "C:a", &[true]);
     wait_for_history(&out, "C:c", &[true]);
 
@@ -139,21 +113,16 @@ fn subscribe_unsubscribe_move_and_duplicate_rows_flow_through_the_running_job() 
 
 #[test]
 fn unsubscribe_writes_nothing_with_append_and_a_return_is_not_notified_twice() {
-    let db = database("append");
-    table_ready(&db);
-    let prefix = unique("append");
+    let (db, prefix) = live_fixture("append");
     let out = format!("{prefix}.out");
     let now = now_secs();
     let a = subscribe(&db, "a", R);
-    produce_raw(
+    produce_values(
         &format!("{prefix}.in"),
         1,
-        &[(
-            None,
-            Some(campaign_json("C", R, now - 10, now + 600).as_bytes()),
-        )],
+        &[&campaign_json("C", R, now - 10, now + 600)],
     );
-    let child = start(&db, &prefix, &[]);
+    let child = spawn_promos(&db, &prefix, &[]);
     wait_for_history(&out, "C:a", &[true]);
     sql(
         &db,
@@ -169,9 +138,7 @@ fn unsubscribe_writes_nothing_with_append_and_a_return_is_not_notified_twice() {
 
 #[test]
 fn a_newer_version_replaces_the_campaign_and_older_or_identical_ones_change_nothing() {
-    let db = database("replace");
-    table_ready(&db);
-    let prefix = unique("replace");
+    let (db, prefix) = live_fixture("replace");
     let input = format!("{prefix}.in");
     let out = format!("{prefix}.out");
     let now = now_secs();
@@ -179,8 +146,8 @@ fn a_newer_version_replaces_the_campaign_and_older_or_identical_ones_change_noth
     subscribe(&db, "b", R);
     let window = (now - 10, now + 600);
     let v1 = campaign_version_json("C", R, window, 1000, "first");
-    produce_raw(&input, 2, &[(None, Some(v1.as_bytes()))]);
-    let child = start(&db, &prefix, &[]);
+    produce_values(&input, 2, &[&v1]);
+    let child = spawn_promos(&db, &prefix, &[]);
     wait_for_history(&out, "C:a", &[true]);
     wait_for_history(&out, "C:b", &[true]);
     sql(
@@ -190,7 +157,7 @@ fn a_newer_version_replaces_the_campaign_and_older_or_identical_ones_change_noth
 
     // Newer: re-emitted with the new content, rows updated in place, feedback kept.
     let v2 = campaign_version_json("C", R, (now - 10, now + 900), 2000, "second");
-    produce_raw(&input, 2, &[(None, Some(v2.as_bytes()))]);
+    produce_values(&input, 2, &[&v2]);
     let h = wait_for_history(&out, "C:a", &[true, true]);
     let second: serde_json::Value = serde_json::from_str(h[1].as_deref().unwrap()).unwrap();
     assert_eq!(second["adv_campaign_content"], "second");
@@ -223,18 +190,9 @@ fn a_newer_version_replaces_the_campaign_and_older_or_identical_ones_change_noth
 
     // Older, and identical re-delivery (on both partitions): nothing anywhere.
     let v0 = campaign_version_json("C", R, window, 500, "older");
-    produce_raw(
-        &input,
-        2,
-        &[
-            (None, Some(v0.as_bytes())),
-            (None, Some(v2.as_bytes())),
-            (None, Some(v2.as_bytes())),
-            (None, Some(v1.as_bytes())),
-        ],
-    );
+    produce_values(&input, 2, &[&v0, &v2, &v2, &v1]);
     let marker = campaign_json("M", R, now - 10, now + 600);
-    produce_raw(&input, 2, &[(None, Some(marker.as_bytes()))]);
+    produce_values(&input, 2, &[&marker]);
     wait_for_history(&out, "M:a", &[true]);
     wait_for_history(&out, "M:b", &[true]);
     terminate(child);
@@ -260,12 +218,10 @@ fn a_newer_version_replaces_the_campaign_and_older_or_identical_ones_change_noth
 
 #[test]
 fn drafts_expire_at_the_end_with_a_tombstone_and_a_replacement_moves_the_end() {
-    let db = database("expiry");
-    table_ready(&db);
-    let prefix = unique("expiry");
+    let (db, prefix) = live_fixture("expiry");
     let input = format!("{prefix}.in");
     let out = format!("{prefix}.out");
-    let produce = |json: &str| produce_raw(&input, 1, &[(None, Some(json.as_bytes()))]);
+    let produce = |json: &str| produce_values(&input, 1, &[json]);
     let t0 = now_secs();
     subscribe(&db, "a", R);
     produce(&campaign_version_json(
@@ -275,7 +231,7 @@ fn drafts_expire_at_the_end_with_a_tombstone_and_a_replacement_moves_the_end() {
         1000,
         "short",
     ));
-    let child = start(&db, &prefix, &["--envelope", "upsert"]);
+    let child = spawn_promos(&db, &prefix, &["--envelope", "upsert"]);
     wait_for_history(&out, "S:a", &[true]);
 
     // Each replacement is produced once the version it replaces is out, well before its end.
@@ -323,9 +279,7 @@ fn drafts_expire_at_the_end_with_a_tombstone_and_a_replacement_moves_the_end() {
 
 #[test]
 fn snapshot_and_stream_hand_over_exactly_under_concurrent_writes() {
-    let db = database("handover");
-    table_ready(&db);
-    let prefix = unique("handover");
+    let (db, prefix) = live_fixture("handover");
     let out = format!("{prefix}.out");
     let now = now_secs();
     let restaurants: Vec<String> = (0..8).map(|r| format!("r{r}")).collect();
@@ -345,15 +299,8 @@ fn snapshot_and_stream_hand_over_exactly_under_concurrent_writes() {
         .iter()
         .map(|r| campaign_json(&format!("camp-{r}"), r, now - 10, now + 600))
         .collect();
-    let raw: Vec<Raw<'_>> = campaigns
-        .iter()
-        .map(|c| (None, Some(c.as_bytes())))
-        .collect();
-    produce_raw(&format!("{prefix}.in"), 2, &raw);
-    assert_success(&dishflow(
-        &["setup", "--postgres-url", &db],
-        Duration::from_secs(60),
-    ));
+    let values: Vec<&str> = campaigns.iter().map(String::as_str).collect();
+    produce_values(&format!("{prefix}.in"), 2, &values);
 
     // Writers: inserts, deletes, moves and multi-row transactions, before, during and after
     // the job's start (slot creation and snapshot).
@@ -391,7 +338,7 @@ fn snapshot_and_stream_hand_over_exactly_under_concurrent_writes() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    let child = start(&db, &prefix, &["--envelope", "upsert", "--workers", "2"]);
+    let child = spawn_promos(&db, &prefix, &["--envelope", "upsert", "--workers", "2"]);
     writer.join().expect("writer");
     subscribe(&db, "zz-marker", "r0");
     wait_for_history(&out, "camp-r0:zz-marker", &[true]);
@@ -463,21 +410,16 @@ fn setup_creates_the_publication_and_drop_removes_it_and_stale_slots() {
 
 #[test]
 fn a_lost_capture_connection_reconnects_and_catches_up_with_a_fresh_snapshot() {
-    let db = database("reconnect");
-    table_ready(&db);
-    let prefix = unique("reconnect");
+    let (db, prefix) = live_fixture("reconnect");
     let out = format!("{prefix}.out");
     let now = now_secs();
     let a = subscribe(&db, "a", R);
-    produce_raw(
+    produce_values(
         &format!("{prefix}.in"),
         1,
-        &[(
-            None,
-            Some(campaign_json("C", R, now - 10, now + 600).as_bytes()),
-        )],
+        &[&campaign_json("C", R, now - 10, now + 600)],
     );
-    let child = start(&db, &prefix, &["--envelope", "upsert"]);
+    let child = spawn_promos(&db, &prefix, &["--envelope", "upsert"]);
     wait_for_history(&out, "C:a", &[true]);
     // Kill the change-capture connection (its temporary slot goes with it), then change
     // the table while the job has no slot: the fresh snapshot must bring both changes.

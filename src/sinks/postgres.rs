@@ -31,11 +31,11 @@
 //! Delivery: the row is committed before the Kafka message is sent, so a crash between the
 //! two loses that Kafka message (at most once for Kafka, exactly once for the table).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use dataflows::promos::Draft;
-use dataflows::{Diff, Time, secs_to_time};
+use dataflows::{Diff, Schedule, Time, secs_to_time};
 use postgres::Client;
 
 use super::SinkWriter;
@@ -77,8 +77,8 @@ pub struct FeedbackWriter<N> {
     resend_after_retraction: bool,
     /// Keys retracted in this run, with the end of their campaign (when they can no longer
     /// come back with unchanged content).
-    retracted: HashMap<(String, String), Time>,
-    retracted_by_end: BTreeMap<Time, Vec<(String, String)>>,
+    retracted: HashMap<String, Time>,
+    retracted_by_end: Schedule<String>,
 }
 
 impl<N> FeedbackWriter<N> {
@@ -96,7 +96,7 @@ impl<N> FeedbackWriter<N> {
             next,
             resend_after_retraction,
             retracted: HashMap::new(),
-            retracted_by_end: BTreeMap::new(),
+            retracted_by_end: Schedule::default(),
         })
     }
 }
@@ -180,26 +180,30 @@ impl<N: SinkWriter<Draft>> SinkWriter<Draft> for FeedbackWriter<N> {
         let mut events = events(updates);
         self.upsert(&mut events)?;
         if let Some(first) = events.first() {
-            self.forget_retractions_before(first.time);
+            // Drafts of campaigns that ended before this batch cannot come back unchanged.
+            let retracted = &mut self.retracted;
+            self.retracted_by_end
+                .take_until(first.time.saturating_sub(1), |end, key| {
+                    if retracted.get(&key) == Some(&end) {
+                        retracted.remove(&key);
+                    }
+                });
         }
         let mut forward = Vec::new();
         for event in &events {
-            let key = || {
-                (
-                    event.draft.campaign.adv_campaign_id.clone(),
-                    event.draft.client_id.clone(),
-                )
-            };
             if event.put {
-                let resend =
-                    self.resend_after_retraction && self.retracted.remove(&key()).is_some();
+                let resend = self.resend_after_retraction
+                    && self.retracted.remove(&event.draft.key()).is_some();
                 if event.forward || resend {
                     forward.push((event.draft.clone(), event.time, 1));
                 }
             } else {
-                let end = secs_to_time(event.draft.campaign.adv_campaign_datetime_end);
-                if self.resend_after_retraction && self.retracted.insert(key(), end).is_none() {
-                    self.retracted_by_end.entry(end).or_default().push(key());
+                if self.resend_after_retraction {
+                    let end = secs_to_time(event.draft.campaign.adv_campaign_datetime_end);
+                    let key = event.draft.key();
+                    if self.retracted.insert(key.clone(), end).is_none() {
+                        self.retracted_by_end.add(end, key);
+                    }
                 }
                 forward.push((event.draft.clone(), event.time, -1));
             }
@@ -209,81 +213,73 @@ impl<N: SinkWriter<Draft>> SinkWriter<Draft> for FeedbackWriter<N> {
 }
 
 impl<N> FeedbackWriter<N> {
-    /// Drops remembered retractions of campaigns that ended before `time`: their drafts
-    /// cannot come back unchanged.
-    fn forget_retractions_before(&mut self, time: Time) {
-        while let Some(entry) = self.retracted_by_end.first_entry() {
-            if *entry.key() >= time {
-                break;
-            }
-            let end = *entry.key();
-            for key in entry.remove() {
-                if self.retracted.get(&key) == Some(&end) {
-                    self.retracted.remove(&key);
-                }
-            }
-        }
-    }
-
-    /// Writes the rows of the put events in one transaction; marks the events whose row was
-    /// inserted or changed as to be forwarded.
+    /// Writes the rows of the put events in one transaction, a key at most once per
+    /// statement; marks the events whose row was inserted or changed as to be forwarded.
     fn upsert(&mut self, events: &mut [Event<'_>]) -> Result<()> {
-        if !events.iter().any(|e| e.put) {
+        let puts: Vec<usize> = (0..events.len()).filter(|&i| events[i].put).collect();
+        if puts.is_empty() {
             return Ok(());
         }
         let mut tx = self.client.transaction()?;
         let mut chunk: Vec<usize> = Vec::new();
         let mut keys: HashSet<(&str, &str)> = HashSet::new();
-        let puts: Vec<usize> = (0..events.len()).filter(|&i| events[i].put).collect();
-        let mut puts = puts.into_iter().peekable();
-        loop {
-            let next = puts.peek().copied();
-            let full = chunk.len() == CHUNK
-                || next.is_some_and(|i| {
-                    let d = events[i].draft;
-                    keys.contains(&(d.campaign.adv_campaign_id.as_str(), d.client_id.as_str()))
-                });
-            if (full || next.is_none()) && !chunk.is_empty() {
-                let mut c = Columns::default();
-                for &i in &chunk {
-                    c.push(events[i].draft, events[i].time);
-                }
-                let rows = tx
-                    .query(
-                        &self.upsert,
-                        &[
-                            &c.restaurant_id,
-                            &c.adv_campaign_id,
-                            &c.content,
-                            &c.owner,
-                            &c.owner_contact,
-                            &c.start,
-                            &c.end,
-                            &c.created,
-                            &c.client_id,
-                            &c.trigger,
-                        ],
-                    )
-                    .context("cannot write to public.subscribers_feedback")?;
-                let mut changed: HashSet<(String, String)> = HashSet::new();
-                for row in rows {
-                    changed.insert((row.try_get(0)?, row.try_get(1)?));
-                }
-                for &i in &chunk {
-                    let d = events[i].draft;
-                    events[i].forward = changed
-                        .contains(&(d.campaign.adv_campaign_id.clone(), d.client_id.clone()));
-                }
+        for i in puts {
+            let draft = events[i].draft;
+            let key = (
+                draft.campaign.adv_campaign_id.as_str(),
+                draft.client_id.as_str(),
+            );
+            if chunk.len() == CHUNK || keys.contains(&key) {
+                write_chunk(&mut tx, &self.upsert, events, &chunk)?;
                 chunk.clear();
                 keys.clear();
             }
-            let Some(i) = puts.next() else { break };
-            let d = events[i].draft;
-            keys.insert((d.campaign.adv_campaign_id.as_str(), d.client_id.as_str()));
+            keys.insert(key);
             chunk.push(i);
         }
+        write_chunk(&mut tx, &self.upsert, events, &chunk)?;
         tx.commit()
             .context("cannot commit to public.subscribers_feedback")?;
         Ok(())
     }
+}
+
+/// Runs the upsert for the put events `chunk` (distinct keys); sets their `forward`.
+fn write_chunk(
+    tx: &mut postgres::Transaction<'_>,
+    upsert: &postgres::Statement,
+    events: &mut [Event<'_>],
+    chunk: &[usize],
+) -> Result<()> {
+    let mut c = Columns::default();
+    for &i in chunk {
+        c.push(events[i].draft, events[i].time);
+    }
+    let rows = tx
+        .query(
+            upsert,
+            &[
+                &c.restaurant_id,
+                &c.adv_campaign_id,
+                &c.content,
+                &c.owner,
+                &c.owner_contact,
+                &c.start,
+                &c.end,
+                &c.created,
+                &c.client_id,
+                &c.trigger,
+            ],
+        )
+        .context("cannot write to public.subscribers_feedback")?;
+    let mut changed: HashSet<(String, String)> = HashSet::with_capacity(rows.len());
+    for row in rows {
+        changed.insert((row.try_get(0)?, row.try_get(1)?));
+    }
+    for &i in chunk {
+        let d = events[i].draft;
+        events[i].forward =
+            changed.contains(&(d.campaign.adv_campaign_id.clone(), d.client_id.clone()));
+    }
+    Ok(())
 }

@@ -91,12 +91,11 @@ pub struct SubscribersConfig {
 
 /// A message from the reader thread.
 enum Event {
-    /// Part of the initial snapshot.
-    Snapshot(Vec<(Subscription, Diff)>),
-    /// The initial snapshot is complete.
+    /// Rows of the snapshot, changes read from the stream, or the difference after a
+    /// re-snapshot.
+    Updates(Vec<(Subscription, Diff)>),
+    /// The initial snapshot is complete: what follows happens at the time it is read.
     SnapshotDone,
-    /// Changes read from the stream (or the difference after a re-snapshot).
-    Changes(Vec<(Subscription, Diff)>),
 }
 
 /// The transactions a snapshot already contains, for the hand-over to the stream.
@@ -314,7 +313,7 @@ fn subscription(tuple: &pgoutput::Tuple, c: Columns) -> Result<Subscription> {
 struct Session {
     client: Client,
     slot: Option<String>,
-    snapshot: Option<SnapshotPoint>,
+    snapshot: SnapshotPoint,
     decoder: Decoder,
 }
 
@@ -331,21 +330,22 @@ struct Capture {
 
 impl Capture {
     /// Sends `updates` in chunks; `false` once the operator is gone.
-    fn send(&self, updates: Vec<(Subscription, Diff)>, snapshot: bool) -> bool {
+    fn send(&self, updates: Vec<(Subscription, Diff)>) -> bool {
         let mut updates = updates.into_iter().peekable();
         while updates.peek().is_some() {
             let chunk: Vec<_> = updates.by_ref().take(CHUNK).collect();
-            let event = if snapshot {
-                Event::Snapshot(chunk)
-            } else {
-                Event::Changes(chunk)
-            };
-            if self.tx.send(event).is_err() {
+            if !self.notify(Event::Updates(chunk)) {
                 return false;
             }
-            (self.wake)();
         }
         true
+    }
+
+    /// Sends `event` and wakes the operator; `false` once the operator is gone.
+    fn notify(&self, event: Event) -> bool {
+        let sent = self.tx.send(event).is_ok();
+        (self.wake)();
+        sent
     }
 
     /// Connects, creates the slot (when following) and reads the snapshot of this worker's
@@ -414,7 +414,7 @@ impl Capture {
             Session {
                 client,
                 slot,
-                snapshot: Some(snapshot),
+                snapshot,
                 decoder: Decoder::default(),
             },
             rows,
@@ -436,7 +436,7 @@ impl Capture {
             let message = pgoutput::parse(row.get::<_, &[u8]>(0))?;
             session
                 .decoder
-                .apply(message, session.snapshot.as_ref(), &mut self.rows, &mut out)?;
+                .apply(message, Some(&session.snapshot), &mut self.rows, &mut out)?;
         }
         Ok(out)
     }
@@ -479,16 +479,10 @@ impl Capture {
                         slot = session.slot.as_deref().unwrap_or("-"),
                         "{TABLE} snapshot read"
                     );
-                    if !self.send(updates, first) {
+                    if !self.send(updates) || (first && !self.notify(Event::SnapshotDone)) {
                         return;
                     }
-                    if first {
-                        if self.tx.send(Event::SnapshotDone).is_err() {
-                            return;
-                        }
-                        (self.wake)();
-                        first = false;
-                    }
+                    first = false;
                     if !self.config.follow {
                         return;
                     }
@@ -530,7 +524,7 @@ impl Capture {
             if !updates.is_empty() {
                 debug!(worker = self.index, updates = updates.len(), "changes");
             }
-            if !self.send(updates, false) {
+            if !self.send(updates) {
                 return Ok(());
             }
             if Instant::now() >= next_lag_log {
@@ -556,7 +550,7 @@ impl Reader for SubscribersReader {
         let mut emitted = 0;
         while emitted < CHUNK {
             match self.rx.try_recv() {
-                Ok(Event::Snapshot(updates)) | Ok(Event::Changes(updates)) => {
+                Ok(Event::Updates(updates)) => {
                     emitted += updates.len();
                     for (row, diff) in updates {
                         give(row, diff);
@@ -646,6 +640,29 @@ mod tests {
         Tuple(vec![Value::Text(id.to_string()), Value::Null, Value::Null])
     }
 
+    // Changes of relation 7, the captured table (see `relation`).
+    fn insert(id: i32, client: &str, restaurant: &str) -> Message {
+        Message::Insert {
+            relation: 7,
+            new: row(id, client, restaurant),
+        }
+    }
+
+    fn update(old_id: Option<i32>, id: i32, client: &str, restaurant: &str) -> Message {
+        Message::Update {
+            relation: 7,
+            old: old_id.map(key),
+            new: row(id, client, restaurant),
+        }
+    }
+
+    fn delete(id: i32) -> Message {
+        Message::Delete {
+            relation: 7,
+            old: key(id),
+        }
+    }
+
     fn relation() -> Message {
         Message::Relation(Relation {
             id: 7,
@@ -656,8 +673,8 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_point_knows_which_transactions_it_contains() {
-        let s = SnapshotPoint::parse("100:105:101,103", 5000).unwrap();
+    fn snapshot_point_knows_which_transactions_it_contains() -> Result<()> {
+        let s = SnapshotPoint::parse("100:105:101,103", 5000)?;
         assert_eq!(s.xmax, 105);
         assert!(s.contains(99, 4000), "committed before xmin");
         assert!(s.contains(102, 4000), "between, not in progress");
@@ -667,98 +684,54 @@ mod tests {
             !s.contains(99, 5000),
             "commit after the snapshot's WAL position"
         );
-        let wrapped = SnapshotPoint::parse(&format!("{0}:{0}:", (1u64 << 32) + 3), 10).unwrap();
+        let wrapped = SnapshotPoint::parse(&format!("{0}:{0}:", (1u64 << 32) + 3), 10)?;
         assert!(
             wrapped.contains(u32::MAX, 5),
             "xid just before the wrap is older"
         );
         assert!(!wrapped.contains(3, 5));
         assert!(SnapshotPoint::parse("nonsense", 0).is_err());
+        Ok(())
     }
 
     #[test]
-    fn changes_become_updates_of_this_workers_rows() {
+    fn changes_become_updates_of_this_workers_rows() -> Result<()> {
         let mut rows = Rows::new(0, 1);
         let mut decoder = Decoder::default();
         let mut out = Vec::new();
-        let mut apply =
-            |m: Message, out: &mut Vec<_>| decoder.apply(m, None, &mut rows, out).unwrap();
-        apply(relation(), &mut out);
-        apply(
-            Message::Insert {
-                relation: 7,
-                new: row(1, "c", "r1"),
-            },
-            &mut out,
-        );
-        apply(
-            Message::Insert {
-                relation: 7,
-                new: row(2, "c", "r1"),
-            },
-            &mut out,
-        );
+        let mut apply = |m: Message, out: &mut Vec<_>| decoder.apply(m, None, &mut rows, out);
+        apply(relation(), &mut out)?;
+        apply(insert(1, "c", "r1"), &mut out)?;
+        apply(insert(2, "c", "r1"), &mut out)?;
         assert_eq!(
             out,
             [(sub("c", "r1"), 1), (sub("c", "r1"), 1)],
             "duplicates are rows"
         );
         out.clear();
-        apply(
-            Message::Update {
-                relation: 7,
-                old: None,
-                new: row(1, "c", "r2"),
-            },
-            &mut out,
-        );
+        apply(update(None, 1, "c", "r2"), &mut out)?;
         assert_eq!(out, [(sub("c", "r1"), -1), (sub("c", "r2"), 1)], "a move");
         out.clear();
-        apply(
-            Message::Update {
-                relation: 7,
-                old: None,
-                new: row(1, "c", "r2"),
-            },
-            &mut out,
-        );
+        apply(update(None, 1, "c", "r2"), &mut out)?;
         assert!(out.is_empty(), "an update that changes nothing");
-        apply(
-            Message::Update {
-                relation: 7,
-                old: Some(key(1)),
-                new: row(9, "c", "r2"),
-            },
-            &mut out,
-        );
+        apply(update(Some(1), 9, "c", "r2"), &mut out)?;
         differential_dataflow::consolidation::consolidate(&mut out);
         assert!(
             out.is_empty(),
             "a new key for the same pair nets to nothing"
         );
-        apply(
-            Message::Delete {
-                relation: 7,
-                old: key(9),
-            },
-            &mut out,
-        );
-        apply(
-            Message::Delete {
-                relation: 7,
-                old: key(9),
-            },
-            &mut out,
-        );
+        apply(delete(9), &mut out)?;
+        apply(delete(9), &mut out)?;
         assert_eq!(out, [(sub("c", "r2"), -1)], "deleting twice retracts once");
         out.clear();
-        apply(Message::Truncate { relations: vec![7] }, &mut out);
+        apply(Message::Truncate { relations: vec![7] }, &mut out)?;
         assert_eq!(out, [(sub("c", "r1"), -1)]);
+        Ok(())
     }
 
     #[test]
-    fn transactions_in_the_snapshot_are_skipped() {
-        let snapshot = SnapshotPoint::parse("10:12:11", 1000).unwrap();
+    fn transactions_in_the_snapshot_are_skipped() -> Result<()> {
+        let snapshot = SnapshotPoint::parse("10:12:11", 1000)?;
         let mut rows = Rows::new(0, 1);
         let mut decoder = Decoder::default();
         let mut out = Vec::new();
@@ -769,16 +742,11 @@ mod tests {
                     xid,
                 },
                 relation(),
-                Message::Insert {
-                    relation: 7,
-                    new: row(id, &format!("c{id}"), "r"),
-                },
+                insert(id, &format!("c{id}"), "r"),
                 Message::Commit,
             ];
             for m in messages {
-                decoder
-                    .apply(m, Some(&snapshot), &mut rows, &mut out)
-                    .unwrap();
+                decoder.apply(m, Some(&snapshot), &mut rows, &mut out)?;
             }
         }
         let clients: Vec<_> = out.iter().map(|(s, _)| s.client_id.as_str()).collect();
@@ -787,6 +755,7 @@ mod tests {
             ["c2", "c3", "c4"],
             "xid 10 before the WAL point was in it"
         );
+        Ok(())
     }
 
     #[test]

@@ -62,12 +62,31 @@ pub fn pg(url: &str) -> postgres::Client {
     postgres::Client::connect(url, postgres::NoTls).expect("connect")
 }
 
-/// The seed example's subscribers (SPEC), in a table created with the exact seed DDL.
-pub fn seed_subscribers(url: &str) {
+/// Creates `public.subscribers_restaurants` with the exact seed DDL, as its owner would;
+/// returns the client.
+pub fn subscribers_table(url: &str) -> postgres::Client {
     let mut client = pg(url);
     client
         .batch_execute(dishflow::pg::SUBSCRIBERS_DDL)
         .expect("ddl");
+    client
+}
+
+/// A fresh database with the subscribers table and `dishflow setup` done, and a unique topic
+/// prefix, both named after `name`.
+pub fn live_fixture(name: &str) -> (String, String) {
+    let db = database(name);
+    subscribers_table(&db);
+    assert_success(&dishflow(
+        &["setup", "--postgres-url", &db],
+        Duration::from_secs(60),
+    ));
+    (db, unique(name))
+}
+
+/// The seed example's subscribers (SPEC), in a table created with the exact seed DDL.
+pub fn seed_subscribers(url: &str) {
+    let mut client = subscribers_table(url);
     let rows = [
         (
             "223e4567-e89b-12d3-a456-426614174000",
@@ -143,6 +162,12 @@ pub fn produce_raw(topic: &str, partitions: i32, messages: &[Raw<'_>]) {
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
+/// Creates `topic` and produces messages without key with `values`, round robin.
+pub fn produce_values(topic: &str, partitions: i32, values: &[&str]) {
+    let raw: Vec<Raw<'_>> = values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
+    produce_raw(topic, partitions, &raw);
+}
+
 /// Every message of `topic`.
 pub fn consume(topic: &str) -> Vec<ConsumedMessage> {
     read_to_end(&kafka(), topic, Duration::from_secs(60)).expect("consume")
@@ -215,6 +240,14 @@ pub fn promos_args_from(db: &str, input: &str, prefix: &str) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// An unbounded promos job on `db` and the topics `<prefix>.in/.out/.dlq`, plus `extra` flags.
+pub fn spawn_promos(db: &str, prefix: &str, extra: &[&str]) -> Child {
+    let mut args = promos_args(db, prefix);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(&argv)
 }
 
 /// (adv_campaign_id, client_id, trigger_datetime_created) of every feedback row, sorted.
