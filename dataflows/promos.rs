@@ -25,15 +25,17 @@
 //! * [`Draft::notification`]: the exact output format, with `trigger_datetime_created` being
 //!   the logical second at which the draft came into existence.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::CapabilitySet;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::{DeadLetter, Diff, RawRecord, Schedule, Time, secs_to_time};
 
@@ -259,6 +261,9 @@ struct Current {
     order: (i64, Time, i32, i64),
     /// When every version seen so far has ended: the state can be forgotten then.
     forget_at: Time,
+    /// Per partition, the first offset of a version seen: replaying from there rebuilds
+    /// this state.
+    first: Vec<(i32, i64)>,
 }
 
 /// The lifecycle of campaigns, keyed by `adv_campaign_id`: which version is in force, and
@@ -272,11 +277,18 @@ struct Current {
 ///   moves the retraction. Identical content changes nothing; an older version is ignored.
 /// * State is kept until every version seen of the campaign has ended, then forgotten, so
 ///   memory is bounded by the campaigns that are live, not by all that ever existed.
+///
+/// It also knows, per partition, the oldest message it still depends on ([`retained`]):
+/// replaying the topic from there, all at one logical time, rebuilds the same state.
+///
+/// [`retained`]: Lifecycle::retained
 #[derive(Default)]
 pub struct Lifecycle {
     current: HashMap<String, Current>,
     /// Ids to look at when the frontier reaches a time (their `forget_at` when scheduled).
     expiry: Schedule<String>,
+    /// The `first` positions of every remembered campaign.
+    positions: BTreeSet<(i32, i64)>,
 }
 
 /// Emits the validity of `campaign` as seen from logical time `t`: `diff` at
@@ -305,21 +317,36 @@ impl Lifecycle {
             let order = order(&message);
             let end = secs_to_time(message.campaign.adv_campaign_datetime_end);
             let id = message.campaign.adv_campaign_id.clone();
+            let position = (message.partition, message.offset);
             let forget_at = match self.current.get_mut(&id) {
                 None if end <= t => continue, // ended before it arrived: nothing to remember
                 None => {
                     validity(&message.campaign, t, 1, emit);
+                    self.positions.insert(position);
                     self.current.insert(
                         id.clone(),
                         Current {
                             campaign: message.campaign,
                             order,
                             forget_at: end,
+                            first: vec![position],
                         },
                     );
                     end
                 }
                 Some(current) => {
+                    match current.first.iter_mut().find(|(p, _)| *p == position.0) {
+                        Some(first) if first.1 <= position.1 => {}
+                        Some(first) => {
+                            self.positions.remove(first);
+                            self.positions.insert(position);
+                            *first = position;
+                        }
+                        None => {
+                            self.positions.insert(position);
+                            current.first.push(position);
+                        }
+                    }
                     if order > current.order {
                         if current.campaign != message.campaign {
                             validity(&current.campaign, t, -1, emit);
@@ -343,11 +370,29 @@ impl Lifecycle {
     /// message up to `time` having been applied).
     pub fn expire(&mut self, time: Time) {
         let current = &mut self.current;
+        let positions = &mut self.positions;
         self.expiry.take_until(time, |_, id| {
-            if current.get(&id).is_some_and(|c| c.forget_at <= time) {
-                current.remove(&id);
+            if current.get(&id).is_some_and(|c| c.forget_at <= time)
+                && let Some(gone) = current.remove(&id)
+            {
+                for position in &gone.first {
+                    positions.remove(position);
+                }
             }
         });
+    }
+
+    /// Per partition, the offset of the oldest message the remembered state depends on.
+    pub fn retained(&self) -> Vec<(i32, i64)> {
+        let mut oldest = Vec::new();
+        let mut next = self.positions.first().copied();
+        while let Some((partition, offset)) = next {
+            oldest.push((partition, offset));
+            next = partition
+                .checked_add(1)
+                .and_then(|p| self.positions.range((p, i64::MIN)..).next().copied());
+        }
+        oldest
     }
 
     /// Number of campaigns remembered.
@@ -361,6 +406,11 @@ impl Lifecycle {
     }
 }
 
+/// What one worker's lifecycle depends on: (worker index, per partition the oldest offset
+/// it retains; partitions not listed: none). Reported at a time once everything up to that
+/// time was applied, and whenever it changed.
+pub type Retention = (usize, Vec<(i32, i64)>);
+
 /// The campaigns in force and valid, as a collection: each campaign version exists while
 /// it is the version in force and valid (see [`Lifecycle`]). Messages are routed by
 /// `adv_campaign_id`, and each worker applies them in logical-time order once the input
@@ -368,51 +418,84 @@ impl Lifecycle {
 pub fn campaigns_in_force<'s>(
     messages: VecCollection<'s, Time, CampaignMessage, Diff>,
 ) -> VecCollection<'s, Time, Campaign, Diff> {
+    campaigns_and_retention(messages).0
+}
+
+/// [`campaigns_in_force`], and each worker's [`Retention`] as a stream.
+pub fn campaigns_and_retention<'s>(
+    messages: VecCollection<'s, Time, CampaignMessage, Diff>,
+) -> (
+    VecCollection<'s, Time, Campaign, Diff>,
+    Stream<'s, Time, Vec<Retention>>,
+) {
     let exchange = Exchange::new(|(m, _, _): &(CampaignMessage, Time, Diff)| {
         m.campaign.adv_campaign_id.hashed()
     });
-    messages
-        .inner
-        .unary_frontier(exchange, "CampaignLifecycle", |_capability, _info| {
-            let mut lifecycle = Lifecycle::default();
-            let mut pending: BTreeMap<Time, Vec<CampaignMessage>> = BTreeMap::new();
-            let mut capabilities = CapabilitySet::new();
-            move |(input, frontier), output| {
-                let port = output.output_index();
-                input.for_each(|capability, data| {
+    let scope = messages.inner.scope();
+    let worker = scope.index();
+    let mut builder = OperatorBuilder::new("CampaignLifecycle".to_owned(), scope);
+    let mut input = builder.new_input(messages.inner, exchange);
+    let (campaigns_output, campaigns) = builder.new_output::<Vec<(Campaign, Time, Diff)>>();
+    let (retention_output, retention) = builder.new_output::<Vec<Retention>>();
+    let mut campaigns_output = OutputBuilder::from(campaigns_output);
+    let mut retention_output = OutputBuilder::from(retention_output);
+    builder.build(move |_capabilities| {
+        let mut lifecycle = Lifecycle::default();
+        let mut pending: BTreeMap<Time, Vec<CampaignMessage>> = BTreeMap::new();
+        let mut capabilities = [CapabilitySet::new(), CapabilitySet::new()];
+        let mut reported: Vec<(i32, i64)> = Vec::new();
+        move |frontiers| {
+            let frontier = frontiers[0].frontier();
+            let mut campaigns_handle = campaigns_output.activate();
+            let mut retention_handle = retention_output.activate();
+            input.for_each(|capability, data| {
+                for (port, set) in capabilities.iter_mut().enumerate() {
                     if let Some(capability) = capability.retain_least(port) {
-                        capabilities.insert(capability);
+                        set.insert(capability);
                     }
-                    for (message, time, diff) in data.drain(..) {
-                        // Messages are only ever added; a retraction would be a bug upstream.
-                        if diff > 0 {
-                            pending.entry(time).or_default().push(message);
-                        }
+                }
+                for (message, time, diff) in data.drain(..) {
+                    // Messages are only ever added; a retraction would be a bug upstream.
+                    if diff > 0 {
+                        pending.entry(time).or_default().push(message);
                     }
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                let time = *entry.key();
+                if frontier.less_equal(&time) {
+                    break;
+                }
+                lifecycle.expire(time.saturating_sub(1));
+                let capability = capabilities[0].delayed(&time);
+                let mut session = campaigns_handle.session(&capability);
+                lifecycle.arrive(time, entry.remove(), &mut |campaign, at, diff| {
+                    session.give((campaign, at, diff))
                 });
-                while let Some(entry) = pending.first_entry() {
-                    let time = *entry.key();
-                    if frontier.less_equal(&time) {
-                        break;
-                    }
-                    let capability = capabilities.delayed(&time);
-                    let mut session = output.session(&capability);
-                    lifecycle.arrive(time, entry.remove(), &mut |campaign, at, diff| {
-                        session.give((campaign, at, diff))
-                    });
-                }
-                match frontier.frontier().first() {
-                    Some(&time) => lifecycle.expire(time.saturating_sub(1)),
-                    None => lifecycle.expire(Time::MAX),
-                }
-                match pending.first_key_value() {
-                    Some((&time, _)) => capabilities.downgrade([time]),
-                    None => capabilities = CapabilitySet::new(),
+                let retained = lifecycle.retained();
+                if retained != reported {
+                    let capability = capabilities[1].delayed(&time);
+                    retention_handle
+                        .session(&capability)
+                        .give((worker, retained.clone()));
+                    reported = retained;
                 }
             }
-        })
-        .container::<Vec<(Campaign, Time, Diff)>>()
-        .as_collection()
+            match frontier.first() {
+                Some(&time) => lifecycle.expire(time.saturating_sub(1)),
+                None => lifecycle.expire(Time::MAX),
+            }
+            match pending.first_key_value() {
+                Some((&time, _)) => {
+                    for set in &mut capabilities {
+                        set.downgrade([time]);
+                    }
+                }
+                None => capabilities = [CapabilitySet::new(), CapabilitySet::new()],
+            }
+        }
+    });
+    (campaigns.as_collection(), retention)
 }
 
 /// Notification drafts: the campaigns in force joined with the *distinct* subscriptions of
@@ -421,10 +504,22 @@ pub fn drafts<'s>(
     messages: VecCollection<'s, Time, CampaignMessage, Diff>,
     subscriptions: VecCollection<'s, Time, Subscription, Diff>,
 ) -> VecCollection<'s, Time, Draft, Diff> {
-    let campaigns = campaigns_in_force(messages)
+    drafts_and_retention(messages, subscriptions).0
+}
+
+/// [`drafts`], and the lifecycle's [`Retention`] (what a restart must replay).
+pub fn drafts_and_retention<'s>(
+    messages: VecCollection<'s, Time, CampaignMessage, Diff>,
+    subscriptions: VecCollection<'s, Time, Subscription, Diff>,
+) -> (
+    VecCollection<'s, Time, Draft, Diff>,
+    Stream<'s, Time, Vec<Retention>>,
+) {
+    let (campaigns, retention) = campaigns_and_retention(messages);
+    let campaigns = campaigns
         .map(|campaign| (campaign.restaurant_id.clone(), campaign))
         .arrange_by_key_named("CampaignsByRestaurant");
-    subscriptions
+    let drafts = subscriptions
         .map(|s| (s.restaurant_id, s.client_id))
         // Duplicate rows for the same pair are one subscription.
         .threshold_named("DistinctSubscriptions", |_, count| Diff::from(*count > 0))
@@ -434,7 +529,8 @@ pub fn drafts<'s>(
                 campaign: campaign.clone(),
                 client_id: client_id.clone(),
             })
-        })
+        });
+    (drafts, retention)
 }
 
 #[cfg(test)]

@@ -111,13 +111,55 @@ pub struct ClusterArgs {
     pub hostfile: Option<PathBuf>,
 }
 
-/// Where a job starts reading its Kafka topics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Where a job starts reading its Kafka topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartFrom {
+    /// From the job's committed progress: replay what rebuilds its state, then go on where
+    /// it stopped; partitions without progress start at the earliest offset.
+    Resume,
     /// The first retained offset of every partition.
     Earliest,
     /// The end of every partition as of startup: only new messages.
     Latest,
+    /// Explicit offsets, (topic, partition, offset); partitions not listed: earliest.
+    Offsets(Vec<(String, i32, i64)>),
+}
+
+impl std::str::FromStr for StartFrom {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "resume" => return Ok(StartFrom::Resume),
+            "earliest" => return Ok(StartFrom::Earliest),
+            "latest" => return Ok(StartFrom::Latest),
+            _ => {}
+        }
+        let mut offsets = Vec::new();
+        for item in text.split(',') {
+            let parsed = item.rsplitn(3, ':').collect::<Vec<_>>();
+            let [offset, partition, topic] = parsed[..] else {
+                return Err(format!(
+                    "expected resume, earliest, latest or TOPIC:PARTITION:OFFSET,..., got {item:?}"
+                ));
+            };
+            let partition = partition
+                .parse::<i32>()
+                .ok()
+                .filter(|p| *p >= 0)
+                .ok_or_else(|| format!("bad partition {partition:?} in {item:?}"))?;
+            let offset = offset
+                .parse::<i64>()
+                .ok()
+                .filter(|o| *o >= 0)
+                .ok_or_else(|| format!("bad offset {offset:?} in {item:?}"))?;
+            if topic.is_empty() {
+                return Err(format!("missing topic in {item:?}"));
+            }
+            offsets.push((topic.to_string(), partition, offset));
+        }
+        Ok(StartFrom::Offsets(offsets))
+    }
 }
 
 /// How retractions (campaign ended, client unsubscribed) appear in the notification topic.
@@ -165,8 +207,13 @@ pub struct PromosArgs {
     )]
     pub dead_letter_topic: String,
 
-    /// Where to start reading the promo topic.
-    #[arg(long, env = "DISHFLOW_FROM", value_enum, default_value_t = StartFrom::Earliest)]
+    /// Where to start reading the promo topic: `resume` (the job's committed progress:
+    /// replay the messages whose campaigns may still be in force to rebuild the state, then
+    /// continue after the last message processed; earliest where there is no progress yet),
+    /// `earliest`, `latest`, or `TOPIC:PARTITION:OFFSET,...` (unlisted partitions:
+    /// earliest). Whatever the start, a draft already in subscribers_feedback is not
+    /// written again; see --republish.
+    #[arg(long, env = "DISHFLOW_FROM", default_value = "resume")]
     pub from: StartFrom,
 
     /// Bounded run: read every partition up to its end as of startup, flush every sink, exit 0.

@@ -80,3 +80,18 @@ pub fn ensure_topic(args: &KafkaArgs, topic: &str, partitions: i32) -> Result<()
     }
     Ok(())
 }
+
+/// (partition, low watermark, high watermark) of every partition of `topic`.
+pub fn watermarks(args: &KafkaArgs, topic: &str) -> Result<Vec<(i32, i64, i64)>> {
+    let consumer: BaseConsumer = client_config(args, &[])
+        .create()
+        .context("invalid Kafka configuration")?;
+    let mut marks = Vec::new();
+    for partition in topic_partitions(args, topic)? {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, STARTUP_TIMEOUT)
+            .map_err(|e| anyhow!("watermarks of {topic}/{partition}: {e}"))?;
+        marks.push((partition, low, high));
+    }
+    Ok(marks)
+}

@@ -12,5 +12,7 @@ pub mod jobs;
 pub mod kafka;
 pub mod pg;
 pub mod produce;
+pub mod progress;
+pub mod retry;
 pub mod sinks;
 pub mod sources;

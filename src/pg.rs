@@ -65,6 +65,42 @@ CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
 CREATE UNIQUE INDEX IF NOT EXISTS subscribers_feedback_campaign_client_uq
     ON public.subscribers_feedback (adv_campaign_id, client_id)";
 
+/// dishflow's own bookkeeping tables, shared by all jobs (rows are keyed by job):
+/// * `dishflow_outbox`: Kafka messages decided in a Postgres transaction and not yet
+///   confirmed delivered (see `sinks::outbox`); normally empty between batches.
+/// * `dishflow_outbox_marks`: per writer and output partition, an offset before which none
+///   of the writer's unconfirmed messages can be (where a read-back starts).
+/// * `dishflow_progress`: per source partition, where a restarted job resumes reading
+///   (`resume_offset`) and from where it replays to rebuild its state (`replay_offset`).
+pub const BOOKKEEPING_DDL: &str = "
+CREATE SEQUENCE IF NOT EXISTS public.dishflow_outbox_seq;
+CREATE TABLE IF NOT EXISTS public.dishflow_outbox (
+    job text NOT NULL,
+    writer int4 NOT NULL,
+    seq int8 NOT NULL,
+    topic text NOT NULL,
+    key bytea NULL,
+    value bytea NULL,
+    PRIMARY KEY (job, writer, seq)
+);
+CREATE TABLE IF NOT EXISTS public.dishflow_outbox_marks (
+    job text NOT NULL,
+    writer int4 NOT NULL,
+    topic text NOT NULL,
+    partition int4 NOT NULL,
+    next_offset int8 NOT NULL,
+    PRIMARY KEY (job, writer, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS public.dishflow_progress (
+    job text NOT NULL,
+    topic text NOT NULL,
+    partition int4 NOT NULL,
+    resume_offset int8 NOT NULL,
+    replay_offset int8 NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, topic, partition)
+)";
+
 /// The publication through which the promos job captures changes of the subscribers table.
 pub const SUBSCRIBERS_PUBLICATION: &str = "dishflow_subscribers";
 
@@ -84,6 +120,9 @@ pub fn setup_promos(url: &str) -> Result<()> {
     tx.batch_execute(FEEDBACK_DDL).context(
         "cannot create public.subscribers_feedback or its unique index on \
          (adv_campaign_id, client_id) (duplicate rows in an existing table?)",
+    )?;
+    tx.batch_execute(BOOKKEEPING_DDL).context(
+        "cannot create dishflow's bookkeeping tables (dishflow_outbox, dishflow_progress)",
     )?;
     let exists = tx
         .query_opt(

@@ -24,13 +24,18 @@ use tracing::info;
 
 use crate::cli::{Envelope, PromosArgs};
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
+use crate::progress::{self, ProgressConfig};
 use crate::sinks::kafka::{DeadLetterEncoder, DraftEncoder, KafkaWriter};
+use crate::sinks::outbox::Outbox;
 use crate::sinks::postgres::FeedbackWriter;
 use crate::sinks::sink;
-use crate::sources::kafka::{KafkaSourceConfig, kafka_source};
+use crate::sources::kafka::{KafkaSourceConfig, Position, kafka_source};
 use crate::sources::postgres::{SubscribersConfig, subscribers};
 use crate::sources::wall_clock_ms;
 use crate::{cluster, kafka, pg};
+
+/// The job's name in dishflow's bookkeeping tables (outbox, progress).
+pub const JOB: &str = "promos";
 
 /// Runs the promos job until its input ends (`--stop-at-end`) or a signal asks it to stop.
 pub fn run(args: PromosArgs) -> Result<()> {
@@ -41,12 +46,22 @@ pub fn run(args: PromosArgs) -> Result<()> {
     let outputs = i32::try_from(partitions.len())?;
     kafka::ensure_topic(&args.kafka, &args.notification_topic, outputs)?;
     kafka::ensure_topic(&args.kafka, &args.dead_letter_topic, outputs)?;
+    let watermarks = kafka::watermarks(&args.kafka, &args.promo_topic)?;
+    let committed = progress::load(
+        &mut pg::connect(&args.postgres_url)?,
+        JOB,
+        &args.promo_topic,
+    )?;
+    let plan = progress::plan(&args.from, &args.promo_topic, &watermarks, &committed)?;
     info!(
         promo_topic = %args.promo_topic,
         partitions = partitions.len(),
         notification_topic = %args.notification_topic,
         envelope = ?args.envelope,
         bounded = args.stop_at_end,
+        from = ?args.from,
+        start = ?plan.start,
+        replay_until = ?plan.replay_until,
         "starting promos"
     );
 
@@ -56,10 +71,24 @@ pub fn run(args: PromosArgs) -> Result<()> {
         kafka: args.kafka.clone(),
         topic: args.promo_topic.clone(),
         partitions,
-        from: args.from,
+        start: plan
+            .start
+            .iter()
+            .map(|(&p, &o)| (p, Position::Offset(o)))
+            .collect(),
+        replay_until: plan.replay_until.clone(),
+        start_time: t0,
         stop_at_end: args.stop_at_end,
         tick,
     };
+    let progress_config = ProgressConfig {
+        url: args.postgres_url.clone(),
+        job: JOB.to_string(),
+        topic: args.promo_topic.clone(),
+        start: plan.start.clone(),
+        start_time: t0,
+    };
+    let replay_until = plan.replay_until;
     let subscribers_config = SubscribersConfig {
         url: args.postgres_url.clone(),
         publication: pg::SUBSCRIBERS_PUBLICATION.to_string(),
@@ -69,18 +98,21 @@ pub fn run(args: PromosArgs) -> Result<()> {
     let started = std::time::Instant::now();
     super::run_workers(config, shutdown, move |worker, control| {
         let writers = (|| -> Result<_> {
-            let notifications = KafkaWriter::new(
+            let outbox = Outbox::new(
                 &args.kafka,
-                &args.notification_topic,
-                DraftEncoder {
-                    envelope: args.envelope,
-                },
+                JOB,
+                worker.index(),
+                &[&args.notification_topic],
             )?;
             Ok((
                 FeedbackWriter::new(
                     &args.postgres_url,
+                    outbox,
+                    &args.notification_topic,
+                    DraftEncoder {
+                        envelope: args.envelope,
+                    },
                     args.envelope == Envelope::Upsert,
-                    notifications,
                 )?,
                 KafkaWriter::new(
                     &args.kafka,
@@ -94,6 +126,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
             Err(error) => return control.fail(error),
         };
         let completion = Completion::default();
+        let replay_until = replay_until.clone();
         worker.dataflow_named::<dataflows::Time, _, _>("promos", |scope| {
             let raw = kafka_source(
                 scope,
@@ -102,6 +135,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 control.clone(),
                 completion.clone(),
             );
+            let (raw, positions) = progress::tap_positions(raw);
             let subscriptions = subscribers(
                 scope,
                 subscribers_config.clone(),
@@ -110,27 +144,40 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 completion.clone(),
             );
             let (campaigns, dead_letters) = promos::decode(raw);
+            // A replayed record was dead-lettered (if bad) by the run that first read it.
+            let dead_letters = dead_letters.filter(move |dead| {
+                replay_until
+                    .get(&dead.record.partition)
+                    .is_none_or(|&until| dead.record.offset >= until)
+            });
+            let (drafts, retention) = promos::drafts_and_retention(campaigns, subscriptions);
             // One worker writes all changes of a notification key, in time order (a
             // replacement that changes the restaurant would otherwise split across workers).
-            let drafts = promos::drafts(campaigns, subscriptions)
+            let drafts = drafts
                 .inner
                 .exchange(|(draft, _, _): &(promos::Draft, _, _)| {
                     (&draft.campaign.adv_campaign_id, &draft.client_id).hashed()
                 })
                 .as_collection();
-            sink(
+            let dead_letters_written = sink(
                 dead_letters,
                 "DeadLetterSink",
                 dead_letter_writer,
                 control.clone(),
                 completion.clone(),
             );
-            sink(
+            let drafts_written = sink(
                 drafts,
                 "DraftsSink",
                 drafts_writer,
                 control.clone(),
                 completion.clone(),
+            );
+            progress::track(
+                positions,
+                retention,
+                vec![dead_letters_written, drafts_written],
+                progress_config.clone(),
             );
             completion_barrier(scope, &completion, tick);
         });

@@ -13,7 +13,7 @@
 //! is an error, which ends the job instead of losing a draft silently.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,13 +21,15 @@ use anyhow::{Context, Result, anyhow, bail};
 use dataflows::promos::Draft;
 use dataflows::{DeadLetter, Diff, Time};
 use rdkafka::ClientContext;
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::SinkWriter;
 use crate::cli::{Envelope, KafkaArgs};
 use crate::kafka::client_config;
+use crate::retry::Backoff;
 
 /// How long a batch may wait for its delivery reports before the sink gives up.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,105 +50,164 @@ pub trait Encoder<D>: 'static {
     fn encode(&self, data: &D, time: Time, diff: Diff) -> Result<Option<KafkaMessage>>;
 }
 
-/// Remembers the first failed delivery of a batch.
+/// What the delivery reports of a batch said: the first failure, and per partition the
+/// offset after the last message delivered.
+#[derive(Default)]
+struct DeliveryLog {
+    first_error: Option<String>,
+    next_offsets: HashMap<(String, i32), i64>,
+}
+
+/// librdkafka callbacks of a producer: records delivery reports in a [`DeliveryLog`].
 #[derive(Default, Clone)]
-struct DeliveryErrors(Arc<Mutex<Option<String>>>);
+pub struct Deliveries(Arc<Mutex<DeliveryLog>>);
 
-impl ClientContext for DeliveryErrors {}
+impl ClientContext for Deliveries {}
 
-impl ProducerContext for DeliveryErrors {
+impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result
-            && let Ok(mut first) = self.0.lock()
-        {
-            first.get_or_insert_with(|| error.to_string());
+        let Ok(mut log) = self.0.lock() else { return };
+        match result {
+            Ok(message) => {
+                let next = message.offset() + 1;
+                let slot = log
+                    .next_offsets
+                    .entry((message.topic().to_string(), message.partition()))
+                    .or_insert(next);
+                *slot = (*slot).max(next);
+            }
+            Err((error, _)) => {
+                log.first_error.get_or_insert_with(|| error.to_string());
+            }
         }
     }
 }
 
-/// Writes to one topic through `encoder`.
-pub struct KafkaWriter<E> {
-    producer: BaseProducer<DeliveryErrors>,
-    errors: DeliveryErrors,
-    topic: String,
-    encoder: E,
+/// An idempotent producer whose batches are confirmed: [`Producer::send`] queues,
+/// [`Producer::confirm`] waits for every delivery report of what was queued.
+pub struct Producer {
+    producer: BaseProducer<Deliveries>,
+    deliveries: Deliveries,
+    brokers: String,
 }
 
-impl<E> KafkaWriter<E> {
-    /// A writer producing to `topic`.
-    pub fn new(kafka: &KafkaArgs, topic: &str, encoder: E) -> Result<Self> {
-        let errors = DeliveryErrors::default();
+impl Producer {
+    /// A producer for the brokers of `kafka`.
+    pub fn new(kafka: &KafkaArgs) -> Result<Self> {
+        let deliveries = Deliveries::default();
         let producer = client_config(
             kafka,
             &[
                 // No duplicates or reordering from librdkafka's own retries.
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
-                // Small batching delay: drafts of one time are sent together anyway.
+                // Small batching delay: the messages of one time are sent together anyway.
                 ("linger.ms", "5"),
             ],
         )
-        .create_with_context(errors.clone())
+        .create_with_context(deliveries.clone())
         .context("invalid Kafka producer configuration")?;
-        Ok(KafkaWriter {
+        Ok(Producer {
             producer,
-            errors,
+            deliveries,
+            brokers: kafka.brokers.clone(),
+        })
+    }
+
+    /// Queues `message` for `topic` (waiting while librdkafka's queue is full), with the
+    /// message's headers and then `extra` headers.
+    pub fn send(&self, topic: &str, message: &KafkaMessage, extra: &[(&str, &[u8])]) -> Result<()> {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + extra.len());
+        let fixed = message.headers.iter().map(|(k, v)| (*k, v.as_slice()));
+        for (key, value) in fixed.chain(extra.iter().copied()) {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(value) = &message.value {
+            record = record.payload(value.as_slice());
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => bail!("cannot produce to {topic}: {error}"),
+            }
+        }
+    }
+
+    /// Waits until every queued message is delivered; returns, per (topic, partition), the
+    /// offset after the last message delivered since the previous call. Any failed delivery
+    /// is an error (the messages of the batch may then be partly delivered).
+    pub fn confirm(&self) -> Result<HashMap<(String, i32), i64>> {
+        let flushed = self.producer.flush(FLUSH_TIMEOUT);
+        let log = std::mem::take(
+            &mut *self
+                .deliveries
+                .0
+                .lock()
+                .map_err(|_| anyhow!("delivery log poisoned"))?,
+        );
+        flushed.map_err(|e| anyhow!("delivery to Kafka at {} not confirmed: {e}", self.brokers))?;
+        if let Some(error) = log.first_error {
+            bail!("delivery to Kafka at {} failed: {error}", self.brokers);
+        }
+        Ok(log.next_offsets)
+    }
+}
+
+/// Writes to one topic through `encoder`, at least once: a failed batch is retried whole.
+pub struct KafkaWriter<E> {
+    producer: Producer,
+    topic: String,
+    encoder: E,
+    backoff: Backoff,
+}
+
+impl<E> KafkaWriter<E> {
+    /// A writer producing to `topic`.
+    pub fn new(kafka: &KafkaArgs, topic: &str, encoder: E) -> Result<Self> {
+        Ok(KafkaWriter {
+            producer: Producer::new(kafka)?,
             topic: topic.to_string(),
             encoder,
+            backoff: Backoff::new(format!("Kafka sink {topic}")),
         })
     }
 }
 
 impl<D, E: Encoder<D>> SinkWriter<D> for KafkaWriter<E> {
     fn write(&mut self, updates: &[(D, Time, Diff)]) -> Result<()> {
-        let mut sent = 0usize;
+        let mut messages = Vec::new();
         for (data, time, diff) in updates {
-            let Some(message) = self.encoder.encode(data, *time, *diff)? else {
-                continue;
-            };
-            let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-            for (key, value) in &message.headers {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value.as_slice()),
-                });
-            }
-            let mut record: BaseRecord<'_, [u8], [u8]> =
-                BaseRecord::to(&self.topic).headers(headers);
-            if let Some(key) = &message.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(value) = &message.value {
-                record = record.payload(value.as_slice());
-            }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                        back,
-                    )) => {
-                        record = back;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((error, _)) => bail!("cannot produce to {}: {error}", self.topic),
-                }
-            }
-            sent += 1;
+            messages.extend(self.encoder.encode(data, *time, *diff)?);
         }
-        if sent == 0 {
+        if messages.is_empty() {
             return Ok(());
         }
-        self.producer
-            .flush(FLUSH_TIMEOUT)
-            .map_err(|e| anyhow!("delivery to {} not confirmed: {e}", self.topic))?;
-        let failed = self.errors.0.lock().ok().and_then(|mut e| e.take());
-        if let Some(error) = failed {
-            bail!("delivery to {} failed: {error}", self.topic);
+        loop {
+            let sent = messages
+                .iter()
+                .try_for_each(|m| self.producer.send(&self.topic, m, &[]))
+                .and_then(|()| self.producer.confirm());
+            match sent {
+                Ok(_) => {
+                    self.backoff.succeeded();
+                    return Ok(());
+                }
+                Err(error) => self.backoff.failed(&error),
+            }
         }
-        Ok(())
     }
 }
 

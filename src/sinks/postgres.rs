@@ -1,25 +1,26 @@
-//! Postgres sink for the promos job: complete draft changes → `public.subscribers_feedback`,
-//! then the changes that the table did not already hold → the Kafka notification topic.
+//! Postgres sink for the promos job: complete draft changes → `public.subscribers_feedback`
+//! and, through the outbox, the Kafka notification topic — each exactly once.
 //!
 //! ```text
 //!   SinkWriter::write(updates)  (sorted by time, retractions first)
 //!     per (time, key = campaign:client): put (an insertion at that time) or retract
-//!     puts → column arrays ─► one statement per CHUNK rows (a key at most once per statement):
-//!       INSERT INTO subscribers_feedback (...) SELECT * FROM unnest($1, ..., $10)
-//!       ON CONFLICT (adv_campaign_id, client_id) DO UPDATE SET <campaign columns>
-//!         WHERE <campaign columns differ>
-//!       RETURNING adv_campaign_id, client_id        ← rows inserted or changed
-//!     all statements of a batch in one transaction, committed
-//!     puts returned (+ retractions) ─► Kafka writer (every delivery confirmed)
+//!     one transaction:
+//!       puts → one statement per CHUNK rows (a key at most once per statement):
+//!         INSERT INTO subscribers_feedback (...) SELECT * FROM unnest($1, ..., $10)
+//!         ON CONFLICT (adv_campaign_id, client_id) DO UPDATE SET <campaign columns>
+//!           WHERE <campaign columns differ>
+//!         RETURNING adv_campaign_id, client_id        ← rows inserted or changed
+//!       messages for the puts returned (+ retractions, by the envelope) → dishflow_outbox
+//!     COMMIT, then the outbox produces them and confirms (see `sinks::outbox`)
 //! ```
 //!
 //! Rows are written in bulk (ten array parameters, not a round trip per row) and
 //! idempotently: the unique index on `(adv_campaign_id, client_id)` that `setup` adds turns a
 //! re-delivered draft into a no-op. The feedback table is thereby also the ledger of drafts
-//! already notified: a replayed topic or a second run over the same topic writes no row and
-//! no Kafka message. A replaced campaign updates the campaign columns of its rows in place
-//! (`feedback` and `trigger_datetime_created`, the draft's first existence, are kept) and
-//! re-sends the draft with the new content.
+//! already notified: a replayed topic, a restarted job or a second run over the same topic
+//! writes no row and no Kafka message. A replaced campaign updates the campaign columns of
+//! its rows in place (`feedback` and `trigger_datetime_created`, the draft's first existence,
+//! are kept) and re-sends the draft with the new content.
 //!
 //! Retractions write no row: feedback rows are never deleted (analysts fill `feedback`);
 //! they go to Kafka, where the envelope decides what they become. A draft that comes back
@@ -28,8 +29,9 @@
 //! the keys it retracted until their campaign ends. With `append`, a (campaign, client)
 //! pair is notified once.
 //!
-//! Delivery: the row is committed before the Kafka message is sent, so a crash between the
-//! two loses that Kafka message (at most once for Kafka, exactly once for the table).
+//! Postgres or Kafka unavailable: the batch is retried with backoff (`crate::retry`) on a new
+//! connection, which first recovers the outbox; errors that a retry cannot fix (a
+//! constraint or permission error) are fatal.
 
 use std::collections::{HashMap, HashSet};
 
@@ -39,7 +41,10 @@ use dataflows::{Diff, Schedule, Time, secs_to_time};
 use postgres::Client;
 
 use super::SinkWriter;
+use super::kafka::{Encoder, KafkaMessage};
+use super::outbox::{Outbox, Staged};
 use crate::pg;
+use crate::retry::Backoff;
 
 /// Rows per statement.
 pub const CHUNK: usize = 10_000;
@@ -68,37 +73,87 @@ WHERE (f.restaurant_id, f.adv_campaign_content, f.adv_campaign_owner,
        excluded.adv_campaign_datetime_end, excluded.datetime_created)
 RETURNING adv_campaign_id, client_id";
 
-/// Writes feedback rows for drafts, then passes what changed on to `next`.
-pub struct FeedbackWriter<N> {
-    client: Client,
-    upsert: postgres::Statement,
-    next: N,
+/// Writes feedback rows for drafts, and the notifications of what changed through the
+/// outbox.
+pub struct FeedbackWriter<E> {
+    url: String,
+    /// The connection (writer lock held, outbox recovered) and the prepared upsert; `None`
+    /// after a failure, until the next attempt reconnects.
+    connection: Option<(Client, postgres::Statement)>,
+    outbox: Outbox,
+    topic: String,
+    encoder: E,
     /// Re-send an unchanged draft after its retraction (upsert envelope).
     resend_after_retraction: bool,
     /// Keys retracted in this run, with the end of their campaign (when they can no longer
     /// come back with unchanged content).
     retracted: HashMap<String, Time>,
     retracted_by_end: Schedule<String>,
+    backoff: Backoff,
 }
 
-impl<N> FeedbackWriter<N> {
-    /// Connects and prepares the upsert statement. With `resend_after_retraction`, a draft
-    /// that comes back after a retraction in this run is passed on even though its row did
-    /// not change.
-    pub fn new(url: &str, resend_after_retraction: bool, next: N) -> Result<Self> {
-        let mut client = pg::connect(url)?;
-        let upsert = client
-            .prepare(UPSERT)
-            .context("cannot prepare the upsert into public.subscribers_feedback")?;
-        Ok(FeedbackWriter {
-            client,
-            upsert,
-            next,
+impl<E> FeedbackWriter<E> {
+    /// Connects (taking the outbox writer's lock and delivering what a previous run left in
+    /// its outbox). Notifications go to `topic`, encoded by `encoder`. With
+    /// `resend_after_retraction`, a draft that comes back after a retraction in this run is
+    /// sent again even though its row did not change.
+    pub fn new(
+        url: &str,
+        outbox: Outbox,
+        topic: &str,
+        encoder: E,
+        resend_after_retraction: bool,
+    ) -> Result<Self> {
+        let mut writer = FeedbackWriter {
+            url: url.to_string(),
+            connection: None,
+            outbox,
+            topic: topic.to_string(),
+            encoder,
             resend_after_retraction,
             retracted: HashMap::new(),
             retracted_by_end: Schedule::default(),
-        })
+            backoff: Backoff::new("feedback sink"),
+        };
+        writer.connect()?;
+        Ok(writer)
     }
+
+    /// Makes sure there is a connection; returns whether a new one was made (the outbox
+    /// recovered, i.e. everything committed so far is delivered).
+    fn connect(&mut self) -> Result<bool> {
+        if self.connection.is_some() {
+            return Ok(false);
+        }
+        let mut client = pg::connect(&self.url)?;
+        self.outbox.lock(&mut client)?;
+        self.outbox.recover(&mut client)?;
+        let upsert = client
+            .prepare(UPSERT)
+            .context("cannot prepare the upsert into public.subscribers_feedback")?;
+        self.connection = Some((client, upsert));
+        Ok(true)
+    }
+}
+
+/// Whether a retry can fix `error`: connection problems, a server shutting down or out of
+/// resources, serialization failures, and anything from Kafka. SQL errors such as a
+/// constraint or permission violation are permanent.
+pub fn transient(error: &anyhow::Error) -> bool {
+    for cause in error.chain() {
+        if let Some(pg) = cause.downcast_ref::<postgres::Error>() {
+            if let Some(code) = pg.code() {
+                return matches!(&code.code()[..2], "08" | "57" | "53" | "40" | "58");
+            }
+            // No SQLSTATE: a connection problem, or a client-side (de)serialization bug.
+            let text = pg.to_string();
+            return pg.is_closed()
+                || text.starts_with("error connecting")
+                || text.starts_with("error communicating")
+                || text.starts_with("timeout");
+        }
+    }
+    true
 }
 
 /// What happened to one key at one time.
@@ -175,73 +230,167 @@ impl<'a> Columns<'a> {
     }
 }
 
-impl<N: SinkWriter<Draft>> SinkWriter<Draft> for FeedbackWriter<N> {
+impl<E: Encoder<Draft>> SinkWriter<Draft> for FeedbackWriter<E> {
     fn write(&mut self, updates: &[(Draft, Time, Diff)]) -> Result<()> {
         let mut events = events(updates);
-        self.upsert(&mut events)?;
-        if let Some(first) = events.first() {
+        let mut staged: Option<Vec<Staged>> = None;
+        loop {
+            let attempt = self.attempt(&mut events, &mut staged);
+            match attempt {
+                Ok(()) => {
+                    self.backoff.succeeded();
+                    return Ok(());
+                }
+                Err(error) if transient(&error) => {
+                    self.connection = None;
+                    self.backoff.failed(&error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl<E: Encoder<Draft>> FeedbackWriter<E> {
+    /// One attempt at a batch: unless already committed (`staged`), upsert the rows and
+    /// stage the messages in one transaction; then publish them.
+    fn attempt(
+        &mut self,
+        events: &mut [Event<'_>],
+        staged: &mut Option<Vec<Staged>>,
+    ) -> Result<()> {
+        let recovered = self.connect()?;
+        if recovered && staged.is_some() {
+            return Ok(()); // the recovery delivered the committed batch
+        }
+        let Some((client, upsert)) = self.connection.as_mut() else {
+            anyhow::bail!("not connected");
+        };
+        if staged.is_none() {
+            let mut tx = client.transaction()?;
+            upsert_rows(&mut tx, upsert, events)?;
+            let (messages, changes) = messages(
+                &self.encoder,
+                self.resend_after_retraction,
+                &self.retracted,
+                events,
+            )?;
+            let s = self.outbox.stage(&mut tx, &self.topic, messages)?;
+            tx.commit()
+                .context("cannot commit to public.subscribers_feedback")?;
+            self.remember_retractions(events.first().map(|e| e.time), changes);
+            *staged = Some(s);
+        }
+        let Some((client, _)) = self.connection.as_mut() else {
+            anyhow::bail!("not connected");
+        };
+        self.outbox
+            .publish(client, staged.as_deref().unwrap_or_default(), 0)
+    }
+
+    /// Applies a committed batch's changes (first time `first`) to the keys retracted in
+    /// this run.
+    fn remember_retractions(&mut self, first: Option<Time>, changes: RetractionChanges) {
+        if let Some(first) = first {
             // Drafts of campaigns that ended before this batch cannot come back unchanged.
             let retracted = &mut self.retracted;
             self.retracted_by_end
-                .take_until(first.time.saturating_sub(1), |end, key| {
+                .take_until(first.saturating_sub(1), |end, key| {
                     if retracted.get(&key) == Some(&end) {
                         retracted.remove(&key);
                     }
                 });
         }
-        let mut forward = Vec::new();
-        for event in &events {
-            if event.put {
-                let resend = self.resend_after_retraction
-                    && self.retracted.remove(&event.draft.key()).is_some();
-                if event.forward || resend {
-                    forward.push((event.draft.clone(), event.time, 1));
+        for (key, change) in changes {
+            match change {
+                None => {
+                    self.retracted.remove(&key);
                 }
-            } else {
-                if self.resend_after_retraction {
-                    let end = secs_to_time(event.draft.campaign.adv_campaign_datetime_end);
-                    let key = event.draft.key();
+                Some(end) => {
                     if self.retracted.insert(key.clone(), end).is_none() {
                         self.retracted_by_end.add(end, key);
                     }
                 }
-                forward.push((event.draft.clone(), event.time, -1));
             }
         }
-        self.next.write(&forward)
     }
 }
 
-impl<N> FeedbackWriter<N> {
-    /// Writes the rows of the put events in one transaction, a key at most once per
-    /// statement; marks the events whose row was inserted or changed as to be forwarded.
-    fn upsert(&mut self, events: &mut [Event<'_>]) -> Result<()> {
-        let puts: Vec<usize> = (0..events.len()).filter(|&i| events[i].put).collect();
-        if puts.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.client.transaction()?;
-        let mut chunk: Vec<usize> = Vec::new();
-        let mut keys: HashSet<(&str, &str)> = HashSet::new();
-        for i in puts {
-            let draft = events[i].draft;
-            let key = (
-                draft.campaign.adv_campaign_id.as_str(),
-                draft.client_id.as_str(),
-            );
-            if chunk.len() == CHUNK || keys.contains(&key) {
-                write_chunk(&mut tx, &self.upsert, events, &chunk)?;
-                chunk.clear();
-                keys.clear();
+/// How a batch changes the keys retracted in this run: (key, `Some(campaign end)` when
+/// retracted, `None` when back), in event order.
+type RetractionChanges = Vec<(String, Option<Time>)>;
+
+/// The notifications for the events: puts whose row changed (or, with
+/// `resend_after_retraction`, that come back after a retraction in this run — possibly
+/// earlier in the same batch), and retractions (which the encoder may drop).
+fn messages<E: Encoder<Draft>>(
+    encoder: &E,
+    resend_after_retraction: bool,
+    retracted: &HashMap<String, Time>,
+    events: &[Event<'_>],
+) -> Result<(Vec<KafkaMessage>, RetractionChanges)> {
+    let mut messages = Vec::new();
+    let mut changes = Vec::new();
+    let mut now_retracted: HashMap<String, bool> = HashMap::new();
+    for event in events {
+        let send = if event.put {
+            let mut send = event.forward;
+            if resend_after_retraction {
+                let key = event.draft.key();
+                let was = now_retracted
+                    .get(&key)
+                    .copied()
+                    .unwrap_or_else(|| retracted.contains_key(&key));
+                send |= was;
+                now_retracted.insert(key.clone(), false);
+                changes.push((key, None));
             }
-            keys.insert(key);
-            chunk.push(i);
+            send
+        } else {
+            if resend_after_retraction {
+                let key = event.draft.key();
+                let end = secs_to_time(event.draft.campaign.adv_campaign_datetime_end);
+                now_retracted.insert(key.clone(), true);
+                changes.push((key, Some(end)));
+            }
+            true
+        };
+        if send {
+            let diff = if event.put { 1 } else { -1 };
+            messages.extend(encoder.encode(event.draft, event.time, diff)?);
         }
-        write_chunk(&mut tx, &self.upsert, events, &chunk)?;
-        tx.commit()
-            .context("cannot commit to public.subscribers_feedback")?;
-        Ok(())
     }
+    Ok((messages, changes))
+}
+
+/// Writes the rows of the put events inside `tx`, a key at most once per statement; marks
+/// the events whose row was inserted or changed as to be forwarded.
+fn upsert_rows(
+    tx: &mut postgres::Transaction<'_>,
+    upsert: &postgres::Statement,
+    events: &mut [Event<'_>],
+) -> Result<()> {
+    let puts: Vec<usize> = (0..events.len()).filter(|&i| events[i].put).collect();
+    let mut chunk: Vec<usize> = Vec::new();
+    let mut keys: HashSet<(&str, &str)> = HashSet::new();
+    for i in puts {
+        let draft = events[i].draft;
+        let key = (
+            draft.campaign.adv_campaign_id.as_str(),
+            draft.client_id.as_str(),
+        );
+        if chunk.len() == CHUNK || keys.contains(&key) {
+            write_chunk(tx, upsert, events, &chunk)?;
+            chunk.clear();
+            keys.clear();
+        }
+        keys.insert(key);
+        chunk.push(i);
+    }
+    if !chunk.is_empty() {
+        write_chunk(tx, upsert, events, &chunk)?;
+    }
+    Ok(())
 }
 
 /// Runs the upsert for the put events `chunk` (distinct keys); sets their `forward`.

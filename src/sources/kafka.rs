@@ -39,7 +39,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use timely::dataflow::Scope;
 use tracing::{info, warn};
 
-use crate::cli::{KafkaArgs, StartFrom};
+use crate::cli::KafkaArgs;
 use crate::control::{Completion, Control};
 use crate::kafka::{STARTUP_TIMEOUT, client_config};
 use crate::sources::{Reader, Status, clocked_source};
@@ -56,12 +56,28 @@ pub struct KafkaSourceConfig {
     pub topic: String,
     /// All partitions of the topic (known at startup); each worker takes its share.
     pub partitions: Vec<i32>,
-    /// Where to start in each partition.
-    pub from: StartFrom,
+    /// Where to start in each partition (a partition not listed: the earliest offset).
+    pub start: HashMap<i32, Position>,
+    /// Per partition, the offset up to which reading is a replay of what an earlier run
+    /// already processed: records before it are stamped with `start_time`, all at once.
+    pub replay_until: HashMap<i32, i64>,
+    /// The job's start time: the logical time of replayed records.
+    pub start_time: Time,
     /// Finish once every owned partition is read to its end as of startup.
     pub stop_at_end: bool,
     /// Idle re-scheduling interval: how far the capability may trail the wall clock.
     pub tick: Duration,
+}
+
+/// Where a source starts reading one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// The first retained offset.
+    Earliest,
+    /// The end as of startup: only new messages.
+    Latest,
+    /// This offset (clamped to what the partition retains).
+    Offset(i64),
 }
 
 /// The partitions worker `index` of `peers` owns.
@@ -106,11 +122,19 @@ struct PartitionState {
     end: i64,
     /// EOF seen since the last message.
     at_eof: bool,
+    /// Offsets before this one are a replay (see [`KafkaSourceConfig::replay_until`]).
+    replay_until: i64,
 }
 
 impl PartitionState {
     fn done(&self) -> bool {
         self.at_eof && self.next >= self.end
+    }
+
+    /// Whether the replay is still going on: offsets before `replay_until` are left and the
+    /// partition was not read to its end (its tail may hold only transaction markers).
+    fn replaying(&self) -> bool {
+        self.next < self.replay_until && !self.at_eof
     }
 }
 
@@ -156,9 +180,22 @@ fn assigned_consumer(
         let (low, high) = consumer
             .fetch_watermarks(&config.topic, partition, STARTUP_TIMEOUT)
             .map_err(|e| anyhow!("watermarks of {}/{partition}: {e}", config.topic))?;
-        let next = match config.from {
-            StartFrom::Earliest => low,
-            StartFrom::Latest => high,
+        let next = match config.start.get(&partition) {
+            None | Some(Position::Earliest) => low,
+            Some(Position::Latest) => high,
+            Some(&Position::Offset(offset)) => {
+                if offset < low || offset > high {
+                    warn!(
+                        topic = %config.topic,
+                        partition,
+                        offset,
+                        low,
+                        high,
+                        "start offset outside what the partition holds; clamped"
+                    );
+                }
+                offset.clamp(low, high)
+            }
         };
         assignment.add_partition_offset(&config.topic, partition, Offset::Offset(next))?;
         states.insert(
@@ -167,6 +204,7 @@ fn assigned_consumer(
                 next,
                 end: high,
                 at_eof: false,
+                replay_until: config.replay_until.get(&partition).copied().unwrap_or(0),
             },
         );
     }
@@ -185,6 +223,10 @@ struct KafkaReader {
 
 impl Reader for KafkaReader {
     type Data = RawRecord;
+
+    fn holding(&self) -> bool {
+        self.states.values().any(PartitionState::replaying)
+    }
 
     fn read(&mut self, give: &mut dyn FnMut(RawRecord, Diff)) -> Status {
         let mut emitted = 0;
@@ -241,10 +283,11 @@ pub fn kafka_source<'s>(
     let owned = owned_partitions(&config.partitions, scope.index(), scope.peers());
     let source_name = name.to_string();
     let tick = config.tick;
+    let start_time = config.start_time;
     clocked_source(
         scope,
         name,
-        0,
+        start_time,
         tick,
         control,
         completion,
@@ -254,7 +297,12 @@ pub fn kafka_source<'s>(
                 // Fails only when the worker is gone, i.e. the job is ending.
                 let _ = activator.activate();
             });
-            info!(source = %source_name, topic = %config.topic, partitions = ?owned, "reading");
+            let replay: Vec<(i32, i64, i64)> = states
+                .iter()
+                .filter(|(_, s)| s.next < s.replay_until)
+                .map(|(p, s)| (*p, s.next, s.replay_until))
+                .collect();
+            info!(source = %source_name, topic = %config.topic, partitions = ?owned, ?replay, "reading");
             Ok(KafkaReader {
                 name: source_name,
                 consumer,
@@ -288,12 +336,25 @@ pub fn read_to_end(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<ConsumedMessage>> {
+    read_range(kafka, topic, HashMap::new(), timeout)
+}
+
+/// Reads every partition of `topic` from `start` (a partition not listed: its beginning) to
+/// its end as of the call. Fails after `timeout`.
+pub fn read_range(
+    kafka: &KafkaArgs,
+    topic: &str,
+    start: HashMap<i32, Position>,
+    timeout: Duration,
+) -> Result<Vec<ConsumedMessage>> {
     use rdkafka::message::Headers;
     let config = KafkaSourceConfig {
         kafka: kafka.clone(),
         topic: topic.to_string(),
         partitions: crate::kafka::topic_partitions(kafka, topic)?,
-        from: StartFrom::Earliest,
+        start,
+        replay_until: HashMap::new(),
+        start_time: 0,
         stop_at_end: true,
         tick: Duration::ZERO,
     };
@@ -356,6 +417,7 @@ mod tests {
             next: 5,
             end: 10,
             at_eof: true,
+            replay_until: 0,
         };
         assert!(!s.done(), "EOF before the startup end is not the end");
         s.next = 10;
