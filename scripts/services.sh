@@ -117,6 +117,25 @@ kafka() {
   wait_port "$KAFKA_PORT" Tansu 30
 }
 
+# `services.sh restart postgres|kafka`: restart one service (the crash test uses it to show
+# that a running job survives it). Tansu's memory storage loses every topic on restart.
+if [ "${1:-}" = restart ]; then
+  case "${2:-}" in
+    postgres)
+      version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+      log "restarting PostgreSQL $version"
+      as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart -m fast
+      for _ in $(seq 1 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
+      ;;
+    kafka)
+      log "restarting Tansu"
+      pkill -f "tansu broker --listener-url tcp://127.0.0.1:$KAFKA_PORT" || true
+      for _ in $(seq 1 50); do port_open "$KAFKA_PORT" || break; sleep 0.1; done
+      ;;
+    *) log "usage: services.sh [restart postgres|kafka]"; exit 2 ;;
+  esac
+fi
+
 postgres
 redis
 kafka

@@ -207,7 +207,7 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
 
     let started = Instant::now();
     let mut job = start(&db, &prefix, &input, processes, &log, &mut rng);
-    let mut kinds = Vec::new();
+    let mut kinds: Vec<&str> = Vec::new();
     for k in 0..kills {
         let kind = match k % 3 {
             0 => {
@@ -242,6 +242,10 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         }
         job.kill(&mut rng);
         kinds.push(kind);
+        println!(
+            "chaos: {:>5.1} s kill ({kind})",
+            started.elapsed().as_secs_f64()
+        );
         if k == 1 {
             // Subscribers who arrive while the job is down: they must get the campaigns
             // that arrived before the crash (rebuilt state).
@@ -253,6 +257,19 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         }
         std::thread::sleep(rng.millis(0, 500));
         job = start(&db, &prefix, &input, processes, &log, &mut rng);
+        if k == 2 {
+            // PostgreSQL restarts under the running job: it must wait and carry on.
+            std::thread::sleep(rng.millis(500, 2000));
+            let restarted =
+                Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+                    .args(["restart", "postgres"])
+                    .stdout(Stdio::null())
+                    .status()
+                    .expect("services.sh");
+            assert!(restarted.success(), "PostgreSQL restart failed");
+            kinds.push("PostgreSQL restart");
+            std::thread::sleep(rng.millis(1000, 3000));
+        }
     }
     producer.join().expect("producer");
 
@@ -318,7 +335,7 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
     let rows_unexpected = row_counts.keys().filter(|k| !want.contains_key(*k)).count();
     let rows_duplicated = row_counts.values().filter(|n| **n > 1).count();
     println!(
-        "chaos: kills {} ({}) in {:.0} s; committed progress: resume at {resume} of {} \
+        "chaos: {} events ({}) in {:.0} s; committed progress: resume at {resume} of {} \
          messages, a restart would replay {replay}",
         kinds.len(),
         kinds.join(", "),
