@@ -222,6 +222,13 @@ pub struct PromosArgs {
     #[arg(long, env = "DISHFLOW_STOP_AT_END")]
     pub stop_at_end: bool,
 
+    /// Send every draft this run produces to the notification topic, also those already in
+    /// subscribers_feedback (which are not written twice). For a deliberate re-publication:
+    /// `--republish --from earliest --stop-at-end --notification-topic NEW_TOPIC`. Such a run
+    /// is not exactly-once for Kafka: if it is interrupted, re-run it into a fresh topic.
+    #[arg(long, env = "DISHFLOW_REPUBLISH")]
+    pub republish: bool,
+
     /// How retractions appear in the notification topic.
     #[arg(long, env = "DISHFLOW_ENVELOPE", value_enum, default_value_t = Envelope::Append)]
     pub envelope: Envelope,

@@ -450,3 +450,97 @@ fn a_lost_capture_connection_reconnects_and_catches_up_with_a_fresh_snapshot() {
         "the reconnect is logged"
     );
 }
+
+#[test]
+fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
+    let (db, prefix) = live_fixture("resume");
+    let input = format!("{prefix}.in");
+    let out = format!("{prefix}.out");
+    let dlq = format!("{prefix}.dlq");
+    let now = now_secs();
+    subscribe(&db, "s1", R);
+    produce_values(
+        &input,
+        2,
+        &[
+            &campaign_json("ended", R, now - 7200, now - 3600),
+            &campaign_json("A", R, now - 10, now + 3600),
+            "not json",
+        ],
+    );
+    let child = spawn_promos(&db, &prefix, &[]);
+    wait_for_history(&out, "A:s1", &[true]);
+    let progressed = || -> Option<(i64, i64)> {
+        let row = pg(&db)
+            .query_one(
+                "SELECT coalesce(sum(resume_offset), 0)::int8, \
+                        coalesce(sum(replay_offset), 0)::int8 FROM dishflow_progress",
+                &[],
+            )
+            .ok()?;
+        let (resume, replay): (i64, i64) = (row.get(0), row.get(1));
+        (resume == 3).then_some((resume, replay))
+    };
+    let (_, replay) = wait_until(WAIT, "progress to cover the 3 messages", progressed);
+    assert!(
+        (1..3).contains(&replay),
+        "the replay starts after the ended campaign, at A: {replay}"
+    );
+    let mut child = child;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+
+    // While the job is down: a new subscriber of A's restaurant, and a new campaign.
+    subscribe(&db, "s2", R);
+    produce_values(&input, 2, &[&campaign_json("C", R, now - 10, now + 3600)]);
+    let child = spawn_promos(&db, &prefix, &[]);
+    for key in ["A:s2", "C:s1", "C:s2"] {
+        wait_for_history(&out, key, &[true]);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(child);
+    let once: BTreeMap<String, Vec<bool>> = ["A:s1", "A:s2", "C:s1", "C:s2"]
+        .into_iter()
+        .map(|k| (k.to_string(), vec![true]))
+        .collect();
+    let shape = |topic: &str| -> BTreeMap<String, Vec<bool>> {
+        history(topic)
+            .into_iter()
+            .map(|(k, h)| (k, h.iter().map(Option::is_some).collect()))
+            .collect()
+    };
+    assert_eq!(shape(&out), once, "each draft once, none from the replay");
+    assert_eq!(
+        consume(&dlq).len(),
+        1,
+        "the bad message is dead-lettered once"
+    );
+    assert_eq!(feedback_rows(&db).len(), 4);
+
+    // A replay of the whole topic on purpose writes nothing new...
+    let mut args = promos_args(&db, &prefix);
+    args.extend(["--from", "earliest", "--stop-at-end"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_success(&dishflow(&argv, WAIT));
+    assert_eq!(shape(&out), once, "--from earliest is idempotent");
+    assert_eq!(feedback_rows(&db).len(), 4);
+
+    // ...unless asked to re-publish, into a new topic.
+    let republished = format!("{prefix}.again");
+    let mut args = promos_args_from(&db, &input, &prefix);
+    let topic_at = args
+        .iter()
+        .position(|a| a == "--notification-topic")
+        .expect("flag")
+        + 1;
+    args[topic_at] = republished.clone();
+    args.extend(["--from", "earliest", "--stop-at-end", "--republish"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_success(&dishflow(&argv, WAIT));
+    assert_eq!(
+        shape(&republished),
+        once,
+        "--republish sends every draft once"
+    );
+    assert_eq!(feedback_rows(&db).len(), 4, "and writes no row twice");
+}

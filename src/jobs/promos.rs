@@ -113,7 +113,8 @@ pub fn run(args: PromosArgs) -> Result<()> {
                         envelope: args.envelope,
                     },
                     args.envelope == Envelope::Upsert,
-                )?,
+                )?
+                .republish(args.republish),
                 KafkaWriter::new(
                     &args.kafka,
                     &args.dead_letter_topic,

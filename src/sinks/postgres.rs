@@ -85,6 +85,8 @@ pub struct FeedbackWriter<E> {
     encoder: E,
     /// Re-send an unchanged draft after its retraction (upsert envelope).
     resend_after_retraction: bool,
+    /// Send every draft of this run, even those whose row was already there (--republish).
+    republish: bool,
     /// Keys retracted in this run, with the end of their campaign (when they can no longer
     /// come back with unchanged content).
     retracted: HashMap<String, Time>,
@@ -111,12 +113,20 @@ impl<E> FeedbackWriter<E> {
             topic: topic.to_string(),
             encoder,
             resend_after_retraction,
+            republish: false,
             retracted: HashMap::new(),
             retracted_by_end: Schedule::default(),
             backoff: Backoff::new("feedback sink"),
         };
         writer.connect()?;
         Ok(writer)
+    }
+
+    /// Sends every draft of this run to Kafka, also those the table already holds: for
+    /// deliberately re-publishing to a new topic (`--republish`).
+    pub fn republish(mut self, republish: bool) -> Self {
+        self.republish = republish;
+        self
     }
 
     /// Makes sure there is a connection; returns whether a new one was made (the outbox
@@ -269,6 +279,9 @@ impl<E: Encoder<Draft>> FeedbackWriter<E> {
         if staged.is_none() {
             let mut tx = client.transaction()?;
             upsert_rows(&mut tx, upsert, events)?;
+            if self.republish {
+                events.iter_mut().for_each(|e| e.forward |= e.put);
+            }
             let (messages, changes) = messages(
                 &self.encoder,
                 self.resend_after_retraction,

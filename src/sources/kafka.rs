@@ -170,6 +170,9 @@ fn assigned_consumer(
             ("enable.partition.eof", "true"),
             // Read only committed transactional data.
             ("isolation.level", "read_committed"),
+            // A position past the end (the topic was re-created, e.g. by a broker that lost
+            // its storage) restarts from the beginning rather than skipping what is there.
+            ("auto.offset.reset", "earliest"),
         ],
     )
     .create_with_context(SourceContext)
@@ -409,6 +412,23 @@ mod tests {
         seen.sort();
         assert_eq!(seen, all);
         assert_eq!(owned_partitions(&[0], 1, 2), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn a_replay_lasts_until_the_resume_offset_or_the_end_of_the_partition() {
+        let mut s = PartitionState {
+            next: 3,
+            end: 10,
+            at_eof: false,
+            replay_until: 6,
+        };
+        assert!(s.replaying());
+        s.next = 6;
+        assert!(!s.replaying(), "offset 6 is new");
+        // Only transaction markers after offset 4: EOF ends the replay.
+        s.next = 5;
+        s.at_eof = true;
+        assert!(!s.replaying());
     }
 
     #[test]
