@@ -9,8 +9,9 @@
 //!
 //! The producer is idempotent (`enable.idempotence`), so librdkafka's internal retries never
 //! duplicate or reorder a message within a partition. A batch returns only when the broker
-//! acknowledged every message (`acks=all`); a delivery that fails after librdkafka's retries
-//! is an error, which ends the job instead of losing a draft silently.
+//! acknowledged every message (`acks=all`). [`KafkaWriter`] (dead letters, test data) retries
+//! a failed batch whole with backoff — at least once; exactly-once messages go through the
+//! outbox (`sinks::outbox`), which uses [`Producer`] and its delivered offsets.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
