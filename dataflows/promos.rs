@@ -677,6 +677,38 @@ mod tests {
     }
 
     #[test]
+    fn retained_is_the_oldest_message_of_every_remembered_campaign_per_partition() {
+        let mut lifecycle = Lifecycle::default();
+        let at = |partition, offset, campaign: Campaign| CampaignMessage {
+            campaign,
+            partition,
+            offset,
+        };
+        let a = campaign("a", "r", 1, 10);
+        let b = campaign("b", "r", 1, 20);
+        let a2 = version(&a, a.datetime_created + 1, "newer", 15);
+        let ended = campaign("old", "r", 0, 1);
+        lifecycle.arrive(
+            1_000,
+            vec![at(0, 3, a.clone()), at(1, 7, b), at(0, 1, ended)],
+            &mut |_, _, _| {},
+        );
+        assert_eq!(
+            lifecycle.retained(),
+            vec![(0, 3), (1, 7)],
+            "ended: not retained"
+        );
+        // A newer version later in another partition: the first offsets stay.
+        lifecycle.arrive(2_000, vec![at(1, 9, a2)], &mut |_, _, _| {});
+        assert_eq!(lifecycle.retained(), vec![(0, 3), (1, 7)]);
+        // a is forgotten when its last version ends (15 s), b at 20 s.
+        lifecycle.expire(15_000);
+        assert_eq!(lifecycle.retained(), vec![(1, 7)]);
+        lifecycle.expire(20_000);
+        assert_eq!(lifecycle.retained(), vec![]);
+    }
+
+    #[test]
     fn state_is_forgotten_once_every_version_has_ended() {
         let arrivals: Vec<_> = (0..1000)
             .map(|i| {

@@ -59,7 +59,7 @@ struct DeliveryLog {
     next_offsets: HashMap<(String, i32), i64>,
 }
 
-/// librdkafka callbacks of a producer: records delivery reports in a [`DeliveryLog`].
+/// librdkafka callbacks of a producer: records delivery reports (first failure, offsets delivered).
 #[derive(Default, Clone)]
 pub struct Deliveries(Arc<Mutex<DeliveryLog>>);
 
