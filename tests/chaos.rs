@@ -96,18 +96,29 @@ fn start(db: &str, prefix: &str, input: &str, processes: usize, log: &str, rng: 
     Job { children }
 }
 
+/// A failed test leaves no process behind.
+impl Drop for Job {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
 impl Job {
     /// SIGKILL: one random process first, then the rest (a cluster is restarted whole).
     fn kill(mut self, rng: &mut Rng) {
-        let first = (rng.next() % self.children.len() as u64) as usize;
-        let mut order: Vec<usize> = (0..self.children.len()).collect();
+        let mut children = std::mem::take(&mut self.children);
+        let first = (rng.next() % children.len() as u64) as usize;
+        let mut order: Vec<usize> = (0..children.len()).collect();
         order.swap(0, first);
         for (n, i) in order.into_iter().enumerate() {
             if n > 0 {
                 std::thread::sleep(rng.millis(10, 300));
             }
-            self.children[i].kill().ok();
-            self.children[i].wait().ok();
+            children[i].kill().ok();
+            children[i].wait().ok();
         }
     }
 
@@ -122,14 +133,15 @@ impl Job {
     }
 
     /// SIGTERM to every process (a cluster finishes together), then each must exit 0.
-    fn terminate(self) {
-        for child in &self.children {
+    fn terminate(mut self) {
+        let children = std::mem::take(&mut self.children);
+        for child in &children {
             Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status()
                 .expect("kill");
         }
-        for child in self.children {
+        for child in children {
             let out = wait(child, Duration::from_secs(60));
             assert!(out.status.success(), "exit status {}", out.status);
         }
@@ -258,8 +270,9 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         std::thread::sleep(rng.millis(0, 500));
         job = start(&db, &prefix, &input, processes, &log, &mut rng);
         if k == 2 {
-            // PostgreSQL restarts under the running job: it must wait and carry on.
-            std::thread::sleep(rng.millis(500, 2000));
+            // PostgreSQL restarts under the running job (past its startup checks, which
+            // report an unreachable server and exit): it must wait and carry on.
+            std::thread::sleep(rng.millis(2000, 4000));
             let restarted =
                 Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
                     .args(["restart", "postgres"])

@@ -118,7 +118,16 @@ impl<E> FeedbackWriter<E> {
             retracted_by_end: Schedule::default(),
             backoff: Backoff::new("feedback sink"),
         };
-        writer.connect()?;
+        // The startup checks have reached Postgres already: a failure now is an outage
+        // (a server restarting), waited out like one during the run.
+        loop {
+            match writer.connect() {
+                Ok(_) => break,
+                Err(error) if transient(&error) => writer.backoff.failed(&error),
+                Err(error) => return Err(error),
+            }
+        }
+        writer.backoff.succeeded();
         Ok(writer)
     }
 
