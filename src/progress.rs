@@ -31,10 +31,12 @@ use dataflows::promos::Retention;
 use dataflows::{Diff, RawRecord, Time};
 use differential_dataflow::{AsCollection, VecCollection};
 use postgres::Client;
+use timely::communication::Pull;
 use timely::dataflow::Stream;
+use timely::dataflow::channels::Message;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{InputHandleCore, OutputBuilder};
 use tracing::{debug, info, warn};
 
 use crate::cli::StartFrom;
@@ -232,42 +234,20 @@ pub fn track<'s>(
         let mut last_warning: Option<Instant> = None;
         let mut applied_past_start = false;
         move |frontiers| {
-            positions_input.for_each(|capability, data| {
-                let time = capability.least().copied().unwrap_or_default();
-                pending_positions
-                    .entry(time)
-                    .or_default()
-                    .append(data);
-            });
-            retention_input.for_each(|capability, data| {
-                let time = capability.least().copied().unwrap_or_default();
-                pending_retention
-                    .entry(time)
-                    .or_default()
-                    .append(data);
-            });
+            stash(&mut positions_input, &mut pending_positions);
+            stash(&mut retention_input, &mut pending_retention);
             if !active {
                 return;
             }
             // Every input (sources' facts and sinks' writes) has passed the frontier.
             let done = frontiers.iter().all(|f| f.is_empty());
             let complete = |t: &Time| frontiers.iter().all(|f| !f.less_equal(t));
-            while let Some(entry) = pending_positions.first_entry() {
-                if !complete(entry.key()) {
-                    break;
-                }
-                for (partition, next) in entry.remove() {
-                    let slot = tracker.resume.entry(partition).or_insert(next);
-                    *slot = (*slot).max(next);
-                }
+            for (partition, next) in take_complete(&mut pending_positions, complete) {
+                let slot = tracker.resume.entry(partition).or_insert(next);
+                *slot = (*slot).max(next);
             }
-            while let Some(entry) = pending_retention.first_entry() {
-                if !complete(entry.key()) {
-                    break;
-                }
-                for (worker, retained) in entry.remove() {
-                    tracker.retained.insert(worker, retained);
-                }
+            for (worker, retained) in take_complete(&mut pending_retention, complete) {
+                tracker.retained.insert(worker, retained);
             }
             // Nothing is recorded before the replay (stamped at the start time) is through
             // the state: until then the retention reports are incomplete.
@@ -307,6 +287,32 @@ pub fn track<'s>(
             }
         }
     });
+}
+
+/// Moves what `input` received into `pending`, by time.
+fn stash<D, P>(input: &mut InputHandleCore<Time, Vec<D>, P>, pending: &mut BTreeMap<Time, Vec<D>>)
+where
+    P: Pull<Message<Time, Vec<D>>>,
+{
+    input.for_each(|capability, data| {
+        let time = capability.least().copied().unwrap_or_default();
+        pending.entry(time).or_default().append(data);
+    });
+}
+
+/// Removes and returns, in time order, the data of every time `complete` says is complete.
+fn take_complete<D>(
+    pending: &mut BTreeMap<Time, Vec<D>>,
+    complete: impl Fn(&Time) -> bool,
+) -> Vec<D> {
+    let mut taken = Vec::new();
+    while let Some(entry) = pending.first_entry() {
+        if !complete(entry.key()) {
+            break;
+        }
+        taken.append(&mut entry.remove());
+    }
+    taken
 }
 
 /// Upserts the changed partitions' progress.

@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Child;
 use std::time::Duration;
 
 use common::*;
@@ -38,6 +39,23 @@ fn wait_for_history(topic: &str, key: &str, expected: &[bool]) -> Vec<Option<Str
         let shape: Vec<bool> = h.iter().map(Option::is_some).collect();
         (shape == expected).then_some(h)
     })
+}
+
+/// A running job (with `extra` flags) whose campaign C of restaurant R was notified to
+/// client `a`: (database, notification topic, a's row id, the job).
+fn campaign_c_notified_to_a(name: &str, extra: &[&str]) -> (String, String, i32, Child) {
+    let (db, prefix) = live_fixture(name);
+    let out = format!("{prefix}.out");
+    let now = now_secs();
+    let a = subscribe(&db, "a", R);
+    produce_values(
+        &format!("{prefix}.in"),
+        1,
+        &[&campaign_json("C", R, now - 10, now + 600)],
+    );
+    let child = spawn_promos(&db, &prefix, extra);
+    wait_for_history(&out, "C:a", &[true]);
+    (db, out, a, child)
 }
 
 #[test]
@@ -83,10 +101,7 @@ fn subscribe_unsubscribe_move_and_duplicate_rows_flow_through_the_running_job() 
     wait_for_history(&out, "D:c", &[true]);
     terminate(child);
 
-    let final_history: BTreeMap<String, Vec<bool>> = history(&out)
-        .into_iter()
-        .map(|(k, h)| (k, h.iter().map(Option::is_some).collect()))
-        .collect();
+    let final_history = shapes(&out);
     let expected: BTreeMap<String, Vec<bool>> = [
         ("C:a", vec![true]),
         ("C:b", vec![true, false]),
@@ -113,17 +128,7 @@ fn subscribe_unsubscribe_move_and_duplicate_rows_flow_through_the_running_job() 
 
 #[test]
 fn unsubscribe_writes_nothing_with_append_and_a_return_is_not_notified_twice() {
-    let (db, prefix) = live_fixture("append");
-    let out = format!("{prefix}.out");
-    let now = now_secs();
-    let a = subscribe(&db, "a", R);
-    produce_values(
-        &format!("{prefix}.in"),
-        1,
-        &[&campaign_json("C", R, now - 10, now + 600)],
-    );
-    let child = spawn_promos(&db, &prefix, &[]);
-    wait_for_history(&out, "C:a", &[true]);
+    let (db, out, a, child) = campaign_c_notified_to_a("append", &[]);
     sql(
         &db,
         &format!("DELETE FROM subscribers_restaurants WHERE id = {a}"),
@@ -410,17 +415,7 @@ fn setup_creates_the_publication_and_drop_removes_it_and_stale_slots() {
 
 #[test]
 fn a_lost_capture_connection_reconnects_and_catches_up_with_a_fresh_snapshot() {
-    let (db, prefix) = live_fixture("reconnect");
-    let out = format!("{prefix}.out");
-    let now = now_secs();
-    let a = subscribe(&db, "a", R);
-    produce_values(
-        &format!("{prefix}.in"),
-        1,
-        &[&campaign_json("C", R, now - 10, now + 600)],
-    );
-    let child = spawn_promos(&db, &prefix, &["--envelope", "upsert"]);
-    wait_for_history(&out, "C:a", &[true]);
+    let (db, out, a, child) = campaign_c_notified_to_a("reconnect", &["--envelope", "upsert"]);
     // Kill the change-capture connection (its temporary slot goes with it), then change
     // the table while the job has no slot: the fresh snapshot must bring both changes.
     let killed: i64 = wait_until(WAIT, "the capture connection", || {
@@ -503,13 +498,7 @@ fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
         .into_iter()
         .map(|k| (k.to_string(), vec![true]))
         .collect();
-    let shape = |topic: &str| -> BTreeMap<String, Vec<bool>> {
-        history(topic)
-            .into_iter()
-            .map(|(k, h)| (k, h.iter().map(Option::is_some).collect()))
-            .collect()
-    };
-    assert_eq!(shape(&out), once, "each draft once, none from the replay");
+    assert_eq!(shapes(&out), once, "each draft once, none from the replay");
     assert_eq!(
         consume(&dlq).len(),
         1,
@@ -522,7 +511,7 @@ fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
     args.extend(["--from", "earliest", "--stop-at-end"].map(String::from));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_success(&dishflow(&argv, WAIT));
-    assert_eq!(shape(&out), once, "--from earliest is idempotent");
+    assert_eq!(shapes(&out), once, "--from earliest is idempotent");
     assert_eq!(feedback_rows(&db).len(), 4);
 
     // ...unless asked to re-publish, into a new topic.
@@ -538,7 +527,7 @@ fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_success(&dishflow(&argv, WAIT));
     assert_eq!(
-        shape(&republished),
+        shapes(&republished),
         once,
         "--republish sends every draft once"
     );

@@ -79,28 +79,26 @@ impl Outbox {
     /// waiting up to a minute for another instance of the same writer to go away.
     pub fn lock(&self, client: &mut Client) -> Result<()> {
         let deadline = std::time::Instant::now() + LOCK_WAIT;
-        let key = i64::from(self.writer);
-        let job = &self.job;
+        let (job, writer) = (&self.job, self.writer);
         let mut logged = false;
         loop {
             let row = client.query_one(
                 "SELECT pg_try_advisory_lock(hashtext('dishflow/' || $1::text), $2::int4)",
-                &[job, &(key as i32)],
+                &[job, &writer],
             )?;
             if row.try_get::<_, bool>(0)? {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
                 bail!(
-                    "writer {key} of job {job} is held by another dishflow process \
+                    "writer {writer} of job {job} is held by another dishflow process \
                      (same --process and worker running elsewhere?)"
                 );
             }
             if !logged {
                 info!(
                     job,
-                    writer = key,
-                    "waiting for another instance of this writer to end"
+                    writer, "waiting for another instance of this writer to end"
                 );
                 logged = true;
             }
@@ -132,16 +130,9 @@ impl Outbox {
         let keys: Vec<Option<&[u8]>> = messages.iter().map(|m| m.key.as_deref()).collect();
         let values: Vec<Option<&[u8]>> = messages.iter().map(|m| m.value.as_deref()).collect();
         tx.execute(
-            "INSERT INTO public.dishflow_outbox (job, writer, seq, topic, key, value) \
-             SELECT $1, $2, * FROM unnest($3::int8[], $4::text[], $5::bytea[], $6::bytea[])",
-            &[
-                &self.job,
-                &self.writer,
-                &seqs,
-                &vec![topic; messages.len()],
-                &keys,
-                &values,
-            ],
+            "INSERT INTO public.dishflow_outbox (job, writer, topic, seq, key, value) \
+             SELECT $1, $2, $3, * FROM unnest($4::int8[], $5::bytea[], $6::bytea[])",
+            &[&self.job, &self.writer, &topic, &seqs, &keys, &values],
         )
         .context("cannot write to public.dishflow_outbox")?;
         Ok(seqs

@@ -179,7 +179,9 @@ pub fn transient(error: &anyhow::Error) -> bool {
 struct Event<'a> {
     draft: &'a Draft,
     time: Time,
+    /// An insertion at `time` (else a retraction).
     put: bool,
+    /// A put whose row was inserted or changed (set by the upsert).
     forward: bool,
 }
 
@@ -202,7 +204,7 @@ fn events(updates: &[(Draft, Time, Diff)]) -> Vec<Event<'_>> {
             draft,
             time: *time,
             put: *diff > 0,
-            forward: *diff < 0,
+            forward: false,
         };
         match at_time.get(&key) {
             // Retractions come first within a time: an insertion of the key replaces it.
@@ -279,35 +281,36 @@ impl<E: Encoder<Draft>> FeedbackWriter<E> {
         staged: &mut Option<Vec<Staged>>,
     ) -> Result<()> {
         let recovered = self.connect()?;
-        if recovered && staged.is_some() {
-            return Ok(()); // the recovery delivered the committed batch
-        }
         let Some((client, upsert)) = self.connection.as_mut() else {
             anyhow::bail!("not connected");
         };
-        if staged.is_none() {
-            let mut tx = client.transaction()?;
-            upsert_rows(&mut tx, upsert, events)?;
-            if self.republish {
-                events.iter_mut().for_each(|e| e.forward |= e.put);
+        let staged = match staged {
+            // The recovery delivered the committed batch.
+            Some(_) if recovered => return Ok(()),
+            Some(staged) => staged,
+            None => {
+                let mut tx = client.transaction()?;
+                upsert_rows(&mut tx, upsert, events)?;
+                if self.republish {
+                    events.iter_mut().for_each(|e| e.forward |= e.put);
+                }
+                let (messages, changes) = messages(
+                    &self.encoder,
+                    self.resend_after_retraction,
+                    &self.retracted,
+                    events,
+                )?;
+                let s = self.outbox.stage(&mut tx, &self.topic, messages)?;
+                tx.commit()
+                    .context("cannot commit to public.subscribers_feedback")?;
+                self.remember_retractions(events.first().map(|e| e.time), changes);
+                staged.insert(s)
             }
-            let (messages, changes) = messages(
-                &self.encoder,
-                self.resend_after_retraction,
-                &self.retracted,
-                events,
-            )?;
-            let s = self.outbox.stage(&mut tx, &self.topic, messages)?;
-            tx.commit()
-                .context("cannot commit to public.subscribers_feedback")?;
-            self.remember_retractions(events.first().map(|e| e.time), changes);
-            *staged = Some(s);
-        }
+        };
         let Some((client, _)) = self.connection.as_mut() else {
             anyhow::bail!("not connected");
         };
-        self.outbox
-            .publish(client, staged.as_deref().unwrap_or_default(), 0)
+        self.outbox.publish(client, staged, 0)
     }
 
     /// Applies a committed batch's changes (first time `first`) to the keys retracted in

@@ -336,3 +336,11 @@ pub fn history(topic: &str) -> std::collections::BTreeMap<String, Vec<Option<Str
     }
     per_key
 }
+
+/// Per key of `topic`, the sequence of its messages as value (`true`) or tombstone.
+pub fn shapes(topic: &str) -> std::collections::BTreeMap<String, Vec<bool>> {
+    history(topic)
+        .into_iter()
+        .map(|(k, h)| (k, h.iter().map(Option::is_some).collect()))
+        .collect()
+}
