@@ -20,10 +20,19 @@
 
 #![forbid(missing_docs)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
+use timely::ExchangeData;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::CapabilitySet;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+pub mod decode;
+pub mod orders;
 pub mod promos;
 
 /// Logical time of every dishflow dataflow: milliseconds since the unix epoch.
@@ -102,6 +111,148 @@ impl<K> Schedule<K> {
             }
         }
     }
+}
+
+/// What one worker's state depends on: (worker index, per partition the oldest offset it
+/// retains; partitions not listed: none). Reported at a time once everything up to that
+/// time was applied, and whenever it changed.
+pub type Retention = (usize, Vec<(i32, i64)>);
+
+/// The input positions (partition, offset) a state depends on: replaying each partition
+/// from its oldest retained offset rebuilds the state.
+#[derive(Clone, Debug, Default)]
+pub struct Retained {
+    positions: BTreeSet<(i32, i64)>,
+}
+
+impl Retained {
+    /// The state now depends on the message at `position`.
+    pub fn insert(&mut self, position: (i32, i64)) {
+        self.positions.insert(position);
+    }
+
+    /// The state no longer depends on the message at `position`.
+    pub fn remove(&mut self, position: &(i32, i64)) {
+        self.positions.remove(position);
+    }
+
+    /// Per partition, the offset of the oldest message the state depends on.
+    pub fn oldest(&self) -> Vec<(i32, i64)> {
+        let mut oldest = Vec::new();
+        let mut next = self.positions.first().copied();
+        while let Some((partition, offset)) = next {
+            oldest.push((partition, offset));
+            next = partition
+                .checked_add(1)
+                .and_then(|p| self.positions.range((p, i64::MIN)..).next().copied());
+        }
+        oldest
+    }
+}
+
+/// A keyed state machine fed by input messages in logical-time order, whose state a restart
+/// rebuilds by replaying the messages it [retains](Replayable::retained).
+pub trait Replayable: 'static {
+    /// What arrives (decoded input messages, with their positions).
+    type Message: ExchangeData;
+    /// What the state's collection holds.
+    type Output: differential_dataflow::Data;
+
+    /// Which worker a message goes to (by hash): all messages of one key must meet.
+    fn route(message: &Self::Message) -> u64;
+
+    /// Applies the messages of logical time `time` (all earlier ones were applied), emitting
+    /// the changes of the output collection as `(record, at, diff)` with `at >= time`.
+    fn apply(
+        &mut self,
+        time: Time,
+        messages: Vec<Self::Message>,
+        emit: &mut impl FnMut(Self::Output, Time, Diff),
+    );
+
+    /// Every message up to `time` was applied: state that ended by then may be forgotten.
+    fn expire(&mut self, _time: Time) {}
+
+    /// Per partition, the oldest offset the state depends on (see [`Retained`]).
+    fn retained(&self) -> Vec<(i32, i64)>;
+}
+
+/// Runs `state` (one per worker) over `messages`: each worker applies the messages routed to
+/// it in logical-time order once the input frontier has passed their time. Returns the
+/// output collection and the workers' [`Retention`] reports.
+pub fn replay_state<'s, S: Replayable>(
+    messages: VecCollection<'s, Time, S::Message, Diff>,
+    name: &str,
+    mut state: S,
+) -> (
+    VecCollection<'s, Time, S::Output, Diff>,
+    Stream<'s, Time, Vec<Retention>>,
+) {
+    let exchange = Exchange::new(|(m, _, _): &(S::Message, Time, Diff)| S::route(m));
+    let scope = messages.inner.scope();
+    let worker = scope.index();
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let mut input = builder.new_input(messages.inner, exchange);
+    let (records_output, records) = builder.new_output::<Vec<(S::Output, Time, Diff)>>();
+    let (retention_output, retention) = builder.new_output::<Vec<Retention>>();
+    let mut records_output = OutputBuilder::from(records_output);
+    let mut retention_output = OutputBuilder::from(retention_output);
+    builder.build(move |_capabilities| {
+        let mut pending: BTreeMap<Time, Vec<S::Message>> = BTreeMap::new();
+        let mut capabilities = [CapabilitySet::new(), CapabilitySet::new()];
+        let mut reported: Vec<(i32, i64)> = Vec::new();
+        move |frontiers| {
+            let frontier = frontiers[0].frontier();
+            let mut records_handle = records_output.activate();
+            let mut retention_handle = retention_output.activate();
+            input.for_each(|capability, data| {
+                for (port, set) in capabilities.iter_mut().enumerate() {
+                    if let Some(capability) = capability.retain_least(port) {
+                        set.insert(capability);
+                    }
+                }
+                for (message, time, diff) in data.drain(..) {
+                    // Messages are only ever added; a retraction would be a bug upstream.
+                    if diff > 0 {
+                        pending.entry(time).or_default().push(message);
+                    }
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                let time = *entry.key();
+                if frontier.less_equal(&time) {
+                    break;
+                }
+                state.expire(time.saturating_sub(1));
+                let capability = capabilities[0].delayed(&time);
+                let mut session = records_handle.session(&capability);
+                state.apply(time, entry.remove(), &mut |record, at, diff| {
+                    session.give((record, at, diff))
+                });
+                let retained = state.retained();
+                if retained != reported {
+                    let capability = capabilities[1].delayed(&time);
+                    retention_handle
+                        .session(&capability)
+                        .give((worker, retained.clone()));
+                    reported = retained;
+                }
+            }
+            match frontier.first() {
+                Some(&time) => state.expire(time.saturating_sub(1)),
+                None => state.expire(Time::MAX),
+            }
+            match pending.first_key_value() {
+                Some((&time, _)) => {
+                    for set in &mut capabilities {
+                        set.downgrade([time]);
+                    }
+                }
+                None => capabilities = [CapabilitySet::new(), CapabilitySet::new()],
+            }
+        }
+    });
+    (records.as_collection(), retention)
 }
 
 #[cfg(test)]

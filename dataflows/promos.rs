@@ -25,19 +25,19 @@
 //! * [`Draft::notification`]: the exact output format, with `trigger_datetime_created` being
 //!   the logical second at which the draft came into existence.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 
+use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
-use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::CapabilitySet;
-use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::{DeadLetter, Diff, RawRecord, Schedule, Time, secs_to_time};
+pub use crate::decode::Reject;
+use crate::decode::{integer, object, string};
+use crate::{
+    DeadLetter, Diff, RawRecord, Replayable, Retained, Retention, Schedule, Time, replay_state,
+    secs_to_time,
+};
 
 /// A promotion campaign, as published on the promos topic (all eight fields are required).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -127,86 +127,30 @@ impl Draft {
     }
 }
 
-/// Why a campaign message was rejected. [`Reject::code`] is what the dead-letter topic carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reject {
-    /// The message has no value at all (a Kafka tombstone).
-    Tombstone,
-    /// The value is zero bytes long.
-    EmptyValue,
-    /// The value is not valid UTF-8.
-    NotUtf8,
-    /// The value is UTF-8 but not JSON.
-    NotJson,
-    /// The value is JSON but not an object.
-    NotObject,
-    /// A required field is absent.
-    MissingField(&'static str),
-    /// A required field is `null`.
-    NullField(&'static str),
-    /// A field has the wrong JSON type (strings must be strings, datetimes integers).
-    WrongType(&'static str),
-    /// A datetime does not fit the output (`trigger_datetime_created` is an `int4`).
-    OutOfRange(&'static str),
-    /// `adv_campaign_datetime_end <= adv_campaign_datetime_start`: the campaign is never valid.
-    EndNotAfterStart,
-}
-
-impl Reject {
-    /// Stable, machine-readable reason, e.g. `missing_field:restaurant_id`.
-    pub fn code(&self) -> String {
-        match self {
-            Reject::Tombstone => "tombstone".into(),
-            Reject::EmptyValue => "empty_value".into(),
-            Reject::NotUtf8 => "not_utf8".into(),
-            Reject::NotJson => "not_json".into(),
-            Reject::NotObject => "not_object".into(),
-            Reject::MissingField(f) => format!("missing_field:{f}"),
-            Reject::NullField(f) => format!("null_field:{f}"),
-            Reject::WrongType(f) => format!("wrong_type:{f}"),
-            Reject::OutOfRange(f) => format!("out_of_range:{f}"),
-            Reject::EndNotAfterStart => "end_not_after_start".into(),
-        }
-    }
-}
-
-fn field<'v>(obj: &'v Map<String, Value>, name: &'static str) -> Result<&'v Value, Reject> {
-    match obj.get(name) {
-        None => Err(Reject::MissingField(name)),
-        Some(Value::Null) => Err(Reject::NullField(name)),
-        Some(v) => Ok(v),
-    }
-}
-
-fn string(obj: &Map<String, Value>, name: &'static str) -> Result<String, Reject> {
-    field(obj, name)?
-        .as_str()
-        .map(str::to_owned)
-        .ok_or(Reject::WrongType(name))
-}
-
-fn seconds(obj: &Map<String, Value>, name: &'static str) -> Result<i64, Reject> {
-    field(obj, name)?.as_i64().ok_or(Reject::WrongType(name))
-}
-
 /// Decodes one campaign message value. Unknown extra fields are ignored.
 pub fn parse_campaign(value: Option<&[u8]>) -> Result<Campaign, Reject> {
-    let bytes = value.ok_or(Reject::Tombstone)?;
-    if bytes.is_empty() {
-        return Err(Reject::EmptyValue);
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| Reject::NotUtf8)?;
-    let json: Value = serde_json::from_str(text).map_err(|_| Reject::NotJson)?;
-    let obj = json.as_object().ok_or(Reject::NotObject)?;
+    let obj = &object(value)?;
     let campaign = Campaign {
-        restaurant_id: string(obj, "restaurant_id")?,
-        adv_campaign_id: string(obj, "adv_campaign_id")?,
-        adv_campaign_content: string(obj, "adv_campaign_content")?,
-        adv_campaign_owner: string(obj, "adv_campaign_owner")?,
-        adv_campaign_owner_contact: string(obj, "adv_campaign_owner_contact")?,
-        adv_campaign_datetime_start: seconds(obj, "adv_campaign_datetime_start")?,
-        adv_campaign_datetime_end: seconds(obj, "adv_campaign_datetime_end")?,
-        datetime_created: seconds(obj, "datetime_created")?,
+        restaurant_id: string(obj, "restaurant_id", "restaurant_id")?,
+        adv_campaign_id: string(obj, "adv_campaign_id", "adv_campaign_id")?,
+        adv_campaign_content: string(obj, "adv_campaign_content", "adv_campaign_content")?,
+        adv_campaign_owner: string(obj, "adv_campaign_owner", "adv_campaign_owner")?,
+        adv_campaign_owner_contact: string(
+            obj,
+            "adv_campaign_owner_contact",
+            "adv_campaign_owner_contact",
+        )?,
+        adv_campaign_datetime_start: integer(
+            obj,
+            "adv_campaign_datetime_start",
+            "adv_campaign_datetime_start",
+        )?,
+        adv_campaign_datetime_end: integer(
+            obj,
+            "adv_campaign_datetime_end",
+            "adv_campaign_datetime_end",
+        )?,
+        datetime_created: integer(obj, "datetime_created", "datetime_created")?,
     };
     // `trigger_datetime_created` (int4) is at least the start, so the start must fit an int4.
     if i32::try_from(campaign.adv_campaign_datetime_start).is_err() {
@@ -288,7 +232,7 @@ pub struct Lifecycle {
     /// Ids to look at when the frontier reaches a time (their `forget_at` when scheduled).
     expiry: Schedule<String>,
     /// The `first` positions of every remembered campaign.
-    positions: BTreeSet<(i32, i64)>,
+    positions: Retained,
 }
 
 /// Emits the validity of `campaign` as seen from logical time `t`: `diff` at
@@ -299,6 +243,32 @@ fn validity(campaign: &Campaign, t: Time, diff: Diff, emit: &mut impl FnMut(Camp
     if start < end {
         emit(campaign.clone(), start, diff);
         emit(campaign.clone(), end, -diff);
+    }
+}
+
+impl Replayable for Lifecycle {
+    type Message = CampaignMessage;
+    type Output = Campaign;
+
+    fn route(message: &CampaignMessage) -> u64 {
+        message.campaign.adv_campaign_id.hashed()
+    }
+
+    fn apply(
+        &mut self,
+        time: Time,
+        messages: Vec<CampaignMessage>,
+        emit: &mut impl FnMut(Campaign, Time, Diff),
+    ) {
+        self.arrive(time, messages, emit);
+    }
+
+    fn expire(&mut self, time: Time) {
+        Lifecycle::expire(self, time);
+    }
+
+    fn retained(&self) -> Vec<(i32, i64)> {
+        self.positions.oldest()
     }
 }
 
@@ -384,15 +354,7 @@ impl Lifecycle {
 
     /// Per partition, the offset of the oldest message the remembered state depends on.
     pub fn retained(&self) -> Vec<(i32, i64)> {
-        let mut oldest = Vec::new();
-        let mut next = self.positions.first().copied();
-        while let Some((partition, offset)) = next {
-            oldest.push((partition, offset));
-            next = partition
-                .checked_add(1)
-                .and_then(|p| self.positions.range((p, i64::MIN)..).next().copied());
-        }
-        oldest
+        self.positions.oldest()
     }
 
     /// Number of campaigns remembered.
@@ -405,11 +367,6 @@ impl Lifecycle {
         self.current.is_empty()
     }
 }
-
-/// What one worker's lifecycle depends on: (worker index, per partition the oldest offset
-/// it retains; partitions not listed: none). Reported at a time once everything up to that
-/// time was applied, and whenever it changed.
-pub type Retention = (usize, Vec<(i32, i64)>);
 
 /// The campaigns in force and valid, as a collection: each campaign version exists while
 /// it is the version in force and valid (see [`Lifecycle`]). Messages are routed by
@@ -428,74 +385,7 @@ pub fn campaigns_and_retention<'s>(
     VecCollection<'s, Time, Campaign, Diff>,
     Stream<'s, Time, Vec<Retention>>,
 ) {
-    let exchange = Exchange::new(|(m, _, _): &(CampaignMessage, Time, Diff)| {
-        m.campaign.adv_campaign_id.hashed()
-    });
-    let scope = messages.inner.scope();
-    let worker = scope.index();
-    let mut builder = OperatorBuilder::new("CampaignLifecycle".to_owned(), scope);
-    let mut input = builder.new_input(messages.inner, exchange);
-    let (campaigns_output, campaigns) = builder.new_output::<Vec<(Campaign, Time, Diff)>>();
-    let (retention_output, retention) = builder.new_output::<Vec<Retention>>();
-    let mut campaigns_output = OutputBuilder::from(campaigns_output);
-    let mut retention_output = OutputBuilder::from(retention_output);
-    builder.build(move |_capabilities| {
-        let mut lifecycle = Lifecycle::default();
-        let mut pending: BTreeMap<Time, Vec<CampaignMessage>> = BTreeMap::new();
-        let mut capabilities = [CapabilitySet::new(), CapabilitySet::new()];
-        let mut reported: Vec<(i32, i64)> = Vec::new();
-        move |frontiers| {
-            let frontier = frontiers[0].frontier();
-            let mut campaigns_handle = campaigns_output.activate();
-            let mut retention_handle = retention_output.activate();
-            input.for_each(|capability, data| {
-                for (port, set) in capabilities.iter_mut().enumerate() {
-                    if let Some(capability) = capability.retain_least(port) {
-                        set.insert(capability);
-                    }
-                }
-                for (message, time, diff) in data.drain(..) {
-                    // Messages are only ever added; a retraction would be a bug upstream.
-                    if diff > 0 {
-                        pending.entry(time).or_default().push(message);
-                    }
-                }
-            });
-            while let Some(entry) = pending.first_entry() {
-                let time = *entry.key();
-                if frontier.less_equal(&time) {
-                    break;
-                }
-                lifecycle.expire(time.saturating_sub(1));
-                let capability = capabilities[0].delayed(&time);
-                let mut session = campaigns_handle.session(&capability);
-                lifecycle.arrive(time, entry.remove(), &mut |campaign, at, diff| {
-                    session.give((campaign, at, diff))
-                });
-                let retained = lifecycle.retained();
-                if retained != reported {
-                    let capability = capabilities[1].delayed(&time);
-                    retention_handle
-                        .session(&capability)
-                        .give((worker, retained.clone()));
-                    reported = retained;
-                }
-            }
-            match frontier.first() {
-                Some(&time) => lifecycle.expire(time.saturating_sub(1)),
-                None => lifecycle.expire(Time::MAX),
-            }
-            match pending.first_key_value() {
-                Some((&time, _)) => {
-                    for set in &mut capabilities {
-                        set.downgrade([time]);
-                    }
-                }
-                None => capabilities = [CapabilitySet::new(), CapabilitySet::new()],
-            }
-        }
-    });
-    (campaigns.as_collection(), retention)
+    replay_state(messages, "CampaignLifecycle", Lifecycle::default())
 }
 
 /// Notification drafts: the campaigns in force joined with the *distinct* subscriptions of

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use dataflows::promos::Retention;
+use dataflows::Retention;
 use dataflows::{Diff, RawRecord, Time};
 use differential_dataflow::{AsCollection, VecCollection};
 use postgres::Client;

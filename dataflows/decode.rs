@@ -1,0 +1,152 @@
+//! What every job's decoder shares: the reasons a message is rejected (what the dead-letter
+//! topic carries) and typed access to JSON fields that turns absence and wrong types into
+//! those reasons.
+
+use chrono::NaiveDateTime;
+use serde_json::{Map, Value};
+
+/// Why a message was rejected. [`Reject::code`] is what the dead-letter topic carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// The message has no value at all (a Kafka tombstone).
+    Tombstone,
+    /// The value is zero bytes long.
+    EmptyValue,
+    /// The value is not valid UTF-8.
+    NotUtf8,
+    /// The value is UTF-8 but not JSON.
+    NotJson,
+    /// The value is JSON but not an object.
+    NotObject,
+    /// A required field is absent.
+    MissingField(&'static str),
+    /// A required field is `null`.
+    NullField(&'static str),
+    /// A field has the wrong JSON type (strings must be strings, datetimes integers).
+    WrongType(&'static str),
+    /// A value does not fit the output (`trigger_datetime_created` is an `int4`).
+    OutOfRange(&'static str),
+    /// A value is impossible (a negative amount, a zero quantity, a malformed datetime).
+    Invalid(&'static str),
+    /// `adv_campaign_datetime_end <= adv_campaign_datetime_start`: the campaign is never valid.
+    EndNotAfterStart,
+}
+
+impl Reject {
+    /// Stable, machine-readable reason, e.g. `missing_field:restaurant_id`.
+    pub fn code(&self) -> String {
+        match self {
+            Reject::Tombstone => "tombstone".into(),
+            Reject::EmptyValue => "empty_value".into(),
+            Reject::NotUtf8 => "not_utf8".into(),
+            Reject::NotJson => "not_json".into(),
+            Reject::NotObject => "not_object".into(),
+            Reject::MissingField(f) => format!("missing_field:{f}"),
+            Reject::NullField(f) => format!("null_field:{f}"),
+            Reject::WrongType(f) => format!("wrong_type:{f}"),
+            Reject::OutOfRange(f) => format!("out_of_range:{f}"),
+            Reject::Invalid(f) => format!("invalid:{f}"),
+            Reject::EndNotAfterStart => "end_not_after_start".into(),
+        }
+    }
+}
+
+/// Parses a message value that must be a JSON object.
+pub fn object(value: Option<&[u8]>) -> Result<Map<String, Value>, Reject> {
+    let bytes = value.ok_or(Reject::Tombstone)?;
+    if bytes.is_empty() {
+        return Err(Reject::EmptyValue);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| Reject::NotUtf8)?;
+    match serde_json::from_str(text).map_err(|_| Reject::NotJson)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(Reject::NotObject),
+    }
+}
+
+/// The field `key` of `obj`, present and not null; `name` is how a rejection names it.
+pub fn field<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+    name: &'static str,
+) -> Result<&'v Value, Reject> {
+    match obj.get(key) {
+        None => Err(Reject::MissingField(name)),
+        Some(Value::Null) => Err(Reject::NullField(name)),
+        Some(v) => Ok(v),
+    }
+}
+
+/// A required string field.
+pub fn string(obj: &Map<String, Value>, key: &str, name: &'static str) -> Result<String, Reject> {
+    field(obj, key, name)?
+        .as_str()
+        .map(str::to_owned)
+        .ok_or(Reject::WrongType(name))
+}
+
+/// A required integer field.
+pub fn integer(obj: &Map<String, Value>, key: &str, name: &'static str) -> Result<i64, Reject> {
+    field(obj, key, name)?
+        .as_i64()
+        .ok_or(Reject::WrongType(name))
+}
+
+/// A required JSON object field.
+pub fn nested<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+    name: &'static str,
+) -> Result<&'v Map<String, Value>, Reject> {
+    field(obj, key, name)?
+        .as_object()
+        .ok_or(Reject::WrongType(name))
+}
+
+/// A required non-negative number, kept as its JSON text (exact: `300`, `180.5`).
+pub fn amount(obj: &Map<String, Value>, key: &str, name: &'static str) -> Result<String, Reject> {
+    match field(obj, key, name)? {
+        Value::Number(n) if n.as_f64().is_some_and(|f| f >= 0.0 && f.is_finite()) => {
+            Ok(n.to_string())
+        }
+        Value::Number(_) => Err(Reject::Invalid(name)),
+        _ => Err(Reject::WrongType(name)),
+    }
+}
+
+/// The datetime format of the orders topic and the Redis dictionaries.
+pub const DATETIME: &str = "%Y-%m-%d %H:%M:%S%.f";
+
+/// A required datetime string, `YYYY-MM-DD HH:MM:SS[.fraction]`.
+pub fn datetime(
+    obj: &Map<String, Value>,
+    key: &str,
+    name: &'static str,
+) -> Result<NaiveDateTime, Reject> {
+    let text = string(obj, key, name)?;
+    NaiveDateTime::parse_from_str(&text, DATETIME).map_err(|_| Reject::Invalid(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_reject_by_name() {
+        let obj = object(Some(
+            br#"{"a": 1, "b": null, "c": "x", "d": -2.5, "t": "2022-11-19 16:06:36"}"#,
+        ))
+        .unwrap_or_default();
+        assert_eq!(integer(&obj, "a", "a"), Ok(1));
+        assert_eq!(integer(&obj, "b", "b"), Err(Reject::NullField("b")));
+        assert_eq!(string(&obj, "a", "p.a"), Err(Reject::WrongType("p.a")));
+        assert_eq!(string(&obj, "z", "z"), Err(Reject::MissingField("z")));
+        assert_eq!(amount(&obj, "a", "a"), Ok("1".to_string()));
+        assert_eq!(amount(&obj, "d", "d"), Err(Reject::Invalid("d")));
+        assert!(datetime(&obj, "t", "t").is_ok());
+        assert_eq!(datetime(&obj, "c", "c"), Err(Reject::Invalid("c")));
+        assert_eq!(object(Some(b"[1]")), Err(Reject::NotObject));
+        assert_eq!(object(Some(b"\xff")), Err(Reject::NotUtf8));
+        assert_eq!(object(None), Err(Reject::Tombstone));
+    }
+}
