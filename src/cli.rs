@@ -28,6 +28,8 @@ pub enum Command {
     Setup(SetupArgs),
     /// Job 1: restaurant promos ⋈ subscribers → notification drafts (Kafka) + feedback rows (Postgres).
     Promos(PromosArgs),
+    /// Job 2: orders (Kafka) + dictionaries (Redis) → STG, Data Vault DDS and CDM counters (Postgres).
+    Orders(OrdersArgs),
     /// Produce valid test data to Kafka.
     #[command(subcommand)]
     Produce(ProduceCommand),
@@ -63,7 +65,25 @@ pub struct SetupArgs {
     /// `dishflow_subscribers` and inactive `dishflow_*` replication slots. Tables are kept.
     #[arg(long)]
     pub drop: bool,
+
+    /// Which job's schema to create.
+    #[arg(long, value_enum, default_value_t = SetupJob::All)]
+    pub job: SetupJob,
 }
+
+/// The jobs `dishflow setup` prepares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SetupJob {
+    /// Both jobs.
+    All,
+    /// subscribers_restaurants, subscribers_feedback, the publication.
+    Promos,
+    /// The stg, dds and cdm schemas.
+    Orders,
+}
+
+/// The default Redis URL: the local server's database 0.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 /// The default Postgres URL: the local server's database `de`.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/de";
@@ -244,11 +264,134 @@ pub struct PromosArgs {
     pub cluster: ClusterArgs,
 }
 
+/// Arguments of `dishflow orders`.
+#[derive(Debug, Args)]
+pub struct OrdersArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Postgres connection URL (the stg, dds and cdm schemas are written there).
+    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL)]
+    pub postgres_url: String,
+
+    /// Redis with the dictionaries: one JSON string per key, key = restaurant id (with a
+    /// `menu`) or user id (with a `login`). `redis://[user:password@]host:port/db`.
+    #[arg(long, env = "DISHFLOW_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+
+    /// Which Redis keys are dictionary entries (a glob; other keys are not read).
+    #[arg(long, env = "DISHFLOW_REDIS_KEYS", default_value = "*")]
+    pub redis_keys: String,
+
+    /// Seconds between full rescans of the dictionaries, a safety net behind keyspace
+    /// notifications (which dishflow enables with CONFIG SET if it may; where it may not,
+    /// the dictionaries are rescanned every --tick-ms × 10 instead).
+    #[arg(long, env = "DISHFLOW_REDIS_RESCAN_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_rescan_secs: u64,
+
+    /// Topic with the order events (JSON).
+    #[arg(
+        long,
+        env = "DISHFLOW_ORDER_TOPIC",
+        default_value = "order-service_orders"
+    )]
+    pub order_topic: String,
+
+    /// Topic undecodable order messages are written to, with the reason in headers
+    /// (created if missing).
+    #[arg(
+        long,
+        env = "DISHFLOW_DEAD_LETTER_TOPIC",
+        default_value = "order-service_orders.dlq"
+    )]
+    pub dead_letter_topic: String,
+
+    /// Where to start reading the order topic: `resume` (the job's committed progress:
+    /// replay the current version of every order to rebuild the state, then continue after
+    /// the last message processed; earliest where there is no progress yet), `earliest`,
+    /// `latest`, or `TOPIC:PARTITION:OFFSET,...`. Rows already written are not changed by a
+    /// replay.
+    #[arg(long, env = "DISHFLOW_FROM", default_value = "resume")]
+    pub from: StartFrom,
+
+    /// Bounded run: read the dictionaries once and every partition up to its end as of
+    /// startup, write every table, exit 0. Orders whose dictionary entries are missing stay
+    /// held (a later run completes them).
+    #[arg(long, env = "DISHFLOW_STOP_AT_END")]
+    pub stop_at_end: bool,
+
+    /// How often (milliseconds) idle sources advance logical time with the wall clock.
+    #[arg(long, env = "DISHFLOW_TICK_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub tick_ms: u64,
+
+    /// Timely cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
 /// What `dishflow produce` generates.
 #[derive(Debug, Subcommand)]
 pub enum ProduceCommand {
     /// Valid campaign messages for the promos job.
     Promos(ProducePromosArgs),
+    /// A reproducible order history (Kafka) with its restaurants, menus and users (Redis).
+    Orders(ProduceOrdersArgs),
+}
+
+/// Arguments of `dishflow produce orders`.
+#[derive(Debug, Args)]
+pub struct ProduceOrdersArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Redis the dictionaries are written to.
+    #[arg(long, env = "DISHFLOW_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+
+    /// Topic the orders are written to (created with --partitions if missing).
+    #[arg(long, env = "DISHFLOW_TOPIC", default_value = "order-service_orders")]
+    pub topic: String,
+
+    /// Partitions of the topic, if it has to be created.
+    #[arg(long, env = "DISHFLOW_PARTITIONS", default_value_t = 4)]
+    pub partitions: i32,
+
+    /// Number of orders (each sent once, some also re-sent with a later status).
+    #[arg(long, env = "DISHFLOW_ORDERS", default_value_t = 1000)]
+    pub orders: u64,
+
+    /// Number of restaurants (menus of 10–30 products in 8 categories).
+    #[arg(long, env = "DISHFLOW_RESTAURANTS", default_value_t = 100)]
+    pub restaurants: u64,
+
+    /// Number of users.
+    #[arg(long, env = "DISHFLOW_USERS", default_value_t = 5000)]
+    pub users: u64,
+
+    /// Random seed: the same seed gives the same data set.
+    #[arg(long, env = "DISHFLOW_SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    /// First `object_id`.
+    #[arg(long, env = "DISHFLOW_FIRST_ORDER", default_value_t = 1)]
+    pub first_order: u64,
+
+    /// Prefix of every restaurant, product and user id (and so of their Redis keys), to keep
+    /// several data sets apart in one Redis.
+    #[arg(long, env = "DISHFLOW_ID_PREFIX", default_value = "")]
+    pub id_prefix: String,
+
+    /// Write only the dictionaries (no orders).
+    #[arg(long, conflicts_with = "orders_only")]
+    pub dictionaries_only: bool,
+
+    /// Write only the orders (the dictionaries are already there, or come later).
+    #[arg(long)]
+    pub orders_only: bool,
 }
 
 /// Arguments of `dishflow produce promos`.

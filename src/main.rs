@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 
 use clap::Parser;
-use dishflow::cli::{Cli, Command, ProduceCommand};
+use dishflow::cli::{Cli, Command, ProduceCommand, SetupJob};
 use tracing_subscriber::EnvFilter;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -13,13 +13,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if args.drop {
                 dishflow::pg::drop_promos(&args.postgres_url)
             } else {
-                dishflow::pg::setup_promos(&args.postgres_url)?;
+                if args.job != SetupJob::Orders {
+                    dishflow::pg::setup_promos(&args.postgres_url)?;
+                }
+                if args.job != SetupJob::Promos {
+                    dishflow::pg::setup_orders(&args.postgres_url)?;
+                }
                 tracing::info!("schema ready");
                 Ok(())
             }
         }
         Command::Promos(args) => dishflow::jobs::promos::run(args),
+        Command::Orders(args) => dishflow::jobs::orders::run(args),
         Command::Produce(ProduceCommand::Promos(args)) => dishflow::produce::promos(&args),
+        Command::Produce(ProduceCommand::Orders(args)) => dishflow::produce::orders(&args),
         Command::Consume(args) => {
             let messages = dishflow::sources::kafka::read_to_end(
                 &args.kafka,

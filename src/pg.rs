@@ -101,6 +101,93 @@ CREATE TABLE IF NOT EXISTS public.dishflow_progress (
     PRIMARY KEY (job, topic, partition)
 )";
 
+/// The orders job's layers (SPEC, Job 2). Hubs, links and satellites have no foreign keys:
+/// they are loaded in parallel by different workers (a link can commit before its hub), as
+/// Data Vault loads usually are; every key is derived, so the references hold once a batch
+/// time is written by all workers.
+pub const ORDERS_DDL: &str = "
+CREATE SCHEMA IF NOT EXISTS stg;
+CREATE TABLE IF NOT EXISTS stg.order_events (
+    id serial PRIMARY KEY,
+    object_id int NOT NULL UNIQUE,
+    object_type varchar NOT NULL,
+    sent_dttm timestamp NOT NULL,
+    payload json NOT NULL
+);
+CREATE SCHEMA IF NOT EXISTS dds;
+CREATE TABLE IF NOT EXISTS dds.h_user (
+    h_user_pk uuid PRIMARY KEY, user_id varchar NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL);
+CREATE TABLE IF NOT EXISTS dds.h_product (
+    h_product_pk uuid PRIMARY KEY, product_id varchar NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL);
+CREATE TABLE IF NOT EXISTS dds.h_category (
+    h_category_pk uuid PRIMARY KEY, category_name varchar NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL);
+CREATE TABLE IF NOT EXISTS dds.h_restaurant (
+    h_restaurant_pk uuid PRIMARY KEY, restaurant_id varchar NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL);
+CREATE TABLE IF NOT EXISTS dds.h_order (
+    h_order_pk uuid PRIMARY KEY, order_id int NOT NULL, order_dt timestamp NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL);
+CREATE TABLE IF NOT EXISTS dds.l_order_product (
+    hk_order_product_pk uuid PRIMARY KEY, h_order_pk uuid NOT NULL, h_product_pk uuid NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL);
+CREATE TABLE IF NOT EXISTS dds.l_product_restaurant (
+    hk_product_restaurant_pk uuid PRIMARY KEY, h_product_pk uuid NOT NULL,
+    h_restaurant_pk uuid NOT NULL, load_dt timestamp NOT NULL, load_src varchar NOT NULL);
+CREATE TABLE IF NOT EXISTS dds.l_product_category (
+    hk_product_category_pk uuid PRIMARY KEY, h_product_pk uuid NOT NULL,
+    h_category_pk uuid NOT NULL, load_dt timestamp NOT NULL, load_src varchar NOT NULL);
+CREATE TABLE IF NOT EXISTS dds.l_order_user (
+    hk_order_user_pk uuid PRIMARY KEY, h_order_pk uuid NOT NULL, h_user_pk uuid NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL);
+CREATE TABLE IF NOT EXISTS dds.s_user_names (
+    h_user_pk uuid NOT NULL, username varchar NOT NULL, userlogin varchar NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL,
+    hk_user_names_hashdiff uuid NOT NULL, PRIMARY KEY (h_user_pk, load_dt));
+CREATE TABLE IF NOT EXISTS dds.s_product_names (
+    h_product_pk uuid NOT NULL, name varchar NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL,
+    hk_product_names_hashdiff uuid NOT NULL, PRIMARY KEY (h_product_pk, load_dt));
+CREATE TABLE IF NOT EXISTS dds.s_restaurant_names (
+    h_restaurant_pk uuid NOT NULL, name varchar NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL,
+    hk_restaurant_names_hashdiff uuid NOT NULL, PRIMARY KEY (h_restaurant_pk, load_dt));
+CREATE TABLE IF NOT EXISTS dds.s_order_cost (
+    h_order_pk uuid NOT NULL,
+    cost numeric(19, 5) NOT NULL DEFAULT 0 CHECK (cost >= 0),
+    payment numeric(19, 5) NOT NULL DEFAULT 0 CHECK (payment >= 0),
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL,
+    hk_order_cost_hashdiff uuid NOT NULL, PRIMARY KEY (h_order_pk, load_dt));
+CREATE TABLE IF NOT EXISTS dds.s_order_status (
+    h_order_pk uuid NOT NULL, status varchar NOT NULL,
+    load_dt timestamp NOT NULL, load_src varchar NOT NULL,
+    hk_order_status_hashdiff uuid NOT NULL, PRIMARY KEY (h_order_pk, load_dt));
+CREATE SCHEMA IF NOT EXISTS cdm;
+CREATE TABLE IF NOT EXISTS cdm.user_product_counters (
+    id serial PRIMARY KEY, user_id uuid NOT NULL, product_id uuid NOT NULL,
+    product_name varchar NOT NULL, order_cnt int NOT NULL CHECK (order_cnt >= 0),
+    UNIQUE (user_id, product_id));
+CREATE TABLE IF NOT EXISTS cdm.user_category_counters (
+    id serial PRIMARY KEY, user_id uuid NOT NULL, category_id uuid NOT NULL,
+    category_name varchar NOT NULL, order_cnt int NOT NULL CHECK (order_cnt >= 0),
+    UNIQUE (user_id, category_id))";
+
+/// Creates the orders job's schemas and tables, and the bookkeeping tables, if missing.
+pub fn setup_orders(url: &str) -> Result<()> {
+    let mut client = connect(url)?;
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(7347230001)", &[])?;
+    tx.batch_execute(ORDERS_DDL)
+        .context("cannot create the orders job's schemas stg, dds, cdm and their tables")?;
+    tx.batch_execute(BOOKKEEPING_DDL).context(
+        "cannot create dishflow's bookkeeping tables (dishflow_outbox, dishflow_progress)",
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// The publication through which the promos job captures changes of the subscribers table.
 pub const SUBSCRIBERS_PUBLICATION: &str = "dishflow_subscribers";
 

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use dataflows::promos::Campaign;
 
-use crate::cli::ProducePromosArgs;
+use crate::cli::{ProduceOrdersArgs, ProducePromosArgs};
 use crate::kafka::ensure_topic;
 use crate::sinks::SinkWriter;
 use crate::sinks::kafka::{Encoder, KafkaMessage, KafkaWriter};
@@ -96,4 +96,249 @@ mod tests {
         assert_eq!(c.restaurant_id, "123e4567-e89b-12d3-a456-426614174000");
         assert_eq!(c.adv_campaign_content, "first campaign");
     }
+}
+
+/// Raw (key, value) messages.
+struct RawEncoder;
+
+impl Encoder<(String, String)> for RawEncoder {
+    fn encode(&self, m: &(String, String), _: u64, _: isize) -> Result<Option<KafkaMessage>> {
+        Ok(Some(KafkaMessage {
+            key: Some(m.0.clone().into_bytes()),
+            value: Some(m.1.clone().into_bytes()),
+            headers: Vec::new(),
+        }))
+    }
+}
+
+/// A generated order data set: Redis entries and Kafka messages, in sending order.
+pub struct OrderData {
+    /// (Redis key, JSON value) of every restaurant and user.
+    pub dictionaries: Vec<(String, String)>,
+    /// (Kafka key = object_id, JSON value) of every order message.
+    pub messages: Vec<(String, String)>,
+}
+
+const CATEGORIES: [&str; 8] = [
+    "Выпечка",
+    "Пицца",
+    "Роллы",
+    "Супы",
+    "Салаты",
+    "Напитки",
+    "Десерты",
+    "Горячее",
+];
+const DISHES: [&str; 8] = [
+    "КРУАССАН",
+    "ПИЦЦА",
+    "РОЛЛ",
+    "СУП",
+    "САЛАТ",
+    "МОРС",
+    "ЧИЗКЕЙК",
+    "ПЛОВ",
+];
+const PLACES: [&str; 6] = [
+    "Кофейня",
+    "Пиццерия",
+    "Суши-бар",
+    "Гриль",
+    "Пекарня",
+    "Столовая",
+];
+const FIRST: [&str; 8] = [
+    "Ольга",
+    "Иван",
+    "Мария",
+    "Пётр",
+    "Анна",
+    "Сергей",
+    "Елена",
+    "Дмитрий",
+];
+const LAST: [&str; 8] = [
+    "Котова",
+    "Петров",
+    "Смирнова",
+    "Иванов",
+    "Кузнецова",
+    "Соколов",
+    "Попова",
+    "Лебедев",
+];
+
+/// Generates the data set of `args` (deterministic for a seed): restaurants with menus of
+/// 10–30 products, users, and orders of 1–5 lines over one week from 2022-11-12. About 75%
+/// end CLOSED, 15% CANCELLED, 10% stay open; 20% are first sent with an intermediate
+/// status, 5% are sent twice identically, and 2% of the closed ones are cancelled later.
+pub fn order_data(args: &ProduceOrdersArgs) -> OrderData {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    use serde_json::json;
+
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let p = &args.id_prefix;
+    let id = |rng: &mut StdRng, tag: u8| format!("{p}{tag:02x}{:022x}", rng.random::<u128>() >> 40);
+    let stamp = "2022-11-19 10:00:00";
+    let mut dictionaries = Vec::new();
+    let mut restaurants = Vec::new();
+    for r in 0..args.restaurants.max(1) {
+        let rid = id(&mut rng, 1);
+        let items: Vec<(String, String, u64, usize)> = (0..rng.random_range(10..=30))
+            .map(|n| {
+                let c = rng.random_range(0..CATEGORIES.len());
+                let price = rng.random_range(5..=150) * 10;
+                (
+                    id(&mut rng, 2),
+                    format!("{} №{}", DISHES[c], n + 1),
+                    price,
+                    c,
+                )
+            })
+            .collect();
+        let menu: Vec<_> = items
+            .iter()
+            .map(|(pid, name, price, c)| {
+                json!({"_id": pid, "name": name, "price": price, "category": CATEGORIES[*c]})
+            })
+            .collect();
+        let name = format!("{} №{}", PLACES[(r as usize) % PLACES.len()], r + 1);
+        let value = json!({"_id": rid, "name": name, "menu": menu, "update_ts_utc": stamp});
+        dictionaries.push((rid.clone(), value.to_string()));
+        restaurants.push((rid, items));
+    }
+    let mut users = Vec::new();
+    for u in 0..args.users.max(1) {
+        let uid = id(&mut rng, 3);
+        let first = FIRST[rng.random_range(0..FIRST.len())];
+        let last = LAST[rng.random_range(0..LAST.len())];
+        let value = json!({"_id": uid, "name": format!("{last} {first}"),
+                           "login": format!("user_{u}"), "update_ts_utc": stamp});
+        dictionaries.push((uid.clone(), value.to_string()));
+        users.push(uid);
+    }
+
+    let base = chrono::NaiveDate::from_ymd_opt(2022, 11, 12)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .unwrap_or_default();
+    let fmt = |t: chrono::NaiveDateTime| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    let step = (7 * 86_400 / args.orders.max(1)).max(1) as i64;
+    // (sent second, sequence, key, value): sorted by when they are sent.
+    let mut sends: Vec<(i64, usize, String, String)> = Vec::new();
+    for n in 0..args.orders {
+        let object_id = args.first_order + n;
+        let placed = n as i64 * step + rng.random_range(0..step.max(1));
+        let (rid, items) = &restaurants[rng.random_range(0..restaurants.len())];
+        let uid = &users[rng.random_range(0..users.len())];
+        let lines: Vec<_> = (0..rng.random_range(1..=5))
+            .map(|_| {
+                let (pid, name, price, _) = &items[rng.random_range(0..items.len())];
+                (pid, name, *price, rng.random_range(1..=3u64))
+            })
+            .collect();
+        let cost: u64 = lines.iter().map(|(_, _, price, q)| price * q).sum();
+        let bonus = if rng.random_bool(0.2) { cost / 10 } else { 0 };
+        let roll = rng.random_range(0..100);
+        let final_status = match roll {
+            0..75 => "CLOSED",
+            75..90 => "CANCELLED",
+            _ => "OPEN",
+        };
+        let history: &[&str] = match final_status {
+            "CLOSED" => &["OPEN", "COOKING", "DELIVERING", "CLOSED"],
+            "CANCELLED" => &["OPEN", "COOKING", "CANCELLED"],
+            _ => &["OPEN"],
+        };
+        let at = |k: usize| base + chrono::Duration::seconds(placed + 600 * k as i64);
+        let version = |upto: usize, status: &str, ts: chrono::NaiveDateTime| {
+            let mut statuses: Vec<_> = history[..upto]
+                .iter()
+                .enumerate()
+                .map(|(k, s)| json!({"status": s, "dttm": fmt(at(k))}))
+                .collect();
+            statuses.reverse();
+            let payload = json!({
+                "restaurant": {"id": rid},
+                "date": fmt(at(0)),
+                "user": {"id": uid},
+                "order_items": lines.iter().map(|(pid, name, price, q)| {
+                    json!({"id": pid, "name": name, "price": price, "quantity": q})
+                }).collect::<Vec<_>>(),
+                "bonus_payment": bonus, "cost": cost, "payment": cost - bonus,
+                "bonus_grant": 0,
+                "statuses": statuses,
+                "final_status": status,
+                "update_ts": fmt(ts),
+            });
+            json!({"object_id": object_id, "object_type": "order",
+                   "sent_dttm": fmt(ts), "payload": payload})
+            .to_string()
+        };
+        let key = object_id.to_string();
+        let last = history.len();
+        let last_at = at(last - 1);
+        let mut send = |ts: chrono::NaiveDateTime, value: String| {
+            let second = (ts - base).num_seconds();
+            sends.push((second, sends.len(), key.clone(), value));
+        };
+        if last > 1 && rng.random_bool(0.2) {
+            let k = rng.random_range(1..last);
+            send(at(k - 1), version(k, history[k - 1], at(k - 1)));
+        }
+        let final_version = version(last, final_status, last_at);
+        if rng.random_bool(0.05) {
+            send(last_at, final_version.clone());
+        }
+        send(last_at, final_version);
+        if final_status == "CLOSED" && rng.random_bool(0.02) {
+            let later = last_at + chrono::Duration::seconds(3600);
+            let mut cancelled: serde_json::Value =
+                serde_json::from_str(&version(last, "CANCELLED", later)).unwrap_or_default();
+            cancelled["payload"]["statuses"][0] =
+                json!({"status": "CANCELLED", "dttm": fmt(later)});
+            send(later, cancelled.to_string());
+        }
+    }
+    sends.sort_by_key(|(second, seq, _, _)| (*second, *seq));
+    OrderData {
+        dictionaries,
+        messages: sends.into_iter().map(|(_, _, k, v)| (k, v)).collect(),
+    }
+}
+
+/// Writes the dictionaries to Redis and the orders to Kafka (confirming every delivery).
+pub fn orders(args: &ProduceOrdersArgs) -> Result<()> {
+    let data = order_data(args);
+    if !args.orders_only {
+        let client = redis::Client::open(args.redis_url.as_str()).context("invalid --redis-url")?;
+        let mut con = client
+            .get_connection_with_timeout(std::time::Duration::from_secs(5))
+            .context("cannot connect to Redis")?;
+        for chunk in data.dictionaries.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (key, value) in chunk {
+                pipe.set(key, value).ignore();
+            }
+            pipe.query::<()>(&mut con)
+                .context("cannot write to Redis")?;
+        }
+    }
+    if !args.dictionaries_only {
+        ensure_topic(&args.kafka, &args.topic, args.partitions)?;
+        let mut writer = KafkaWriter::new(&args.kafka, &args.topic, RawEncoder)?;
+        let batch: Vec<((String, String), u64, isize)> =
+            data.messages.iter().map(|m| (m.clone(), 0, 1)).collect();
+        for chunk in batch.chunks(100_000) {
+            writer.write(chunk)?;
+        }
+    }
+    tracing::info!(
+        topic = %args.topic,
+        orders = args.orders,
+        messages = if args.dictionaries_only { 0 } else { data.messages.len() },
+        dictionary_entries = if args.orders_only { 0 } else { data.dictionaries.len() },
+        "produced"
+    );
+    Ok(())
 }

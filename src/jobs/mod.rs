@@ -1,5 +1,6 @@
 //! The jobs: wiring of sources, dataflows and sinks, and how a job's processes run and end.
 
+pub mod orders;
 pub mod promos;
 
 use std::sync::mpsc::channel;

@@ -18,6 +18,7 @@
 pub mod kafka;
 pub mod outbox;
 pub mod postgres;
+pub mod tables;
 
 use std::collections::BTreeMap;
 

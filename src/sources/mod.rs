@@ -39,6 +39,7 @@ use crate::control::{Completion, Control};
 pub mod kafka;
 pub mod pgoutput;
 pub mod postgres;
+pub mod redis;
 
 /// What a [`Reader`] reports after emitting what was available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

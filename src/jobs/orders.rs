@@ -1,0 +1,187 @@
+//! `dishflow orders`: Kafka orders + Redis dictionaries → STG, Data Vault DDS, CDM counters.
+//!
+//! ```text
+//!  Kafka order-service_orders ─► kafka_source ─► orders::decode ─┬─► dead letters ─► Kafka *.dlq
+//!                                                                ├─► other types (counted)
+//!                                                                └─► order messages ─┐
+//!  Redis restaurants/users ─► dictionaries (snapshot + keyspace notifications) ──────┤
+//!                                                                  orders::orders    ▼
+//!     stg ─► stg.order_events    vault ─► dds.h_* / l_* / s_*    counters ─► cdm.*_counters
+//! ```
+//!
+//! Startup checks run before any worker starts, so that a bad URL or an unreachable server
+//! ends the program with one line: the schemas are created or verified, the order topic
+//! must exist, the dead-letter topic is created if missing, Redis must answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use dataflows::orders;
+use differential_dataflow::AsCollection;
+use timely::dataflow::operators::Exchange;
+use tracing::info;
+
+use crate::cli::OrdersArgs;
+use crate::control::{Completion, completion_barrier, install_signal_handlers};
+use crate::progress::{self, ProgressConfig};
+use crate::sinks::kafka::{DeadLetterEncoder, KafkaWriter};
+use crate::sinks::sink;
+use crate::sinks::tables::{CounterBatch, StgBatch, TableWriter, VaultBatch};
+use crate::sources::kafka::{KafkaSourceConfig, Position, kafka_source};
+use crate::sources::redis::{RedisSourceConfig, dictionaries};
+use crate::sources::wall_clock_ms;
+use crate::{cluster, kafka, pg};
+
+/// The job's name in dishflow's bookkeeping tables (progress).
+pub const JOB: &str = "orders";
+
+/// Runs the orders job until its input ends (`--stop-at-end`) or a signal asks it to stop.
+pub fn run(args: OrdersArgs) -> Result<()> {
+    let shutdown = install_signal_handlers()?;
+    let config = cluster::timely_config(&args.cluster)?;
+    pg::setup_orders(&args.postgres_url)?;
+    crate::sources::redis::check(&args.redis_url)?;
+    let partitions = kafka::topic_partitions(&args.kafka, &args.order_topic)?;
+    let outputs = i32::try_from(partitions.len())?;
+    kafka::ensure_topic(&args.kafka, &args.dead_letter_topic, outputs)?;
+    let watermarks = kafka::watermarks(&args.kafka, &args.order_topic)?;
+    let committed = progress::load(
+        &mut pg::connect(&args.postgres_url)?,
+        JOB,
+        &args.order_topic,
+    )?;
+    let plan = progress::plan(&args.from, &args.order_topic, &watermarks, &committed)?;
+    info!(
+        order_topic = %args.order_topic,
+        partitions = partitions.len(),
+        bounded = args.stop_at_end,
+        from = ?args.from,
+        start = ?plan.start,
+        replay_until = ?plan.replay_until,
+        "starting orders"
+    );
+
+    let t0 = wall_clock_ms();
+    let tick = Duration::from_millis(args.tick_ms);
+    let source = KafkaSourceConfig {
+        kafka: args.kafka.clone(),
+        topic: args.order_topic.clone(),
+        partitions,
+        start: plan
+            .start
+            .iter()
+            .map(|(&p, &o)| (p, Position::Offset(o)))
+            .collect(),
+        replay_until: plan.replay_until.clone(),
+        start_time: t0,
+        stop_at_end: args.stop_at_end,
+        tick,
+    };
+    let redis_config = RedisSourceConfig {
+        url: args.redis_url.clone(),
+        pattern: args.redis_keys.clone(),
+        follow: !args.stop_at_end,
+        rescan: Duration::from_secs(args.redis_rescan_secs),
+        poll: tick * 10,
+    };
+    let progress_config = ProgressConfig {
+        url: args.postgres_url.clone(),
+        job: JOB.to_string(),
+        topic: args.order_topic.clone(),
+        start: plan.start.clone(),
+        start_time: t0,
+    };
+    let replay_until = plan.replay_until;
+    let ignored = Arc::new(AtomicU64::new(0));
+    let ignored_total = ignored.clone();
+    let started = std::time::Instant::now();
+    super::run_workers(config, shutdown, move |worker, control| {
+        let dead_letter_writer = match KafkaWriter::new(
+            &args.kafka,
+            &args.dead_letter_topic,
+            DeadLetterEncoder::new(&args.order_topic),
+        ) {
+            Ok(writer) => writer,
+            Err(error) => return control.fail(error),
+        };
+        let url = &args.postgres_url;
+        let completion = Completion::default();
+        let replay_until = replay_until.clone();
+        let ignored = ignored.clone();
+        worker.dataflow_named::<dataflows::Time, _, _>("orders", |scope| {
+            let raw = kafka_source(
+                scope,
+                "OrdersSource",
+                source.clone(),
+                control.clone(),
+                completion.clone(),
+            );
+            let (raw, positions) = progress::tap_positions(raw);
+            let entries = dictionaries(
+                scope,
+                redis_config.clone(),
+                t0,
+                tick,
+                control.clone(),
+                completion.clone(),
+            );
+            let (messages, dead_letters, other_types) = orders::decode(raw);
+            other_types.inspect(move |_| {
+                ignored.fetch_add(1, Ordering::Relaxed);
+            });
+            // A replayed record was dead-lettered (if bad) by the run that first read it.
+            let dead_letters = dead_letters.filter(move |dead| {
+                replay_until
+                    .get(&dead.record.partition)
+                    .is_none_or(|&until| dead.record.offset >= until)
+            });
+            let out = orders::orders(messages, entries);
+            // One worker owns every row of a hub, link or satellite key.
+            let vault = out
+                .vault
+                .inner
+                .exchange(|(row, _, _): &(orders::VaultRow, _, _)| row.route())
+                .as_collection();
+            let written = vec![
+                sink(
+                    dead_letters,
+                    "DeadLetterSink",
+                    dead_letter_writer,
+                    control.clone(),
+                    completion.clone(),
+                ),
+                sink(
+                    out.stg,
+                    "StgSink",
+                    TableWriter::new(url, StgBatch, "stg sink"),
+                    control.clone(),
+                    completion.clone(),
+                ),
+                sink(
+                    vault,
+                    "DdsSink",
+                    TableWriter::new(url, VaultBatch, "dds sink"),
+                    control.clone(),
+                    completion.clone(),
+                ),
+                sink(
+                    out.counters,
+                    "CdmSink",
+                    TableWriter::new(url, CounterBatch, "cdm sink"),
+                    control.clone(),
+                    completion.clone(),
+                ),
+            ];
+            progress::track(positions, out.retention, written, progress_config.clone());
+            completion_barrier(scope, &completion, tick);
+        });
+    })?;
+    info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        other_object_types = ignored_total.load(Ordering::Relaxed),
+        "orders finished"
+    );
+    Ok(())
+}
