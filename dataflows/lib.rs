@@ -150,6 +150,12 @@ impl Retained {
     }
 }
 
+/// A collection and the [`Retention`] reports of the state that produces it.
+pub type WithRetention<'s, D> = (
+    VecCollection<'s, Time, D, Diff>,
+    Stream<'s, Time, Vec<Retention>>,
+);
+
 /// A keyed state machine fed by input messages in logical-time order, whose state a restart
 /// rebuilds by replaying the messages it [retains](Replayable::retained).
 pub trait Replayable: 'static {
@@ -184,10 +190,7 @@ pub fn replay_state<'s, S: Replayable>(
     messages: VecCollection<'s, Time, S::Message, Diff>,
     name: &str,
     mut state: S,
-) -> (
-    VecCollection<'s, Time, S::Output, Diff>,
-    Stream<'s, Time, Vec<Retention>>,
-) {
+) -> WithRetention<'s, S::Output> {
     let exchange = Exchange::new(|(m, _, _): &(S::Message, Time, Diff)| S::route(m));
     let scope = messages.inner.scope();
     let worker = scope.index();

@@ -81,23 +81,6 @@ pub fn promos(args: &ProducePromosArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_follow_the_seed_example() {
-        assert_eq!(
-            uuid_like(426_614_174_000),
-            "123e4567-e89b-12d3-a456-426614174000"
-        );
-        let c = campaign(3, 0, 1, 2, 0);
-        assert_eq!(c.adv_campaign_id, "123e4567-e89b-12d3-a456-426614174003");
-        assert_eq!(c.restaurant_id, "123e4567-e89b-12d3-a456-426614174000");
-        assert_eq!(c.adv_campaign_content, "first campaign");
-    }
-}
-
 /// Raw (key, value) messages.
 struct RawEncoder;
 
@@ -341,4 +324,63 @@ pub fn orders(args: &ProduceOrdersArgs) -> Result<()> {
         "produced"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_seed_example() {
+        assert_eq!(
+            uuid_like(426_614_174_000),
+            "123e4567-e89b-12d3-a456-426614174000"
+        );
+        let c = campaign(3, 0, 1, 2, 0);
+        assert_eq!(c.adv_campaign_id, "123e4567-e89b-12d3-a456-426614174003");
+        assert_eq!(c.restaurant_id, "123e4567-e89b-12d3-a456-426614174000");
+        assert_eq!(c.adv_campaign_content, "first campaign");
+    }
+
+    #[test]
+    fn the_order_data_set_is_reproducible_and_valid() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::parse_from([
+            "dishflow",
+            "produce",
+            "orders",
+            "--orders",
+            "300",
+            "--restaurants",
+            "5",
+            "--users",
+            "50",
+            "--seed",
+            "3",
+            "--id-prefix",
+            "t_",
+        ]);
+        let crate::cli::Command::Produce(crate::cli::ProduceCommand::Orders(args)) = cli.command
+        else {
+            panic!("not produce orders")
+        };
+        let a = order_data(&args);
+        let b = order_data(&args);
+        assert_eq!(a.messages, b.messages);
+        assert_eq!(a.dictionaries.len(), 55);
+        assert!(a.messages.len() > 300, "some orders are re-sent");
+        let mut closed = 0;
+        for (_, value) in &a.messages {
+            let order = dataflows::orders::parse_order(Some(value.as_bytes()))
+                .ok()
+                .flatten()
+                .expect("a valid order");
+            closed += usize::from(order.order.status == "CLOSED");
+        }
+        assert!(closed > 150, "{closed}");
+        for (key, value) in &a.dictionaries {
+            assert!(key.starts_with("t_"));
+            assert!(dataflows::orders::parse_dictionary(key, value.as_bytes()).is_ok());
+        }
+    }
 }

@@ -295,6 +295,12 @@ fn satellite_table(
 /// Hub rows of one kind: (key, business id, order date), with their times.
 type HubRows = Vec<(Uuid, String, Option<NaiveDateTime>, Time)>;
 
+/// Link rows of one kind: (key, the two hub keys), with their times.
+type LinkRows = Vec<(Uuid, (Uuid, Uuid), Time)>;
+
+/// Satellite rows of one kind: (hub key, attribute values), with their times.
+type SatelliteRows<'a> = Vec<(Uuid, &'a [String], Time)>;
+
 impl VaultBatch {
     fn hubs(tx: &mut Transaction<'_>, kind: HubKind, rows: &HubRows) -> Result<()> {
         let (table, pk, id) = hub_table(kind);
@@ -431,8 +437,8 @@ impl TableBatch<VaultRow> for VaultBatch {
         updates: &[(VaultRow, Time, Diff)],
     ) -> Result<()> {
         let mut hubs: HashMap<HubKind, HubRows> = HashMap::new();
-        let mut links: HashMap<LinkKind, Vec<(Uuid, (Uuid, Uuid), Time)>> = HashMap::new();
-        let mut satellites: HashMap<SatelliteKind, Vec<(Uuid, &[String], Time)>> = HashMap::new();
+        let mut links: HashMap<LinkKind, LinkRows> = HashMap::new();
+        let mut satellites: HashMap<SatelliteKind, SatelliteRows<'_>> = HashMap::new();
         for (row, time, diff) in updates {
             if *diff <= 0 {
                 continue; // insert-only: nothing is deleted or updated

@@ -170,7 +170,8 @@ fn enable_notifications(con: &mut Connection) -> bool {
     }
     let mut wanted = flags.clone();
     for c in ['K', '$', 'g', 'x'] {
-        if !wanted.contains(c) && !(all && c != 'K') {
+        let covered = wanted.contains(c) || (all && c != 'K');
+        if !covered {
             wanted.push(c);
         }
     }
@@ -262,15 +263,20 @@ impl Follower {
     fn session(&mut self, first: &mut bool, backoff: &mut Backoff) -> Result<()> {
         let mut con = connect(&self.client)?;
         let notifications = self.config.follow && enable_notifications(&mut con);
-        let mut events = if notifications {
-            let mut sub = connect(&self.client)?;
-            let pattern = format!("__keyspace@{}__:{}", self.db, self.config.pattern);
-            sub.as_pubsub()
-                .psubscribe(&pattern)
-                .context("PSUBSCRIBE failed")?;
-            Some(sub)
+        // The subscription lives as long as its PubSub handle (dropping it unsubscribes).
+        let mut sub_connection = if notifications {
+            Some(connect(&self.client)?)
         } else {
             None
+        };
+        let mut events = match sub_connection.as_mut() {
+            Some(sub) => {
+                let mut pubsub = sub.as_pubsub();
+                let pattern = format!("__keyspace@{}__:{}", self.db, self.config.pattern);
+                pubsub.psubscribe(&pattern).context("PSUBSCRIBE failed")?;
+                Some(pubsub)
+            }
+            None => None,
         };
         if !self.rescan(&mut con)? {
             return Ok(());
@@ -301,11 +307,10 @@ impl Follower {
                 }
                 next_rescan = Instant::now() + interval;
             }
-            let Some(sub) = events.as_mut() else {
+            let Some(pubsub) = events.as_mut() else {
                 std::thread::sleep(interval.min(Duration::from_millis(200)));
                 continue;
             };
-            let mut pubsub = sub.as_pubsub();
             pubsub.set_read_timeout(Some(Duration::from_millis(200)))?;
             // Drain what arrived, then GET each changed key once.
             let mut changed: Vec<String> = Vec::new();
@@ -326,7 +331,6 @@ impl Follower {
                     Err(error) => return Err(error).context("Redis notifications lost"),
                 }
             }
-            drop(pubsub);
             if changed.is_empty() {
                 continue;
             }

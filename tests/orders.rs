@@ -1,0 +1,456 @@
+//! Integration tests of `dishflow orders` against real Kafka, Postgres and Redis: counters
+//! against a SQL ground truth, idempotent re-delivery, status changes, late dictionary
+//! entries, dead letters, and a 2-process cluster. Every test uses its own database, topics
+//! and Redis key prefix. Run via `scripts/test.sh`.
+
+#![cfg(feature = "integration")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use dataflows::orders::NAMESPACE;
+use redis::Commands;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// The Redis the tests use.
+fn redis_url() -> String {
+    std::env::var("DISHFLOW_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+fn redis() -> redis::Connection {
+    redis::Client::open(redis_url().as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect to Redis (is scripts/services.sh running?)")
+}
+
+/// Arguments of an orders run on `db`, topics `<prefix>.orders/.dlq`, Redis keys `<prefix>*`.
+fn orders_args(db: &str, prefix: &str) -> Vec<String> {
+    [
+        "orders",
+        "--brokers",
+        &brokers(),
+        "--postgres-url",
+        db,
+        "--redis-url",
+        &redis_url(),
+        "--redis-keys",
+        &format!("{prefix}*"),
+        "--order-topic",
+        &format!("{prefix}.orders"),
+        "--dead-letter-topic",
+        &format!("{prefix}.dlq"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_bounded(db: &str, prefix: &str, extra: &[&str]) -> String {
+    let mut args = orders_args(db, prefix);
+    args.push("--stop-at-end".into());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = dishflow(&argv, 3 * MINUTE);
+    assert_success(&out);
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// `dishflow produce orders` of a small data set with ids `<prefix>_…`.
+fn produce(prefix: &str, orders: &str) {
+    let args: Vec<String> = [
+        "produce",
+        "orders",
+        "--brokers",
+        &brokers(),
+        "--redis-url",
+        &redis_url(),
+        "--topic",
+        &format!("{prefix}.orders"),
+        "--id-prefix",
+        &format!("{prefix}_"),
+        "--orders",
+        orders,
+        "--restaurants",
+        "20",
+        "--users",
+        "200",
+        "--seed",
+        "7",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_success(&dishflow(&argv, MINUTE));
+}
+
+const TABLES: [&str; 17] = [
+    "stg.order_events",
+    "dds.h_user",
+    "dds.h_product",
+    "dds.h_category",
+    "dds.h_restaurant",
+    "dds.h_order",
+    "dds.l_order_product",
+    "dds.l_product_restaurant",
+    "dds.l_product_category",
+    "dds.l_order_user",
+    "dds.s_user_names",
+    "dds.s_product_names",
+    "dds.s_restaurant_names",
+    "dds.s_order_cost",
+    "dds.s_order_status",
+    "cdm.user_product_counters",
+    "cdm.user_category_counters",
+];
+
+/// Every row of every table as text, sorted; with `exact`, every column, else without the
+/// columns that depend on when and in which order rows were written (`id`, `load_dt`).
+fn dump(db: &str, exact: bool) -> Vec<(String, Vec<String>)> {
+    let mut client = pg(db);
+    TABLES
+        .iter()
+        .map(|table| {
+            let row = if exact {
+                "t::text".to_string()
+            } else {
+                "(to_jsonb(t) - 'id' - 'load_dt')::text".to_string()
+            };
+            let rows = client
+                .query(&format!("SELECT {row} FROM {table} t ORDER BY 1"), &[])
+                .expect("dump");
+            (table.to_string(), rows.iter().map(|r| r.get(0)).collect())
+        })
+        .collect()
+}
+
+/// The counters as (user, item, name, count), sorted.
+type Counters = Vec<(uuid::Uuid, uuid::Uuid, String, i32)>;
+
+fn counters(db: &str, table: &str, item: &str, name: &str) -> Counters {
+    let sql = format!("SELECT user_id, {item}, {name}, order_cnt FROM {table} ORDER BY 1, 2");
+    pg(db)
+        .query(&sql, &[])
+        .expect("counters")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// The counters computed in SQL from the raw messages of the topic and the Redis entries:
+/// latest update_ts per object_id, CLOSED, distinct orders per (user, product / category).
+fn ground_truth(db: &str, prefix: &str) -> (Counters, Counters) {
+    let mut client = pg(db);
+    client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";
+             CREATE TABLE truth_raw (value json); CREATE TABLE truth_dict (key text, value json);",
+        )
+        .expect("truth tables");
+    for message in consume(&format!("{prefix}.orders")) {
+        let value = message.value.unwrap_or_default();
+        if serde_json::from_str::<serde_json::Value>(&value).is_ok() {
+            client
+                .execute("INSERT INTO truth_raw VALUES ($1::text::json)", &[&value])
+                .expect("raw");
+        }
+    }
+    let mut con = redis();
+    let keys: Vec<String> = con.keys(format!("{prefix}*")).expect("keys");
+    for key in keys {
+        let value: String = con.get(&key).expect("get");
+        client
+            .execute(
+                "INSERT INTO truth_dict VALUES ($1, $2::text::json)",
+                &[&key, &value],
+            )
+            .expect("dict");
+    }
+    let query = |key: &str, name: &str| {
+        format!(
+            "WITH latest AS (
+               SELECT DISTINCT ON ((value->>'object_id')::int)
+                      (value->>'object_id')::int AS id, value->'payload' AS p
+               FROM truth_raw WHERE value->>'object_type' = 'order'
+               ORDER BY (value->>'object_id')::int,
+                        (value->'payload'->>'update_ts')::timestamp DESC,
+                        (value->'payload')::text DESC),
+             lines AS (
+               SELECT l.id, l.p->'user'->>'id' AS user_id, l.p->'restaurant'->>'id' AS rid,
+                      i->>'id' AS pid
+               FROM latest l, json_array_elements(l.p->'order_items') i
+               WHERE l.p->>'final_status' = 'CLOSED'),
+             menu AS (
+               SELECT d.key AS rid, m->>'_id' AS pid, m->>'name' AS product,
+                      m->>'category' AS category
+               FROM truth_dict d, json_array_elements(d.value->'menu') m
+               WHERE d.value->'menu' IS NOT NULL)
+             SELECT uuid_generate_v5($1, user_id), uuid_generate_v5($1, {key}), {name},
+                    count(DISTINCT id)::int
+             FROM lines JOIN menu USING (rid, pid)
+             WHERE user_id IN (SELECT key FROM truth_dict WHERE value->'login' IS NOT NULL)
+             GROUP BY 1, 2, 3 ORDER BY 1, 2"
+        )
+    };
+    let ns: uuid::Uuid = *NAMESPACE;
+    let run = |client: &mut postgres::Client, sql: String| -> Counters {
+        client
+            .query(&sql, &[&ns])
+            .expect("truth")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    };
+    let products = run(&mut client, query("pid", "product"));
+    let categories = run(&mut client, query("category", "category"));
+    client
+        .batch_execute("DROP TABLE truth_raw; DROP TABLE truth_dict;")
+        .expect("drop truth");
+    (products, categories)
+}
+
+#[test]
+fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
+    let db = database("ord_truth");
+    let prefix = unique("ordtruth");
+    produce(&prefix, "1500");
+    run_bounded(&db, &prefix, &[]);
+    let products = counters(
+        &db,
+        "cdm.user_product_counters",
+        "product_id",
+        "product_name",
+    );
+    let categories = counters(
+        &db,
+        "cdm.user_category_counters",
+        "category_id",
+        "category_name",
+    );
+    let (truth_products, truth_categories) = ground_truth(&db, &prefix);
+    assert!(truth_products.len() > 500, "{}", truth_products.len());
+    assert_eq!(products, truth_products);
+    assert_eq!(categories, truth_categories);
+    let stg: i64 = pg(&db)
+        .query_one("SELECT count(*) FROM stg.order_events", &[])
+        .expect("stg")
+        .get(0);
+    assert_eq!(stg, 1500);
+
+    // The whole data set again: re-delivered orders and dictionary values change nothing,
+    // whether the job resumes (replaying what it retains) or reads everything again.
+    let before = dump(&db, true);
+    produce(&prefix, "1500");
+    run_bounded(&db, &prefix, &[]);
+    assert_eq!(dump(&db, true), before);
+    run_bounded(&db, &prefix, &["--from", "earliest"]);
+    assert_eq!(dump(&db, true), before);
+}
+
+#[test]
+fn malformed_orders_go_to_the_dead_letter_topic_and_other_types_are_ignored() {
+    let db = database("ord_dlq");
+    let prefix = unique("orddlq");
+    produce(&prefix, "20");
+    let topic = format!("{prefix}.orders");
+    produce_raw(
+        &topic,
+        4,
+        &[
+            (Some(b"bad-json"), Some(b"{not json")),
+            (
+                Some(b"no-user"),
+                Some(br#"{"object_id": 1, "object_type": "order", "sent_dttm": "2022-11-19 16:06:36", "payload": {}}"#),
+            ),
+            (
+                Some(b"other-type"),
+                Some(br#"{"object_id": 2, "object_type": "delivery", "payload": {}}"#),
+            ),
+        ],
+    );
+    let log = run_bounded(&db, &prefix, &[]);
+    assert!(log.contains("other_object_types=1"), "{log}");
+    let mut dead: Vec<(String, String)> = consume(&format!("{prefix}.dlq"))
+        .into_iter()
+        .map(|m| {
+            let reason = m
+                .headers
+                .iter()
+                .find(|(k, _)| k == "dishflow.error.reason")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            (m.key.unwrap_or_default(), reason)
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(
+        dead,
+        [
+            ("bad-json".to_string(), "not_json".to_string()),
+            (
+                "no-user".to_string(),
+                "missing_field:payload.restaurant".to_string()
+            ),
+        ]
+    );
+    // The good orders went through.
+    let stg: i64 = pg(&db)
+        .query_one("SELECT count(*) FROM stg.order_events", &[])
+        .expect("stg")
+        .get(0);
+    assert_eq!(stg, 20);
+}
+
+/// A CLOSED order for restaurant `r` with one line of product `p`, by user `u`.
+fn order_json(id: i64, r: &str, u: &str, p: &str, status: &str, update_ts: &str) -> String {
+    format!(
+        r#"{{"object_id": {id}, "object_type": "order", "sent_dttm": "{update_ts}",
+            "payload": {{"restaurant": {{"id": "{r}"}}, "date": "2022-11-19 16:00:00",
+            "user": {{"id": "{u}"}}, "order_items": [{{"id": "{p}", "name": "x", "price": 180,
+            "quantity": 1}}], "bonus_payment": 0, "cost": 180, "payment": 180,
+            "bonus_grant": 0, "statuses": [], "final_status": "{status}",
+            "update_ts": "{update_ts}"}}}}"#
+    )
+}
+
+fn count(db: &str, sql: &str) -> i64 {
+    pg(db).query_one(sql, &[]).expect("count").get(0)
+}
+
+#[test]
+fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
+    let db = database("ord_live");
+    let prefix = unique("ordlive");
+    let (r, u, p) = (
+        format!("{prefix}_r"),
+        format!("{prefix}_u"),
+        format!("{prefix}_p"),
+    );
+    let menu = |name: &str| {
+        format!(
+            r#"{{"_id": "{r}", "name": "Coffee", "menu": [{{"_id": "{p}", "name": "{name}",
+                "price": 180, "category": "Bakery"}}], "update_ts_utc": "2022-11-19 10:00:00"}}"#
+        )
+    };
+    let mut con = redis();
+    let _: () = con.set(&r, menu("Roll")).expect("set");
+    let topic = format!("{prefix}.orders");
+    dishflow::kafka::ensure_topic(&kafka(), &topic, 2).expect("topic");
+    let mut args = orders_args(&db, &prefix);
+    args.extend(["--tick-ms", "20"].iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let job = spawn(&argv);
+
+    let closed = order_json(1, &r, &u, &p, "CLOSED", "2022-11-19 16:00:00");
+    produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
+    // STG has it at once; the user is unknown, so the order is held: no counters yet.
+    wait_until(WAIT, "the STG row", || {
+        (count(&db, "SELECT count(*) FROM stg.order_events") == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM cdm.user_product_counters"),
+        0
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM dds.h_order"), 0);
+
+    let user = format!(r#"{{"_id": "{u}", "name": "Olga", "login": "olga"}}"#);
+    let _: () = con.set(&u, user).expect("set user");
+    wait_until(WAIT, "the counters after the user arrived", || {
+        let n = count(
+            &db,
+            "SELECT count(*) FROM cdm.user_product_counters WHERE order_cnt = 1 AND product_name = 'Roll'",
+        );
+        (n == 1).then_some(())
+    });
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM cdm.user_category_counters"),
+        1
+    );
+
+    // A renamed product: a new satellite row, and the counter's name follows.
+    let _: () = con.set(&r, menu("Big roll")).expect("rename");
+    wait_until(WAIT, "the renamed product", || {
+        let n = count(
+            &db,
+            "SELECT count(*) FROM cdm.user_product_counters WHERE product_name = 'Big roll'",
+        );
+        (n == 1).then_some(())
+    });
+    wait_until(WAIT, "a second name satellite row", || {
+        (count(&db, "SELECT count(*) FROM dds.s_product_names") == 2).then_some(())
+    });
+
+    // CLOSED → CANCELLED: the counters go back to 0 (rows deleted); an older version
+    // arriving afterwards changes nothing.
+    let cancelled = order_json(1, &r, &u, &p, "CANCELLED", "2022-11-19 17:00:00");
+    produce_raw(&topic, 2, &[(Some(b"1"), Some(cancelled.as_bytes()))]);
+    wait_until(WAIT, "the counters to drop to 0", || {
+        let n = count(&db, "SELECT count(*) FROM cdm.user_product_counters")
+            + count(&db, "SELECT count(*) FROM cdm.user_category_counters");
+        (n == 0).then_some(())
+    });
+    produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM cdm.user_product_counters"),
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM dds.s_order_status WHERE status = 'CANCELLED'"
+        ),
+        1
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM dds.s_order_status"), 2);
+    terminate(job);
+}
+
+const WAIT: Duration = Duration::from_secs(40);
+
+#[test]
+fn two_processes_write_the_same_tables_as_one() {
+    let prefix = unique("ordscale");
+    produce(&prefix, "1500");
+    let one = database("ord_one");
+    run_bounded(&one, &prefix, &[]);
+
+    let two = database("ord_two");
+    let hostfile = std::env::temp_dir().join(format!("{prefix}.hosts"));
+    let port = 40_000 + (std::process::id() % 10_000) as u16;
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
+    )
+    .expect("hostfile");
+    let hostfile = hostfile.to_string_lossy().to_string();
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            let mut args = orders_args(&two, &prefix);
+            let process = i.to_string();
+            args.extend(
+                [
+                    "--stop-at-end",
+                    "--processes",
+                    "2",
+                    "--process",
+                    &process,
+                    "--hostfile",
+                    &hostfile,
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            spawn(&argv)
+        })
+        .collect();
+    for child in children {
+        assert_success(&wait(child, 3 * MINUTE));
+    }
+    assert_eq!(dump(&two, false), dump(&one, false));
+}
