@@ -24,14 +24,6 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn arg_value(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let all = !args.iter().any(|a| a == "latency" || a == "expiry");

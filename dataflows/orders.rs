@@ -526,6 +526,63 @@ pub fn enriched_orders<'s>(
         )
 }
 
+/// A JSON number from its exact text (the amounts kept as text).
+fn number(text: &str) -> Value {
+    serde_json::from_str::<serde_json::Number>(text).map_or(Value::Null, Value::Number)
+}
+
+impl EnrichedOrder {
+    /// The `stg-service-orders` message (SPEC, Job 2, compatibility outputs).
+    pub fn stg_message(&self) -> Value {
+        let products: Vec<Value> = self
+            .products
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.id, "price": number(&p.price), "quantity": p.quantity,
+                    "name": p.name, "category": p.category,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "object_id": self.id,
+            "object_type": ORDER,
+            "payload": {
+                "id": self.id,
+                "date": self.date.format("%Y-%m-%d %H:%M:%S").to_string(),
+                "cost": number(&self.cost),
+                "payment": number(&self.payment),
+                "status": self.status,
+                "restaurant": {"id": self.restaurant_id, "name": self.restaurant_name},
+                "user": {"id": self.user_id, "name": self.user_name},
+                "products": products,
+            }
+        })
+    }
+}
+
+/// The `dds-service-orders` message of one user: the counters that changed, with their new
+/// `order_cnt` (0 for a counter that was removed).
+pub fn dds_message<'c>(user: Uuid, changed: impl IntoIterator<Item = &'c Counter>) -> Value {
+    let mut categories = Map::new();
+    let mut products = Map::new();
+    for c in changed {
+        let (map, name) = match c.kind {
+            CounterKind::Product => (&mut products, "product_name"),
+            CounterKind::Category => (&mut categories, "category_name"),
+        };
+        map.insert(
+            c.item.to_string(),
+            serde_json::json!({ name: c.name, "order_cnt": c.count }),
+        );
+    }
+    serde_json::json!({
+        "user_id": user.to_string(),
+        "categories": categories,
+        "products": products,
+    })
+}
+
 /// The namespace of every dishflow Data Vault key: UUID v5 of the URL
 /// `https://dishflow.dev/dds` in the URL namespace (fixed forever: keys must be stable).
 pub static NAMESPACE: LazyLock<Uuid> =
@@ -1126,6 +1183,48 @@ mod tests {
         // order, user, restaurant, product, category
         assert_eq!(hubs.len(), 5);
         assert!(hubs.iter().all(|(_, t, d)| *t == 30 && *d == 1));
+    }
+
+    #[test]
+    fn compatibility_messages_have_the_spec_shape() {
+        let order = EnrichedOrder {
+            id: 322519,
+            date: version(1, "CLOSED", "2022-11-19 16:06:36", &[]).order.date,
+            cost: "300".into(),
+            payment: "300.5".into(),
+            status: "CLOSED".into(),
+            restaurant_id: "r1".into(),
+            restaurant_name: "Кофейня №1".into(),
+            user_id: "u1".into(),
+            user_name: "Olga".into(),
+            user_login: "olga".into(),
+            products: vec![Product {
+                id: "p1".into(),
+                price: "180".into(),
+                quantity: 1,
+                name: "Roll".into(),
+                category: "Выпечка".into(),
+            }],
+        };
+        let expected: Value = serde_json::from_str(
+            r#"{"object_id": 322519, "object_type": "order",
+                "payload": {"id": 322519, "date": "2022-11-19 16:06:36", "cost": 300,
+                  "payment": 300.5, "status": "CLOSED",
+                  "restaurant": {"id": "r1", "name": "Кофейня №1"},
+                  "user": {"id": "u1", "name": "Olga"},
+                  "products": [{"id": "p1", "price": 180, "quantity": 1, "name": "Roll",
+                                "category": "Выпечка"}]}}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(order.stg_message(), expected);
+        let c = counter(CounterKind::Category, "Bakery", "Bakery", 2);
+        let message = dds_message(c.user, [&c]);
+        assert_eq!(message["user_id"], Value::String(hub_key("u1").to_string()));
+        assert_eq!(
+            message["categories"][hub_key("Bakery").to_string()]["order_cnt"],
+            Value::from(2)
+        );
+        assert_eq!(message["products"], Value::Object(Map::new()));
     }
 
     #[test]

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# The promos job end to end on local services with the SPEC's seed example:
+# Usage: scripts/demo.sh [promos|orders]   (default: promos)
+#
+# promos: the promos job end to end on local services with the SPEC's seed example:
 # builds dishflow, starts PostgreSQL/Redis/Tansu if needed, loads the seed subscribers into
 # database `de` (only if the table is empty), produces the two seed campaigns, runs the job
 # in bounded mode, and prints the drafts from Kafka and the feedback rows from Postgres.
+#
+# orders: the orders job on a generated data set (2,000 orders of 100 restaurants and 1,000
+# users, seed 1; dictionaries in Redis under keys demo_*, orders in Kafka topic
+# order-service_orders), in bounded mode into database `de`; prints the rows per layer and
+# the top counters. Running it again re-delivers the same data: no table changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "demo: cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
+JOB="${1:-promos}"
+case "$JOB" in promos|orders) ;; *) echo "usage: scripts/demo.sh [promos|orders]" >&2; exit 2;; esac
 
 scripts/services.sh
 echo "demo: building dishflow (release)" >&2
@@ -16,7 +25,36 @@ export DISHFLOW_BROKERS="${DISHFLOW_BROKERS:-127.0.0.1:9092}"
 export RUST_LOG="${RUST_LOG:-warn,dishflow=info}"
 PSQL=(psql "$DISHFLOW_POSTGRES_URL" -v ON_ERROR_STOP=1 -q)
 
-"$BIN" setup
+if [ "$JOB" = orders ]; then
+  "$BIN" setup --job orders
+  echo "demo: producing 2000 orders (Kafka order-service_orders) and their dictionaries (Redis demo_*)" >&2
+  "$BIN" produce orders --orders 2000 --restaurants 100 --users 1000 --seed 1 --id-prefix demo_
+  echo "demo: running the orders job to the end of the topic" >&2
+  start=$(date +%s.%N)
+  "$BIN" orders --redis-keys 'demo_*' --stop-at-end
+  echo "demo: job finished in $(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo '?') s" >&2
+  echo
+  echo "== rows per table =="
+  "${PSQL[@]}" -c "
+    SELECT 'stg.order_events' AS table_name, count(*) AS rows FROM stg.order_events
+    UNION ALL SELECT 'dds.h_order', count(*) FROM dds.h_order
+    UNION ALL SELECT 'dds.h_user', count(*) FROM dds.h_user
+    UNION ALL SELECT 'dds.h_product', count(*) FROM dds.h_product
+    UNION ALL SELECT 'dds.l_order_product', count(*) FROM dds.l_order_product
+    UNION ALL SELECT 'dds.s_order_status', count(*) FROM dds.s_order_status
+    UNION ALL SELECT 'cdm.user_product_counters', count(*) FROM cdm.user_product_counters
+    UNION ALL SELECT 'cdm.user_category_counters', count(*) FROM cdm.user_category_counters"
+  echo "== the five biggest category counters (a user who ordered a category N times) =="
+  "${PSQL[@]}" -c "
+    SELECT n.username, c.category_name, c.order_cnt
+    FROM cdm.user_category_counters c
+    JOIN LATERAL (SELECT username FROM dds.s_user_names s WHERE s.h_user_pk = c.user_id
+                  ORDER BY load_dt DESC LIMIT 1) n ON true
+    ORDER BY c.order_cnt DESC, n.username, c.category_name LIMIT 5"
+  exit 0
+fi
+
+"$BIN" setup --job promos
 if [ "$("${PSQL[@]}" -tAc 'SELECT count(*) FROM public.subscribers_restaurants')" = 0 ]; then
   echo "demo: loading the seed subscribers" >&2
   "${PSQL[@]}" <<'SQL'

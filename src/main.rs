@@ -7,6 +7,11 @@ use clap::Parser;
 use dishflow::cli::{Cli, Command, ProduceCommand, SetupJob};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc malloc: differential's batches allocate and free many
+/// short-lived vectors, where glibc spent most of the CPU time (scripts/bench.sh orders).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup(args) => {

@@ -344,3 +344,12 @@ pub fn shapes(topic: &str) -> std::collections::BTreeMap<String, Vec<bool>> {
         .map(|(k, h)| (k, h.iter().map(Option::is_some).collect()))
         .collect()
 }
+
+/// The number after `name` in benchmark arguments, or `default`.
+pub fn arg_value(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("a number"))
+        .unwrap_or(default)
+}
