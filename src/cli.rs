@@ -308,6 +308,18 @@ pub struct OrdersArgs {
     )]
     pub dead_letter_topic: String,
 
+    /// Also publish the enriched orders (the legacy STG service's output, one message per
+    /// order version, key = object_id) to this topic, e.g. `stg-service-orders`. Exactly
+    /// once; created if missing.
+    #[arg(long, env = "DISHFLOW_STG_TOPIC")]
+    pub stg_topic: Option<String>,
+
+    /// Also publish, per user, the counters that changed (the legacy DDS service's output,
+    /// key = h_user_pk) to this topic, e.g. `dds-service-orders`. Exactly once; created if
+    /// missing.
+    #[arg(long, env = "DISHFLOW_DDS_TOPIC")]
+    pub dds_topic: Option<String>,
+
     /// Where to start reading the order topic: `resume` (the job's committed progress:
     /// replay the current version of every order to rebuild the state, then continue after
     /// the last message processed; earliest where there is no progress yet), `earliest`,

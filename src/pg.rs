@@ -91,6 +91,12 @@ CREATE TABLE IF NOT EXISTS public.dishflow_outbox_marks (
     next_offset int8 NOT NULL,
     PRIMARY KEY (job, writer, topic, partition)
 );
+CREATE TABLE IF NOT EXISTS public.dishflow_published (
+    job text NOT NULL,
+    key text NOT NULL,
+    digest uuid NOT NULL,
+    PRIMARY KEY (job, key)
+);
 CREATE TABLE IF NOT EXISTS public.dishflow_progress (
     job text NOT NULL,
     topic text NOT NULL,

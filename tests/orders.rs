@@ -212,12 +212,48 @@ fn ground_truth(db: &str, prefix: &str) -> (Counters, Counters) {
     (products, categories)
 }
 
+/// The counters as the `dds-service-orders` topic tells them: every message applied in
+/// order, counters at 0 removed; (products, categories) like [`counters`].
+fn counters_from_topic(topic: &str) -> (Counters, Counters) {
+    let mut products = std::collections::BTreeMap::new();
+    let mut categories = std::collections::BTreeMap::new();
+    for message in consume(topic) {
+        let value: serde_json::Value =
+            serde_json::from_str(&message.value.unwrap_or_default()).expect("json");
+        let user: uuid::Uuid = value["user_id"]
+            .as_str()
+            .expect("user")
+            .parse()
+            .expect("uuid");
+        for (field, name, map) in [
+            ("products", "product_name", &mut products),
+            ("categories", "category_name", &mut categories),
+        ] {
+            for (item, counter) in value[field].as_object().expect("object") {
+                let item: uuid::Uuid = item.parse().expect("uuid");
+                let name = counter[name].as_str().expect("name").to_string();
+                let count = counter["order_cnt"].as_i64().expect("count") as i32;
+                map.insert((user, item), (name, count));
+            }
+        }
+    }
+    let flatten = |map: std::collections::BTreeMap<(uuid::Uuid, uuid::Uuid), (String, i32)>| {
+        map.into_iter()
+            .filter(|(_, (_, count))| *count > 0)
+            .map(|((u, i), (n, c))| (u, i, n, c))
+            .collect()
+    };
+    (flatten(products), flatten(categories))
+}
+
 #[test]
 fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     let db = database("ord_truth");
     let prefix = unique("ordtruth");
     produce(&prefix, "1500");
-    run_bounded(&db, &prefix, &[]);
+    let (stg_topic, dds_topic) = (format!("{prefix}.stg"), format!("{prefix}.dds"));
+    let topics = ["--stg-topic", &stg_topic, "--dds-topic", &dds_topic];
+    run_bounded(&db, &prefix, &topics);
     let products = counters(
         &db,
         "cdm.user_product_counters",
@@ -239,15 +275,31 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
         .expect("stg")
         .get(0);
     assert_eq!(stg, 1500);
+    // The compatibility topics: one enriched message per order (every user and product is
+    // in Redis), and per-user counter changes that add up to the tables.
+    let enriched = consume(&stg_topic);
+    assert_eq!(enriched.len(), 1500);
+    let sample: serde_json::Value =
+        serde_json::from_str(enriched[0].value.as_deref().unwrap_or_default()).expect("json");
+    assert!(
+        sample["payload"]["products"][0]["category"].is_string(),
+        "{sample}"
+    );
+    assert_eq!(counters_from_topic(&dds_topic), (products, categories));
+    let dds_messages = consume(&dds_topic).len();
 
     // The whole data set again: re-delivered orders and dictionary values change nothing,
     // whether the job resumes (replaying what it retains) or reads everything again.
     let before = dump(&db, true);
     produce(&prefix, "1500");
-    run_bounded(&db, &prefix, &[]);
+    run_bounded(&db, &prefix, &topics);
     assert_eq!(dump(&db, true), before);
-    run_bounded(&db, &prefix, &["--from", "earliest"]);
+    let mut again = topics.to_vec();
+    again.extend(["--from", "earliest"]);
+    run_bounded(&db, &prefix, &again);
     assert_eq!(dump(&db, true), before);
+    assert_eq!(consume(&stg_topic).len(), 1500);
+    assert_eq!(consume(&dds_topic).len(), dds_messages);
 }
 
 #[test]
@@ -339,8 +391,20 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
     let _: () = con.set(&r, menu("Roll")).expect("set");
     let topic = format!("{prefix}.orders");
     dishflow::kafka::ensure_topic(&kafka(), &topic, 2).expect("topic");
+    let (stg_topic, dds_topic) = (format!("{prefix}.stg"), format!("{prefix}.dds"));
     let mut args = orders_args(&db, &prefix);
-    args.extend(["--tick-ms", "20"].iter().map(|s| s.to_string()));
+    args.extend(
+        [
+            "--tick-ms",
+            "20",
+            "--stg-topic",
+            &stg_topic,
+            "--dds-topic",
+            &dds_topic,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let job = spawn(&argv);
 
@@ -408,6 +472,34 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
     );
     assert_eq!(count(&db, "SELECT count(*) FROM dds.s_order_status"), 2);
     terminate(job);
+    // The enriched order was published when it completed, renamed and cancelled; the
+    // counter changes end at nothing.
+    let statuses: Vec<(String, String)> = consume(&stg_topic)
+        .into_iter()
+        .map(|m| {
+            let v: serde_json::Value =
+                serde_json::from_str(&m.value.unwrap_or_default()).expect("json");
+            let p = &v["payload"];
+            (
+                p["status"].as_str().unwrap_or_default().to_string(),
+                p["products"][0]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("CLOSED", "Roll"),
+        ("CLOSED", "Big roll"),
+        ("CANCELLED", "Big roll"),
+    ];
+    assert_eq!(
+        statuses,
+        expected.map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert_eq!(counters_from_topic(&dds_topic), (Vec::new(), Vec::new()));
+    assert_eq!(consume(&dds_topic).len(), 3);
 }
 
 const WAIT: Duration = Duration::from_secs(40);

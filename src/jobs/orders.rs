@@ -7,6 +7,7 @@
 //!  Redis restaurants/users ─► dictionaries (snapshot + keyspace notifications) ──────┤
 //!                                                                  orders::orders    ▼
 //!     stg ─► stg.order_events    vault ─► dds.h_* / l_* / s_*    counters ─► cdm.*_counters
+//!     enriched ─► (--stg-topic) ledger + outbox              (--dds-topic) outbox of changed
 //! ```
 //!
 //! Startup checks run before any worker starts, so that a bad URL or an unreachable server
@@ -23,6 +24,7 @@ use std::time::Duration;
 use anyhow::Result;
 use dataflows::orders;
 use differential_dataflow::AsCollection;
+use differential_dataflow::hashable::Hashable;
 use timely::dataflow::operators::Exchange;
 use tracing::info;
 
@@ -30,8 +32,9 @@ use crate::cli::OrdersArgs;
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
 use crate::progress::{self, ProgressConfig};
 use crate::sinks::kafka::{DeadLetterEncoder, KafkaWriter};
+use crate::sinks::outbox::Outbox;
 use crate::sinks::sink;
-use crate::sinks::tables::{CounterBatch, StgBatch, TableWriter, VaultBatch};
+use crate::sinks::tables::{CounterBatch, PublishedBatch, StgBatch, TableWriter, VaultBatch};
 use crate::sources::kafka::{KafkaSourceConfig, Position, kafka_source};
 use crate::sources::redis::{RedisSourceConfig, dictionaries};
 use crate::sources::wall_clock_ms;
@@ -39,6 +42,24 @@ use crate::{cluster, kafka, pg};
 
 /// The job's name in dishflow's bookkeeping tables (progress).
 pub const JOB: &str = "orders";
+
+/// The outbox and ledger name of the `--stg-topic` publisher.
+pub const STG_PUBLISHER: &str = "orders/stg-topic";
+
+/// The outbox name of the `--dds-topic` publisher.
+pub const DDS_PUBLISHER: &str = "orders/dds-topic";
+
+/// The outbox of writer `worker` of `job` for `topic`, if there is a topic.
+fn outbox_for<'t>(
+    kafka: &crate::cli::KafkaArgs,
+    job: &str,
+    worker: usize,
+    topic: Option<&'t str>,
+) -> Result<Option<(Outbox, &'t str)>> {
+    topic
+        .map(|topic| Ok((Outbox::new(kafka, job, worker, &[topic])?, topic)))
+        .transpose()
+}
 
 /// Runs the orders job until its input ends (`--stop-at-end`) or a signal asks it to stop.
 pub fn run(args: OrdersArgs) -> Result<()> {
@@ -49,6 +70,9 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     let partitions = kafka::topic_partitions(&args.kafka, &args.order_topic)?;
     let outputs = i32::try_from(partitions.len())?;
     kafka::ensure_topic(&args.kafka, &args.dead_letter_topic, outputs)?;
+    for topic in [&args.stg_topic, &args.dds_topic].into_iter().flatten() {
+        kafka::ensure_topic(&args.kafka, topic, outputs)?;
+    }
     let watermarks = kafka::watermarks(&args.kafka, &args.order_topic)?;
     let committed = progress::load(
         &mut pg::connect(&args.postgres_url)?,
@@ -107,15 +131,44 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     let ignored_total = ignored.clone();
     let started = std::time::Instant::now();
     super::run_workers(config, shutdown, move |worker, control| {
-        let dead_letter_writer = match KafkaWriter::new(
-            &args.kafka,
-            &args.dead_letter_topic,
-            DeadLetterEncoder::new(&args.order_topic),
-        ) {
-            Ok(writer) => writer,
-            Err(error) => return control.fail(error),
-        };
-        let url = &args.postgres_url;
+        let writers = (|| -> Result<_> {
+            let url = &args.postgres_url;
+            let index = worker.index();
+            let published = match &args.stg_topic {
+                Some(_) => Some(TableWriter::new(
+                    url,
+                    PublishedBatch {
+                        job: STG_PUBLISHER.to_string(),
+                    },
+                    outbox_for(&args.kafka, STG_PUBLISHER, index, args.stg_topic.as_deref())?,
+                    "stg-service-orders sink",
+                )?),
+                None => None,
+            };
+            Ok((
+                KafkaWriter::new(
+                    &args.kafka,
+                    &args.dead_letter_topic,
+                    DeadLetterEncoder::new(&args.order_topic),
+                )?,
+                TableWriter::new(url, StgBatch, None, "stg sink")?,
+                TableWriter::new(url, VaultBatch, None, "dds sink")?,
+                TableWriter::new(
+                    url,
+                    CounterBatch {
+                        publish: args.dds_topic.is_some(),
+                    },
+                    outbox_for(&args.kafka, DDS_PUBLISHER, index, args.dds_topic.as_deref())?,
+                    "cdm sink",
+                )?,
+                published,
+            ))
+        })();
+        let (dead_letter_writer, stg_writer, vault_writer, counter_writer, published_writer) =
+            match writers {
+                Ok(writers) => writers,
+                Err(error) => return control.fail(error),
+            };
         let completion = Completion::default();
         let replay_until = replay_until.clone();
         let ignored = ignored.clone();
@@ -153,7 +206,14 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 .inner
                 .exchange(|(row, _, _): &(orders::VaultRow, _, _)| row.route())
                 .as_collection();
-            let written = vec![
+            // One worker writes every change of a user's counters (one message per user)
+            // and of an order's enriched version.
+            let counters = out
+                .counters
+                .inner
+                .exchange(|(c, _, _): &(orders::Counter, _, _)| c.user.hashed())
+                .as_collection();
+            let mut written = vec![
                 sink(
                     dead_letters,
                     "DeadLetterSink",
@@ -164,25 +224,39 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 sink(
                     out.stg,
                     "StgSink",
-                    TableWriter::new(url, StgBatch, "stg sink"),
+                    stg_writer,
                     control.clone(),
                     completion.clone(),
                 ),
                 sink(
                     vault,
                     "DdsSink",
-                    TableWriter::new(url, VaultBatch, "dds sink"),
+                    vault_writer,
                     control.clone(),
                     completion.clone(),
                 ),
                 sink(
-                    out.counters,
+                    counters,
                     "CdmSink",
-                    TableWriter::new(url, CounterBatch, "cdm sink"),
+                    counter_writer,
                     control.clone(),
                     completion.clone(),
                 ),
             ];
+            if let Some(writer) = published_writer {
+                let enriched = out
+                    .enriched
+                    .inner
+                    .exchange(|(o, _, _): &(orders::EnrichedOrder, _, _)| o.id.hashed())
+                    .as_collection();
+                written.push(sink(
+                    enriched,
+                    "StgTopicSink",
+                    writer,
+                    control.clone(),
+                    completion.clone(),
+                ));
+            }
             progress::track(positions, out.retention, written, progress_config.clone());
             completion_barrier(scope, &completion, tick);
         });

@@ -22,12 +22,13 @@
 //! * `load_dt` is the logical time of the change (when the job read what caused it, UTC);
 //!   `load_src` is [`LOAD_SRC`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use chrono::NaiveDateTime;
 use dataflows::orders::{
-    Counter, CounterKind, HubKind, LinkKind, OrderEvent, SatelliteKind, VaultRow, hashdiff,
+    Counter, CounterKind, EnrichedOrder, HubKind, LinkKind, NAMESPACE, OrderEvent, SatelliteKind,
+    VaultRow, dds_message, hashdiff,
 };
 use dataflows::{Diff, Time};
 use postgres::types::ToSql;
@@ -35,6 +36,8 @@ use postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use super::SinkWriter;
+use super::kafka::KafkaMessage;
+use super::outbox::{Outbox, Staged};
 use super::postgres::transient;
 use crate::pg;
 use crate::retry::Backoff;
@@ -57,35 +60,72 @@ pub fn load_dt(time: Time) -> NaiveDateTime {
 pub trait TableBatch<D>: 'static {
     /// Names the sink in logs ("stg sink").
     fn name(&self) -> &'static str;
-    /// Writes `updates` (sorted by time, retractions first within a time) inside `tx`.
-    fn write(&mut self, tx: &mut Transaction<'_>, updates: &[(D, Time, Diff)]) -> Result<()>;
+    /// Writes `updates` (sorted by time, retractions first within a time) inside `tx`;
+    /// returns the Kafka messages that what changed calls for (sent through the writer's
+    /// outbox, if it has one).
+    fn write(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        updates: &[(D, Time, Diff)],
+    ) -> Result<Vec<KafkaMessage>>;
 }
 
 /// A sink writer that runs a [`TableBatch`] in one transaction per batch, retrying transient
-/// failures (Postgres restarting, connection lost) with backoff on a new connection.
+/// failures (Postgres restarting, connection lost) with backoff on a new connection. With
+/// an outbox, the batch's messages are staged in the same transaction and delivered after
+/// it commits, exactly once (see [`Outbox`]).
 pub struct TableWriter<B> {
     url: String,
     client: Option<Client>,
     batch: B,
+    outbox: Option<(Outbox, String)>,
     backoff: Backoff,
 }
 
 impl<B> TableWriter<B> {
-    /// A writer to the database at `url`.
-    pub fn new(url: &str, batch: B, name: &str) -> Self {
-        TableWriter {
+    /// A writer to the database at `url`; with `outbox`, messages go to its topic.
+    /// Connects at once (taking the outbox's lock and delivering what a previous run left
+    /// in it), waiting out a Postgres outage.
+    pub fn new(url: &str, batch: B, outbox: Option<(Outbox, &str)>, name: &str) -> Result<Self> {
+        let mut writer = TableWriter {
             url: url.to_string(),
             client: None,
             batch,
+            outbox: outbox.map(|(o, topic)| (o, topic.to_string())),
             backoff: Backoff::new(name),
+        };
+        loop {
+            match writer.connect() {
+                Ok(_) => break,
+                Err(error) if transient(&error) => writer.backoff.failed(&error),
+                Err(error) => return Err(error),
+            }
         }
+        writer.backoff.succeeded();
+        Ok(writer)
+    }
+
+    /// Makes sure there is a connection; returns whether a new one was made (the outbox
+    /// recovered: everything committed so far is delivered).
+    fn connect(&mut self) -> Result<bool> {
+        if self.client.is_some() {
+            return Ok(false);
+        }
+        let mut client = pg::connect(&self.url)?;
+        if let Some((outbox, _)) = &self.outbox {
+            outbox.lock(&mut client)?;
+            outbox.recover(&mut client)?;
+        }
+        self.client = Some(client);
+        Ok(true)
     }
 }
 
 impl<D, B: TableBatch<D>> SinkWriter<D> for TableWriter<B> {
     fn write(&mut self, updates: &[(D, Time, Diff)]) -> Result<()> {
+        let mut staged = None;
         loop {
-            match self.attempt(updates) {
+            match self.attempt(updates, &mut staged) {
                 Ok(()) => {
                     self.backoff.succeeded();
                     return Ok(());
@@ -101,20 +141,40 @@ impl<D, B: TableBatch<D>> SinkWriter<D> for TableWriter<B> {
 }
 
 impl<B> TableWriter<B> {
-    fn attempt<D>(&mut self, updates: &[(D, Time, Diff)]) -> Result<()>
+    /// One attempt at a batch: unless already committed (`staged`), write it and stage its
+    /// messages in one transaction; then publish them.
+    fn attempt<D>(
+        &mut self,
+        updates: &[(D, Time, Diff)],
+        staged: &mut Option<Vec<Staged>>,
+    ) -> Result<()>
     where
         B: TableBatch<D>,
     {
-        if self.client.is_none() {
-            self.client = Some(pg::connect(&self.url)?);
-        }
+        let recovered = self.connect()?;
         let Some(client) = self.client.as_mut() else {
             anyhow::bail!("not connected");
         };
-        let mut tx = client.transaction()?;
-        self.batch.write(&mut tx, updates)?;
-        tx.commit()
-            .with_context(|| format!("cannot commit the {}", self.batch.name()))
+        let staged = match staged {
+            // The recovery delivered the committed batch.
+            Some(_) if recovered => return Ok(()),
+            Some(staged) => staged,
+            None => {
+                let mut tx = client.transaction()?;
+                let messages = self.batch.write(&mut tx, updates)?;
+                let s = match &self.outbox {
+                    Some((outbox, topic)) => outbox.stage(&mut tx, topic, messages)?,
+                    None => Vec::new(),
+                };
+                tx.commit()
+                    .with_context(|| format!("cannot commit the {}", self.batch.name()))?;
+                staged.insert(s)
+            }
+        };
+        match &self.outbox {
+            Some((outbox, _)) => outbox.publish(client, staged, 0),
+            None => Ok(()),
+        }
     }
 }
 
@@ -188,7 +248,7 @@ impl TableBatch<OrderEvent> for StgBatch {
         &mut self,
         tx: &mut Transaction<'_>,
         updates: &[(OrderEvent, Time, Diff)],
-    ) -> Result<()> {
+    ) -> Result<Vec<KafkaMessage>> {
         let puts: Vec<&OrderEvent> = last_per_key(updates, |e| e.object_id)
             .into_iter()
             .filter_map(|(e, put)| put.then_some(e))
@@ -207,7 +267,7 @@ impl TableBatch<OrderEvent> for StgBatch {
             ];
             execute(tx, STG_UPSERT, &columns, "stg.order_events")?;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }
 
@@ -435,7 +495,7 @@ impl TableBatch<VaultRow> for VaultBatch {
         &mut self,
         tx: &mut Transaction<'_>,
         updates: &[(VaultRow, Time, Diff)],
-    ) -> Result<()> {
+    ) -> Result<Vec<KafkaMessage>> {
         let mut hubs: HashMap<HubKind, HubRows> = HashMap::new();
         let mut links: HashMap<LinkKind, LinkRows> = HashMap::new();
         let mut satellites: HashMap<SatelliteKind, SatelliteRows<'_>> = HashMap::new();
@@ -480,12 +540,17 @@ impl TableBatch<VaultRow> for VaultBatch {
         for (kind, rows) in &satellites {
             Self::satellites(tx, *kind, rows)?;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }
 
-/// `cdm.user_product_counters` and `cdm.user_category_counters`.
-pub struct CounterBatch;
+/// `cdm.user_product_counters` and `cdm.user_category_counters`; with `publish`, one
+/// `dds-service-orders` message per user whose counters changed (rows inserted, updated or
+/// deleted — a deleted counter appears with `order_cnt` 0).
+pub struct CounterBatch {
+    /// Return the messages of what changed.
+    pub publish: bool,
+}
 
 fn counter_table(kind: CounterKind) -> (&'static str, &'static str, &'static str) {
     match kind {
@@ -494,13 +559,44 @@ fn counter_table(kind: CounterKind) -> (&'static str, &'static str, &'static str
     }
 }
 
+/// Runs `sql` with `columns`, returning the changed counters of `kind` it reports as
+/// (user_id, item, name, order_cnt).
+fn changed_counters(
+    tx: &mut Transaction<'_>,
+    sql: &str,
+    columns: &[Column],
+    kind: CounterKind,
+    table: &str,
+) -> Result<Vec<Counter>> {
+    let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(Column::param).collect();
+    let rows = tx
+        .query(sql, &params)
+        .with_context(|| format!("cannot write {table}"))?;
+    rows.iter()
+        .map(|r| {
+            Ok(Counter {
+                kind,
+                user: r.try_get(0)?,
+                item: r.try_get(1)?,
+                name: r.try_get(2)?,
+                count: i64::from(r.try_get::<_, i32>(3)?),
+            })
+        })
+        .collect()
+}
+
 impl TableBatch<Counter> for CounterBatch {
     fn name(&self) -> &'static str {
         "cdm sink"
     }
 
-    fn write(&mut self, tx: &mut Transaction<'_>, updates: &[(Counter, Time, Diff)]) -> Result<()> {
+    fn write(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        updates: &[(Counter, Time, Diff)],
+    ) -> Result<Vec<KafkaMessage>> {
         let last = last_per_key(updates, |c| (c.kind, c.user, c.item));
+        let mut changed: Vec<Counter> = Vec::new();
         for kind in [CounterKind::Product, CounterKind::Category] {
             let (table, item, name) = counter_table(kind);
             let (puts, deletes): (Vec<_>, Vec<_>) = last
@@ -514,9 +610,10 @@ impl TableBatch<Counter> for CounterBatch {
                 ];
                 let sql = format!(
                     "DELETE FROM {table} t USING unnest($1::uuid[], $2::uuid[]) AS n(u, i) \
-                     WHERE t.user_id = n.u AND t.{item} = n.i"
+                     WHERE t.user_id = n.u AND t.{item} = n.i \
+                     RETURNING t.user_id, t.{item}, t.{name}, 0"
                 );
-                execute(tx, &sql, &columns, table)?;
+                changed.extend(changed_counters(tx, &sql, &columns, kind, table)?);
             }
             for chunk in puts.chunks(CHUNK) {
                 let columns = [
@@ -535,12 +632,88 @@ impl TableBatch<Counter> for CounterBatch {
                      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[]) \
                      ON CONFLICT (user_id, {item}) DO UPDATE SET \
                          {name} = excluded.{name}, order_cnt = excluded.order_cnt \
-                     WHERE (t.{name}, t.order_cnt) IS DISTINCT FROM (excluded.{name}, excluded.order_cnt)"
+                     WHERE (t.{name}, t.order_cnt) IS DISTINCT FROM (excluded.{name}, excluded.order_cnt) \
+                     RETURNING t.user_id, t.{item}, t.{name}, t.order_cnt"
                 );
-                execute(tx, &sql, &columns, table)?;
+                changed.extend(changed_counters(tx, &sql, &columns, kind, table)?);
             }
         }
-        Ok(())
+        if !self.publish {
+            return Ok(Vec::new());
+        }
+        let mut by_user: BTreeMap<Uuid, Vec<&Counter>> = BTreeMap::new();
+        for counter in &changed {
+            by_user.entry(counter.user).or_default().push(counter);
+        }
+        by_user
+            .into_iter()
+            .map(|(user, counters)| {
+                Ok(KafkaMessage {
+                    key: Some(user.to_string().into_bytes()),
+                    value: Some(serde_json::to_vec(&dds_message(user, counters))?),
+                    headers: Vec::new(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The `stg-service-orders` messages: one per enriched order version, decided by the ledger
+/// `public.dishflow_published` (job, key = object_id, digest of the message): a message is
+/// sent when its order's digest is new or changed, so a replay or re-delivery sends nothing
+/// twice, while a new version or a renamed dictionary entry sends the order again.
+pub struct PublishedBatch {
+    /// The ledger's job name.
+    pub job: String,
+}
+
+const LEDGER_UPSERT: &str = "
+INSERT INTO public.dishflow_published AS p (job, key, digest)
+SELECT $1, * FROM unnest($2::text[], $3::uuid[])
+ON CONFLICT (job, key) DO UPDATE SET digest = excluded.digest
+WHERE p.digest IS DISTINCT FROM excluded.digest
+RETURNING key";
+
+impl TableBatch<EnrichedOrder> for PublishedBatch {
+    fn name(&self) -> &'static str {
+        "stg-service-orders sink"
+    }
+
+    fn write(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        updates: &[(EnrichedOrder, Time, Diff)],
+    ) -> Result<Vec<KafkaMessage>> {
+        let mut messages = Vec::new();
+        let puts: Vec<&EnrichedOrder> = last_per_key(updates, |o| o.id)
+            .into_iter()
+            .filter_map(|(o, put)| put.then_some(o))
+            .collect();
+        for chunk in puts.chunks(CHUNK) {
+            let values: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|o| serde_json::to_vec(&o.stg_message()))
+                .collect::<Result<_, _>>()?;
+            let keys: Vec<String> = chunk.iter().map(|o| o.id.to_string()).collect();
+            let digests: Vec<Uuid> = values.iter().map(|v| Uuid::new_v5(&NAMESPACE, v)).collect();
+            let rows = tx
+                .query(LEDGER_UPSERT, &[&self.job, &keys, &digests])
+                .context("cannot write public.dishflow_published")?;
+            let changed: HashSet<String> = rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            for (key, value) in keys.into_iter().zip(values) {
+                if changed.contains(&key) {
+                    messages.push(KafkaMessage {
+                        key: Some(key.into_bytes()),
+                        value: Some(value),
+                        headers: Vec::new(),
+                    });
+                }
+            }
+        }
+        Ok(messages)
     }
 }
 
