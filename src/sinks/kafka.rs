@@ -46,7 +46,7 @@ pub struct KafkaMessage {
 }
 
 /// Turns an update into the message to write, if any.
-pub trait Encoder<D>: 'static {
+pub trait Encoder<D>: Send + 'static {
     /// The message for `data` changing by `diff` at logical time `time`, or `None`.
     fn encode(&self, data: &D, time: Time, diff: Diff) -> Result<Option<KafkaMessage>>;
 }

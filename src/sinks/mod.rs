@@ -4,16 +4,20 @@
 //!  collection ──► [sink operator] buffers (data, time, diff) by time
 //!                      │ when the input frontier has passed t (and t ≤ the run's horizon,
 //!                      │ once one is agreed), the updates of every such t are consolidated
-//!                      ▼
-//!                 SinkWriter::write(&[(data, t, diff)])  — one batch, in time order,
-//!                                                         returns once durable
+//!                      ▼ one batch in flight at a time; what completes meanwhile waits
+//!                 writer thread: SinkWriter::write(&[(data, t, diff)])  — in time order,
+//!                      │         returns once durable
+//!                      └──► "written" ──► operator releases the batch's times
 //! ```
 //!
 //! Every worker writes the share of the collection it holds (no exchange). A writer sees only
 //! complete times, so an insertion and a retraction of the same record at the same time have
 //! cancelled out, and within a time retractions come before insertions (an upsert sink can
-//! write a replacement as "delete old, put new"). A write error is fatal: it is reported
-//! through [`Control`] and the process exits non-zero instead of silently losing output.
+//! write a replacement as "delete old, put new"). The write runs on the sink's own thread,
+//! so the worker goes on computing (and other sinks write) meanwhile; while a batch is
+//! being written, the next one grows, so a busy sink writes fewer, larger batches. A write
+//! error is fatal: it is reported through [`Control`] and the process exits non-zero
+//! instead of silently losing output.
 
 pub mod kafka;
 pub mod outbox;
@@ -21,6 +25,7 @@ pub mod postgres;
 pub mod tables;
 
 use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use anyhow::Result;
 use dataflows::{Diff, Time};
@@ -30,15 +35,48 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{CapabilitySet, Operator};
+use timely::scheduling::SyncActivator;
 use tracing::info;
 
 use crate::control::{Completion, Control};
 
 /// Writes complete, consolidated updates somewhere durable.
-pub trait SinkWriter<D>: 'static {
+pub trait SinkWriter<D>: Send + 'static {
     /// Writes `updates`, sorted by time and within a time by diff (retractions first). Must
     /// return only when the updates are durable, and an error if any of them is not.
     fn write(&mut self, updates: &[(D, Time, Diff)]) -> Result<()>;
+}
+
+/// A batch handed to the writer thread.
+type Batch<D> = Vec<(D, Time, Diff)>;
+
+/// Starts the writer thread of sink `name`: it writes each batch it receives and reports
+/// the outcome, waking the operator.
+fn writer_thread<D, W>(
+    name: &str,
+    mut writer: W,
+    wake: SyncActivator,
+) -> Result<(Sender<Batch<D>>, Receiver<Result<()>>)>
+where
+    D: Send + 'static,
+    W: SinkWriter<D>,
+{
+    let (batches, batch_rx) = channel::<Batch<D>>();
+    let (done_tx, done) = channel::<Result<()>>();
+    std::thread::Builder::new()
+        .name(format!("sink-{name}"))
+        .spawn(move || {
+            for batch in batch_rx {
+                let outcome = writer.write(&batch);
+                let failed = outcome.is_err();
+                if done_tx.send(outcome).is_err() || failed {
+                    let _ = wake.activate();
+                    return;
+                }
+                let _ = wake.activate();
+            }
+        })?;
+    Ok((batches, done))
 }
 
 /// Attaches `writer` to `collection` (see the module docs). The returned stream carries no
@@ -47,25 +85,35 @@ pub trait SinkWriter<D>: 'static {
 pub fn sink<'s, D, W>(
     collection: VecCollection<'s, Time, D, Diff>,
     name: &str,
-    mut writer: W,
+    writer: W,
     control: Control,
     completion: Completion,
 ) -> Stream<'s, Time, Vec<()>>
 where
-    D: differential_dataflow::Data,
+    D: differential_dataflow::Data + Send,
     W: SinkWriter<D>,
 {
     let name = name.to_string();
     let mut pending: BTreeMap<Time, Vec<(D, Diff)>> = BTreeMap::new();
-    let mut batch: Vec<(D, Time, Diff)> = Vec::new();
     let mut failed = false;
     let mut capabilities: CapabilitySet<Time> = CapabilitySet::new();
+    // The least time of the batch being written, if one is.
+    let mut in_flight: Option<Time> = None;
+    let scope = collection.inner.scope();
     collection
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
             Pipeline,
             &name.clone(),
-            move |_, _| {
+            move |_, info| {
+                let wake = scope.worker().sync_activator_for(info.address.to_vec());
+                let thread = match writer_thread(&name, writer, wake) {
+                    Ok(thread) => Some(thread),
+                    Err(error) => {
+                        control.fail(error.context(format!("sink {name}")));
+                        None
+                    }
+                };
                 move |(input, frontier), _output| {
                     input.for_each(|capability, data| {
                         for (d, t, r) in data.drain(..) {
@@ -75,29 +123,53 @@ where
                             pending.entry(t).or_default().push((d, r));
                         }
                     });
+                    let Some((batches, done)) = thread.as_ref() else {
+                        return;
+                    };
                     if failed {
                         return;
                     }
-                    let horizon = completion.horizon();
-                    while let Some(entry) = pending.first_entry() {
-                        let time = *entry.key();
-                        if frontier.less_equal(&time) || horizon.is_some_and(|h| time > h) {
-                            break;
-                        }
-                        let mut updates = entry.remove();
-                        consolidate(&mut updates);
-                        updates.sort_by_key(|(_, diff)| *diff);
-                        batch.extend(updates.into_iter().map(|(d, r)| (d, time, r)));
-                    }
-                    if !batch.is_empty() {
-                        if let Err(error) = writer.write(&batch) {
+                    match done.try_recv() {
+                        Ok(Ok(())) => in_flight = None,
+                        Ok(Err(error)) => {
                             failed = true;
                             control.fail(error.context(format!("sink {name}")));
                             return;
                         }
-                        batch.clear();
+                        Err(TryRecvError::Empty) => {}
+                        Err(TryRecvError::Disconnected) => {
+                            failed = true;
+                            control.fail(anyhow::anyhow!("sink {name}: writer thread ended"));
+                            return;
+                        }
                     }
-                    if frontier.is_empty() && !pending.is_empty() {
+                    if in_flight.is_none() {
+                        let horizon = completion.horizon();
+                        let mut batch: Batch<D> = Vec::new();
+                        let mut least = None;
+                        while let Some(entry) = pending.first_entry() {
+                            let time = *entry.key();
+                            if frontier.less_equal(&time) || horizon.is_some_and(|h| time > h) {
+                                break;
+                            }
+                            let mut updates = entry.remove();
+                            consolidate(&mut updates);
+                            updates.sort_by_key(|(_, diff)| *diff);
+                            if !updates.is_empty() {
+                                least.get_or_insert(time);
+                            }
+                            batch.extend(updates.into_iter().map(|(d, r)| (d, time, r)));
+                        }
+                        if let Some(least) = least {
+                            if batches.send(batch).is_err() {
+                                failed = true;
+                                control.fail(anyhow::anyhow!("sink {name}: writer thread ended"));
+                                return;
+                            }
+                            in_flight = Some(least);
+                        }
+                    }
+                    if in_flight.is_none() && frontier.is_empty() && !pending.is_empty() {
                         let held: usize = pending.values().map(Vec::len).sum();
                         info!(
                             sink = %name,
@@ -106,8 +178,9 @@ where
                         );
                         pending.clear();
                     }
-                    match pending.first_key_value() {
-                        Some((&time, _)) => capabilities.downgrade([time]),
+                    let least_pending = pending.first_key_value().map(|(&t, _)| t);
+                    match in_flight.into_iter().chain(least_pending).min() {
+                        Some(time) => capabilities.downgrade([time]),
                         None => capabilities = CapabilitySet::new(),
                     }
                 }

@@ -57,7 +57,7 @@ pub fn load_dt(time: Time) -> NaiveDateTime {
 }
 
 /// How one kind of batch is written inside a transaction.
-pub trait TableBatch<D>: 'static {
+pub trait TableBatch<D>: Send + 'static {
     /// Names the sink in logs ("stg sink").
     fn name(&self) -> &'static str;
     /// Writes `updates` (sorted by time, retractions first within a time) inside `tx`;
@@ -124,10 +124,17 @@ impl<B> TableWriter<B> {
 impl<D, B: TableBatch<D>> SinkWriter<D> for TableWriter<B> {
     fn write(&mut self, updates: &[(D, Time, Diff)]) -> Result<()> {
         let mut staged = None;
+        let started = std::time::Instant::now();
         loop {
             match self.attempt(updates, &mut staged) {
                 Ok(()) => {
                     self.backoff.succeeded();
+                    tracing::debug!(
+                        sink = self.batch.name(),
+                        updates = updates.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "batch written"
+                    );
                     return Ok(());
                 }
                 Err(error) if transient(&error) => {
@@ -559,30 +566,45 @@ fn counter_table(kind: CounterKind) -> (&'static str, &'static str, &'static str
     }
 }
 
-/// Runs `sql` with `columns`, returning the changed counters of `kind` it reports as
-/// (user_id, item, name, order_cnt).
-fn changed_counters(
-    tx: &mut Transaction<'_>,
-    sql: &str,
-    columns: &[Column],
-    kind: CounterKind,
-    table: &str,
-) -> Result<Vec<Counter>> {
-    let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(Column::param).collect();
-    let rows = tx
-        .query(sql, &params)
-        .with_context(|| format!("cannot write {table}"))?;
-    rows.iter()
-        .map(|r| {
-            Ok(Counter {
+impl CounterBatch {
+    /// Runs the counter statement `sql` (an upsert or a delete of rows `t`) with `columns`;
+    /// when publishing, also collects the rows it changed into `changed` (a deleted counter
+    /// with count 0).
+    fn run(
+        &self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        columns: &[Column],
+        kind: CounterKind,
+        table: &str,
+        changed: &mut Vec<Counter>,
+    ) -> Result<()> {
+        if !self.publish {
+            execute(tx, sql, columns, table)?;
+            return Ok(());
+        }
+        let (_, item, name) = counter_table(kind);
+        let count = if sql.starts_with("DELETE") {
+            "0"
+        } else {
+            "t.order_cnt"
+        };
+        let sql = format!("{sql} RETURNING t.user_id, t.{item}, t.{name}, {count}");
+        let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(Column::param).collect();
+        let rows = tx
+            .query(&sql, &params)
+            .with_context(|| format!("cannot write {table}"))?;
+        for r in rows {
+            changed.push(Counter {
                 kind,
                 user: r.try_get(0)?,
                 item: r.try_get(1)?,
                 name: r.try_get(2)?,
                 count: i64::from(r.try_get::<_, i32>(3)?),
-            })
-        })
-        .collect()
+            });
+        }
+        Ok(())
+    }
 }
 
 impl TableBatch<Counter> for CounterBatch {
@@ -610,10 +632,9 @@ impl TableBatch<Counter> for CounterBatch {
                 ];
                 let sql = format!(
                     "DELETE FROM {table} t USING unnest($1::uuid[], $2::uuid[]) AS n(u, i) \
-                     WHERE t.user_id = n.u AND t.{item} = n.i \
-                     RETURNING t.user_id, t.{item}, t.{name}, 0"
+                     WHERE t.user_id = n.u AND t.{item} = n.i"
                 );
-                changed.extend(changed_counters(tx, &sql, &columns, kind, table)?);
+                self.run(tx, &sql, &columns, kind, table, &mut changed)?;
             }
             for chunk in puts.chunks(CHUNK) {
                 let columns = [
@@ -632,10 +653,9 @@ impl TableBatch<Counter> for CounterBatch {
                      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[]) \
                      ON CONFLICT (user_id, {item}) DO UPDATE SET \
                          {name} = excluded.{name}, order_cnt = excluded.order_cnt \
-                     WHERE (t.{name}, t.order_cnt) IS DISTINCT FROM (excluded.{name}, excluded.order_cnt) \
-                     RETURNING t.user_id, t.{item}, t.{name}, t.order_cnt"
+                     WHERE (t.{name}, t.order_cnt) IS DISTINCT FROM (excluded.{name}, excluded.order_cnt)"
                 );
-                changed.extend(changed_counters(tx, &sql, &columns, kind, table)?);
+                self.run(tx, &sql, &columns, kind, table, &mut changed)?;
             }
         }
         if !self.publish {
