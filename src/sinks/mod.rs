@@ -50,13 +50,12 @@ pub trait SinkWriter<D>: Send + 'static {
 /// A batch handed to the writer thread.
 type Batch<D> = Vec<(D, Time, Diff)>;
 
+/// The operator's ends of a writer thread: batches to write, outcomes of the writes.
+type WriterThread<D> = (Sender<Batch<D>>, Receiver<Result<()>>);
+
 /// Starts the writer thread of sink `name`: it writes each batch it receives and reports
 /// the outcome, waking the operator.
-fn writer_thread<D, W>(
-    name: &str,
-    mut writer: W,
-    wake: SyncActivator,
-) -> Result<(Sender<Batch<D>>, Receiver<Result<()>>)>
+fn writer_thread<D, W>(name: &str, mut writer: W, wake: SyncActivator) -> Result<WriterThread<D>>
 where
     D: Send + 'static,
     W: SinkWriter<D>,
