@@ -122,6 +122,24 @@ pub fn plan(
     Ok(plan)
 }
 
+/// Whether a start with `from` reads every message the job's state depends on: from the
+/// beginning of a topic that retention has not shortened, or resumed with every partition's
+/// replay offset still in the topic. Only then is the state at the start time complete (and
+/// an output row that it lacks really gone).
+pub fn rebuilds_everything(
+    from: &StartFrom,
+    watermarks: &[(i32, i64, i64)],
+    committed: &HashMap<i32, Committed>,
+) -> bool {
+    watermarks.iter().all(|(partition, low, _)| match from {
+        StartFrom::Earliest => *low == 0,
+        StartFrom::Resume => committed
+            .get(partition)
+            .map_or(*low == 0, |c| c.replay >= *low),
+        StartFrom::Latest | StartFrom::Offsets(_) => false,
+    })
+}
+
 /// A stream of (partition, offset after the last record read) facts.
 pub type Positions<'s> = Stream<'s, Time, Vec<(i32, i64)>>;
 
@@ -376,6 +394,40 @@ mod tests {
     ) -> Result<StartPlan> {
         let from: StartFrom = from.parse().map_err(anyhow::Error::msg)?;
         plan(&from, "t", marks, committed)
+    }
+
+    #[test]
+    fn only_a_full_replay_rebuilds_everything() {
+        let committed = HashMap::from([(
+            0,
+            Committed {
+                resume: 80,
+                replay: 30,
+            },
+        )]);
+        let marks = [(0, 0, 100), (1, 0, 50)];
+        assert!(rebuilds_everything(&StartFrom::Resume, &marks, &committed));
+        assert!(rebuilds_everything(
+            &StartFrom::Earliest,
+            &marks,
+            &committed
+        ));
+        assert!(!rebuilds_everything(&StartFrom::Latest, &marks, &committed));
+        // Retention deleted messages the state depends on (partition 0 starts at 40 now).
+        let shortened = [(0, 40, 100), (1, 0, 50)];
+        assert!(!rebuilds_everything(
+            &StartFrom::Resume,
+            &shortened,
+            &committed
+        ));
+        assert!(!rebuilds_everything(
+            &StartFrom::Earliest,
+            &shortened,
+            &committed
+        ));
+        // Partition 1 has no progress and lost its first messages.
+        let lost = [(0, 0, 100), (1, 5, 50)];
+        assert!(!rebuilds_everything(&StartFrom::Resume, &lost, &committed));
     }
 
     #[test]

@@ -300,6 +300,39 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     assert_eq!(dump(&db, true), before);
     assert_eq!(consume(&stg_topic).len(), 1500);
     assert_eq!(consume(&dds_topic).len(), dds_messages);
+
+    // A user disappears from Redis while the job is down: on restart, the rebuilt state
+    // holds that user's orders, and their counters are removed from the tables.
+    let user = pg(&db)
+        .query_one(
+            "SELECT u.user_id FROM dds.h_user u JOIN cdm.user_product_counters c \
+             ON c.user_id = u.h_user_pk LIMIT 1",
+            &[],
+        )
+        .expect("a user with counters")
+        .get::<_, String>(0);
+    let _: () = redis().del(&user).expect("del");
+    run_bounded(&db, &prefix, &topics);
+    let products = counters(
+        &db,
+        "cdm.user_product_counters",
+        "product_id",
+        "product_name",
+    );
+    let categories = counters(
+        &db,
+        "cdm.user_category_counters",
+        "category_id",
+        "category_name",
+    );
+    let gone = dataflows::orders::hub_key(&user);
+    assert!(products.iter().all(|c| c.0 != gone));
+    assert!(products.len() < truth_products.len());
+    assert_eq!(
+        (products.clone(), categories.clone()),
+        ground_truth(&db, &prefix)
+    );
+    assert_eq!(counters_from_topic(&dds_topic), (products, categories));
 }
 
 #[test]
@@ -393,10 +426,13 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
     dishflow::kafka::ensure_topic(&kafka(), &topic, 2).expect("topic");
     let (stg_topic, dds_topic) = (format!("{prefix}.stg"), format!("{prefix}.dds"));
     let mut args = orders_args(&db, &prefix);
+    // Two workers: the ones that read no source must not hold the others back.
     args.extend(
         [
             "--tick-ms",
             "20",
+            "--workers",
+            "2",
             "--stg-topic",
             &stg_topic,
             "--dds-topic",

@@ -34,9 +34,12 @@ use crate::progress::{self, ProgressConfig};
 use crate::sinks::kafka::{DeadLetterEncoder, KafkaWriter};
 use crate::sinks::outbox::Outbox;
 use crate::sinks::sink;
-use crate::sinks::tables::{CounterBatch, PublishedBatch, StgBatch, TableWriter, VaultBatch};
+use crate::sinks::tables::{
+    CounterBatch, PublishedBatch, StgBatch, TableWriter, VaultBatch, existing_counters,
+};
 use crate::sources::kafka::{KafkaSourceConfig, Position, kafka_source};
 use crate::sources::redis::{RedisSourceConfig, dictionaries};
+use crate::sources::snapshot::snapshot;
 use crate::sources::wall_clock_ms;
 use crate::{cluster, kafka, pg};
 
@@ -127,6 +130,14 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         start_time: t0,
     };
     let replay_until = plan.replay_until;
+    // Whether the start time rebuilds the whole state (every current order version).
+    let reconcile = progress::rebuilds_everything(&args.from, &watermarks, &committed);
+    if !reconcile {
+        info!(
+            "this start does not replay every current order (--from, or messages deleted by \
+             retention): counters are updated, none is removed for orders not read"
+        );
+    }
     let ignored = Arc::new(AtomicU64::new(0));
     let ignored_total = ignored.clone();
     let started = std::time::Instant::now();
@@ -206,10 +217,32 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 .inner
                 .exchange(|(row, _, _): &(orders::VaultRow, _, _)| row.route())
                 .as_collection();
+            // A run that rebuilds the whole state at its start time writes the difference
+            // between the counters it computes and those in the tables: unchanged counters
+            // cost nothing, and a counter that should no longer exist (its order's
+            // dictionary entry vanished while the job was down) is deleted.
+            let counters = if reconcile {
+                let url = args.postgres_url.clone();
+                let existing = snapshot(
+                    scope,
+                    "ExistingCounters",
+                    (t0, tick, !args.stop_at_end),
+                    control.clone(),
+                    completion.clone(),
+                    move || {
+                        Ok(existing_counters(&url)?
+                            .into_iter()
+                            .map(|c| (c, -1))
+                            .collect())
+                    },
+                );
+                out.counters.concat(existing)
+            } else {
+                out.counters
+            };
             // One worker writes every change of a user's counters (one message per user)
             // and of an order's enriched version.
-            let counters = out
-                .counters
+            let counters = counters
                 .inner
                 .exchange(|(c, _, _): &(orders::Counter, _, _)| c.user.hashed())
                 .as_collection();

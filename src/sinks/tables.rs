@@ -678,6 +678,31 @@ impl TableBatch<Counter> for CounterBatch {
     }
 }
 
+/// Every counter in the two CDM tables (what a run's counters are compared with).
+pub fn existing_counters(url: &str) -> Result<Vec<Counter>> {
+    let mut client = pg::connect(url)?;
+    let mut counters = Vec::new();
+    for kind in [CounterKind::Product, CounterKind::Category] {
+        let (table, item, name) = counter_table(kind);
+        let rows = client
+            .query(
+                &format!("SELECT user_id, {item}, {name}, order_cnt FROM {table}"),
+                &[],
+            )
+            .with_context(|| format!("cannot read {table}"))?;
+        for r in rows {
+            counters.push(Counter {
+                kind,
+                user: r.try_get(0)?,
+                item: r.try_get(1)?,
+                name: r.try_get(2)?,
+                count: i64::from(r.try_get::<_, i32>(3)?),
+            });
+        }
+    }
+    Ok(counters)
+}
+
 /// The `stg-service-orders` messages: one per enriched order version, decided by the ledger
 /// `public.dishflow_published` (job, key = object_id, digest of the message): a message is
 /// sent when its order's digest is new or changed, so a replay or re-delivery sends nothing

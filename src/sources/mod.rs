@@ -40,6 +40,7 @@ pub mod kafka;
 pub mod pgoutput;
 pub mod postgres;
 pub mod redis;
+pub mod snapshot;
 
 /// What a [`Reader`] reports after emitting what was available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

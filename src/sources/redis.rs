@@ -354,6 +354,7 @@ impl Follower {
 struct DictionaryReader {
     rx: Option<Receiver<Event>>,
     snapshot_done: bool,
+    follow: bool,
 }
 
 impl Reader for DictionaryReader {
@@ -361,7 +362,13 @@ impl Reader for DictionaryReader {
 
     fn read(&mut self, give: &mut dyn FnMut(Dictionary, Diff)) -> Status {
         let Some(rx) = self.rx.as_ref() else {
-            return Status::Finished; // not the reading worker
+            // Not the reading worker: nothing to read, but in an unbounded run the source must
+            // move with the clock (a finished source holds its final time until the end).
+            return if self.follow {
+                Status::Idle
+            } else {
+                Status::Finished
+            };
         };
         loop {
             match rx.try_recv() {
@@ -419,8 +426,10 @@ pub fn dictionaries<'s>(
                 return Ok(DictionaryReader {
                     rx: None,
                     snapshot_done: true,
+                    follow: config.follow,
                 });
             }
+            let follow = config.follow;
             let client = redis::Client::open(config.url.as_str()).context("invalid --redis-url")?;
             let db = client.get_connection_info().redis_settings().db();
             let (tx, rx) = sync_channel(16);
@@ -441,6 +450,7 @@ pub fn dictionaries<'s>(
             Ok(DictionaryReader {
                 rx: Some(rx),
                 snapshot_done: false,
+                follow,
             })
         },
     )
