@@ -130,24 +130,26 @@ const PLACES: [&str; 6] = [
     "Пекарня",
     "Столовая",
 ];
-const FIRST: [&str; 8] = [
-    "Ольга",
-    "Иван",
-    "Мария",
-    "Пётр",
-    "Анна",
-    "Сергей",
-    "Елена",
-    "Дмитрий",
+/// (first name, is female).
+const FIRST: [(&str, bool); 8] = [
+    ("Ольга", true),
+    ("Иван", false),
+    ("Мария", true),
+    ("Пётр", false),
+    ("Анна", true),
+    ("Сергей", false),
+    ("Елена", true),
+    ("Дмитрий", false),
 ];
+/// Surnames, male form (the female form adds "а").
 const LAST: [&str; 8] = [
-    "Котова",
+    "Котов",
     "Петров",
-    "Смирнова",
+    "Смирнов",
     "Иванов",
-    "Кузнецова",
+    "Кузнецов",
     "Соколов",
-    "Попова",
+    "Попов",
     "Лебедев",
 ];
 
@@ -194,8 +196,13 @@ pub fn order_data(args: &ProduceOrdersArgs) -> OrderData {
     let mut users = Vec::new();
     for u in 0..args.users.max(1) {
         let uid = id(&mut rng, 3);
-        let first = FIRST[rng.random_range(0..FIRST.len())];
+        let (first, female) = FIRST[rng.random_range(0..FIRST.len())];
         let last = LAST[rng.random_range(0..LAST.len())];
+        let last = if female {
+            format!("{last}а")
+        } else {
+            last.to_string()
+        };
         let value = json!({"_id": uid, "name": format!("{last} {first}"),
                            "login": format!("user_{u}"), "update_ts_utc": stamp});
         dictionaries.push((uid.clone(), value.to_string()));
