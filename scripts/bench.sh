@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Benchmarks on the local services (installed and started by scripts/services.sh).
-# Usage: scripts/bench.sh [latency] [expiry] [--samples N] [--rounds N]   (promos; default: all)
-#        scripts/bench.sh orders [--orders N] [--runs N] [--workers N]  (the orders backlog)
-# Prints one JSON object per benchmark and keeps them in target/bench/<job>.jsonl.
+#
+#   scripts/bench.sh [--quick] [--rounds N] [--only W1,W5]
+#       the suite (benches/suite.rs): every workload interleaved with its hardware limit and
+#       the peer engine (Pathway, installed by scripts/bench/peers/setup.sh; skip it with
+#       DISHFLOW_NO_PEER=1); writes target/bench/report.md and report.json.
+#   scripts/bench.sh latency|expiry [--samples N] [--rounds N]   promos latency / memory
+#   scripts/bench.sh orders [--orders N] [--runs N] [--workers N] the orders backlog alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 mkdir -p target/bench
-if [ "${1:-}" = orders ]; then
-  shift
-  cargo bench --bench orders -- "$@" | tee target/bench/orders.jsonl
-else
-  cargo bench --bench promos -- "$@" | tee target/bench/promos.jsonl
-fi
+case "${1:-}" in
+  latency|expiry)
+    cargo bench --bench promos -- "$@" | tee target/bench/promos.jsonl ;;
+  orders)
+    shift
+    cargo bench --bench orders -- "$@" | tee target/bench/orders.jsonl ;;
+  *)
+    if [ "${DISHFLOW_NO_PEER:-0}" != 1 ]; then
+      DISHFLOW_PATHWAY_PYTHON="$(scripts/bench/peers/setup.sh)"
+      export DISHFLOW_PATHWAY_PYTHON
+    fi
+    cargo bench --bench suite -- "$@" ;;
+esac

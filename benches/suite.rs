@@ -1,0 +1,538 @@
+//! The benchmark suite (issue 6): each workload run several times, interleaved with the limit
+//! the hardware allows for it and with a peer engine (Pathway), every process measured (wall
+//! time, CPU seconds, peak RSS). Writes `target/bench/report.md` and `report.json`.
+//!
+//! Workloads so far:
+//! * **W1** pass-through: N promos for N restaurants with one subscriber each → N drafts to
+//!   Kafka and Postgres (`dishflow promos --stop-at-end`). Limit: a plain rdkafka
+//!   consume → produce pipe of the same messages (this binary, `--pipe`). Peer: the promos job
+//!   for Pathway (`scripts/bench/peers/promos.py`).
+//! * **W5** orders backlog: the orders job on N orders (`dishflow orders --stop-at-end`).
+//!   Limit: consuming the same messages from Kafka (`--consume`), and a batched upsert of the
+//!   final CDM keys into empty tables.
+//!
+//! Usage: `cargo bench --bench suite -- [--quick] [--rounds N] [--only W1,W5]`
+//! (through `scripts/bench.sh`, which starts the services and installs the peer).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+
+/// What one process cost.
+#[derive(Clone, Debug)]
+struct Measured {
+    wall_s: f64,
+    cpu_s: f64,
+    max_rss_mb: f64,
+}
+
+/// Runs `command` to completion (at most `timeout`), measuring it with wait4(2) — which
+/// also reaps the child (hence no `Child::wait`).
+#[allow(clippy::zombie_processes)]
+fn measure(command: &mut Command, timeout: Duration) -> Measured {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let stderr = child.stderr.take();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut s) = stderr {
+            use std::io::Read;
+            let _ = s.read_to_string(&mut text);
+        }
+        text
+    });
+    let started = Instant::now();
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data, zero is a valid value; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our child; the pointers are to live locals.
+        let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if done == pid {
+            break;
+        }
+        assert!(done == 0, "wait4 failed");
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("{command:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let log = log.join().unwrap_or_default();
+    let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    assert!(exited_ok, "{command:?} failed:\n{log}");
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Measured {
+        wall_s,
+        cpu_s: secs(usage.ru_utime) + secs(usage.ru_stime),
+        max_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The runs of one engine on one workload.
+#[derive(Default)]
+struct Series {
+    runs: Vec<Measured>,
+}
+
+impl Series {
+    fn wall(&self) -> Vec<f64> {
+        self.runs.iter().map(|m| m.wall_s).collect()
+    }
+
+    fn summary(&self, records: u64) -> Value {
+        let wall = self.wall();
+        let cpu: Vec<f64> = self.runs.iter().map(|m| m.cpu_s).collect();
+        let rss: Vec<f64> = self.runs.iter().map(|m| m.max_rss_mb).collect();
+        json!({
+            "wall_s": wall,
+            "median_s": median(&wall),
+            "min_s": wall.iter().copied().fold(f64::INFINITY, f64::min),
+            "max_s": wall.iter().copied().fold(0.0, f64::max),
+            "records_per_s": records as f64 / median(&wall),
+            "cpu_s": cpu,
+            "cpu_us_per_record": median(&cpu) * 1e6 / records as f64,
+            "max_rss_mb": rss.iter().copied().fold(0.0, f64::max),
+        })
+    }
+}
+
+fn dishflow_command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dishflow"));
+    c.args(args).env("RUST_LOG", "warn");
+    c
+}
+
+fn self_command(args: &[&str]) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("current exe"));
+    c.args(args);
+    c
+}
+
+/// `--pipe IN OUT`: the limit of a consume → produce pass-through: every message of IN
+/// (to its end as of the start) produced to OUT, acknowledged.
+fn pipe(input: &str, output: Option<&str>) {
+    let partitions = dishflow::kafka::topic_partitions(&kafka(), input).expect("topic");
+    let marks = dishflow::kafka::watermarks(&kafka(), input).expect("watermarks");
+    let consumer: BaseConsumer = dishflow::kafka::client_config(
+        &kafka(),
+        &[
+            ("group.id", "dishflow-bench-pipe"),
+            ("enable.auto.commit", "false"),
+        ],
+    )
+    .create()
+    .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for p in &partitions {
+        assignment
+            .add_partition_offset(input, *p, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let producer: Option<BaseProducer> = output.map(|_| {
+        dishflow::kafka::client_config(&kafka(), &[("linger.ms", "5")])
+            .create()
+            .expect("producer")
+    });
+    let mut remaining: BTreeMap<i32, i64> = marks.iter().map(|&(p, _, high)| (p, high)).collect();
+    remaining.retain(|_, high| *high > 0);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !remaining.is_empty() {
+        assert!(Instant::now() < deadline, "pipe timed out");
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.expect("consume");
+        if let (Some(producer), Some(output)) = (&producer, output) {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        let partition = message.partition();
+        if remaining
+            .get(&partition)
+            .is_some_and(|high| message.offset() + 1 >= *high)
+        {
+            remaining.remove(&partition);
+        }
+    }
+    if let Some(producer) = producer {
+        producer.flush(Duration::from_secs(120)).expect("flush");
+    }
+}
+
+/// Creates database `name` as a copy of `template` (which must have no connections).
+fn copy_database(template: &str, name: &str) -> String {
+    let mut admin = pg(&format!("{}/postgres", postgres_base()));
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+        .expect("copy database");
+    format!("{}/{name}", postgres_base())
+}
+
+fn dsn(db_url: &str) -> String {
+    let name = db_url.rsplit('/').next().unwrap_or("postgres");
+    let base = postgres_base();
+    let rest = base.trim_start_matches("postgres://");
+    let (user, host) = rest.split_once('@').unwrap_or(("postgres", rest));
+    let (host, port) = host.split_once(':').unwrap_or((host, "5432"));
+    format!("host={host} port={port} dbname={name} user={user}")
+}
+
+/// W1: pass-through promos.
+fn w1(n: u64, rounds: usize, pathway: Option<&str>) -> Value {
+    let prefix = unique("w1");
+    let input = format!("{prefix}.in");
+    let count = n.to_string();
+    let produce = dishflow_command(&[
+        "produce",
+        "promos",
+        "--brokers",
+        &brokers(),
+        "--topic",
+        &input,
+        "--count",
+        &count,
+        "--restaurants",
+        &count,
+        "--partitions",
+        "4",
+    ])
+    .output()
+    .expect("produce");
+    assert!(produce.status.success(), "produce failed");
+    // The template: n subscribers, restaurant i ↔ client i, and the schema.
+    let template = database(&format!("{prefix}_tpl"));
+    let mut client = subscribers_table(&template);
+    client
+        .execute(
+            "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
+             SELECT 'client-' || g, '123e4567-e89b-12d3-a456-' || lpad((426614174000 + g)::text, 12, '0') \
+             FROM generate_series(0, $1::int8 - 1) g",
+            &[&(n as i64)],
+        )
+        .expect("subscribers");
+    drop(client);
+    let setup = dishflow_command(&["setup", "--job", "promos", "--postgres-url", &template])
+        .output()
+        .expect("setup");
+    assert!(setup.status.success());
+    let template_name = template.rsplit('/').next().unwrap_or_default().to_string();
+
+    let mut series: BTreeMap<&str, Series> = BTreeMap::new();
+    let timeout = Duration::from_secs(1200);
+    for round in 0..rounds {
+        let db = copy_database(&template_name, &format!("{prefix}_d{round}"));
+        let out = format!("{prefix}.out{round}");
+        let m = measure(
+            &mut dishflow_command(&[
+                "promos",
+                "--brokers",
+                &brokers(),
+                "--postgres-url",
+                &db,
+                "--promo-topic",
+                &input,
+                "--notification-topic",
+                &out,
+                "--dead-letter-topic",
+                &format!("{prefix}.dlq"),
+                "--stop-at-end",
+            ]),
+            timeout,
+        );
+        eprintln!("w1 round {round}: dishflow {m:?}");
+        series.entry("dishflow").or_default().runs.push(m);
+
+        let m = measure(
+            &mut self_command(&["--pipe", &input, &format!("{prefix}.pipe{round}")]),
+            timeout,
+        );
+        eprintln!("w1 round {round}: limit {m:?}");
+        series
+            .entry("limit: rdkafka pipe")
+            .or_default()
+            .runs
+            .push(m);
+
+        if let Some(python) = pathway {
+            let db = copy_database(&template_name, &format!("{prefix}_p{round}"));
+            let m = measure(
+                Command::new(python)
+                    .arg(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/scripts/bench/peers/promos.py"
+                    ))
+                    .args([
+                        "--brokers",
+                        &brokers(),
+                        "--topic",
+                        &input,
+                        "--out-topic",
+                        &format!("{prefix}.pw{round}"),
+                        "--dsn",
+                        &dsn(&db),
+                        "--feedback-table",
+                        "pathway_feedback",
+                        "--static",
+                    ]),
+                timeout,
+            );
+            eprintln!("w1 round {round}: pathway {m:?}");
+            series.entry("pathway").or_default().runs.push(m);
+        }
+    }
+    let summaries: BTreeMap<&str, Value> = series.iter().map(|(k, s)| (*k, s.summary(n))).collect();
+    json!({
+        "workload": "W1",
+        "what": format!("{n} promos, 1 subscriber each → {n} drafts to Kafka and Postgres"),
+        "records": n,
+        "engines": summaries,
+    })
+}
+
+/// W5: the orders backlog.
+fn w5(n: u64, rounds: usize) -> Value {
+    let prefix = unique("w5");
+    let topic = format!("{prefix}.orders");
+    let redis_url =
+        std::env::var("DISHFLOW_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let count = n.to_string();
+    let produce = dishflow_command(&[
+        "produce",
+        "orders",
+        "--brokers",
+        &brokers(),
+        "--redis-url",
+        &redis_url,
+        "--topic",
+        &topic,
+        "--id-prefix",
+        &format!("{prefix}_"),
+        "--orders",
+        &count,
+        "--restaurants",
+        "100",
+        "--users",
+        "5000",
+        "--seed",
+        "1",
+    ])
+    .output()
+    .expect("produce");
+    assert!(produce.status.success(), "produce failed");
+    let template = database(&format!("{prefix}_tpl"));
+    let setup = dishflow_command(&["setup", "--job", "orders", "--postgres-url", &template])
+        .output()
+        .expect("setup");
+    assert!(setup.status.success());
+    let template_name = template.rsplit('/').next().unwrap_or_default().to_string();
+
+    let mut series: BTreeMap<&str, Series> = BTreeMap::new();
+    let mut upsert_s = Vec::new();
+    let timeout = Duration::from_secs(1200);
+    let mut last_db = String::new();
+    for round in 0..rounds {
+        let db = copy_database(&template_name, &format!("{prefix}_d{round}"));
+        let m = measure(
+            &mut dishflow_command(&[
+                "orders",
+                "--brokers",
+                &brokers(),
+                "--postgres-url",
+                &db,
+                "--redis-url",
+                &redis_url,
+                "--redis-keys",
+                &format!("{prefix}*"),
+                "--order-topic",
+                &topic,
+                "--dead-letter-topic",
+                &format!("{prefix}.dlq"),
+                "--stop-at-end",
+            ]),
+            timeout,
+        );
+        eprintln!("w5 round {round}: dishflow {m:?}");
+        series.entry("dishflow").or_default().runs.push(m);
+        let m = measure(&mut self_command(&["--consume", &topic]), timeout);
+        eprintln!("w5 round {round}: limit consume {m:?}");
+        series
+            .entry("limit: Kafka consume")
+            .or_default()
+            .runs
+            .push(m);
+        // The other limit: the final CDM keys, upserted in one batch into empty tables.
+        let fresh = copy_database(&template_name, &format!("{prefix}_u{round}"));
+        let mut from = pg(&db);
+        let mut to = pg(&fresh);
+        let started = Instant::now();
+        for (table, item, name) in [
+            ("cdm.user_product_counters", "product_id", "product_name"),
+            ("cdm.user_category_counters", "category_id", "category_name"),
+        ] {
+            let rows = from
+                .query(
+                    &format!("SELECT user_id, {item}, {name}, order_cnt FROM {table}"),
+                    &[],
+                )
+                .expect("read");
+            let users: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+            let items: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(1)).collect();
+            let names: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
+            let counts: Vec<i32> = rows.iter().map(|r| r.get(3)).collect();
+            to.execute(
+                &format!(
+                    "INSERT INTO {table} (user_id, {item}, {name}, order_cnt) \
+                     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[]) \
+                     ON CONFLICT (user_id, {item}) DO UPDATE SET order_cnt = excluded.order_cnt"
+                ),
+                &[&users, &items, &names, &counts],
+            )
+            .expect("upsert");
+        }
+        upsert_s.push(started.elapsed().as_secs_f64());
+        last_db = db;
+    }
+    let cdm_rows: i64 = ["cdm.user_product_counters", "cdm.user_category_counters"]
+        .iter()
+        .map(|t| {
+            pg(&last_db)
+                .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                .expect("count")
+                .get::<_, i64>(0)
+        })
+        .sum();
+    let mut summaries: BTreeMap<&str, Value> =
+        series.iter().map(|(k, s)| (*k, s.summary(n))).collect();
+    summaries.insert(
+        "limit: batched upsert of the final CDM keys",
+        json!({"wall_s": upsert_s, "median_s": median(&upsert_s), "rows": cdm_rows}),
+    );
+    json!({
+        "workload": "W5",
+        "what": format!("{n} orders (≈3 lines, 100 restaurants, 5,000 users) → STG, DDS, CDM"),
+        "records": n,
+        "engines": summaries,
+    })
+}
+
+/// The markdown table of the report.
+fn markdown(results: &[Value], machine: &str) -> String {
+    let mut md = String::from("# dishflow benchmark report\n\n");
+    md.push_str(machine);
+    md.push_str("\n\n| workload | engine | median s (min–max) | records/s | CPU µs/record | peak RSS MB | vs dishflow |\n|---|---|---|---|---|---|---|\n");
+    for r in results {
+        let w = r["workload"].as_str().unwrap_or("?");
+        let engines = r["engines"].as_object().cloned().unwrap_or_default();
+        let ours = engines["dishflow"]["median_s"].as_f64().unwrap_or(f64::NAN);
+        for (engine, s) in &engines {
+            let median = s["median_s"].as_f64().unwrap_or(f64::NAN);
+            let cell = |k: &str, digits: usize| {
+                s[k].as_f64()
+                    .map(|v| format!("{v:.digits$}"))
+                    .unwrap_or_else(|| "—".into())
+            };
+            let range = match (s["min_s"].as_f64(), s["max_s"].as_f64()) {
+                (Some(a), Some(b)) => format!(" ({a:.2}–{b:.2})"),
+                _ => String::new(),
+            };
+            md.push_str(&format!(
+                "| {w} | {engine} | {median:.2}{range} | {} | {} | {} | {:.2}× |\n",
+                cell("records_per_s", 0),
+                cell("cpu_us_per_record", 1),
+                cell("max_rss_mb", 0),
+                median / ours,
+            ));
+        }
+    }
+    md.push_str("\n`vs dishflow` = the engine's median time ÷ dishflow's (below 1: faster than dishflow).\n");
+    md
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--pipe") {
+        return pipe(&args[1], args.get(2).map(String::as_str));
+    }
+    if args.first().map(String::as_str) == Some("--consume") {
+        return pipe(&args[1], None);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let rounds = arg_value(&args, "--rounds", 3);
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let wanted = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
+    let pathway = std::env::var("DISHFLOW_PATHWAY_PYTHON").ok();
+    let started = Instant::now();
+    let mut results = Vec::new();
+    if wanted("W1") {
+        results.push(w1(
+            if quick { 50_000 } else { 1_000_000 },
+            rounds,
+            pathway.as_deref(),
+        ));
+    }
+    if wanted("W5") {
+        results.push(w5(if quick { 5_000 } else { 50_000 }, rounds));
+    }
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let machine = format!(
+        "{cpus} CPUs; local PostgreSQL, Redis and Tansu (memory storage); {rounds} rounds, \
+         engines interleaved within each round; {}; total {:.0} s.",
+        if quick { "--quick sizes" } else { "full sizes" },
+        started.elapsed().as_secs_f64()
+    );
+    let report = json!({"machine": machine, "results": results});
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).expect("target/bench");
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    )
+    .expect("report.json");
+    let md = markdown(&results, &machine);
+    std::fs::write(dir.join("report.md"), &md).expect("report.md");
+    println!("{md}");
+}
