@@ -83,6 +83,9 @@ CREATE TABLE IF NOT EXISTS public.dishflow_outbox (
     value bytea NULL,
     PRIMARY KEY (job, writer, seq)
 );
+-- Rows are framed chunks of messages, written once and deleted soon: compressing them
+-- (TOAST's default for bytea) costs more time than the space is worth.
+ALTER TABLE public.dishflow_outbox ALTER COLUMN value SET STORAGE EXTERNAL;
 CREATE TABLE IF NOT EXISTS public.dishflow_outbox_marks (
     job text NOT NULL,
     writer int4 NOT NULL,

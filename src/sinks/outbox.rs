@@ -46,6 +46,70 @@ const READ_BACK_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a second instance of a writer waits for the first to go away.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
+/// Messages per outbox row.
+pub const CHUNK: usize = 10_000;
+
+/// Row sequence numbers are shifted by this many bits: room for [`CHUNK`] messages.
+const CHUNK_BITS: u32 = 14;
+const _: () = assert!(CHUNK < 1 << CHUNK_BITS);
+
+/// Marks a framed outbox row (older rows hold one message, unframed).
+const FRAME_MAGIC: &[u8] = b"dishflow-outbox-v2\n";
+
+/// Frames messages into one blob: the magic, then, LZ4-compressed (size prepended), per
+/// message its key and value, each as a u32 length (big-endian; `u32::MAX` = absent) and
+/// the bytes. Draft JSON compresses several times over: less to send, write and log.
+fn frame(messages: &[KafkaMessage]) -> Vec<u8> {
+    let size: usize = messages
+        .iter()
+        .map(|m| 8 + m.key.as_ref().map_or(0, Vec::len) + m.value.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut payload = Vec::with_capacity(size);
+    for m in messages {
+        for part in [&m.key, &m.value] {
+            match part {
+                Some(bytes) => {
+                    payload.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    payload.extend_from_slice(bytes);
+                }
+                None => payload.extend_from_slice(&u32::MAX.to_be_bytes()),
+            }
+        }
+    }
+    let mut blob = FRAME_MAGIC.to_vec();
+    blob.extend_from_slice(&lz4_flex::compress_prepend_size(&payload));
+    blob
+}
+
+/// The messages of a framed blob; `None` if it is not one.
+fn unframe(blob: &[u8]) -> Option<Vec<KafkaMessage>> {
+    let payload = lz4_flex::decompress_size_prepended(blob.strip_prefix(FRAME_MAGIC)?).ok()?;
+    let mut rest = payload.as_slice();
+    let part = |rest: &mut &[u8]| -> Option<Option<Vec<u8>>> {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len);
+        if len == u32::MAX {
+            *rest = tail;
+            return Some(None);
+        }
+        let len = len as usize;
+        let bytes = tail.get(..len)?.to_vec();
+        *rest = &tail[len..];
+        Some(Some(bytes))
+    };
+    let mut messages = Vec::new();
+    while !rest.is_empty() {
+        let key = part(&mut rest)?;
+        let value = part(&mut rest)?;
+        messages.push(KafkaMessage {
+            key,
+            value,
+            headers: Vec::new(),
+        });
+    }
+    Some(messages)
+}
+
 /// A message committed to the outbox, not yet confirmed delivered.
 pub struct Staged {
     seq: i64,
@@ -108,6 +172,12 @@ impl Outbox {
 
     /// Adds `messages` for `topic` to the outbox inside `tx`; they are sent by
     /// [`Outbox::publish`] once `tx` is committed.
+    ///
+    /// Messages are stored [`CHUNK`] to a row (one framed blob): a row costs far more than
+    /// its bytes, and a batch's messages are always confirmed and deleted together. Row
+    /// `seq` is `nextval(dishflow_outbox_seq) << CHUNK_BITS`; message `i` of the row has
+    /// sequence number `seq + i` (the header [`SEQ_HEADER`]), so sequence numbers grow
+    /// across rows and batches, and `DELETE … WHERE seq <= last` removes whole rows.
     pub fn stage(
         &self,
         tx: &mut Transaction<'_>,
@@ -117,33 +187,32 @@ impl Outbox {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let count = i64::try_from(messages.len())?;
-        let mut seqs: Vec<i64> = tx
+        let chunks = i64::try_from(messages.len().div_ceil(CHUNK))?;
+        let mut firsts: Vec<i64> = tx
             .query(
                 "SELECT nextval('public.dishflow_outbox_seq') FROM generate_series(1::int8, $1::int8)",
-                &[&count],
+                &[&chunks],
             )?
             .iter()
-            .map(|r| r.try_get(0))
+            .map(|r| r.try_get::<_, i64>(0).map(|n| n << CHUNK_BITS))
             .collect::<Result<_, _>>()?;
-        seqs.sort_unstable();
-        let keys: Vec<Option<&[u8]>> = messages.iter().map(|m| m.key.as_deref()).collect();
-        let values: Vec<Option<&[u8]>> = messages.iter().map(|m| m.value.as_deref()).collect();
+        firsts.sort_unstable();
+        let blobs: Vec<Vec<u8>> = messages.chunks(CHUNK).map(frame).collect();
         tx.execute(
             "INSERT INTO public.dishflow_outbox (job, writer, topic, seq, key, value) \
-             SELECT $1, $2, $3, * FROM unnest($4::int8[], $5::bytea[], $6::bytea[])",
-            &[&self.job, &self.writer, &topic, &seqs, &keys, &values],
+             SELECT $1, $2, $3, seq, NULL, blob FROM unnest($4::int8[], $5::bytea[]) AS b(seq, blob)",
+            &[&self.job, &self.writer, &topic, &firsts, &blobs],
         )
         .context("cannot write to public.dishflow_outbox")?;
-        Ok(seqs
-            .into_iter()
-            .zip(messages)
-            .map(|(seq, message)| Staged {
-                seq,
+        let mut staged = Vec::with_capacity(messages.len());
+        for (i, message) in messages.into_iter().enumerate() {
+            staged.push(Staged {
+                seq: firsts[i / CHUNK] + (i % CHUNK) as i64,
                 topic: topic.to_string(),
                 message,
-            })
-            .collect())
+            });
+        }
+        Ok(staged)
     }
 
     /// Produces `staged` (committed to the outbox), waits for every delivery, then deletes
@@ -200,19 +269,30 @@ impl Outbox {
             &[&self.job, &self.writer],
         )?;
         if !rows.is_empty() {
-            let mut left = Vec::with_capacity(rows.len());
+            let mut left = Vec::new();
             for row in &rows {
-                left.push(Staged {
-                    seq: row.try_get(0)?,
-                    topic: row.try_get(1)?,
-                    message: KafkaMessage {
+                let seq: i64 = row.try_get(0)?;
+                let topic: String = row.try_get(1)?;
+                let value: Option<Vec<u8>> = row.try_get(3)?;
+                let messages = match value.as_deref().and_then(unframe) {
+                    Some(messages) => messages,
+                    // A row of one message, as versions before the chunked rows wrote.
+                    None => vec![KafkaMessage {
                         key: row.try_get(2)?,
-                        value: row.try_get(3)?,
+                        value,
                         headers: Vec::new(),
-                    },
-                });
+                    }],
+                };
+                for (i, message) in messages.into_iter().enumerate() {
+                    left.push(Staged {
+                        seq: seq + i as i64,
+                        topic: topic.clone(),
+                        message,
+                    });
+                }
             }
             let upto = left.last().map_or(0, |s| s.seq);
+            let left_count = left.len();
             let delivered = self.delivered(client, &left)?;
             let undelivered: Vec<Staged> = left
                 .into_iter()
@@ -221,8 +301,8 @@ impl Outbox {
             info!(
                 job = %self.job,
                 writer = self.writer,
-                unconfirmed = rows.len(),
-                already_delivered = rows.len() - undelivered.len(),
+                unconfirmed = left_count,
+                already_delivered = left_count - undelivered.len(),
                 sending = undelivered.len(),
                 "outbox: delivering what the previous run left"
             );
@@ -273,5 +353,44 @@ impl Outbox {
             }
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framed_rows_hold_keys_values_and_their_absence() {
+        let messages = vec![
+            KafkaMessage {
+                key: Some(b"k".to_vec()),
+                value: Some(b"{\"a\": 1}".to_vec()),
+                headers: Vec::new(),
+            },
+            KafkaMessage {
+                key: Some(b"tombstone".to_vec()),
+                value: None,
+                headers: Vec::new(),
+            },
+            KafkaMessage {
+                key: None,
+                value: Some(Vec::new()),
+                headers: Vec::new(),
+            },
+        ];
+        let back = unframe(&frame(&messages)).expect("framed");
+        let pairs = |m: &[KafkaMessage]| -> Vec<_> {
+            m.iter().map(|m| (m.key.clone(), m.value.clone())).collect()
+        };
+        assert_eq!(pairs(&back), pairs(&messages));
+        assert!(
+            unframe(b"{\"a\": 1}").is_none(),
+            "an old single-message row"
+        );
+        assert!(
+            unframe(&frame(&messages)[..30]).is_none(),
+            "a truncated blob"
+        );
     }
 }

@@ -45,6 +45,7 @@ use super::kafka::{Encoder, KafkaMessage};
 use super::outbox::{Outbox, Staged};
 use crate::pg;
 use crate::retry::Backoff;
+use tracing::debug;
 
 /// Rows per statement.
 pub const CHUNK: usize = 10_000;
@@ -289,8 +290,10 @@ impl<E: Encoder<Draft>> FeedbackWriter<E> {
             Some(_) if recovered => return Ok(()),
             Some(staged) => staged,
             None => {
+                let started = std::time::Instant::now();
                 let mut tx = client.transaction()?;
                 upsert_rows(&mut tx, upsert, events)?;
+                let rows_ms = started.elapsed().as_millis() as u64;
                 if self.republish {
                     events.iter_mut().for_each(|e| e.forward |= e.put);
                 }
@@ -301,8 +304,17 @@ impl<E: Encoder<Draft>> FeedbackWriter<E> {
                     events,
                 )?;
                 let s = self.outbox.stage(&mut tx, &self.topic, messages)?;
+                let staged_ms = started.elapsed().as_millis() as u64;
                 tx.commit()
                     .context("cannot commit to public.subscribers_feedback")?;
+                debug!(
+                    events = events.len(),
+                    messages = s.len(),
+                    rows_ms,
+                    staged_ms,
+                    committed_ms = started.elapsed().as_millis() as u64,
+                    "feedback batch committed"
+                );
                 self.remember_retractions(events.first().map(|e| e.time), changes);
                 staged.insert(s)
             }
@@ -310,7 +322,14 @@ impl<E: Encoder<Draft>> FeedbackWriter<E> {
         let Some((client, _)) = self.connection.as_mut() else {
             anyhow::bail!("not connected");
         };
-        self.outbox.publish(client, staged, 0)
+        let started = std::time::Instant::now();
+        self.outbox.publish(client, staged, 0)?;
+        debug!(
+            messages = staged.len(),
+            published_ms = started.elapsed().as_millis() as u64,
+            "feedback batch published"
+        );
+        Ok(())
     }
 
     /// Applies a committed batch's changes (first time `first`) to the keys retracted in
