@@ -442,7 +442,7 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
         .map(|s| s.to_string()),
     );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let job = spawn(&argv);
+    let job = Running(Some(spawn(&argv)));
 
     let closed = order_json(1, &r, &u, &p, "CLOSED", "2022-11-19 16:00:00");
     produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
@@ -507,7 +507,7 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
         1
     );
     assert_eq!(count(&db, "SELECT count(*) FROM dds.s_order_status"), 2);
-    terminate(job);
+    terminate(job.take());
     // The enriched order was published when it completed, renamed and cancelled; the
     // counter changes end at nothing.
     let statuses: Vec<(String, String)> = consume(&stg_topic)
@@ -539,6 +539,24 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
 }
 
 const WAIT: Duration = Duration::from_secs(40);
+
+/// A job that is killed if the test fails before it terminates it.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn take(mut self) -> std::process::Child {
+        self.0.take().expect("running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
 
 #[test]
 fn two_processes_write_the_same_tables_as_one() {
