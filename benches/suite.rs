@@ -7,11 +7,15 @@
 //!   Kafka and Postgres (`dishflow promos --stop-at-end`). Limit: a plain rdkafka
 //!   consume → produce pipe of the same messages (this binary, `--pipe`). Peer: the promos job
 //!   for Pathway (`scripts/bench/peers/promos.py`).
+//! * **W2** fan-out: 20k promos over 2k restaurants with 100 subscribers each → 2M drafts.
+//!   Limit: producing 2M draft-sized messages while binary-COPYing 2M rows (`--produce-copy`).
+//!   With **S** (`--only S`), also 2 workers and 2 processes × 1 worker.
 //! * **W5** orders backlog: the orders job on N orders (`dishflow orders --stop-at-end`).
 //!   Limit: consuming the same messages from Kafka (`--consume`), and a batched upsert of the
 //!   final CDM keys into empty tables.
 //!
-//! Usage: `cargo bench --bench suite -- [--quick] [--rounds N] [--only W1,W5]`
+//! Usage: `cargo bench --bench suite -- [--quick] [--rounds N] [--only W1,W2,S,W5]`
+//! (`--quick`: every size ÷ 20)
 //! (through `scripts/bench.sh`, which starts the services and installs the peer).
 
 #[path = "../tests/common/mod.rs"]
@@ -36,51 +40,85 @@ struct Measured {
     max_rss_mb: f64,
 }
 
-/// Runs `command` to completion (at most `timeout`), measuring it with wait4(2) — which
-/// also reaps the child (hence no `Child::wait`).
-#[allow(clippy::zombie_processes)]
+/// Runs `command` to completion (at most `timeout`), measuring it with wait4(2).
 fn measure(command: &mut Command, timeout: Duration) -> Measured {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let stderr = child.stderr.take();
-    let log = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut s) = stderr {
-            use std::io::Read;
-            let _ = s.read_to_string(&mut text);
-        }
-        text
-    });
+    measure_all(&mut [command], timeout)
+}
+
+/// Runs `commands` concurrently to completion (at most `timeout`), measuring them with
+/// wait4(2) — which also reaps the children (hence no `Child::wait`): wall time until the
+/// last ends, CPU seconds summed, peak RSS of the largest.
+#[allow(clippy::zombie_processes)]
+fn measure_all(commands: &mut [&mut Command], timeout: Duration) -> Measured {
     let started = Instant::now();
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data, zero is a valid value; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our child; the pointers are to live locals.
-        let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if done == pid {
-            break;
+    let mut running = Vec::new();
+    for command in commands.iter_mut() {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take();
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut s) = stderr {
+                use std::io::Read;
+                let _ = s.read_to_string(&mut text);
+            }
+            text
+        });
+        running.push((child, log, format!("{command:?}")));
+    }
+    let mut cpu_s = 0.0;
+    let mut max_rss_mb: f64 = 0.0;
+    let mut left: Vec<libc::pid_t> = running
+        .iter()
+        .map(|(c, _, _)| c.id() as libc::pid_t)
+        .collect();
+    let mut failed = Vec::new();
+    while !left.is_empty() {
+        let mut ended = Vec::new();
+        for &pid in &left {
+            let mut status: libc::c_int = 0;
+            // SAFETY: rusage is plain data, zero is a valid value.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: `pid` is our child; the pointers are to live locals.
+            let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            if done == pid {
+                let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+                cpu_s += secs(usage.ru_utime) + secs(usage.ru_stime);
+                max_rss_mb = max_rss_mb.max(usage.ru_maxrss as f64 / 1024.0);
+                if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+                    failed.push(pid);
+                }
+                ended.push(pid);
+            } else {
+                assert!(done == 0, "wait4 failed");
+            }
         }
-        assert!(done == 0, "wait4 failed");
+        left.retain(|p| !ended.contains(p));
         if started.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("{command:?} did not finish within {timeout:?}");
+            for (child, _, _) in &mut running {
+                let _ = child.kill();
+            }
+            panic!("did not finish within {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(5));
+        if !left.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     let wall_s = started.elapsed().as_secs_f64();
-    let log = log.join().unwrap_or_default();
-    let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    assert!(exited_ok, "{command:?} failed:\n{log}");
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    for (child, log, command) in running {
+        let log = log.join().unwrap_or_default();
+        assert!(
+            !failed.contains(&(child.id() as libc::pid_t)),
+            "{command} failed:\n{log}"
+        );
+    }
     Measured {
         wall_s,
-        cpu_s: secs(usage.ru_utime) + secs(usage.ru_stime),
-        max_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        cpu_s,
+        max_rss_mb,
     }
 }
 
@@ -94,6 +132,8 @@ fn median(values: &[f64]) -> f64 {
 #[derive(Default)]
 struct Series {
     runs: Vec<Measured>,
+    /// Rows the engine's last run wrote (to check that it did the whole job).
+    rows: Option<i64>,
 }
 
 impl Series {
@@ -114,6 +154,7 @@ impl Series {
             "cpu_s": cpu,
             "cpu_us_per_record": median(&cpu) * 1e6 / records as f64,
             "max_rss_mb": rss.iter().copied().fold(0.0, f64::max),
+            "output_rows": self.rows,
         })
     }
 }
@@ -216,11 +257,28 @@ fn dsn(db_url: &str) -> String {
     format!("host={host} port={port} dbname={name} user={user}")
 }
 
-/// W1: pass-through promos.
-fn w1(n: u64, rounds: usize, pathway: Option<&str>) -> Value {
-    let prefix = unique("w1");
+/// A promos workload: `promos` campaigns round robin over `restaurants`, `subscribers`
+/// clients round robin over the same restaurants → promos × subscribers / restaurants drafts.
+struct PromosWorkload {
+    name: &'static str,
+    promos: u64,
+    restaurants: u64,
+    subscribers: u64,
+    /// W1's limit (the pipe) or W2's (2M produce + binary COPY, concurrently).
+    pipe_limit: bool,
+    /// Also run 2 workers and 2 processes × 1 worker (the scaling workload S).
+    scaling: bool,
+}
+
+impl PromosWorkload {
+    fn drafts(&self) -> u64 {
+        self.promos * (self.subscribers / self.restaurants.max(1))
+    }
+}
+
+/// The input topic and a template database (subscribers + schema) of workload `w`.
+fn promos_fixture(w: &PromosWorkload, prefix: &str) -> (String, String) {
     let input = format!("{prefix}.in");
-    let count = n.to_string();
     let produce = dishflow_command(&[
         "produce",
         "promos",
@@ -229,24 +287,24 @@ fn w1(n: u64, rounds: usize, pathway: Option<&str>) -> Value {
         "--topic",
         &input,
         "--count",
-        &count,
+        &w.promos.to_string(),
         "--restaurants",
-        &count,
+        &w.restaurants.to_string(),
         "--partitions",
         "4",
     ])
     .output()
     .expect("produce");
     assert!(produce.status.success(), "produce failed");
-    // The template: n subscribers, restaurant i ↔ client i, and the schema.
     let template = database(&format!("{prefix}_tpl"));
     let mut client = subscribers_table(&template);
     client
         .execute(
             "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
-             SELECT 'client-' || g, '123e4567-e89b-12d3-a456-' || lpad((426614174000 + g)::text, 12, '0') \
+             SELECT 'client-' || g, '123e4567-e89b-12d3-a456-' || \
+                    lpad((426614174000 + g % $2::int8)::text, 12, '0') \
              FROM generate_series(0, $1::int8 - 1) g",
-            &[&(n as i64)],
+            &[&(w.subscribers as i64), &(w.restaurants as i64)],
         )
         .expect("subscribers");
     drop(client);
@@ -254,46 +312,237 @@ fn w1(n: u64, rounds: usize, pathway: Option<&str>) -> Value {
         .output()
         .expect("setup");
     assert!(setup.status.success());
-    let template_name = template.rsplit('/').next().unwrap_or_default().to_string();
+    (
+        input,
+        template.rsplit('/').next().unwrap_or_default().to_string(),
+    )
+}
 
+/// `--produce-copy N TOPIC DB`: the limit of writing N drafts: N draft-sized messages
+/// produced to TOPIC (acknowledged) while N feedback rows are binary-COPYed into DB.
+fn produce_copy(n: u64, topic: &str, db: &str) {
+    let sample = serde_json::json!({
+        "restaurant_id": "123e4567-e89b-12d3-a456-426614174000",
+        "adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003",
+        "adv_campaign_content": "first campaign", "adv_campaign_owner": "Ivanov Ivan Ivanovich",
+        "adv_campaign_owner_contact": "iiivanov@restaurant.ru",
+        "adv_campaign_datetime_start": 1659203516, "adv_campaign_datetime_end": 2_659_207_116_i64,
+        "client_id": "023e4567-e89b-12d3-a456-426614174000", "datetime_created": 1659131516,
+        "trigger_datetime_created": 1659304828,
+    })
+    .to_string();
+    let topic = topic.to_string();
+    let producer_thread = std::thread::spawn(move || {
+        dishflow::kafka::ensure_topic(&kafka(), &topic, 4).expect("topic");
+        let producer: BaseProducer =
+            dishflow::kafka::client_config(&kafka(), &[("linger.ms", "5")])
+                .create()
+                .expect("producer");
+        for i in 0..n {
+            let key = format!("c{i}");
+            let mut record: BaseRecord<'_, String, String> =
+                BaseRecord::to(&topic).key(&key).payload(&sample);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(300)).expect("flush");
+    });
+    let mut client = pg(db);
+    client
+        .batch_execute(
+            "CREATE TABLE limit_feedback (LIKE public.subscribers_feedback INCLUDING DEFAULTS)",
+        )
+        .expect("table");
+    use postgres::binary_copy::BinaryCopyInWriter;
+    use postgres::types::Type;
+    let sink = client
+        .copy_in(
+            "COPY limit_feedback (restaurant_id, adv_campaign_id, adv_campaign_content, \
+             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, \
+             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .expect("copy");
+    let types = [
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+        Type::INT4,
+    ];
+    let mut writer = BinaryCopyInWriter::new(sink, &types);
+    for i in 0..n {
+        let client_id = format!("c{i}");
+        writer
+            .write(&[
+                &"123e4567-e89b-12d3-a456-426614174000",
+                &"123e4567-e89b-12d3-a456-426614174003",
+                &"first campaign",
+                &"Ivanov Ivan Ivanovich",
+                &"iiivanov@restaurant.ru",
+                &1_659_203_516_i64,
+                &2_659_207_116_i64,
+                &1_659_131_516_i64,
+                &client_id,
+                &1_659_304_828_i32,
+            ])
+            .expect("row");
+    }
+    writer.finish().expect("finish copy");
+    producer_thread.join().expect("producer");
+}
+
+/// Rows in `table` of `db` (`where`: a condition, or "true").
+fn count_rows(db: &str, table: &str, condition: &str) -> i64 {
+    pg(db)
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE {condition}"),
+            &[],
+        )
+        .expect("count")
+        .get(0)
+}
+
+/// W1, W2 and S: promos workloads.
+fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> Value {
+    let prefix = unique(&w.name.to_lowercase());
+    let (input, template) = promos_fixture(w, &prefix);
+    let drafts = w.drafts();
     let mut series: BTreeMap<&str, Series> = BTreeMap::new();
-    let timeout = Duration::from_secs(1200);
+    let timeout = Duration::from_secs(1800);
+    let job = |db: &str, out: &str, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "promos",
+            "--brokers",
+            &brokers(),
+            "--postgres-url",
+            db,
+            "--promo-topic",
+            &input,
+            "--notification-topic",
+            out,
+            "--dead-letter-topic",
+            &format!("{prefix}.dlq"),
+            "--stop-at-end",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |args: &[String]| -> Command {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        dishflow_command(&argv)
+    };
     for round in 0..rounds {
-        let db = copy_database(&template_name, &format!("{prefix}_d{round}"));
-        let out = format!("{prefix}.out{round}");
+        let db = copy_database(&template, &format!("{prefix}_d{round}"));
         let m = measure(
-            &mut dishflow_command(&[
-                "promos",
-                "--brokers",
-                &brokers(),
-                "--postgres-url",
-                &db,
-                "--promo-topic",
-                &input,
-                "--notification-topic",
-                &out,
-                "--dead-letter-topic",
-                &format!("{prefix}.dlq"),
-                "--stop-at-end",
-            ]),
+            &mut run(&job(&db, &format!("{prefix}.out{round}"), &[])),
             timeout,
         );
-        eprintln!("w1 round {round}: dishflow {m:?}");
+        eprintln!("{} round {round}: dishflow {m:?}", w.name);
         series.entry("dishflow").or_default().runs.push(m);
 
-        let m = measure(
-            &mut self_command(&["--pipe", &input, &format!("{prefix}.pipe{round}")]),
-            timeout,
-        );
-        eprintln!("w1 round {round}: limit {m:?}");
-        series
-            .entry("limit: rdkafka pipe")
-            .or_default()
-            .runs
-            .push(m);
+        if w.scaling {
+            let db = copy_database(&template, &format!("{prefix}_w{round}"));
+            let m = measure(
+                &mut run(&job(
+                    &db,
+                    &format!("{prefix}.w{round}"),
+                    &["--workers", "2"],
+                )),
+                timeout,
+            );
+            eprintln!("{} round {round}: dishflow 2 workers {m:?}", w.name);
+            series
+                .entry("dishflow, 2 workers")
+                .or_default()
+                .runs
+                .push(m);
+            let db = copy_database(&template, &format!("{prefix}_c{round}"));
+            let hostfile = std::env::temp_dir().join(format!("{prefix}.hosts"));
+            let port = 30_000 + (std::process::id() % 10_000) as u16;
+            std::fs::write(
+                &hostfile,
+                format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
+            )
+            .expect("hostfile");
+            let hostfile = hostfile.to_string_lossy().to_string();
+            let out = format!("{prefix}.c{round}");
+            let mut a = run(&job(
+                &db,
+                &out,
+                &[
+                    "--processes",
+                    "2",
+                    "--process",
+                    "0",
+                    "--hostfile",
+                    &hostfile,
+                ],
+            ));
+            let mut b = run(&job(
+                &db,
+                &out,
+                &[
+                    "--processes",
+                    "2",
+                    "--process",
+                    "1",
+                    "--hostfile",
+                    &hostfile,
+                ],
+            ));
+            let m = measure_all(&mut [&mut a, &mut b], timeout);
+            eprintln!("{} round {round}: dishflow 2 processes {m:?}", w.name);
+            series
+                .entry("dishflow, 2 processes × 1 worker")
+                .or_default()
+                .runs
+                .push(m);
+        }
+
+        let m = if w.pipe_limit {
+            measure(
+                &mut self_command(&["--pipe", &input, &format!("{prefix}.pipe{round}")]),
+                timeout,
+            )
+        } else {
+            let db = copy_database(&template, &format!("{prefix}_l{round}"));
+            measure(
+                &mut self_command(&[
+                    "--produce-copy",
+                    &drafts.to_string(),
+                    &format!("{prefix}.limit{round}"),
+                    &db,
+                ]),
+                timeout,
+            )
+        };
+        eprintln!("{} round {round}: limit {m:?}", w.name);
+        let limit = if w.pipe_limit {
+            "limit: rdkafka pipe"
+        } else {
+            "limit: produce drafts + binary COPY rows"
+        };
+        series.entry(limit).or_default().runs.push(m);
 
         if let Some(python) = pathway {
-            let db = copy_database(&template_name, &format!("{prefix}_p{round}"));
+            let db = copy_database(&template, &format!("{prefix}_p{round}"));
             let m = measure(
                 Command::new(python)
                     .arg(concat!(
@@ -315,15 +564,23 @@ fn w1(n: u64, rounds: usize, pathway: Option<&str>) -> Value {
                     ]),
                 timeout,
             );
-            eprintln!("w1 round {round}: pathway {m:?}");
-            series.entry("pathway").or_default().runs.push(m);
+            eprintln!("{} round {round}: pathway {m:?}", w.name);
+            let entry = series.entry("pathway").or_default();
+            entry.runs.push(m);
+            entry.rows = Some(count_rows(&db, "pathway_feedback", "diff = 1"));
         }
     }
-    let summaries: BTreeMap<&str, Value> = series.iter().map(|(k, s)| (*k, s.summary(n))).collect();
+    let summaries: BTreeMap<&str, Value> = series
+        .iter()
+        .map(|(k, s)| (*k, s.summary(drafts)))
+        .collect();
     json!({
-        "workload": "W1",
-        "what": format!("{n} promos, 1 subscriber each → {n} drafts to Kafka and Postgres"),
-        "records": n,
+        "workload": w.name,
+        "what": format!(
+            "{} promos over {} restaurants, {} subscribers → {drafts} drafts to Kafka and Postgres",
+            w.promos, w.restaurants, w.subscribers
+        ),
+        "records": drafts,
         "engines": summaries,
     })
 }
@@ -458,7 +715,7 @@ fn w5(n: u64, rounds: usize) -> Value {
 fn markdown(results: &[Value], machine: &str) -> String {
     let mut md = String::from("# dishflow benchmark report\n\n");
     md.push_str(machine);
-    md.push_str("\n\n| workload | engine | median s (min–max) | records/s | CPU µs/record | peak RSS MB | vs dishflow |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("\n\n| workload | engine | median s (min–max) | records/s | CPU µs/record | peak RSS MB | rows written | vs dishflow |\n|---|---|---|---|---|---|---|---|\n");
     for r in results {
         let w = r["workload"].as_str().unwrap_or("?");
         let engines = r["engines"].as_object().cloned().unwrap_or_default();
@@ -475,10 +732,13 @@ fn markdown(results: &[Value], machine: &str) -> String {
                 _ => String::new(),
             };
             md.push_str(&format!(
-                "| {w} | {engine} | {median:.2}{range} | {} | {} | {} | {:.2}× |\n",
+                "| {w} | {engine} | {median:.2}{range} | {} | {} | {} | {} | {:.2}× |\n",
                 cell("records_per_s", 0),
                 cell("cpu_us_per_record", 1),
                 cell("max_rss_mb", 0),
+                s["output_rows"]
+                    .as_i64()
+                    .map_or_else(|| "—".to_string(), |r| r.to_string()),
                 median / ours,
             ));
         }
@@ -495,6 +755,10 @@ fn main() {
     if args.first().map(String::as_str) == Some("--consume") {
         return pipe(&args[1], None);
     }
+    if args.first().map(String::as_str) == Some("--produce-copy") {
+        let n = args[1].parse().expect("a count");
+        return produce_copy(n, &args[2], &args[3]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let rounds = arg_value(&args, "--rounds", 3);
     let only: Vec<String> = args
@@ -507,15 +771,32 @@ fn main() {
     let pathway = std::env::var("DISHFLOW_PATHWAY_PYTHON").ok();
     let started = Instant::now();
     let mut results = Vec::new();
+    let scale = |full: u64| if quick { full / 20 } else { full };
     if wanted("W1") {
-        results.push(w1(
-            if quick { 50_000 } else { 1_000_000 },
-            rounds,
-            pathway.as_deref(),
-        ));
+        let n = scale(1_000_000);
+        let w = PromosWorkload {
+            name: "W1",
+            promos: n,
+            restaurants: n,
+            subscribers: n,
+            pipe_limit: true,
+            scaling: false,
+        };
+        results.push(promos_workload(&w, rounds, pathway.as_deref()));
+    }
+    if wanted("W2") || wanted("S") {
+        let w = PromosWorkload {
+            name: "W2",
+            promos: scale(20_000),
+            restaurants: scale(2_000),
+            subscribers: scale(200_000),
+            pipe_limit: false,
+            scaling: wanted("S"),
+        };
+        results.push(promos_workload(&w, rounds, pathway.as_deref()));
     }
     if wanted("W5") {
-        results.push(w5(if quick { 5_000 } else { 50_000 }, rounds));
+        results.push(w5(scale(50_000), rounds));
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let machine = format!(
