@@ -405,6 +405,20 @@ fn produce_copy(n: u64, topic: &str, db: &str) {
     producer_thread.join().expect("producer");
 }
 
+/// Adds run `m` of `engine` (which wrote `rows`, if counted) to `series`.
+fn record(
+    series: &mut BTreeMap<&'static str, Series>,
+    engine: &'static str,
+    m: Measured,
+    rows: Option<i64>,
+) {
+    let entry = series.entry(engine).or_default();
+    entry.runs.push(m);
+    if rows.is_some() {
+        entry.rows = rows;
+    }
+}
+
 /// Rows in `table` of `db` (`where`: a condition, or "true").
 fn count_rows(db: &str, table: &str, condition: &str) -> i64 {
     pg(db)
@@ -421,7 +435,7 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
     let prefix = unique(&w.name.to_lowercase());
     let (input, template) = promos_fixture(w, &prefix);
     let drafts = w.drafts();
-    let mut series: BTreeMap<&str, Series> = BTreeMap::new();
+    let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
     let timeout = Duration::from_secs(1800);
     let job = |db: &str, out: &str, extra: &[&str]| -> Vec<String> {
         let mut args: Vec<String> = [
@@ -455,7 +469,12 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
             timeout,
         );
         eprintln!("{} round {round}: dishflow {m:?}", w.name);
-        series.entry("dishflow").or_default().runs.push(m);
+        record(
+            &mut series,
+            "dishflow",
+            m,
+            Some(count_rows(&db, "subscribers_feedback", "true")),
+        );
 
         if w.scaling {
             let db = copy_database(&template, &format!("{prefix}_w{round}"));
@@ -468,11 +487,12 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
                 timeout,
             );
             eprintln!("{} round {round}: dishflow 2 workers {m:?}", w.name);
-            series
-                .entry("dishflow, 2 workers")
-                .or_default()
-                .runs
-                .push(m);
+            record(
+                &mut series,
+                "dishflow, 2 workers",
+                m,
+                Some(count_rows(&db, "subscribers_feedback", "true")),
+            );
             let db = copy_database(&template, &format!("{prefix}_c{round}"));
             let hostfile = std::env::temp_dir().join(format!("{prefix}.hosts"));
             let port = 30_000 + (std::process::id() % 10_000) as u16;
@@ -509,11 +529,12 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
             ));
             let m = measure_all(&mut [&mut a, &mut b], timeout);
             eprintln!("{} round {round}: dishflow 2 processes {m:?}", w.name);
-            series
-                .entry("dishflow, 2 processes × 1 worker")
-                .or_default()
-                .runs
-                .push(m);
+            record(
+                &mut series,
+                "dishflow, 2 processes × 1 worker",
+                m,
+                Some(count_rows(&db, "subscribers_feedback", "true")),
+            );
         }
 
         let m = if w.pipe_limit {
@@ -539,7 +560,7 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
         } else {
             "limit: produce drafts + binary COPY rows"
         };
-        series.entry(limit).or_default().runs.push(m);
+        record(&mut series, limit, m, None);
 
         if let Some(python) = pathway {
             let db = copy_database(&template, &format!("{prefix}_p{round}"));
@@ -565,9 +586,12 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
                 timeout,
             );
             eprintln!("{} round {round}: pathway {m:?}", w.name);
-            let entry = series.entry("pathway").or_default();
-            entry.runs.push(m);
-            entry.rows = Some(count_rows(&db, "pathway_feedback", "diff = 1"));
+            record(
+                &mut series,
+                "pathway",
+                m,
+                Some(count_rows(&db, "pathway_feedback", "diff = 1")),
+            );
         }
     }
     let summaries: BTreeMap<&str, Value> = series
