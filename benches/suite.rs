@@ -12,9 +12,11 @@
 //!   With **S** (`--only S`), also 2 workers and 2 processes × 1 worker.
 //! * **W5** orders backlog: the orders job on N orders (`dishflow orders --stop-at-end`).
 //!   Limit: consuming the same messages from Kafka (`--consume`), and a batched upsert of the
-//!   final CDM keys into empty tables.
+//!   final CDM keys into empty tables. Also reports Postgres write volume (rows per layer, WAL
+//!   bytes per run).
 //!
-//! Usage: `cargo bench --bench suite -- [--quick] [--rounds N] [--only W1,W2,S,W5]`
+//! Usage: `cargo bench --bench suite -- [--quick] [--rounds N] [--only W1,W2,S,W5]
+//! [--orders N] [--workers N]` (the last two: W5's size and dishflow's workers there)
 //! (`--quick`: every size ÷ 20)
 //! (through `scripts/bench.sh`, which starts the services and installs the peer).
 
@@ -437,24 +439,10 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
     let drafts = w.drafts();
     let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
     let timeout = Duration::from_secs(1800);
+    // `out`.out is the run's notification topic.
     let job = |db: &str, out: &str, extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "promos",
-            "--brokers",
-            &brokers(),
-            "--postgres-url",
-            db,
-            "--promo-topic",
-            &input,
-            "--notification-topic",
-            out,
-            "--dead-letter-topic",
-            &format!("{prefix}.dlq"),
-            "--stop-at-end",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = promos_args_from(db, &input, out);
+        args.push("--stop-at-end".to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
@@ -609,8 +597,16 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
     })
 }
 
-/// W5: the orders backlog.
-fn w5(n: u64, rounds: usize) -> Value {
+/// The WAL position of the server behind `client`, in bytes.
+fn wal_lsn(client: &mut postgres::Client) -> i64 {
+    client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[])
+        .expect("lsn")
+        .get(0)
+}
+
+/// W5: the orders backlog (`workers` threads for dishflow).
+fn w5(n: u64, rounds: usize, workers: usize) -> Value {
     let prefix = unique("w5");
     let topic = format!("{prefix}.orders");
     let redis_url =
@@ -646,12 +642,15 @@ fn w5(n: u64, rounds: usize) -> Value {
     assert!(setup.status.success());
     let template_name = template.rsplit('/').next().unwrap_or_default().to_string();
 
-    let mut series: BTreeMap<&str, Series> = BTreeMap::new();
+    let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
     let mut upsert_s = Vec::new();
+    let mut wal = Vec::new();
     let timeout = Duration::from_secs(1200);
     let mut last_db = String::new();
+    let workers = workers.to_string();
     for round in 0..rounds {
         let db = copy_database(&template_name, &format!("{prefix}_d{round}"));
+        let lsn = wal_lsn(&mut pg(&db));
         let m = measure(
             &mut dishflow_command(&[
                 "orders",
@@ -668,11 +667,19 @@ fn w5(n: u64, rounds: usize) -> Value {
                 "--dead-letter-topic",
                 &format!("{prefix}.dlq"),
                 "--stop-at-end",
+                "--workers",
+                &workers,
             ]),
             timeout,
         );
+        wal.push((wal_lsn(&mut pg(&db)) - lsn) as f64);
         eprintln!("w5 round {round}: dishflow {m:?}");
-        series.entry("dishflow").or_default().runs.push(m);
+        record(
+            &mut series,
+            "dishflow",
+            m,
+            Some(count_rows(&db, "cdm.user_product_counters", "true")),
+        );
         let m = measure(&mut self_command(&["--consume", &topic]), timeout);
         eprintln!("w5 round {round}: limit consume {m:?}");
         series
@@ -712,15 +719,20 @@ fn w5(n: u64, rounds: usize) -> Value {
         upsert_s.push(started.elapsed().as_secs_f64());
         last_db = db;
     }
-    let cdm_rows: i64 = ["cdm.user_product_counters", "cdm.user_category_counters"]
-        .iter()
-        .map(|t| {
-            pg(&last_db)
-                .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-                .expect("count")
-                .get::<_, i64>(0)
-        })
-        .sum();
+    // Rows per layer, as the last run wrote them.
+    let layer =
+        |tables: &[&str]| -> i64 { tables.iter().map(|t| count_rows(&last_db, t, "true")).sum() };
+    let cdm_rows = layer(&["cdm.user_product_counters", "cdm.user_category_counters"]);
+    let rows = json!({
+        "stg": layer(&["stg.order_events"]),
+        "dds": layer(&[
+            "dds.h_user", "dds.h_product", "dds.h_category", "dds.h_restaurant", "dds.h_order",
+            "dds.l_order_product", "dds.l_product_restaurant", "dds.l_product_category",
+            "dds.l_order_user", "dds.s_user_names", "dds.s_product_names",
+            "dds.s_restaurant_names", "dds.s_order_cost", "dds.s_order_status",
+        ]),
+        "cdm": cdm_rows,
+    });
     let mut summaries: BTreeMap<&str, Value> =
         series.iter().map(|(k, s)| (*k, s.summary(n))).collect();
     summaries.insert(
@@ -729,9 +741,13 @@ fn w5(n: u64, rounds: usize) -> Value {
     );
     json!({
         "workload": "W5",
-        "what": format!("{n} orders (≈3 lines, 100 restaurants, 5,000 users) → STG, DDS, CDM"),
+        "what": format!(
+            "{n} orders (≈3 lines, 100 restaurants, 5,000 users) → STG, DDS, CDM; dishflow with \
+             {workers} worker(s)"
+        ),
         "records": n,
         "engines": summaries,
+        "postgres_write_volume": {"rows": rows, "wal_bytes": wal, "wal_bytes_median": median(&wal)},
     })
 }
 
@@ -820,7 +836,11 @@ fn main() {
         results.push(promos_workload(&w, rounds, pathway.as_deref()));
     }
     if wanted("W5") {
-        results.push(w5(scale(50_000), rounds));
+        results.push(w5(
+            scale(arg_value(&args, "--orders", 50_000) as u64),
+            rounds,
+            arg_value(&args, "--workers", 1),
+        ));
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let machine = format!(

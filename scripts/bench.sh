@@ -6,7 +6,8 @@
 #       the peer engine (Pathway, installed by scripts/bench/peers/setup.sh; skip it with
 #       DISHFLOW_NO_PEER=1); writes target/bench/report.md and report.json.
 #   scripts/bench.sh latency|expiry [--samples N] [--rounds N]   promos latency / memory
-#   scripts/bench.sh orders [--orders N] [--runs N] [--workers N] the orders backlog alone
+#   scripts/bench.sh orders [--orders N] [--rounds N] [--workers N]  the orders backlog (W5)
+#       alone, without the peer
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -16,7 +17,7 @@ case "${1:-}" in
     cargo bench --bench promos -- "$@" | tee target/bench/promos.jsonl ;;
   orders)
     shift
-    cargo bench --bench orders -- "$@" | tee target/bench/orders.jsonl ;;
+    cargo bench --bench suite -- --only W5 "$@" ;;
   *)
     if [ "${DISHFLOW_NO_PEER:-0}" != 1 ]; then
       DISHFLOW_PATHWAY_PYTHON="$(scripts/bench/peers/setup.sh)"

@@ -1,7 +1,7 @@
 //! Postgres connections and the schema the jobs need (`dishflow setup`).
 
 use anyhow::{Context, Result, anyhow};
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Transaction};
 
 /// Connects to `url`, with an error that names the server but never the password.
 pub fn connect(url: &str) -> Result<Client> {
@@ -186,15 +186,33 @@ CREATE TABLE IF NOT EXISTS cdm.user_category_counters (
 /// Creates the orders job's schemas and tables, and the bookkeeping tables, if missing.
 pub fn setup_orders(url: &str) -> Result<()> {
     let mut client = connect(url)?;
+    begin_setup(
+        &mut client,
+        &[(
+            ORDERS_DDL,
+            "cannot create the orders job's schemas stg, dds, cdm and their tables",
+        )],
+    )?
+    .commit()?;
+    Ok(())
+}
+
+/// Opens a setup transaction, serialised across processes by an advisory lock, and runs
+/// each `(ddl, what failed)` and then the bookkeeping DDL in it.
+fn begin_setup<'c>(
+    client: &'c mut Client,
+    ddl: &[(&str, &'static str)],
+) -> Result<Transaction<'c>> {
     let mut tx = client.transaction()?;
+    // Arbitrary constant: the lock id of dishflow's setup.
     tx.execute("SELECT pg_advisory_xact_lock(7347230001)", &[])?;
-    tx.batch_execute(ORDERS_DDL)
-        .context("cannot create the orders job's schemas stg, dds, cdm and their tables")?;
+    for (statements, what) in ddl {
+        tx.batch_execute(statements).context(*what)?;
+    }
     tx.batch_execute(BOOKKEEPING_DDL).context(
         "cannot create dishflow's bookkeeping tables (dishflow_outbox, dishflow_progress)",
     )?;
-    tx.commit()?;
-    Ok(())
+    Ok(tx)
 }
 
 /// The publication through which the promos job captures changes of the subscribers table.
@@ -208,17 +226,19 @@ pub const SLOT_PREFIX: &str = "dishflow_";
 /// created by others. Warns about inactive dishflow replication slots (they retain WAL).
 pub fn setup_promos(url: &str) -> Result<()> {
     let mut client = connect(url)?;
-    let mut tx = client.transaction()?;
-    // Arbitrary constant: the lock id of dishflow's setup.
-    tx.execute("SELECT pg_advisory_xact_lock(7347230001)", &[])?;
-    tx.batch_execute(SUBSCRIBERS_DDL)
-        .context("cannot create public.subscribers_restaurants")?;
-    tx.batch_execute(FEEDBACK_DDL).context(
-        "cannot create public.subscribers_feedback or its unique index on \
-         (adv_campaign_id, client_id) (duplicate rows in an existing table?)",
-    )?;
-    tx.batch_execute(BOOKKEEPING_DDL).context(
-        "cannot create dishflow's bookkeeping tables (dishflow_outbox, dishflow_progress)",
+    let mut tx = begin_setup(
+        &mut client,
+        &[
+            (
+                SUBSCRIBERS_DDL,
+                "cannot create public.subscribers_restaurants",
+            ),
+            (
+                FEEDBACK_DDL,
+                "cannot create public.subscribers_feedback or its unique index on \
+                 (adv_campaign_id, client_id) (duplicate rows in an existing table?)",
+            ),
+        ],
     )?;
     let exists = tx
         .query_opt(

@@ -122,6 +122,89 @@ pub fn plan(
     Ok(plan)
 }
 
+/// How a job's run starts on its input topic: the topic's partitions and watermarks, the
+/// job's committed progress, the resolved `--from`, and the run's start time.
+pub struct RunStart {
+    /// Job name (key of the progress rows).
+    pub job: String,
+    /// Input topic.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: Vec<i32>,
+    /// (partition, low, high) at startup.
+    pub watermarks: Vec<(i32, i64, i64)>,
+    /// The job's committed progress on the topic.
+    pub committed: HashMap<i32, Committed>,
+    /// Where each partition starts, and up to where reading is a replay.
+    pub plan: StartPlan,
+    /// The run's start time (the logical time of replayed records and snapshots).
+    pub start_time: Time,
+}
+
+impl RunStart {
+    /// Reads what a run of `job` on `topic` needs to know before it starts (the topic must
+    /// exist), resolving `from`.
+    pub fn load(
+        kafka: &crate::cli::KafkaArgs,
+        url: &str,
+        job: &str,
+        topic: &str,
+        from: &StartFrom,
+    ) -> Result<Self> {
+        let partitions = crate::kafka::topic_partitions(kafka, topic)?;
+        let watermarks = crate::kafka::watermarks(kafka, topic)?;
+        let committed = load(&mut pg::connect(url)?, job, topic)?;
+        let plan = plan(from, topic, &watermarks, &committed)?;
+        Ok(RunStart {
+            job: job.to_string(),
+            topic: topic.to_string(),
+            partitions,
+            watermarks,
+            committed,
+            plan,
+            start_time: crate::sources::wall_clock_ms(),
+        })
+    }
+
+    /// The Kafka source of the run; records before `hold_until` (per partition) are read as
+    /// one step at the start time.
+    pub fn source(
+        &self,
+        kafka: &crate::cli::KafkaArgs,
+        hold_until: HashMap<i32, i64>,
+        stop_at_end: bool,
+        tick: Duration,
+    ) -> crate::sources::kafka::KafkaSourceConfig {
+        use crate::sources::kafka::Position;
+        crate::sources::kafka::KafkaSourceConfig {
+            kafka: kafka.clone(),
+            topic: self.topic.clone(),
+            partitions: self.partitions.clone(),
+            start: self
+                .plan
+                .start
+                .iter()
+                .map(|(&p, &o)| (p, Position::Offset(o)))
+                .collect(),
+            replay_until: hold_until,
+            start_time: self.start_time,
+            stop_at_end,
+            tick,
+        }
+    }
+
+    /// Where the run records its progress.
+    pub fn progress(&self, url: &str) -> ProgressConfig {
+        ProgressConfig {
+            url: url.to_string(),
+            job: self.job.clone(),
+            topic: self.topic.clone(),
+            start: self.plan.start.clone(),
+            start_time: self.start_time,
+        }
+    }
+}
+
 /// Whether a start with `from` reads every message the job's state depends on: from the
 /// beginning of a topic that retention has not shortened, or resumed with every partition's
 /// replay offset still in the topic. Only then is the state at the start time complete (and

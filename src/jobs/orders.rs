@@ -30,17 +30,16 @@ use tracing::info;
 
 use crate::cli::OrdersArgs;
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
-use crate::progress::{self, ProgressConfig};
+use crate::progress::{self, RunStart};
 use crate::sinks::kafka::{DeadLetterEncoder, KafkaWriter};
 use crate::sinks::outbox::Outbox;
 use crate::sinks::sink;
 use crate::sinks::tables::{
     CounterBatch, PublishedBatch, StgBatch, TableWriter, VaultBatch, existing_counters,
 };
-use crate::sources::kafka::{KafkaSourceConfig, Position, kafka_source};
+use crate::sources::kafka::kafka_source;
 use crate::sources::redis::{RedisSourceConfig, dictionaries};
 use crate::sources::snapshot::snapshot;
-use crate::sources::wall_clock_ms;
 use crate::{cluster, kafka, pg};
 
 /// The job's name in dishflow's bookkeeping tables (progress).
@@ -70,22 +69,22 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     let config = cluster::timely_config(&args.cluster)?;
     pg::setup_orders(&args.postgres_url)?;
     crate::sources::redis::check(&args.redis_url)?;
-    let partitions = kafka::topic_partitions(&args.kafka, &args.order_topic)?;
-    let outputs = i32::try_from(partitions.len())?;
+    let run = RunStart::load(
+        &args.kafka,
+        &args.postgres_url,
+        JOB,
+        &args.order_topic,
+        &args.from,
+    )?;
+    let outputs = i32::try_from(run.partitions.len())?;
     kafka::ensure_topic(&args.kafka, &args.dead_letter_topic, outputs)?;
     for topic in [&args.stg_topic, &args.dds_topic].into_iter().flatten() {
         kafka::ensure_topic(&args.kafka, topic, outputs)?;
     }
-    let watermarks = kafka::watermarks(&args.kafka, &args.order_topic)?;
-    let committed = progress::load(
-        &mut pg::connect(&args.postgres_url)?,
-        JOB,
-        &args.order_topic,
-    )?;
-    let plan = progress::plan(&args.from, &args.order_topic, &watermarks, &committed)?;
+    let plan = &run.plan;
     info!(
         order_topic = %args.order_topic,
-        partitions = partitions.len(),
+        partitions = run.partitions.len(),
         bounded = args.stop_at_end,
         from = ?args.from,
         start = ?plan.start,
@@ -93,28 +92,17 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         "starting orders"
     );
 
-    let t0 = wall_clock_ms();
+    let t0 = run.start_time;
     let tick = Duration::from_millis(args.tick_ms);
-    let source = KafkaSourceConfig {
-        kafka: args.kafka.clone(),
-        topic: args.order_topic.clone(),
-        partitions,
-        start: plan
-            .start
-            .iter()
-            .map(|(&p, &o)| (p, Position::Offset(o)))
-            .collect(),
-        // The backlog as of startup (a replay, or a week of history on a first start) is
-        // read as one snapshot at the start time: intermediate versions collapse, and the
-        // state and tables are built in one step instead of once per arrival millisecond.
-        replay_until: watermarks
-            .iter()
-            .map(|&(p, _, high)| (p, high.max(plan.replay_until.get(&p).copied().unwrap_or(0))))
-            .collect(),
-        start_time: t0,
-        stop_at_end: args.stop_at_end,
-        tick,
-    };
+    // The backlog as of startup (a replay, or a week of history on a first start) is read
+    // as one snapshot at the start time: intermediate versions collapse, and the state and
+    // tables are built in one step instead of once per arrival millisecond.
+    let backlog = run
+        .watermarks
+        .iter()
+        .map(|&(p, _, high)| (p, high.max(plan.replay_until.get(&p).copied().unwrap_or(0))))
+        .collect();
+    let source = run.source(&args.kafka, backlog, args.stop_at_end, tick);
     let redis_config = RedisSourceConfig {
         url: args.redis_url.clone(),
         pattern: args.redis_keys.clone(),
@@ -122,16 +110,10 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         rescan: Duration::from_secs(args.redis_rescan_secs),
         poll: tick * 10,
     };
-    let progress_config = ProgressConfig {
-        url: args.postgres_url.clone(),
-        job: JOB.to_string(),
-        topic: args.order_topic.clone(),
-        start: plan.start.clone(),
-        start_time: t0,
-    };
-    let replay_until = plan.replay_until;
+    let progress_config = run.progress(&args.postgres_url);
+    let replay_until = run.plan.replay_until.clone();
     // Whether the start time rebuilds the whole state (every current order version).
-    let reconcile = progress::rebuilds_everything(&args.from, &watermarks, &committed);
+    let reconcile = progress::rebuilds_everything(&args.from, &run.watermarks, &run.committed);
     if !reconcile {
         info!(
             "this start does not replay every current order (--from, or messages deleted by \

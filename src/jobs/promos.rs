@@ -24,14 +24,13 @@ use tracing::info;
 
 use crate::cli::{Envelope, PromosArgs};
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
-use crate::progress::{self, ProgressConfig};
+use crate::progress::{self, RunStart};
 use crate::sinks::kafka::{DeadLetterEncoder, DraftEncoder, KafkaWriter};
 use crate::sinks::outbox::Outbox;
 use crate::sinks::postgres::FeedbackWriter;
 use crate::sinks::sink;
-use crate::sources::kafka::{KafkaSourceConfig, Position, kafka_source};
+use crate::sources::kafka::kafka_source;
 use crate::sources::postgres::{SubscribersConfig, subscribers};
-use crate::sources::wall_clock_ms;
 use crate::{cluster, kafka, pg};
 
 /// The job's name in dishflow's bookkeeping tables (outbox, progress).
@@ -42,20 +41,20 @@ pub fn run(args: PromosArgs) -> Result<()> {
     let shutdown = install_signal_handlers()?;
     let config = cluster::timely_config(&args.cluster)?;
     pg::setup_promos(&args.postgres_url)?;
-    let partitions = kafka::topic_partitions(&args.kafka, &args.promo_topic)?;
-    let outputs = i32::try_from(partitions.len())?;
-    kafka::ensure_topic(&args.kafka, &args.notification_topic, outputs)?;
-    kafka::ensure_topic(&args.kafka, &args.dead_letter_topic, outputs)?;
-    let watermarks = kafka::watermarks(&args.kafka, &args.promo_topic)?;
-    let committed = progress::load(
-        &mut pg::connect(&args.postgres_url)?,
+    let run = RunStart::load(
+        &args.kafka,
+        &args.postgres_url,
         JOB,
         &args.promo_topic,
+        &args.from,
     )?;
-    let plan = progress::plan(&args.from, &args.promo_topic, &watermarks, &committed)?;
+    let outputs = i32::try_from(run.partitions.len())?;
+    kafka::ensure_topic(&args.kafka, &args.notification_topic, outputs)?;
+    kafka::ensure_topic(&args.kafka, &args.dead_letter_topic, outputs)?;
+    let plan = &run.plan;
     info!(
         promo_topic = %args.promo_topic,
-        partitions = partitions.len(),
+        partitions = run.partitions.len(),
         notification_topic = %args.notification_topic,
         envelope = ?args.envelope,
         bounded = args.stop_at_end,
@@ -65,30 +64,16 @@ pub fn run(args: PromosArgs) -> Result<()> {
         "starting promos"
     );
 
-    let t0 = wall_clock_ms();
+    let t0 = run.start_time;
     let tick = Duration::from_millis(args.tick_ms);
-    let source = KafkaSourceConfig {
-        kafka: args.kafka.clone(),
-        topic: args.promo_topic.clone(),
-        partitions,
-        start: plan
-            .start
-            .iter()
-            .map(|(&p, &o)| (p, Position::Offset(o)))
-            .collect(),
-        replay_until: plan.replay_until.clone(),
-        start_time: t0,
-        stop_at_end: args.stop_at_end,
+    let source = run.source(
+        &args.kafka,
+        plan.replay_until.clone(),
+        args.stop_at_end,
         tick,
-    };
-    let progress_config = ProgressConfig {
-        url: args.postgres_url.clone(),
-        job: JOB.to_string(),
-        topic: args.promo_topic.clone(),
-        start: plan.start.clone(),
-        start_time: t0,
-    };
-    let replay_until = plan.replay_until;
+    );
+    let progress_config = run.progress(&args.postgres_url);
+    let replay_until = run.plan.replay_until;
     let subscribers_config = SubscribersConfig {
         url: args.postgres_url.clone(),
         publication: pg::SUBSCRIBERS_PUBLICATION.to_string(),

@@ -121,14 +121,12 @@ impl<E> FeedbackWriter<E> {
         };
         // The startup checks have reached Postgres already: a failure now is an outage
         // (a server restarting), waited out like one during the run.
-        loop {
-            match writer.connect() {
-                Ok(_) => break,
-                Err(error) if transient(&error) => writer.backoff.failed(&error),
-                Err(error) => return Err(error),
-            }
-        }
-        writer.backoff.succeeded();
+        retry_transient(
+            &mut writer,
+            |w| &mut w.backoff,
+            Self::disconnect,
+            Self::connect,
+        )?;
         Ok(writer)
     }
 
@@ -137,6 +135,11 @@ impl<E> FeedbackWriter<E> {
     pub fn republish(mut self, republish: bool) -> Self {
         self.republish = republish;
         self
+    }
+
+    /// Drops the connection (after a failure).
+    fn disconnect(&mut self) {
+        self.connection = None;
     }
 
     /// Makes sure there is a connection; returns whether a new one was made (the outbox
@@ -174,6 +177,30 @@ pub fn transient(error: &anyhow::Error) -> bool {
         }
     }
     true
+}
+
+/// Runs `attempt` on `writer` until it succeeds or fails with an error a retry cannot fix
+/// (see [`transient`]); after each transient failure, `reset` drops what broke (the
+/// connection) and the writer's `backoff` waits.
+pub fn retry_transient<W, T>(
+    writer: &mut W,
+    backoff: fn(&mut W) -> &mut Backoff,
+    reset: fn(&mut W),
+    mut attempt: impl FnMut(&mut W) -> Result<T>,
+) -> Result<T> {
+    loop {
+        match attempt(writer) {
+            Ok(value) => {
+                backoff(writer).succeeded();
+                return Ok(value);
+            }
+            Err(error) if transient(&error) => {
+                reset(writer);
+                backoff(writer).failed(&error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// What happened to one key at one time.
@@ -256,20 +283,12 @@ impl<E: Encoder<Draft>> SinkWriter<Draft> for FeedbackWriter<E> {
     fn write(&mut self, updates: &[(Draft, Time, Diff)]) -> Result<()> {
         let mut events = events(updates);
         let mut staged: Option<Vec<Staged>> = None;
-        loop {
-            let attempt = self.attempt(&mut events, &mut staged);
-            match attempt {
-                Ok(()) => {
-                    self.backoff.succeeded();
-                    return Ok(());
-                }
-                Err(error) if transient(&error) => {
-                    self.connection = None;
-                    self.backoff.failed(&error);
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        retry_transient(
+            self,
+            |w| &mut w.backoff,
+            Self::disconnect,
+            |w| w.attempt(&mut events, &mut staged),
+        )
     }
 }
 

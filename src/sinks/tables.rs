@@ -38,7 +38,7 @@ use uuid::Uuid;
 use super::SinkWriter;
 use super::kafka::KafkaMessage;
 use super::outbox::{Outbox, Staged};
-use super::postgres::transient;
+use super::postgres::retry_transient;
 use crate::pg;
 use crate::retry::Backoff;
 
@@ -94,15 +94,18 @@ impl<B> TableWriter<B> {
             outbox: outbox.map(|(o, topic)| (o, topic.to_string())),
             backoff: Backoff::new(name),
         };
-        loop {
-            match writer.connect() {
-                Ok(_) => break,
-                Err(error) if transient(&error) => writer.backoff.failed(&error),
-                Err(error) => return Err(error),
-            }
-        }
-        writer.backoff.succeeded();
+        retry_transient(
+            &mut writer,
+            |w| &mut w.backoff,
+            Self::disconnect,
+            Self::connect,
+        )?;
         Ok(writer)
+    }
+
+    /// Drops the connection (after a failure).
+    fn disconnect(&mut self) {
+        self.client = None;
     }
 
     /// Makes sure there is a connection; returns whether a new one was made (the outbox
@@ -125,25 +128,19 @@ impl<D, B: TableBatch<D>> SinkWriter<D> for TableWriter<B> {
     fn write(&mut self, updates: &[(D, Time, Diff)]) -> Result<()> {
         let mut staged = None;
         let started = std::time::Instant::now();
-        loop {
-            match self.attempt(updates, &mut staged) {
-                Ok(()) => {
-                    self.backoff.succeeded();
-                    tracing::debug!(
-                        sink = self.batch.name(),
-                        updates = updates.len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "batch written"
-                    );
-                    return Ok(());
-                }
-                Err(error) if transient(&error) => {
-                    self.client = None;
-                    self.backoff.failed(&error);
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        retry_transient(
+            self,
+            |w| &mut w.backoff,
+            Self::disconnect,
+            |w| w.attempt(updates, &mut staged),
+        )?;
+        tracing::debug!(
+            sink = self.batch.name(),
+            updates = updates.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch written"
+        );
+        Ok(())
     }
 }
 
@@ -567,32 +564,25 @@ fn counter_table(kind: CounterKind) -> (&'static str, &'static str, &'static str
 }
 
 impl CounterBatch {
-    /// Runs the counter statement `sql` (an upsert or a delete of rows `t`) with `columns`;
-    /// when publishing, also collects the rows it changed into `changed` (a deleted counter
-    /// with count 0).
+    /// Runs the counter statement `sql` (an upsert or a delete of rows `t`, ending with
+    /// `RETURNING …` the changed counters) with `columns`; when publishing, collects the
+    /// rows it changed into `changed`, else runs it without the RETURNING clause.
     fn run(
         &self,
         tx: &mut Transaction<'_>,
         sql: &str,
         columns: &[Column],
-        kind: CounterKind,
-        table: &str,
+        (kind, table): (CounterKind, &str),
         changed: &mut Vec<Counter>,
     ) -> Result<()> {
         if !self.publish {
-            execute(tx, sql, columns, table)?;
+            let plain = sql.split(" RETURNING ").next().unwrap_or(sql);
+            execute(tx, plain, columns, table)?;
             return Ok(());
         }
-        let (_, item, name) = counter_table(kind);
-        let count = if sql.starts_with("DELETE") {
-            "0"
-        } else {
-            "t.order_cnt"
-        };
-        let sql = format!("{sql} RETURNING t.user_id, t.{item}, t.{name}, {count}");
         let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(Column::param).collect();
         let rows = tx
-            .query(&sql, &params)
+            .query(sql, &params)
             .with_context(|| format!("cannot write {table}"))?;
         for r in rows {
             changed.push(Counter {
@@ -632,9 +622,10 @@ impl TableBatch<Counter> for CounterBatch {
                 ];
                 let sql = format!(
                     "DELETE FROM {table} t USING unnest($1::uuid[], $2::uuid[]) AS n(u, i) \
-                     WHERE t.user_id = n.u AND t.{item} = n.i"
+                     WHERE t.user_id = n.u AND t.{item} = n.i \
+                     RETURNING t.user_id, t.{item}, t.{name}, 0"
                 );
-                self.run(tx, &sql, &columns, kind, table, &mut changed)?;
+                self.run(tx, &sql, &columns, (kind, table), &mut changed)?;
             }
             for chunk in puts.chunks(CHUNK) {
                 let columns = [
@@ -653,9 +644,10 @@ impl TableBatch<Counter> for CounterBatch {
                      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[]) \
                      ON CONFLICT (user_id, {item}) DO UPDATE SET \
                          {name} = excluded.{name}, order_cnt = excluded.order_cnt \
-                     WHERE (t.{name}, t.order_cnt) IS DISTINCT FROM (excluded.{name}, excluded.order_cnt)"
+                     WHERE (t.{name}, t.order_cnt) IS DISTINCT FROM (excluded.{name}, excluded.order_cnt) \
+                     RETURNING t.user_id, t.{item}, t.{name}, t.order_cnt"
                 );
-                self.run(tx, &sql, &columns, kind, table, &mut changed)?;
+                self.run(tx, &sql, &columns, (kind, table), &mut changed)?;
             }
         }
         if !self.publish {

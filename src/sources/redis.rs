@@ -314,11 +314,12 @@ impl Follower {
             pubsub.set_read_timeout(Some(Duration::from_millis(200)))?;
             // Drain what arrived, then GET each changed key once.
             let mut changed: Vec<String> = Vec::new();
+            let mut seen: HashSet<String> = HashSet::new();
             loop {
                 match pubsub.get_message() {
                     Ok(message) => {
                         if let Some(key) = message.get_channel_name().strip_prefix(&prefix)
-                            && !changed.iter().any(|k| k == key)
+                            && seen.insert(key.to_string())
                         {
                             changed.push(key.to_string());
                         }
