@@ -2,26 +2,32 @@
 //! the hardware allows for it and with a peer engine (Pathway), every process measured (wall
 //! time, CPU seconds, peak RSS). Writes `target/bench/report.md` and `report.json`.
 //!
-//! Workloads so far:
+//! Workloads:
 //! * **W1** pass-through: N promos for N restaurants with one subscriber each → N drafts to
 //!   Kafka and Postgres (`dishflow promos --stop-at-end`). Limit: a plain rdkafka
 //!   consume → produce pipe of the same messages (this binary, `--pipe`). Peer: the promos job
 //!   for Pathway (`scripts/bench/peers/promos.py`).
 //! * **W2** fan-out: 20k promos over 2k restaurants with 100 subscribers each → 2M drafts.
 //!   Limit: producing 2M draft-sized messages while binary-COPYing 2M rows (`--produce-copy`).
-//!   With **S** (`--only S`), also 2 workers and 2 processes × 1 worker.
+//!   With **S** (`--only S`), also 2 workers and 2 processes × 1 worker. **W2skew**: W2
+//!   with 50k of the 200k subscribers on one restaurant (always with the scaling runs).
+//! * **W3**, **W4**: latency of a running job at steady rates, with their floors (see
+//!   [`latency`]).
 //! * **W5** orders backlog: the orders job on N orders (`dishflow orders --stop-at-end`).
 //!   Limit: consuming the same messages from Kafka (`--consume`), and a batched upsert of the
 //!   final CDM keys into empty tables. Also reports Postgres write volume (rows per layer, WAL
 //!   bytes per run).
 //!
-//! Usage: `cargo bench --bench suite -- [--quick] [--rounds N] [--only W1,W2,S,W5]
-//! [--orders N] [--workers N]` (the last two: W5's size and dishflow's workers there)
-//! (`--quick`: every size ÷ 20)
+//! Usage: `cargo bench --bench suite -- [--quick] [--rounds N] [--only W1,W2,W2skew,S,W3,W4,W5]
+//! [--secs N] [--orders N] [--workers N]` (`--secs`: W3/W4's window per rate or size, default
+//! 60; `--orders`, `--workers`: W5's size and dishflow's workers there)
+//! (`--quick`: every size ÷ 20, 3 s windows, one round of W3/W4)
 //! (through `scripts/bench.sh`, which starts the services and installs the peer).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "suite/latency.rs"]
+mod latency;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -241,6 +247,54 @@ fn pipe(input: &str, output: Option<&str>) {
     }
 }
 
+/// Deletes the topics and databases whose names start with `prefix` — the workload's own
+/// (Tansu keeps every topic in memory); kept with `--keep`.
+fn clean_up(prefix: &str) {
+    if std::env::args().any(|a| a == "--keep") {
+        return;
+    }
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let consumer: BaseConsumer = dishflow::kafka::client_config(&kafka(), &[])
+        .create()
+        .expect("consumer");
+    let topics: Vec<String> = consumer
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map(|m| {
+            m.topics()
+                .iter()
+                .map(|t| t.name().to_string())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !topics.is_empty() {
+        let admin: AdminClient<DefaultClientContext> =
+            dishflow::kafka::client_config(&kafka(), &[])
+                .create()
+                .expect("admin");
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        if let Err(e) =
+            futures_executor::block_on(admin.delete_topics(&names, &AdminOptions::new()))
+        {
+            eprintln!("cannot delete the topics of {prefix}: {e}");
+        }
+    }
+    let mut admin = pg(&format!("{}/postgres", postgres_base()));
+    let databases: Vec<String> = admin
+        .query("SELECT datname FROM pg_database", &[])
+        .expect("databases")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    for name in databases {
+        if let Err(e) = admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")) {
+            eprintln!("cannot drop {name}: {e}");
+        }
+    }
+}
+
 /// Creates database `name` as a copy of `template` (which must have no connections).
 fn copy_database(template: &str, name: &str) -> String {
     let mut admin = pg(&format!("{}/postgres", postgres_base()));
@@ -266,6 +320,8 @@ struct PromosWorkload {
     promos: u64,
     restaurants: u64,
     subscribers: u64,
+    /// Subscribers of the first restaurant (the skewed case; the rest round robin).
+    hot: u64,
     /// W1's limit (the pipe) or W2's (2M produce + binary COPY, concurrently).
     pipe_limit: bool,
     /// Also run 2 workers and 2 processes × 1 worker (the scaling workload S).
@@ -273,8 +329,9 @@ struct PromosWorkload {
 }
 
 impl PromosWorkload {
+    /// Every restaurant gets promos / restaurants campaigns, each for all its subscribers.
     fn drafts(&self) -> u64 {
-        self.promos * (self.subscribers / self.restaurants.max(1))
+        (self.promos / self.restaurants.max(1)) * self.subscribers
     }
 }
 
@@ -304,9 +361,14 @@ fn promos_fixture(w: &PromosWorkload, prefix: &str) -> (String, String) {
         .execute(
             "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
              SELECT 'client-' || g, '123e4567-e89b-12d3-a456-' || \
-                    lpad((426614174000 + g % $2::int8)::text, 12, '0') \
+                    lpad((426614174000 + CASE WHEN g < $3::int8 THEN 0 ELSE g % $2::int8 END)::text, \
+                         12, '0') \
              FROM generate_series(0, $1::int8 - 1) g",
-            &[&(w.subscribers as i64), &(w.restaurants as i64)],
+            &[
+                &(w.subscribers as i64),
+                &(w.restaurants as i64),
+                &(w.hot as i64),
+            ],
         )
         .expect("subscribers");
     drop(client);
@@ -582,6 +644,7 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
             );
         }
     }
+    clean_up(&prefix);
     let summaries: BTreeMap<&str, Value> = series
         .iter()
         .map(|(k, s)| (*k, s.summary(drafts)))
@@ -589,8 +652,16 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
     json!({
         "workload": w.name,
         "what": format!(
-            "{} promos over {} restaurants, {} subscribers → {drafts} drafts to Kafka and Postgres",
-            w.promos, w.restaurants, w.subscribers
+            "{} promos over {} restaurants, {} subscribers{} → {drafts} drafts to Kafka and \
+             Postgres",
+            w.promos,
+            w.restaurants,
+            w.subscribers,
+            if w.hot > 0 {
+                format!(" ({} of them on one restaurant)", w.hot)
+            } else {
+                String::new()
+            }
         ),
         "records": drafts,
         "engines": summaries,
@@ -733,6 +804,7 @@ fn w5(n: u64, rounds: usize, workers: usize) -> Value {
         ]),
         "cdm": cdm_rows,
     });
+    clean_up(&prefix);
     let mut summaries: BTreeMap<&str, Value> =
         series.iter().map(|(k, s)| (*k, s.summary(n))).collect();
     summaries.insert(
@@ -758,7 +830,9 @@ fn markdown(results: &[Value], machine: &str) -> String {
     md.push_str("\n\n| workload | engine | median s (min–max) | records/s | CPU µs/record | peak RSS MB | rows written | vs dishflow |\n|---|---|---|---|---|---|---|---|\n");
     for r in results {
         let w = r["workload"].as_str().unwrap_or("?");
-        let engines = r["engines"].as_object().cloned().unwrap_or_default();
+        let Some(engines) = r["engines"].as_object().cloned() else {
+            continue;
+        };
         let ours = engines["dishflow"]["median_s"].as_f64().unwrap_or(f64::NAN);
         for (engine, s) in &engines {
             let median = s["median_s"].as_f64().unwrap_or(f64::NAN);
@@ -784,6 +858,9 @@ fn markdown(results: &[Value], machine: &str) -> String {
         }
     }
     md.push_str("\n`vs dishflow` = the engine's median time ÷ dishflow's (below 1: faster than dishflow).\n");
+    for r in results {
+        md.push_str(&latency::markdown(r));
+    }
     md
 }
 
@@ -810,6 +887,8 @@ fn main() {
     let wanted = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
     let pathway = std::env::var("DISHFLOW_PATHWAY_PYTHON").ok();
     let started = Instant::now();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).expect("target/bench");
     let mut results = Vec::new();
     let scale = |full: u64| if quick { full / 20 } else { full };
     if wanted("W1") {
@@ -819,6 +898,7 @@ fn main() {
             promos: n,
             restaurants: n,
             subscribers: n,
+            hot: 0,
             pipe_limit: true,
             scaling: false,
         };
@@ -830,10 +910,43 @@ fn main() {
             promos: scale(20_000),
             restaurants: scale(2_000),
             subscribers: scale(200_000),
+            hot: 0,
             pipe_limit: false,
             scaling: wanted("S"),
         };
         results.push(promos_workload(&w, rounds, pathway.as_deref()));
+    }
+    if wanted("W2skew") {
+        // W2 with a quarter of the subscribers (50k at full size) on one restaurant.
+        let w = PromosWorkload {
+            name: "W2skew",
+            promos: scale(20_000),
+            restaurants: scale(2_000),
+            subscribers: scale(200_000),
+            hot: scale(50_000),
+            pipe_limit: false,
+            scaling: true,
+        };
+        results.push(promos_workload(&w, rounds, pathway.as_deref()));
+    }
+    let secs = arg_value(&args, "--secs", if quick { 3 } else { 60 }) as u64;
+    // The latency workloads run in real time: one round in --quick.
+    let latency_rounds = if quick { 1 } else { rounds };
+    if wanted("W3") {
+        results.push(latency::w3(
+            &[10, 100, 1000],
+            secs,
+            latency_rounds,
+            pathway.as_deref(),
+        ));
+    }
+    if wanted("W4") {
+        results.push(latency::w4(
+            &[scale(10_000), scale(100_000), scale(1_000_000)],
+            secs,
+            latency_rounds,
+            pathway.as_deref(),
+        ));
     }
     if wanted("W5") {
         results.push(w5(
@@ -850,8 +963,6 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     let report = json!({"machine": machine, "results": results});
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir).expect("target/bench");
     std::fs::write(
         dir.join("report.json"),
         serde_json::to_string_pretty(&report).unwrap_or_default(),

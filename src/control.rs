@@ -22,9 +22,9 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataflows::Time;
@@ -32,22 +32,55 @@ use timely::dataflow::Scope;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::{Exchange, Operator};
+use timely::scheduling::SyncActivator;
 
 /// How a process ends: `Ok` once every worker finished, or the first fatal error.
 pub type Outcome = anyhow::Result<()>;
 
 /// Process-wide control shared by all workers of a process: report fatal errors, observe
-/// shutdown requests.
+/// shutdown requests, wake every source.
 #[derive(Clone)]
 pub struct Control {
     fatal: Sender<Outcome>,
     shutdown: Arc<AtomicBool>,
+    sources: Arc<Mutex<Vec<SyncActivator>>>,
 }
 
 impl Control {
     /// Creates the control handle; fatal errors are sent to `fatal`, signals set `shutdown`.
     pub fn new(fatal: Sender<Outcome>, shutdown: Arc<AtomicBool>) -> Self {
-        Control { fatal, shutdown }
+        Control {
+            fatal,
+            shutdown,
+            sources: Arc::default(),
+        }
+    }
+
+    /// Registers the activator of a source operator (of any worker of this process), to be
+    /// woken by [`Control::wake_sources`].
+    pub fn register_source(&self, activator: SyncActivator) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(activator);
+    }
+
+    /// Schedules every registered source of this process now. A source that has just
+    /// emitted data at time t calls it: each other source then moves its capability to the
+    /// wall clock (past t) at once, instead of holding the frontier at t until its next idle
+    /// tick — the difference between a draft written within milliseconds of its promo and
+    /// one written up to `--tick-ms` later. (Sources of other processes still move on their
+    /// own tick.)
+    pub fn wake_sources(&self) {
+        for activator in self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            // Fails only when that worker is gone, i.e. the job is ending.
+            let _ = activator.activate();
+        }
     }
 
     /// Reports an error that must end the process (the main thread exits non-zero).

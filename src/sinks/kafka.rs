@@ -15,16 +15,16 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use dataflows::promos::Draft;
 use dataflows::{DeadLetter, Diff, Time};
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::SinkWriter;
@@ -52,16 +52,24 @@ pub trait Encoder<D>: Send + 'static {
 }
 
 /// What the delivery reports of a batch said: the first failure, and per partition the
-/// offset after the last message delivered.
+/// offset after the last message delivered; and how many messages await their report.
 #[derive(Default)]
 struct DeliveryLog {
     first_error: Option<String>,
     next_offsets: HashMap<(String, i32), i64>,
+    pending: usize,
 }
 
-/// librdkafka callbacks of a producer: records delivery reports (first failure, offsets delivered).
+/// librdkafka callbacks of a producer: records delivery reports (first failure, offsets
+/// delivered) and wakes [`Producer::confirm`] when the last pending one arrived.
 #[derive(Default, Clone)]
-pub struct Deliveries(Arc<Mutex<DeliveryLog>>);
+pub struct Deliveries(Arc<(Mutex<DeliveryLog>, Condvar)>);
+
+impl Deliveries {
+    fn log(&self) -> std::sync::MutexGuard<'_, DeliveryLog> {
+        self.0.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 impl ClientContext for Deliveries {}
 
@@ -69,7 +77,7 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let Ok(mut log) = self.0.lock() else { return };
+        let mut log = self.log();
         match result {
             Ok(message) => {
                 let next = message.offset() + 1;
@@ -83,13 +91,20 @@ impl ProducerContext for Deliveries {
                 log.first_error.get_or_insert_with(|| error.to_string());
             }
         }
+        log.pending = log.pending.saturating_sub(1);
+        if log.pending == 0 {
+            self.0.1.notify_all();
+        }
     }
 }
 
 /// An idempotent producer whose batches are confirmed: [`Producer::send`] queues,
-/// [`Producer::confirm`] waits for every delivery report of what was queued.
+/// [`Producer::confirm`] waits for every delivery report of what was queued. librdkafka's
+/// events are served by the producer's own polling thread, so a confirmation returns as soon
+/// as the last report arrives (`rdkafka`'s `flush` polls in slices of 100 ms that do not end
+/// early: every confirmation took ≥ 100 ms, the bulk of a draft's latency in a running job).
 pub struct Producer {
-    producer: BaseProducer<Deliveries>,
+    producer: ThreadedProducer<Deliveries>,
     deliveries: Deliveries,
     brokers: String,
 }
@@ -104,7 +119,8 @@ impl Producer {
                 // No duplicates or reordering from librdkafka's own retries.
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
-                // Small batching delay: the messages of one time are sent together anyway.
+                // Small batching delay: the messages of one time are sent together anyway
+                // (and `confirm` sends at once what is still lingering).
                 ("linger.ms", "5"),
             ],
         )
@@ -135,14 +151,19 @@ impl Producer {
         if let Some(value) = &message.value {
             record = record.payload(value.as_slice());
         }
+        // Counted before it is queued: its report may come before `send` returns.
+        self.deliveries.log().pending += 1;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    self.producer.poll(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((error, _)) => bail!("cannot produce to {topic}: {error}"),
+                Err((error, _)) => {
+                    self.deliveries.log().pending -= 1;
+                    bail!("cannot produce to {topic}: {error}")
+                }
             }
         }
     }
@@ -151,19 +172,35 @@ impl Producer {
     /// offset after the last message delivered since the previous call. Any failed delivery
     /// is an error (the messages of the batch may then be partly delivered).
     pub fn confirm(&self) -> Result<HashMap<(String, i32), i64>> {
-        let flushed = self.producer.flush(FLUSH_TIMEOUT);
-        let log = std::mem::take(
-            &mut *self
+        // No wait: tells librdkafka to send what is lingering now.
+        let _ = self.producer.flush(Duration::ZERO);
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        let mut log = self.deliveries.log();
+        while log.pending > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "delivery to Kafka at {} not confirmed within {FLUSH_TIMEOUT:?} ({} \
+                     messages pending)",
+                    self.brokers,
+                    log.pending
+                );
+            }
+            log = self
                 .deliveries
                 .0
-                .lock()
-                .map_err(|_| anyhow!("delivery log poisoned"))?,
-        );
-        flushed.map_err(|e| anyhow!("delivery to Kafka at {} not confirmed: {e}", self.brokers))?;
-        if let Some(error) = log.first_error {
+                .1
+                .wait_timeout(log, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let first_error = log.first_error.take();
+        let next_offsets = std::mem::take(&mut log.next_offsets);
+        drop(log);
+        if let Some(error) = first_error {
             bail!("delivery to Kafka at {} failed: {error}", self.brokers);
         }
-        Ok(log.next_offsets)
+        Ok(next_offsets)
     }
 }
 

@@ -19,7 +19,9 @@
 //! * **Waking.** The connector activates the operator when data arrives. An activation emits
 //!   a bounded amount (the reader decides) and re-activates itself if more is ready. Without
 //!   data the operator wakes once per tick, which is what moves frontiers and releases
-//!   future-dated updates (a campaign's start and end) on time.
+//!   future-dated updates (a campaign's start and end) on time. A source that emitted at t
+//!   wakes every source of the process ([`Control::wake_sources`]), so that idle ones move
+//!   past t at once and t is complete downstream within the same millisecond or so.
 //! * **Finishing.** A source finishes when its reader says so (end of a bounded run) or on
 //!   SIGTERM/SIGINT. It then holds its capability at its final time until the workers agree
 //!   on the run's horizon ([`crate::control`]), and drops it.
@@ -84,6 +86,7 @@ pub fn clocked_source<'s, R: Reader>(
     source(scope, &name.clone(), move |mut capability, info| {
         let activator = scope.activator_for(info.address.clone());
         let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+        control.register_source(scope.worker().sync_activator_for(info.address.to_vec()));
         let mut reader = match build(sync_activator) {
             Ok(reader) => Some(reader),
             Err(error) => {
@@ -129,12 +132,16 @@ pub fn clocked_source<'s, R: Reader>(
                     emitted += 1;
                 });
             }
-            if emitted > 0 {
-                debug!(source = %name, emitted, time, "batch");
-            }
             let holding = reader.as_ref().is_some_and(R::holding);
             if !holding {
                 cap.downgrade(&(time + 1));
+            }
+            if emitted > 0 {
+                debug!(source = %name, emitted, time, "batch");
+                if !holding {
+                    // The other sources move past `time` now, not at their next tick.
+                    control.wake_sources();
+                }
             }
 
             if !holding && (status == Status::Finished || control.shutdown_requested()) {

@@ -12,7 +12,7 @@ Postgres, like `dishflow promos`. Differences, forced by what Pathway offers her
   `diff` columns), not into subscribers_feedback's upsert.
 
 Usage: promos.py --brokers H:P --topic IN --out-topic OUT --dsn "host=… dbname=…"
-                 --feedback-table T [--static] [--follow] [--poll-ms 100]
+                 --feedback-table T [--static] [--follow] [--poll-ms 100] [--fetch-wait-ms N]
 """
 
 import argparse
@@ -78,10 +78,15 @@ def main():
     p.add_argument("--static", action="store_true", help="read the topic to its end, then stop")
     p.add_argument("--follow", action="store_true", help="keep re-reading the subscribers")
     p.add_argument("--poll-ms", type=int, default=100)
+    p.add_argument("--fetch-wait-ms", type=int,
+                   help="librdkafka fetch.wait.max.ms of the promo reader (the latency benchmarks "
+                        "set 5 for every engine: Tansu answers an empty fetch only after this wait)")
     a = p.parse_args()
 
     kafka = {"bootstrap.servers": a.brokers, "group.id": f"pathway-peer-{time.time_ns()}",
              "auto.offset.reset": "earliest"}
+    if a.fetch_wait_ms is not None:
+        kafka["fetch.wait.max.ms"] = str(a.fetch_wait_ms)
     promos = pw.io.kafka.read(kafka, topic=a.topic, schema=Campaign, format="json",
                               mode="static" if a.static else "streaming",
                               autocommit_duration_ms=10)

@@ -1,0 +1,691 @@
+//! W3 and W4: latency of a running promos job at a steady input rate.
+//!
+//! * **W3**: promos at 10, 100, 1,000 per second (fan-out 10: each for one of 100
+//!   restaurants with 10 subscribers) for `--secs` seconds each. Measured per draft: promo
+//!   handed to the producer → draft consumable from the notification topic, and → its
+//!   feedback row committed (an `AFTER INSERT OR UPDATE` trigger on the feedback table sends
+//!   `pg_notify`, which Postgres delivers at commit; a listener records the arrival).
+//!   Floors in the same round: the broker's produce → consume round trip at the same rate and
+//!   consumer settings, and the commit latency of single-row INSERTs at the same rate.
+//! * **W4**: W3 at 100 promos/s while 10 subscriber rows per second are inserted (autocommit)
+//!   into tables of 10k, 100k, 1M rows; measured per change: commit → draft consumable and →
+//!   feedback row committed, plus the job's CPU over the window (cost per change vs table
+//!   size).
+//!
+//! Every engine runs unbounded in its own database (a copy of one template) and topics; it is
+//! warmed up (one draft through) before the window starts, and stopped after the last
+//! expected draft arrived (or a deadline). CPU seconds and peak RSS come from /proc before
+//! the stop.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+
+use super::common::*;
+use super::{copy_database, dishflow_command, dsn};
+
+/// Restaurants of the promos (each with `FAN_OUT` subscribers).
+const RESTAURANTS: u64 = 100;
+const FAN_OUT: u64 = 10;
+/// How long to wait for the last output after the window.
+const DRAIN: Duration = Duration::from_secs(60);
+/// The consumers' fetch.wait.max.ms in every latency measurement, as "key:value".
+const FETCH_WAIT: &str = "fetch.wait.max.ms:5";
+/// The notify channel of the feedback trigger.
+const CHANNEL: &str = "dishflow_bench_feedback";
+
+/// Arrival instants by key, filled by a background thread until `stop`.
+#[derive(Clone, Default)]
+struct Arrivals {
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Arrivals {
+    fn insert(&self, key: String) {
+        self.seen
+            .lock()
+            .expect("lock")
+            .entry(key)
+            .or_insert_with(Instant::now);
+    }
+
+    fn get(&self, key: &str) -> Option<Instant> {
+        self.seen.lock().expect("lock").get(key).copied()
+    }
+
+    /// Ends the background thread.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The consumer settings of every latency measurement (floor and engines alike).
+fn latency_consumer(topic: &str) -> BaseConsumer {
+    let partitions = dishflow::kafka::topic_partitions(&kafka(), topic).expect("topic");
+    let consumer: BaseConsumer = dishflow::kafka::client_config(
+        &kafka(),
+        &[
+            ("group.id", "dishflow-bench-latency"),
+            ("enable.auto.commit", "false"),
+            FETCH_WAIT.split_once(':').unwrap_or_default(),
+        ],
+    )
+    .create()
+    .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+fn latency_producer() -> BaseProducer {
+    dishflow::kafka::client_config(&kafka(), &[("linger.ms", "0")])
+        .create()
+        .expect("producer")
+}
+
+/// Sends `payload` with `key` to `topic`, retrying while the local queue is full.
+fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &str) {
+    let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((_, r)) => {
+                producer.poll(Duration::from_millis(1));
+                record = r;
+            }
+        }
+    }
+    producer.poll(Duration::ZERO);
+}
+
+/// Records the arrival of every message of `topic` under `key_of(key, payload)`.
+fn kafka_arrivals(
+    topic: &str,
+    key_of: impl Fn(Option<&[u8]>, &[u8]) -> Option<String> + Send + 'static,
+) -> Arrivals {
+    let consumer = latency_consumer(topic);
+    let arrivals = Arrivals::default();
+    let sink = arrivals.clone();
+    std::thread::spawn(move || {
+        while !sink.stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50))
+                && let Some(payload) = m.payload()
+                && let Some(key) = key_of(m.key(), payload)
+            {
+                sink.insert(key);
+            }
+        }
+    });
+    arrivals
+}
+
+/// "campaign:client" of a draft (dishflow's or Pathway's: both are JSON with these fields).
+fn draft_key(_key: Option<&[u8]>, payload: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    Some(format!(
+        "{}:{}",
+        v["adv_campaign_id"].as_str()?,
+        v["client_id"].as_str()?
+    ))
+}
+
+/// Records the commit of every feedback row (payload "campaign:client" of the trigger).
+fn feedback_arrivals(db: &str) -> Arrivals {
+    let mut client = pg(db);
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .expect("listen");
+    let arrivals = Arrivals::default();
+    let sink = arrivals.clone();
+    std::thread::spawn(move || {
+        while !sink.stop.load(Ordering::Relaxed) {
+            let mut notifications = client.notifications();
+            let mut batch = notifications.timeout_iter(Duration::from_millis(50));
+            while let Ok(Some(n)) = batch.next() {
+                sink.insert(n.payload().to_string());
+            }
+        }
+    });
+    arrivals
+}
+
+/// Latency percentiles in milliseconds of `samples` (in ms), plus how many never arrived.
+fn percentiles(mut samples: Vec<f64>, missing: usize) -> Value {
+    samples.sort_by(f64::total_cmp);
+    let p = |q: f64| -> Option<f64> {
+        if samples.is_empty() {
+            return None;
+        }
+        let rank = ((q / 100.0) * samples.len() as f64).ceil() as usize;
+        Some(samples[rank.clamp(1, samples.len()) - 1])
+    };
+    json!({
+        "samples": samples.len(),
+        "missing": missing,
+        "p50_ms": p(50.0), "p95_ms": p(95.0), "p99_ms": p(99.0), "max_ms": samples.last(),
+    })
+}
+
+/// Latencies (ms) from `sent` to the arrivals of `expected` (key → index into `sent`),
+/// waiting up to `DRAIN` for stragglers.
+fn latencies(sent: &[Instant], expected: &[(String, usize)], arrivals: &Arrivals) -> Value {
+    let deadline = Instant::now() + DRAIN;
+    while Instant::now() < deadline && expected.iter().any(|(key, _)| arrivals.get(key).is_none()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut samples = Vec::with_capacity(expected.len());
+    let mut missing = 0;
+    for (key, i) in expected {
+        match arrivals.get(key) {
+            Some(at) => samples.push(at.saturating_duration_since(sent[*i]).as_secs_f64() * 1e3),
+            None => missing += 1,
+        }
+    }
+    percentiles(samples, missing)
+}
+
+/// Calls `act(i)` at `rate` per second for `secs` seconds, returning when each call started.
+fn paced(rate: u64, secs: u64, mut act: impl FnMut(usize)) -> Vec<Instant> {
+    let n = (rate * secs) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut at = Vec::with_capacity(n);
+    for i in 0..n {
+        let due = started + interval.mul_f64(i as f64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        at.push(Instant::now());
+        act(i);
+    }
+    at
+}
+
+/// CPU seconds and peak RSS (MB) of a running process, from /proc.
+fn usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces): utime is the 12th, stime 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    ((cpu(11) + cpu(12)) / ticks, hwm_kib / 1024.0)
+}
+
+/// A latency template: `subscribers` rows (the first RESTAURANTS × FAN_OUT are the promos'
+/// restaurants "lr{r}"; the rest spread over other restaurants), the warm-up pair
+/// (warm-r, warm-c), both feedback tables with the notify trigger, dishflow set up.
+fn latency_template(prefix: &str, subscribers: u64) -> String {
+    let url = database(&format!("{prefix}_tpl"));
+    let mut client = subscribers_table(&url);
+    let promos_rows = RESTAURANTS * FAN_OUT;
+    client
+        .execute(
+            "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
+             SELECT 'lc' || g, 'lr' || (g % $1::int8) FROM generate_series(0, $2::int8 - 1) g",
+            &[&(RESTAURANTS as i64), &(promos_rows as i64)],
+        )
+        .expect("subscribers");
+    client
+        .execute(
+            "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
+             SELECT 'oc' || g, 'or' || (g % 100000) FROM generate_series(1, $1::int8) g",
+            &[&(subscribers.saturating_sub(promos_rows) as i64)],
+        )
+        .expect("other subscribers");
+    client
+        .batch_execute(
+            "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
+             VALUES ('warm-c', 'warm-r'); ANALYZE subscribers_restaurants",
+        )
+        .expect("warm-up subscriber");
+    drop(client);
+    let setup = dishflow_command(&["setup", "--job", "promos", "--postgres-url", &url])
+        .output()
+        .expect("setup");
+    assert!(setup.status.success(), "setup failed");
+    pg(&url)
+        .batch_execute(&format!(
+            "CREATE TABLE pathway_feedback (restaurant_id text, adv_campaign_id text, \
+               adv_campaign_content text, adv_campaign_owner text, \
+               adv_campaign_owner_contact text, adv_campaign_datetime_start bigint, \
+               adv_campaign_datetime_end bigint, client_id text, datetime_created bigint, \
+               trigger_datetime_created bigint, time bigint, diff bigint);
+             CREATE TABLE limit_rows (LIKE subscribers_feedback INCLUDING ALL);
+             CREATE FUNCTION bench_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               PERFORM pg_notify('{CHANNEL}', NEW.adv_campaign_id || ':' || NEW.client_id);
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER bench_notify AFTER INSERT OR UPDATE ON subscribers_feedback
+               FOR EACH ROW EXECUTE FUNCTION bench_notify();
+             CREATE TRIGGER bench_notify AFTER INSERT OR UPDATE ON pathway_feedback
+               FOR EACH ROW EXECUTE FUNCTION bench_notify();"
+        ))
+        .expect("bench tables");
+    url.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// What runs: dishflow (default settings) or the Pathway peer.
+#[derive(Clone, Copy, PartialEq)]
+enum Engine<'a> {
+    Dishflow,
+    Pathway(&'a str),
+}
+
+impl Engine<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Dishflow => "dishflow",
+            Engine::Pathway(_) => "pathway",
+        }
+    }
+
+    fn spawn(self, db: &str, input: &str, out: &str, log: &std::path::Path) -> Child {
+        let mut command = match self {
+            Engine::Dishflow => {
+                let mut args = promos_args_from(db, input, out);
+                // promos_args_from names the output `<prefix>.out`: use `out` itself.
+                let at = args.iter().position(|a| a == "--notification-topic");
+                if let Some(at) = at {
+                    args[at + 1] = out.to_string();
+                }
+                // Tansu answers a fetch that finds no data only after fetch.wait.max.ms (500
+                // by default; Apache Kafka answers as soon as data arrives): every engine and
+                // floor here reads with 5 ms. DISHFLOW_BENCH_ARGS: extra flags (to try settings).
+                args.extend(["--kafka-property".into(), FETCH_WAIT.replace(':', "=")]);
+                let extra = std::env::var("DISHFLOW_BENCH_ARGS").unwrap_or_default();
+                args.extend(extra.split_whitespace().map(str::to_string));
+                let mut c = dishflow_command(&[]);
+                c.args(&args).env(
+                    "RUST_LOG",
+                    std::env::var("DISHFLOW_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+                );
+                c
+            }
+            Engine::Pathway(python) => {
+                let mut c = Command::new(python);
+                c.arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/scripts/bench/peers/promos.py"
+                ))
+                .args([
+                    "--brokers",
+                    &brokers(),
+                    "--topic",
+                    input,
+                    "--out-topic",
+                    out,
+                    "--dsn",
+                    &dsn(db),
+                    "--feedback-table",
+                    "pathway_feedback",
+                    "--follow",
+                    "--fetch-wait-ms",
+                    FETCH_WAIT.split(':').nth(1).unwrap_or("5"),
+                ]);
+                c
+            }
+        };
+        let log = std::fs::File::create(log).expect("log file");
+        command
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn engine")
+    }
+}
+
+/// One engine at `rate` promos/s (and `changes` subscriber inserts/s) for `secs` seconds.
+fn engine_run(
+    engine: Engine<'_>,
+    template: &str,
+    tag: &str,
+    rate: u64,
+    changes: u64,
+    secs: u64,
+) -> Value {
+    let db = copy_database(template, tag);
+    let input = format!("{tag}.in");
+    let out = format!("{tag}.out");
+    for topic in [&input, &out] {
+        dishflow::kafka::ensure_topic(&kafka(), topic, 4).expect("topic");
+    }
+    let drafts = kafka_arrivals(&out, draft_key);
+    let rows = feedback_arrivals(&db);
+    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/bench")
+        .join(format!("{tag}.log"));
+    let mut child = engine.spawn(&db, &input, &out, &log);
+    let producer = latency_producer();
+    let now = now_secs();
+    let valid = (now - 3600, now + 24 * 3600);
+    // Warm-up: the job is running, the subscribers are loaded, the consumer positioned. The
+    // campaign of the subscriber changes (W4) starts with it.
+    send(
+        &producer,
+        &input,
+        "warm-r",
+        &campaign_json("warm", "warm-r", valid.0, valid.1),
+    );
+    send(
+        &producer,
+        &input,
+        "chg-r",
+        &campaign_json("chg", "chg-r", valid.0, valid.1),
+    );
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    wait_until(Duration::from_secs(300), "the warm-up draft", || {
+        drafts.get("warm:warm-c")
+    });
+    let (cpu_before, _) = usage(child.id());
+    let window = Instant::now();
+
+    let change_thread = (changes > 0).then(|| {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let mut client = pg(&db);
+            let insert = client
+                .prepare(
+                    "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
+                     VALUES ($1, 'chg-r')",
+                )
+                .expect("prepare");
+            let mut committed = Vec::new();
+            paced(changes, secs, |i| {
+                client
+                    .execute(&insert, &[&format!("n{i}")])
+                    .expect("insert");
+                committed.push(Instant::now());
+            });
+            committed
+        })
+    });
+    let sent = paced(rate, secs, |i| {
+        let restaurant = format!("lr{}", i as u64 % RESTAURANTS);
+        let campaign = format!("p{i}");
+        send(
+            &producer,
+            &input,
+            &restaurant,
+            &campaign_json(&campaign, &restaurant, valid.0, valid.1),
+        );
+    });
+    let window_s = window.elapsed().as_secs_f64();
+    let expected: Vec<(String, usize)> = (0..sent.len())
+        .flat_map(|i| {
+            (0..FAN_OUT).map(move |k| {
+                let client = (i as u64 % RESTAURANTS) + k * RESTAURANTS;
+                (format!("p{i}:lc{client}"), i)
+            })
+        })
+        .collect();
+    let mut result = json!({
+        "promo_to_draft": latencies(&sent, &expected, &drafts),
+        "promo_to_row": latencies(&sent, &expected, &rows),
+    });
+    if let Some(thread) = change_thread {
+        let committed = thread.join().expect("changes");
+        let expected: Vec<(String, usize)> = (0..committed.len())
+            .map(|i| (format!("chg:n{i}"), i))
+            .collect();
+        result["change_to_draft"] = latencies(&committed, &expected, &drafts);
+        result["change_to_row"] = latencies(&committed, &expected, &rows);
+    }
+    drafts.stop();
+    rows.stop();
+    let (cpu_after, rss) = usage(child.id());
+    result["cpu_s_per_window_s"] = json!((cpu_after - cpu_before) / window_s);
+    result["max_rss_mb"] = json!(rss);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!("{tag} {}: {result}", engine.name());
+    result
+}
+
+/// The broker's round trip at `rate` messages/s for `secs` s (draft-sized payloads).
+fn round_trip_floor(tag: &str, rate: u64, secs: u64) -> Value {
+    let topic = format!("{tag}.rt");
+    dishflow::kafka::ensure_topic(&kafka(), &topic, 4).expect("topic");
+    let arrivals = kafka_arrivals(&topic, |key, _| {
+        key.map(|k| String::from_utf8_lossy(k).into_owned())
+    });
+    let producer = latency_producer();
+    let payload = campaign_json("x", "y", 0, 0);
+    // The consumer is positioned once a first message is seen.
+    send(&producer, &topic, "warm", &payload);
+    wait_until(Duration::from_secs(60), "the warm-up message", || {
+        arrivals.get("warm")
+    });
+    let sent = paced(rate, secs, |i| {
+        send(&producer, &topic, &i.to_string(), &payload)
+    });
+    let expected: Vec<(String, usize)> = (0..sent.len()).map(|i| (i.to_string(), i)).collect();
+    let result = latencies(&sent, &expected, &arrivals);
+    arrivals.stop();
+    result
+}
+
+/// Commit latency of single-row INSERTs (autocommit) at `rate` per second for `secs` s.
+fn insert_floor(template: &str, tag: &str, rate: u64, secs: u64) -> Value {
+    let db = copy_database(template, tag);
+    let mut client = pg(&db);
+    let insert = client
+        .prepare(
+            "INSERT INTO limit_rows (restaurant_id, adv_campaign_id, adv_campaign_content, \
+             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, \
+             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created) \
+             VALUES ('r', $1, 'c', 'o', 'e', 0, 0, 0, 'c', 0)",
+        )
+        .expect("prepare");
+    let mut samples = Vec::new();
+    paced(rate, secs, |i| {
+        let started = Instant::now();
+        client.execute(&insert, &[&i.to_string()]).expect("insert");
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+    });
+    percentiles(samples, 0)
+}
+
+/// Collects `runs` of one engine or floor: every percentile's median (and min–max) over rounds.
+fn over_rounds(runs: &[Value]) -> Value {
+    let mut out = serde_json::Map::new();
+    let Some(first) = runs.first().and_then(Value::as_object) else {
+        return Value::Null;
+    };
+    for (metric, v) in first {
+        if v.is_object() {
+            let mut m = serde_json::Map::new();
+            for field in ["p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+                let values: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| r[metric][field].as_f64())
+                    .collect();
+                if !values.is_empty() {
+                    m.insert(field.to_string(), json!(super::median(&values)));
+                    m.insert(format!("{field}_all"), json!(values));
+                }
+            }
+            let missing: u64 = runs
+                .iter()
+                .filter_map(|r| r[metric]["missing"].as_u64())
+                .sum();
+            m.insert("missing".into(), json!(missing));
+            out.insert(metric.clone(), Value::Object(m));
+        } else if v.is_number() {
+            let values: Vec<f64> = runs.iter().filter_map(|r| r[metric].as_f64()).collect();
+            out.insert(metric.clone(), json!(super::median(&values)));
+        }
+    }
+    Value::Object(out)
+}
+
+/// W3: every rate, `rounds` rounds of dishflow, Pathway (if installed) and both floors.
+pub fn w3(rates: &[u64], secs: u64, rounds: usize, pathway: Option<&str>) -> Value {
+    let prefix = unique("w3");
+    let template = latency_template(&prefix, RESTAURANTS * FAN_OUT);
+    let mut per_rate = Vec::new();
+    for &rate in rates {
+        let mut runs: HashMap<&str, Vec<Value>> = HashMap::new();
+        for round in 0..rounds {
+            let tag = format!("{prefix}_r{rate}_{round}");
+            runs.entry("limit: Kafka round trip")
+                .or_default()
+                .push(json!({"promo_to_draft": round_trip_floor(&tag, rate, secs)}));
+            runs.entry("limit: single-row INSERT commit")
+                .or_default()
+                .push(json!({"promo_to_row": insert_floor(&template, &format!("{tag}_i"), rate, secs)}));
+            let mut engines = vec![Engine::Dishflow];
+            engines.extend(pathway.map(Engine::Pathway));
+            for engine in engines {
+                let run = engine_run(
+                    engine,
+                    &template,
+                    &format!("{tag}_{}", engine.name()),
+                    rate,
+                    0,
+                    secs,
+                );
+                runs.entry(engine.name()).or_default().push(run);
+            }
+        }
+        let engines: serde_json::Map<String, Value> = runs
+            .iter()
+            .map(|(k, v)| (k.to_string(), over_rounds(v)))
+            .collect();
+        per_rate.push(json!({"promos_per_s": rate, "engines": engines}));
+    }
+    super::clean_up(&prefix);
+    json!({
+        "workload": "W3",
+        "what": format!(
+            "promos at {rates:?}/s, fan-out {FAN_OUT}, {secs} s each; latency from the promo \
+             handed to the producer to the draft consumable (read_committed consumer, \
+             fetch.wait.max.ms=5) and to its feedback row committed (pg_notify trigger)"
+        ),
+        "rates": per_rate,
+    })
+}
+
+/// W4: 100 promos/s with 10 subscriber inserts/s, over tables of `sizes` rows.
+pub fn w4(sizes: &[u64], secs: u64, rounds: usize, pathway: Option<&str>) -> Value {
+    let mut per_size = Vec::new();
+    for &size in sizes {
+        let prefix = unique(&format!("w4_{size}"));
+        let template = latency_template(&prefix, size);
+        let mut runs: HashMap<&str, Vec<Value>> = HashMap::new();
+        for round in 0..rounds {
+            let mut engines = vec![Engine::Dishflow];
+            engines.extend(pathway.map(Engine::Pathway));
+            for engine in engines {
+                let tag = format!("{prefix}_{round}_{}", engine.name());
+                let run = engine_run(engine, &template, &tag, 100, 10, secs);
+                runs.entry(engine.name()).or_default().push(run);
+            }
+        }
+        let engines: serde_json::Map<String, Value> = runs
+            .iter()
+            .map(|(k, v)| (k.to_string(), over_rounds(v)))
+            .collect();
+        per_size.push(json!({"subscribers": size, "engines": engines}));
+        super::clean_up(&prefix);
+    }
+    json!({
+        "workload": "W4",
+        "what": format!(
+            "100 promos/s (fan-out {FAN_OUT}) while 10 subscriber rows/s are inserted, {secs} s \
+             each; change latency from the INSERT's commit to the draft consumable and to its \
+             feedback row committed; job CPU seconds per second of window"
+        ),
+        "sizes": per_size,
+    })
+}
+
+/// The markdown of W3 / W4 results.
+pub fn markdown(result: &Value) -> String {
+    let mut md = String::new();
+    let (rows, label, metrics): (&str, &str, &[&str]) = match result["workload"].as_str() {
+        Some("W3") => ("rates", "promos_per_s", &["promo_to_draft", "promo_to_row"]),
+        Some("W4") => (
+            "sizes",
+            "subscribers",
+            &["change_to_draft", "change_to_row", "promo_to_draft"],
+        ),
+        _ => return md,
+    };
+    let w = result["workload"].as_str().unwrap_or_default();
+    md.push_str(&format!(
+        "\n### {w}\n\n{}\n\n| {label} | engine | measured | p50 ms | p95 ms | p99 ms | max ms | missing | CPU s/s | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        result["what"].as_str().unwrap_or_default()
+    ));
+    let ms = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "—".to_string(), |x| format!("{x:.1}"))
+    };
+    for row in result[rows].as_array().into_iter().flatten() {
+        let mut engines: Vec<(&String, &Value)> = row["engines"]
+            .as_object()
+            .map(|o| o.iter().collect())
+            .unwrap_or_default();
+        engines.sort_by_key(|(name, _)| (!name.starts_with("dishflow"), name.to_string()));
+        for (engine, e) in engines {
+            for metric in metrics {
+                let m = &e[metric];
+                if m.is_null() {
+                    continue;
+                }
+                md.push_str(&format!(
+                    "| {} | {engine} | {metric} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    row[label],
+                    ms(&m["p50_ms"]),
+                    ms(&m["p95_ms"]),
+                    ms(&m["p99_ms"]),
+                    ms(&m["max_ms"]),
+                    m["missing"],
+                    e["cpu_s_per_window_s"]
+                        .as_f64()
+                        .map_or_else(|| "—".to_string(), |x| format!("{x:.2}")),
+                    e["max_rss_mb"]
+                        .as_f64()
+                        .map_or_else(|| "—".to_string(), |x| format!("{x:.0}")),
+                ));
+            }
+        }
+    }
+    md
+}
