@@ -259,6 +259,13 @@ pub struct PromosArgs {
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub tick_ms: u64,
 
+    /// How often (milliseconds) the subscribers' replication slot is polled for changes
+    /// (pg_logical_slot_get_binary_changes): the most a subscriber change waits before the
+    /// job sees it. Each poll is one query per worker, cheap when nothing changed.
+    #[arg(long, env = "DISHFLOW_CDC_POLL_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub cdc_poll_ms: u64,
+
     /// Timely cluster.
     #[command(flatten)]
     pub cluster: ClusterArgs,

@@ -78,7 +78,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
         url: args.postgres_url.clone(),
         publication: pg::SUBSCRIBERS_PUBLICATION.to_string(),
         follow: !args.stop_at_end,
-        poll: tick,
+        poll: Duration::from_millis(args.cdc_poll_ms),
     };
     let started = std::time::Instant::now();
     super::run_workers(config, shutdown, move |worker, control| {
