@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks on the local services (installed and started by scripts/services.sh).
 #
-#   scripts/bench.sh [--quick] [--rounds N] [--only W1,W5]
+#   scripts/bench.sh [--quick] [--rounds N] [--only W1,W2,W2skew,S,W3,W4,W5] [--secs N]
 #       the suite (benches/suite.rs): every workload interleaved with its hardware limit and
 #       the peer engine (Pathway, installed by scripts/bench/peers/setup.sh; skip it with
 #       DISHFLOW_NO_PEER=1); writes target/bench/report.md and report.json.
-#   scripts/bench.sh latency|expiry [--samples N] [--rounds N]   promos latency / memory
+#   scripts/bench.sh latency [--rounds N] [--secs N]   the suite's W3 and W4 alone
+#   scripts/bench.sh expiry [--rounds N]               promos memory with expiring campaigns
 #   scripts/bench.sh orders [--orders N] [--rounds N] [--workers N]  the orders backlog (W5)
 #       alone, without the peer
 set -euo pipefail
@@ -13,8 +14,11 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 mkdir -p target/bench
 case "${1:-}" in
-  latency|expiry)
+  expiry)
     cargo bench --bench promos -- "$@" | tee target/bench/promos.jsonl ;;
+  latency)
+    shift
+    exec "$0" --only W3,W4 "$@" ;;
   orders)
     shift
     cargo bench --bench suite -- --only W5 "$@" ;;

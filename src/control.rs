@@ -44,6 +44,7 @@ pub struct Control {
     fatal: Sender<Outcome>,
     shutdown: Arc<AtomicBool>,
     sources: Arc<Mutex<Vec<SyncActivator>>>,
+    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 impl Control {
@@ -53,6 +54,26 @@ impl Control {
             fatal,
             shutdown,
             sources: Arc::default(),
+            threads: Arc::default(),
+        }
+    }
+
+    /// Registers a helper thread (a sink's writer) that finishes on its own once the
+    /// workers are done; [`Control::join_threads`] waits for it.
+    pub fn register_thread(&self, handle: std::thread::JoinHandle<()>) {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+    }
+
+    /// Waits for every registered thread (called once the workers have ended).
+    pub fn join_threads(&self) {
+        let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in handles {
+            if handle.join().is_err() {
+                self.fail(anyhow::anyhow!("a sink writer thread panicked"));
+            }
         }
     }
 

@@ -20,6 +20,18 @@ fn run_bounded(args: &[String], extra: &[&str]) {
     all.push("--stop-at-end");
     all.extend_from_slice(extra);
     assert_success(&dishflow(&all, MINUTE));
+    // Every message is confirmed and its outbox row deleted before the process exits (the
+    // last batch's deliveries are settled by the sink's final flush).
+    let db = args
+        .iter()
+        .position(|a| a == "--postgres-url")
+        .map(|i| args[i + 1].as_str())
+        .expect("--postgres-url");
+    let left: i64 = pg(db)
+        .query_one("SELECT count(*) FROM dishflow_outbox", &[])
+        .expect("outbox")
+        .get(0);
+    assert_eq!(left, 0, "outbox rows left after a bounded run");
 }
 
 /// (key, value) of the notification topic, keys and payloads as strings.

@@ -364,15 +364,22 @@ impl Engine<'_> {
     }
 }
 
-/// One engine at `rate` promos/s (and `changes` subscriber inserts/s) for `secs` seconds.
+/// A measurement window: promos per second, subscriber inserts per second.
+#[derive(Clone, Copy)]
+struct Window {
+    rate: u64,
+    changes: u64,
+}
+
+/// One engine process, warmed up, then each of `windows` for `secs` seconds in turn (one
+/// result per window).
 fn engine_run(
     engine: Engine<'_>,
     template: &str,
     tag: &str,
-    rate: u64,
-    changes: u64,
+    windows: &[Window],
     secs: u64,
-) -> Value {
+) -> Vec<Value> {
     let db = copy_database(template, tag);
     let input = format!("{tag}.in");
     let out = format!("{tag}.out");
@@ -406,65 +413,71 @@ fn engine_run(
     wait_until(Duration::from_secs(300), "the warm-up draft", || {
         drafts.get("warm:warm-c")
     });
-    let (cpu_before, _) = usage(child.id());
-    let window = Instant::now();
 
-    let change_thread = (changes > 0).then(|| {
-        let db = db.clone();
-        std::thread::spawn(move || {
-            let mut client = pg(&db);
-            let insert = client
-                .prepare(
-                    "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
-                     VALUES ($1, 'chg-r')",
-                )
-                .expect("prepare");
-            let mut committed = Vec::new();
-            paced(changes, secs, |i| {
-                client
-                    .execute(&insert, &[&format!("n{i}")])
-                    .expect("insert");
-                committed.push(Instant::now());
-            });
-            committed
-        })
-    });
-    let sent = paced(rate, secs, |i| {
-        let restaurant = format!("lr{}", i as u64 % RESTAURANTS);
-        let campaign = format!("p{i}");
-        send(
-            &producer,
-            &input,
-            &restaurant,
-            &campaign_json(&campaign, &restaurant, valid.0, valid.1),
-        );
-    });
-    let window_s = window.elapsed().as_secs_f64();
-    let expected: Vec<(String, usize)> = (0..sent.len())
-        .flat_map(|i| {
-            (0..FAN_OUT).map(move |k| {
-                let client = (i as u64 % RESTAURANTS) + k * RESTAURANTS;
-                (format!("p{i}:lc{client}"), i)
+    let mut results = Vec::new();
+    for (w, window) in windows.iter().enumerate() {
+        let (cpu_before, _) = usage(child.id());
+        let started = Instant::now();
+        let change_thread = (window.changes > 0).then(|| {
+            let db = db.clone();
+            let changes = window.changes;
+            std::thread::spawn(move || {
+                let mut client = pg(&db);
+                let insert = client
+                    .prepare(
+                        "INSERT INTO subscribers_restaurants (client_id, restaurant_id) \
+                         VALUES ($1, 'chg-r')",
+                    )
+                    .expect("prepare");
+                let mut committed = Vec::new();
+                paced(changes, secs, |i| {
+                    client
+                        .execute(&insert, &[&format!("n{w}_{i}")])
+                        .expect("insert");
+                    committed.push(Instant::now());
+                });
+                committed
             })
-        })
-        .collect();
-    let mut result = json!({
-        "promo_to_draft": latencies(&sent, &expected, &drafts),
-        "promo_to_row": latencies(&sent, &expected, &rows),
-    });
-    if let Some(thread) = change_thread {
-        let committed = thread.join().expect("changes");
-        let expected: Vec<(String, usize)> = (0..committed.len())
-            .map(|i| (format!("chg:n{i}"), i))
+        });
+        let sent = paced(window.rate, secs, |i| {
+            let restaurant = format!("lr{}", i as u64 % RESTAURANTS);
+            let campaign = format!("p{w}_{i}");
+            send(
+                &producer,
+                &input,
+                &restaurant,
+                &campaign_json(&campaign, &restaurant, valid.0, valid.1),
+            );
+        });
+        let window_s = started.elapsed().as_secs_f64();
+        let expected: Vec<(String, usize)> = (0..sent.len())
+            .flat_map(|i| {
+                (0..FAN_OUT).map(move |k| {
+                    let client = (i as u64 % RESTAURANTS) + k * RESTAURANTS;
+                    (format!("p{w}_{i}:lc{client}"), i)
+                })
+            })
             .collect();
-        result["change_to_draft"] = latencies(&committed, &expected, &drafts);
-        result["change_to_row"] = latencies(&committed, &expected, &rows);
+        let mut result = json!({
+            "promo_to_draft": latencies(&sent, &expected, &drafts),
+            "promo_to_row": latencies(&sent, &expected, &rows),
+        });
+        if let Some(thread) = change_thread {
+            let committed = thread.join().expect("changes");
+            let expected: Vec<(String, usize)> = (0..committed.len())
+                .map(|i| (format!("chg:n{w}_{i}"), i))
+                .collect();
+            result["change_to_draft"] = latencies(&committed, &expected, &drafts);
+            result["change_to_row"] = latencies(&committed, &expected, &rows);
+        }
+        let (cpu_after, rss) = usage(child.id());
+        result["cpu_s_per_window_s"] = json!((cpu_after - cpu_before) / window_s);
+        result["max_rss_mb"] = json!(rss);
+        eprintln!("{tag} {} window {w}: {result}", engine.name());
+        results.push(result);
     }
     drafts.stop();
     rows.stop();
-    let (cpu_after, rss) = usage(child.id());
-    result["cpu_s_per_window_s"] = json!((cpu_after - cpu_before) / window_s);
-    result["max_rss_mb"] = json!(rss);
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -474,8 +487,7 @@ fn engine_run(
     }
     let _ = child.kill();
     let _ = child.wait();
-    eprintln!("{tag} {}: {result}", engine.name());
-    result
+    results
 }
 
 /// The broker's round trip at `rate` messages/s for `secs` s (draft-sized payloads).
@@ -555,48 +567,58 @@ fn over_rounds(runs: &[Value]) -> Value {
     Value::Object(out)
 }
 
-/// W3: every rate, `rounds` rounds of dishflow, Pathway (if installed) and both floors.
+/// W3: `rounds` rounds, each: both floors at every rate, then dishflow and Pathway (if
+/// installed), each one process going through the rates in turn.
 pub fn w3(rates: &[u64], secs: u64, rounds: usize, pathway: Option<&str>) -> Value {
     let prefix = unique("w3");
     let template = latency_template(&prefix, RESTAURANTS * FAN_OUT);
-    let mut per_rate = Vec::new();
-    for &rate in rates {
-        let mut runs: HashMap<&str, Vec<Value>> = HashMap::new();
-        for round in 0..rounds {
+    let windows: Vec<Window> = rates
+        .iter()
+        .map(|&rate| Window { rate, changes: 0 })
+        .collect();
+    // runs[rate index][engine] = one value per round
+    let mut runs: Vec<HashMap<&str, Vec<Value>>> = vec![HashMap::new(); rates.len()];
+    for round in 0..rounds {
+        for (r, &rate) in rates.iter().enumerate() {
             let tag = format!("{prefix}_r{rate}_{round}");
-            runs.entry("limit: Kafka round trip")
+            runs[r]
+                .entry("limit: Kafka round trip")
                 .or_default()
                 .push(json!({"promo_to_draft": round_trip_floor(&tag, rate, secs)}));
-            runs.entry("limit: single-row INSERT commit")
+            runs[r]
+                .entry("limit: single-row INSERT commit")
                 .or_default()
                 .push(json!({"promo_to_row": insert_floor(&template, &format!("{tag}_i"), rate, secs)}));
-            let mut engines = vec![Engine::Dishflow];
-            engines.extend(pathway.map(Engine::Pathway));
-            for engine in engines {
-                let run = engine_run(
-                    engine,
-                    &template,
-                    &format!("{tag}_{}", engine.name()),
-                    rate,
-                    0,
-                    secs,
-                );
-                runs.entry(engine.name()).or_default().push(run);
+        }
+        let mut engines = vec![Engine::Dishflow];
+        engines.extend(pathway.map(Engine::Pathway));
+        for engine in engines {
+            let tag = format!("{prefix}_{round}_{}", engine.name());
+            let results = engine_run(engine, &template, &tag, &windows, secs);
+            for (r, result) in results.into_iter().enumerate() {
+                runs[r].entry(engine.name()).or_default().push(result);
             }
         }
-        let engines: serde_json::Map<String, Value> = runs
-            .iter()
-            .map(|(k, v)| (k.to_string(), over_rounds(v)))
-            .collect();
-        per_rate.push(json!({"promos_per_s": rate, "engines": engines}));
     }
     super::clean_up(&prefix);
+    let per_rate: Vec<Value> = rates
+        .iter()
+        .zip(&runs)
+        .map(|(rate, runs)| {
+            let engines: serde_json::Map<String, Value> = runs
+                .iter()
+                .map(|(k, v)| (k.to_string(), over_rounds(v)))
+                .collect();
+            json!({"promos_per_s": rate, "engines": engines})
+        })
+        .collect();
     json!({
         "workload": "W3",
         "what": format!(
-            "promos at {rates:?}/s, fan-out {FAN_OUT}, {secs} s each; latency from the promo \
-             handed to the producer to the draft consumable (read_committed consumer, \
-             fetch.wait.max.ms=5) and to its feedback row committed (pg_notify trigger)"
+            "promos at {rates:?}/s, fan-out {FAN_OUT}, {secs} s each (one engine process goes \
+             through the rates in turn); latency from the promo handed to the producer to the \
+             draft consumable (read_committed consumer) and to its feedback row committed \
+             (pg_notify trigger); every Kafka reader with fetch.wait.max.ms=5"
         ),
         "rates": per_rate,
     })
@@ -605,6 +627,10 @@ pub fn w3(rates: &[u64], secs: u64, rounds: usize, pathway: Option<&str>) -> Val
 /// W4: 100 promos/s with 10 subscriber inserts/s, over tables of `sizes` rows.
 pub fn w4(sizes: &[u64], secs: u64, rounds: usize, pathway: Option<&str>) -> Value {
     let mut per_size = Vec::new();
+    let window = Window {
+        rate: 100,
+        changes: 10,
+    };
     for &size in sizes {
         let prefix = unique(&format!("w4_{size}"));
         let template = latency_template(&prefix, size);
@@ -614,8 +640,8 @@ pub fn w4(sizes: &[u64], secs: u64, rounds: usize, pathway: Option<&str>) -> Val
             engines.extend(pathway.map(Engine::Pathway));
             for engine in engines {
                 let tag = format!("{prefix}_{round}_{}", engine.name());
-                let run = engine_run(engine, &template, &tag, 100, 10, secs);
-                runs.entry(engine.name()).or_default().push(run);
+                let run = engine_run(engine, &template, &tag, &[window], secs);
+                runs.entry(engine.name()).or_default().extend(run);
             }
         }
         let engines: serde_json::Map<String, Value> = runs

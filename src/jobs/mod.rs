@@ -23,10 +23,13 @@ where
 {
     let (tx, rx) = channel::<Outcome>();
     let control = Control::new(tx.clone(), shutdown);
+    let threads = control.clone();
     let guards = timely::execute(config, move |worker| build(worker, control.clone()))
         .map_err(|e| anyhow!("cannot start the timely cluster: {e}"))?;
     std::thread::spawn(move || {
         let failures: Vec<String> = guards.join().into_iter().filter_map(|r| r.err()).collect();
+        // The sinks' writer threads flush once their operators are gone.
+        threads.join_threads();
         let outcome = if failures.is_empty() {
             Ok(())
         } else {

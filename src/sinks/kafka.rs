@@ -172,6 +172,21 @@ impl Producer {
     /// offset after the last message delivered since the previous call. Any failed delivery
     /// is an error (the messages of the batch may then be partly delivered).
     pub fn confirm(&self) -> Result<HashMap<(String, i32), i64>> {
+        let log = self.reports()?;
+        if let Some(error) = log.first_error {
+            bail!("delivery to Kafka at {} failed: {error}", self.brokers);
+        }
+        Ok(log.next_offsets)
+    }
+
+    /// Waits until every queued message has its delivery report, whatever it says.
+    pub fn drain(&self) -> Result<()> {
+        self.reports().map(drop)
+    }
+
+    /// Waits (at most [`FLUSH_TIMEOUT`]) for the delivery reports of everything queued and
+    /// takes what they said.
+    fn reports(&self) -> Result<DeliveryLog> {
         // No wait: tells librdkafka to send what is lingering now.
         let _ = self.producer.flush(Duration::ZERO);
         let deadline = Instant::now() + FLUSH_TIMEOUT;
@@ -194,13 +209,11 @@ impl Producer {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let first_error = log.first_error.take();
-        let next_offsets = std::mem::take(&mut log.next_offsets);
-        drop(log);
-        if let Some(error) = first_error {
-            bail!("delivery to Kafka at {} failed: {error}", self.brokers);
-        }
-        Ok(next_offsets)
+        Ok(DeliveryLog {
+            first_error: log.first_error.take(),
+            next_offsets: std::mem::take(&mut log.next_offsets),
+            pending: 0,
+        })
     }
 }
 

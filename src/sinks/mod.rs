@@ -7,7 +7,8 @@
 //!                      ▼ one batch in flight at a time; what completes meanwhile waits
 //!                 writer thread: SinkWriter::write(&[(data, t, diff)])  — in time order,
 //!                      │         returns once durable
-//!                      └──► "written" ──► operator releases the batch's times
+//!                      ├──► "written" ──► operator releases the batch's times
+//!                      └──► idle 200 ms, or end of run: SinkWriter::flush() (process waits)
 //! ```
 //!
 //! Every worker writes the share of the collection it holds (no exchange). A writer sees only
@@ -25,7 +26,7 @@ pub mod postgres;
 pub mod tables;
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 
 use anyhow::Result;
 use dataflows::{Diff, Time};
@@ -45,7 +46,17 @@ pub trait SinkWriter<D>: Send + 'static {
     /// Writes `updates`, sorted by time and within a time by diff (retractions first). Must
     /// return only when the updates are durable, and an error if any of them is not.
     fn write(&mut self, updates: &[(D, Time, Diff)]) -> Result<()>;
+
+    /// Finishes what the writes left in progress (the outbox's writers confirm the last
+    /// batch's deliveries and delete its outbox rows). Called when no batch came for
+    /// [`IDLE_FLUSH`], and once more at the end of the run, before the process exits.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
+
+/// How long a writer thread waits for the next batch before flushing its writer.
+pub const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A batch handed to the writer thread.
 type Batch<D> = Vec<(D, Time, Diff)>;
@@ -54,27 +65,54 @@ type Batch<D> = Vec<(D, Time, Diff)>;
 type WriterThread<D> = (Sender<Batch<D>>, Receiver<Result<()>>);
 
 /// Starts the writer thread of sink `name`: it writes each batch it receives and reports
-/// the outcome, waking the operator.
-fn writer_thread<D, W>(name: &str, mut writer: W, wake: SyncActivator) -> Result<WriterThread<D>>
+/// the outcome, waking the operator; it flushes the writer when idle and when the operator
+/// is gone (the end of the run: the process waits for the thread, see
+/// [`Control::register_thread`]; a failed final flush is fatal).
+fn writer_thread<D, W>(
+    name: &str,
+    mut writer: W,
+    wake: SyncActivator,
+    control: &Control,
+) -> Result<WriterThread<D>>
 where
     D: Send + 'static,
     W: SinkWriter<D>,
 {
     let (batches, batch_rx) = channel::<Batch<D>>();
     let (done_tx, done) = channel::<Result<()>>();
-    std::thread::Builder::new()
+    let sink = name.to_string();
+    let fatal = control.clone();
+    let handle = std::thread::Builder::new()
         .name(format!("sink-{name}"))
         .spawn(move || {
-            for batch in batch_rx {
-                let outcome = writer.write(&batch);
-                let failed = outcome.is_err();
-                if done_tx.send(outcome).is_err() || failed {
-                    let _ = wake.activate();
-                    return;
+            let mut unflushed = false;
+            loop {
+                match batch_rx.recv_timeout(IDLE_FLUSH) {
+                    Ok(batch) => {
+                        let outcome = writer.write(&batch);
+                        let failed = outcome.is_err();
+                        if done_tx.send(outcome).is_err() || failed {
+                            let _ = wake.activate();
+                            return;
+                        }
+                        let _ = wake.activate();
+                        unflushed = true;
+                    }
+                    Err(RecvTimeoutError::Timeout) if !unflushed => {}
+                    Err(timeout_or_end) => {
+                        if let Err(error) = writer.flush() {
+                            fatal.fail(error.context(format!("sink {sink}")));
+                            return;
+                        }
+                        unflushed = false;
+                        if timeout_or_end == RecvTimeoutError::Disconnected {
+                            return;
+                        }
+                    }
                 }
-                let _ = wake.activate();
             }
         })?;
+    control.register_thread(handle);
     Ok((batches, done))
 }
 
@@ -106,7 +144,7 @@ where
             &name.clone(),
             move |_, info| {
                 let wake = scope.worker().sync_activator_for(info.address.to_vec());
-                let thread = match writer_thread(&name, writer, wake) {
+                let thread = match writer_thread(&name, writer, wake, &control) {
                     Ok(thread) => Some(thread),
                     Err(error) => {
                         control.fail(error.context(format!("sink {name}")));

@@ -125,6 +125,8 @@ pub struct Outbox {
     producer: Producer,
     /// Topics this writer produces to (their marks are set at startup).
     topics: Vec<String>,
+    /// The last sequence number sent and not yet settled.
+    unsettled: Option<i64>,
 }
 
 impl Outbox {
@@ -136,6 +138,7 @@ impl Outbox {
             kafka: kafka.clone(),
             producer: Producer::new(kafka)?,
             topics: topics.iter().map(|t| t.to_string()).collect(),
+            unsettled: None,
         })
     }
 
@@ -218,18 +221,42 @@ impl Outbox {
     /// Produces `staged` (committed to the outbox), waits for every delivery, then deletes
     /// the writer's outbox rows up to `upto` (at least the last of `staged`) and moves the
     /// marks past what was delivered.
-    pub fn publish(&self, client: &mut Client, staged: &[Staged], upto: i64) -> Result<()> {
+    pub fn publish(&mut self, client: &mut Client, staged: &[Staged], upto: i64) -> Result<()> {
+        self.send(staged)?;
+        self.unsettled = self.unsettled.max(Some(upto));
+        self.settle(client)
+    }
+
+    /// Produces `staged` (committed to the outbox) without waiting: the messages are on
+    /// their way; [`Outbox::settle`] confirms them and deletes their rows. A writer sends
+    /// batch N right after committing it and settles it after committing batch N + 1, so
+    /// the deliveries of one batch overlap the next batch's transaction.
+    pub fn send(&mut self, staged: &[Staged]) -> Result<()> {
         for s in staged {
             let seq = s.seq.to_string();
             self.producer
                 .send(&s.topic, &s.message, &[(SEQ_HEADER, seq.as_bytes())])?;
         }
-        let delivered = if staged.is_empty() {
-            HashMap::new()
-        } else {
-            self.producer.confirm()?
+        if let Some(last) = staged.last() {
+            self.unsettled = self.unsettled.max(Some(last.seq));
+        }
+        Ok(())
+    }
+
+    /// Whether messages were sent and not yet settled.
+    pub fn unsettled(&self) -> bool {
+        self.unsettled.is_some()
+    }
+
+    /// Waits until everything sent is delivered, then deletes the writer's outbox rows up to
+    /// the last sent and moves the marks past what was delivered (one transaction). A
+    /// failed delivery is an error: the rows stay, and the recovery of the next connection
+    /// delivers them.
+    pub fn settle(&mut self, client: &mut Client) -> Result<()> {
+        let Some(upto) = self.unsettled else {
+            return Ok(());
         };
-        let upto = staged.last().map_or(upto, |s| s.seq.max(upto));
+        let delivered = self.producer.confirm()?;
         let mut tx = client.transaction()?;
         tx.execute(
             "DELETE FROM public.dishflow_outbox WHERE job = $1 AND writer = $2 AND seq <= $3",
@@ -238,6 +265,20 @@ impl Outbox {
         self.set_marks(&mut tx, delivered.into_iter().collect())?;
         tx.commit()
             .context("cannot confirm deliveries in public.dishflow_outbox")?;
+        self.unsettled = None;
+        Ok(())
+    }
+
+    /// Before a recovery on a new connection: waits for the delivery reports of whatever
+    /// is still in flight (so that reading the topic back sees every message that will
+    /// ever arrive) and forgets it — the recovery settles the outbox from its rows.
+    fn quiesce(&mut self) -> Result<()> {
+        if self.unsettled.take().is_some() {
+            // Delivered or failed for good: either way the read-back decides.
+            self.producer
+                .drain()
+                .context("messages still in flight before the recovery")?;
+        }
         Ok(())
     }
 
@@ -262,7 +303,8 @@ impl Outbox {
     /// Delivers what a previous instance of this writer left in the outbox (see the module
     /// docs), then sets the marks of the writer's topics to their current ends. Run with the
     /// writer's lock held, before the writer stages anything.
-    pub fn recover(&self, client: &mut Client) -> Result<()> {
+    pub fn recover(&mut self, client: &mut Client) -> Result<()> {
+        self.quiesce()?;
         let rows = client.query(
             "SELECT seq, topic, key, value FROM public.dishflow_outbox \
              WHERE job = $1 AND writer = $2 ORDER BY seq",

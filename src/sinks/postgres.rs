@@ -280,6 +280,10 @@ impl<'a> Columns<'a> {
 }
 
 impl<E: Encoder<Draft>> SinkWriter<Draft> for FeedbackWriter<E> {
+    fn flush(&mut self) -> Result<()> {
+        retry_transient(self, |w| &mut w.backoff, Self::disconnect, Self::settle)
+    }
+
     fn write(&mut self, updates: &[(Draft, Time, Diff)]) -> Result<()> {
         let mut events = events(updates);
         let mut staged: Option<Vec<Staged>> = None;
@@ -294,7 +298,8 @@ impl<E: Encoder<Draft>> SinkWriter<Draft> for FeedbackWriter<E> {
 
 impl<E: Encoder<Draft>> FeedbackWriter<E> {
     /// One attempt at a batch: unless already committed (`staged`), upsert the rows and
-    /// stage the messages in one transaction; then publish them.
+    /// stage the messages in one transaction; then settle the previous batch's messages
+    /// and send this batch's.
     fn attempt(
         &mut self,
         events: &mut [Event<'_>],
@@ -341,14 +346,28 @@ impl<E: Encoder<Draft>> FeedbackWriter<E> {
         let Some((client, _)) = self.connection.as_mut() else {
             anyhow::bail!("not connected");
         };
+        // The previous batch's messages were delivered meanwhile; this batch's go now.
         let started = std::time::Instant::now();
-        self.outbox.publish(client, staged, 0)?;
+        self.outbox.settle(client)?;
+        self.outbox.send(staged)?;
         debug!(
             messages = staged.len(),
-            published_ms = started.elapsed().as_millis() as u64,
-            "feedback batch published"
+            settled_ms = started.elapsed().as_millis() as u64,
+            "feedback batch sent, previous one settled"
         );
         Ok(())
+    }
+
+    /// Settles what was sent (see [`Outbox::settle`]), unless a new connection's recovery
+    /// did.
+    fn settle(&mut self) -> Result<()> {
+        if !self.outbox.unsettled() || self.connect()? {
+            return Ok(());
+        }
+        match self.connection.as_mut() {
+            Some((client, _)) => self.outbox.settle(client),
+            None => Ok(()),
+        }
     }
 
     /// Applies a committed batch's changes (first time `first`) to the keys retracted in

@@ -115,7 +115,7 @@ impl<B> TableWriter<B> {
             return Ok(false);
         }
         let mut client = pg::connect(&self.url)?;
-        if let Some((outbox, _)) = &self.outbox {
+        if let Some((outbox, _)) = &mut self.outbox {
             outbox.lock(&mut client)?;
             outbox.recover(&mut client)?;
         }
@@ -125,6 +125,10 @@ impl<B> TableWriter<B> {
 }
 
 impl<D, B: TableBatch<D>> SinkWriter<D> for TableWriter<B> {
+    fn flush(&mut self) -> Result<()> {
+        retry_transient(self, |w| &mut w.backoff, Self::disconnect, Self::settle)
+    }
+
     fn write(&mut self, updates: &[(D, Time, Diff)]) -> Result<()> {
         let mut staged = None;
         let started = std::time::Instant::now();
@@ -146,7 +150,8 @@ impl<D, B: TableBatch<D>> SinkWriter<D> for TableWriter<B> {
 
 impl<B> TableWriter<B> {
     /// One attempt at a batch: unless already committed (`staged`), write it and stage its
-    /// messages in one transaction; then publish them.
+    /// messages in one transaction; then settle the previous batch's messages and send
+    /// this batch's.
     fn attempt<D>(
         &mut self,
         updates: &[(D, Time, Diff)],
@@ -175,9 +180,28 @@ impl<B> TableWriter<B> {
                 staged.insert(s)
             }
         };
-        match &self.outbox {
-            Some((outbox, _)) => outbox.publish(client, staged, 0),
+        match &mut self.outbox {
+            // The previous batch's messages were delivered meanwhile; this batch's go now.
+            Some((outbox, _)) => {
+                outbox.settle(client)?;
+                outbox.send(staged)
+            }
             None => Ok(()),
+        }
+    }
+
+    /// Settles what was sent (see [`Outbox::settle`]), unless a new connection's recovery
+    /// did.
+    fn settle(&mut self) -> Result<()> {
+        if !self.outbox.as_ref().is_some_and(|(o, _)| o.unsettled()) {
+            return Ok(());
+        }
+        if self.connect()? {
+            return Ok(());
+        }
+        match (&mut self.outbox, self.client.as_mut()) {
+            (Some((outbox, _)), Some(client)) => outbox.settle(client),
+            _ => Ok(()),
         }
     }
 }
