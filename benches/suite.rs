@@ -677,11 +677,10 @@ fn wal_lsn(client: &mut postgres::Client) -> i64 {
 }
 
 /// W5: the orders backlog (`workers` threads for dishflow).
-fn w5(n: u64, rounds: usize, workers: usize) -> Value {
+fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
     let prefix = unique("w5");
     let topic = format!("{prefix}.orders");
-    let redis_url =
-        std::env::var("DISHFLOW_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let redis_url = redis_url();
     let count = n.to_string();
     let produce = dishflow_command(&[
         "produce",
@@ -718,6 +717,7 @@ fn w5(n: u64, rounds: usize, workers: usize) -> Value {
     let mut wal = Vec::new();
     let timeout = Duration::from_secs(1200);
     let mut last_db = String::new();
+    let mut pathway_db: Option<String> = None;
     let workers = workers.to_string();
     for round in 0..rounds {
         let db = copy_database(&template_name, &format!("{prefix}_d{round}"));
@@ -789,7 +789,66 @@ fn w5(n: u64, rounds: usize, workers: usize) -> Value {
         }
         upsert_s.push(started.elapsed().as_secs_f64());
         last_db = db;
+
+        if let Some(python) = pathway {
+            let db = copy_database(&template_name, &format!("{prefix}_p{round}"));
+            let m = measure(
+                Command::new(python)
+                    .arg(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/scripts/bench/peers/orders.py"
+                    ))
+                    .args([
+                        "--brokers",
+                        &brokers(),
+                        "--topic",
+                        &topic,
+                        "--redis-url",
+                        &redis_url,
+                        "--redis-keys",
+                        &format!("{prefix}*"),
+                        "--dsn",
+                        &dsn(&db),
+                        "--table-prefix",
+                        "pathway",
+                        "--static",
+                    ]),
+                timeout,
+            );
+            eprintln!("w5 round {round}: pathway {m:?}");
+            let (products, categories) = pathway_counters(&db);
+            record(
+                &mut series,
+                "pathway (CDM counters only)",
+                m,
+                Some((products.len() + categories.len()) as i64),
+            );
+            pathway_db = Some(db);
+        }
     }
+    // CDM = SQL GROUP BY over the raw messages and the dictionaries (and Pathway's too).
+    let (truth_products, truth_categories) =
+        ground_truth(&last_db, &topic, &format!("{prefix}*"));
+    let ours = (
+        counters(
+            &last_db,
+            "cdm.user_product_counters",
+            "product_id",
+            "product_name",
+        ),
+        counters(
+            &last_db,
+            "cdm.user_category_counters",
+            "category_id",
+            "category_name",
+        ),
+    );
+    let truth = (truth_products, truth_categories);
+    let equal = json!({
+        "dishflow": ours == truth,
+        "pathway": pathway_db.as_deref().map(|db| pathway_counters(db) == truth),
+    });
+    eprintln!("w5: CDM equals the SQL GROUP BY: {equal}");
     // Rows per layer, as the last run wrote them.
     let layer =
         |tables: &[&str]| -> i64 { tables.iter().map(|t| count_rows(&last_db, t, "true")).sum() };
@@ -820,7 +879,34 @@ fn w5(n: u64, rounds: usize, workers: usize) -> Value {
         "records": n,
         "engines": summaries,
         "postgres_write_volume": {"rows": rows, "wal_bytes": wal, "wal_bytes_median": median(&wal)},
+        "cdm_equals_sql_group_by": equal,
     })
+}
+
+/// The final counters of the Pathway peer (its tables hold the change stream: a row is
+/// current when its changes sum to a positive count), like [`counters`].
+fn pathway_counters(db: &str) -> (Counters, Counters) {
+    let mut client = pg(db);
+    let mut read = |table: &str, item: &str, name: &str| -> Counters {
+        client
+            .query(
+                &format!(
+                    "SELECT user_id::uuid, {item}::uuid, {name}, order_cnt::int4 FROM {table} \
+                     GROUP BY 1, 2, 3, 4 HAVING sum(diff) > 0 ORDER BY 1, 2"
+                ),
+                &[],
+            )
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (
+        read("pathway_user_product_counters", "product_id", "product_name"),
+        read("pathway_user_category_counters", "category_id", "category_name"),
+    )
 }
 
 /// The markdown table of the report.
@@ -933,8 +1019,14 @@ fn main() {
     // The latency workloads run in real time: one round in --quick.
     let latency_rounds = if quick { 1 } else { rounds };
     if wanted("W3") {
+        let rates: Vec<u64> = args
+            .iter()
+            .position(|a| a == "--rates")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.split(',').filter_map(|r| r.parse().ok()).collect())
+            .unwrap_or_else(|| vec![10, 100, 1000]);
         results.push(latency::w3(
-            &[10, 100, 1000],
+            &rates,
             secs,
             latency_rounds,
             pathway.as_deref(),
@@ -953,6 +1045,7 @@ fn main() {
             scale(arg_value(&args, "--orders", 50_000) as u64),
             rounds,
             arg_value(&args, "--workers", 1),
+            pathway.as_deref(),
         ));
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());

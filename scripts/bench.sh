@@ -8,24 +8,26 @@
 #   scripts/bench.sh latency [--rounds N] [--secs N]   the suite's W3 and W4 alone
 #   scripts/bench.sh expiry [--rounds N]               promos memory with expiring campaigns
 #   scripts/bench.sh orders [--orders N] [--rounds N] [--workers N]  the orders backlog (W5)
-#       alone, without the peer
+#       alone, with the peer's order counters
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 mkdir -p target/bench
+if [ "${1:-}" = expiry ]; then
+  cargo bench --bench promos -- "$@" | tee target/bench/promos.jsonl
+  exit
+fi
+if [ "${DISHFLOW_NO_PEER:-0}" != 1 ]; then
+  DISHFLOW_PATHWAY_PYTHON="$(scripts/bench/peers/setup.sh)"
+  export DISHFLOW_PATHWAY_PYTHON
+fi
 case "${1:-}" in
-  expiry)
-    cargo bench --bench promos -- "$@" | tee target/bench/promos.jsonl ;;
   latency)
     shift
-    exec "$0" --only W3,W4 "$@" ;;
+    cargo bench --bench suite -- --only W3,W4 "$@" ;;
   orders)
     shift
     cargo bench --bench suite -- --only W5 "$@" ;;
   *)
-    if [ "${DISHFLOW_NO_PEER:-0}" != 1 ]; then
-      DISHFLOW_PATHWAY_PYTHON="$(scripts/bench/peers/setup.sh)"
-      export DISHFLOW_PATHWAY_PYTHON
-    fi
     cargo bench --bench suite -- "$@" ;;
 esac

@@ -10,21 +10,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use dataflows::orders::NAMESPACE;
 use redis::Commands;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// The Redis the tests use.
-fn redis_url() -> String {
-    std::env::var("DISHFLOW_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
-
-fn redis() -> redis::Connection {
-    redis::Client::open(redis_url().as_str())
-        .and_then(|c| c.get_connection())
-        .expect("connect to Redis (is scripts/services.sh running?)")
-}
 
 /// Arguments of an orders run on `db`, topics `<prefix>.orders/.dlq`, Redis keys `<prefix>*`.
 fn orders_args(db: &str, prefix: &str) -> Vec<String> {
@@ -127,91 +115,6 @@ fn dump(db: &str, exact: bool) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// The counters as (user, item, name, count), sorted.
-type Counters = Vec<(uuid::Uuid, uuid::Uuid, String, i32)>;
-
-fn counters(db: &str, table: &str, item: &str, name: &str) -> Counters {
-    let sql = format!("SELECT user_id, {item}, {name}, order_cnt FROM {table} ORDER BY 1, 2");
-    pg(db)
-        .query(&sql, &[])
-        .expect("counters")
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect()
-}
-
-/// The counters computed in SQL from the raw messages of the topic and the Redis entries:
-/// latest update_ts per object_id, CLOSED, distinct orders per (user, product / category).
-fn ground_truth(db: &str, prefix: &str) -> (Counters, Counters) {
-    let mut client = pg(db);
-    client
-        .batch_execute(
-            "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";
-             CREATE TABLE truth_raw (value json); CREATE TABLE truth_dict (key text, value json);",
-        )
-        .expect("truth tables");
-    for message in consume(&format!("{prefix}.orders")) {
-        let value = message.value.unwrap_or_default();
-        if serde_json::from_str::<serde_json::Value>(&value).is_ok() {
-            client
-                .execute("INSERT INTO truth_raw VALUES ($1::text::json)", &[&value])
-                .expect("raw");
-        }
-    }
-    let mut con = redis();
-    let keys: Vec<String> = con.keys(format!("{prefix}*")).expect("keys");
-    for key in keys {
-        let value: String = con.get(&key).expect("get");
-        client
-            .execute(
-                "INSERT INTO truth_dict VALUES ($1, $2::text::json)",
-                &[&key, &value],
-            )
-            .expect("dict");
-    }
-    let query = |key: &str, name: &str| {
-        format!(
-            "WITH latest AS (
-               SELECT DISTINCT ON ((value->>'object_id')::int)
-                      (value->>'object_id')::int AS id, value->'payload' AS p
-               FROM truth_raw WHERE value->>'object_type' = 'order'
-               ORDER BY (value->>'object_id')::int,
-                        (value->'payload'->>'update_ts')::timestamp DESC,
-                        (value->'payload')::text DESC),
-             lines AS (
-               SELECT l.id, l.p->'user'->>'id' AS user_id, l.p->'restaurant'->>'id' AS rid,
-                      i->>'id' AS pid
-               FROM latest l, json_array_elements(l.p->'order_items') i
-               WHERE l.p->>'final_status' = 'CLOSED'),
-             menu AS (
-               SELECT d.key AS rid, m->>'_id' AS pid, m->>'name' AS product,
-                      m->>'category' AS category
-               FROM truth_dict d, json_array_elements(d.value->'menu') m
-               WHERE d.value->'menu' IS NOT NULL)
-             SELECT uuid_generate_v5($1, user_id), uuid_generate_v5($1, {key}), {name},
-                    count(DISTINCT id)::int
-             FROM lines JOIN menu USING (rid, pid)
-             WHERE user_id IN (SELECT key FROM truth_dict WHERE value->'login' IS NOT NULL)
-             GROUP BY 1, 2, 3 ORDER BY 1, 2"
-        )
-    };
-    let ns: uuid::Uuid = *NAMESPACE;
-    let run = |client: &mut postgres::Client, sql: String| -> Counters {
-        client
-            .query(&sql, &[&ns])
-            .expect("truth")
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect()
-    };
-    let products = run(&mut client, query("pid", "product"));
-    let categories = run(&mut client, query("category", "category"));
-    client
-        .batch_execute("DROP TABLE truth_raw; DROP TABLE truth_dict;")
-        .expect("drop truth");
-    (products, categories)
-}
-
 /// The counters as the `dds-service-orders` topic tells them: every message applied in
 /// order, counters at 0 removed; (products, categories) like [`counters`].
 fn counters_from_topic(topic: &str) -> (Counters, Counters) {
@@ -266,7 +169,8 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
         "category_id",
         "category_name",
     );
-    let (truth_products, truth_categories) = ground_truth(&db, &prefix);
+    let (truth_products, truth_categories) =
+        ground_truth(&db, &format!("{prefix}.orders"), &format!("{prefix}*"));
     assert!(truth_products.len() > 500, "{}", truth_products.len());
     assert_eq!(products, truth_products);
     assert_eq!(categories, truth_categories);
@@ -330,7 +234,7 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     assert!(products.len() < truth_products.len());
     assert_eq!(
         (products.clone(), categories.clone()),
-        ground_truth(&db, &prefix)
+        ground_truth(&db, &format!("{prefix}.orders"), &format!("{prefix}*"))
     );
     assert_eq!(counters_from_topic(&dds_topic), (products, categories));
 }

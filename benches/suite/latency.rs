@@ -39,7 +39,7 @@ const FAN_OUT: u64 = 10;
 /// How long to wait for the last output after the window.
 const DRAIN: Duration = Duration::from_secs(60);
 /// The consumers' fetch.wait.max.ms in every latency measurement, as "key:value".
-const FETCH_WAIT: &str = "fetch.wait.max.ms:5";
+const FETCH_WAIT: &str = "fetch.wait.max.ms:20";
 /// The notify channel of the feedback trigger.
 const CHANNEL: &str = "dishflow_bench_feedback";
 
