@@ -786,7 +786,10 @@ fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
             &mut series,
             "dishflow",
             m,
-            Some(count_rows(&db, "cdm.user_product_counters", "true")),
+            Some(
+                count_rows(&db, "cdm.user_product_counters", "true")
+                    + count_rows(&db, "cdm.user_category_counters", "true"),
+            ),
         );
         let m = measure(&mut self_command(&["--consume", &topic]), timeout);
         eprintln!("w5 round {round}: limit consume {m:?}");
