@@ -179,6 +179,24 @@ fn self_command(args: &[&str]) -> Command {
     c
 }
 
+/// Queues `record`, serving delivery reports while librdkafka's queue is full.
+fn send_retrying<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>)
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((_, r)) => {
+                producer.poll(Duration::from_millis(1));
+                record = r;
+            }
+        }
+    }
+    producer.poll(Duration::ZERO);
+}
+
 /// `--pipe IN OUT`: the limit of a consume → produce pass-through: every message of IN
 /// (to its end as of the start) produced to OUT, acknowledged.
 fn pipe(input: &str, output: Option<&str>) {
@@ -222,17 +240,7 @@ fn pipe(input: &str, output: Option<&str>) {
             if let Some(payload) = message.payload() {
                 record = record.payload(payload);
             }
-            let mut record = record;
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        producer.poll(Duration::from_millis(10));
-                        record = r;
-                    }
-                }
-            }
-            producer.poll(Duration::ZERO);
+            send_retrying(producer, record);
         }
         let partition = message.partition();
         if remaining
@@ -436,18 +444,12 @@ fn produce_copy(n: u64, topic: &str, db: &str) {
                 .expect("producer");
         for i in 0..n {
             let key = format!("c{i}");
-            let mut record: BaseRecord<'_, String, String> =
-                BaseRecord::to(&topic).key(&key).payload(&sample);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        producer.poll(Duration::from_millis(10));
-                        record = r;
-                    }
-                }
-            }
-            producer.poll(Duration::ZERO);
+            send_retrying(
+                &producer,
+                BaseRecord::<'_, String, String>::to(&topic)
+                    .key(&key)
+                    .payload(&sample),
+            );
         }
         producer.flush(Duration::from_secs(300)).expect("flush");
     });

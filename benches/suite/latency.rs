@@ -100,17 +100,12 @@ fn latency_producer() -> BaseProducer {
 
 /// Sends `payload` with `key` to `topic`, retrying while the local queue is full.
 fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &str) {
-    let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match producer.send(record) {
-            Ok(()) => break,
-            Err((_, r)) => {
-                producer.poll(Duration::from_millis(1));
-                record = r;
-            }
-        }
-    }
-    producer.poll(Duration::ZERO);
+    super::send_retrying(
+        producer,
+        BaseRecord::<'_, str, str>::to(topic)
+            .key(key)
+            .payload(payload),
+    );
 }
 
 /// Records the arrival of every message of `topic` under `key_of(key, payload)`.
