@@ -21,7 +21,7 @@
 //! Usage: `cargo bench --bench suite -- [--quick] [--rounds N] [--only W1,W2,W2skew,S,W3,W4,W5]
 //! [--secs N] [--orders N] [--workers N]` (`--secs`: W3/W4's window per rate or size, default
 //! 60; `--orders`, `--workers`: W5's size and dishflow's workers there)
-//! (`--quick`: every size ÷ 20, 3 s windows, one round of W3/W4)
+//! (`--quick`: every size ÷ 20, 3 s windows, one round)
 //! (through `scripts/bench.sh`, which starts the services and installs the peer).
 
 #[path = "../tests/common/mod.rs"]
@@ -128,6 +128,16 @@ fn measure_all(commands: &mut [&mut Command], timeout: Duration) -> Measured {
         cpu_s,
         max_rss_mb,
     }
+}
+
+/// Runs one workload, recording how long it took (`suite_s` in its result) and saying so.
+fn push_timed(results: &mut Vec<Value>, workload: impl FnOnce() -> Value) {
+    let started = Instant::now();
+    let mut result = workload();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("suite: {} took {secs:.0} s", result["workload"]);
+    result["suite_s"] = json!(secs);
+    results.push(result);
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -1012,7 +1022,8 @@ fn main() {
         return produce_copy(n, &args[2], &args[3]);
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let rounds = arg_value(&args, "--rounds", 3);
+    // --quick: one round of everything unless --rounds says otherwise.
+    let rounds = arg_value(&args, "--rounds", if quick { 1 } else { 3 });
     let only: Vec<String> = args
         .iter()
         .position(|a| a == "--only")
@@ -1037,7 +1048,9 @@ fn main() {
             pipe_limit: true,
             scaling: false,
         };
-        results.push(promos_workload(&w, rounds, pathway.as_deref()));
+        push_timed(&mut results, || {
+            promos_workload(&w, rounds, pathway.as_deref())
+        });
     }
     if wanted("W2") || wanted("S") {
         let w = PromosWorkload {
@@ -1049,7 +1062,9 @@ fn main() {
             pipe_limit: false,
             scaling: wanted("S"),
         };
-        results.push(promos_workload(&w, rounds, pathway.as_deref()));
+        push_timed(&mut results, || {
+            promos_workload(&w, rounds, pathway.as_deref())
+        });
     }
     if wanted("W2skew") {
         // W2 with a quarter of the subscribers (50k at full size) on one restaurant.
@@ -1062,7 +1077,9 @@ fn main() {
             pipe_limit: false,
             scaling: true,
         };
-        results.push(promos_workload(&w, rounds, pathway.as_deref()));
+        push_timed(&mut results, || {
+            promos_workload(&w, rounds, pathway.as_deref())
+        });
     }
     let secs = arg_value(&args, "--secs", if quick { 3 } else { 60 }) as u64;
     // The latency workloads run in real time: one round in --quick.
@@ -1074,28 +1091,29 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .map(|s| s.split(',').filter_map(|r| r.parse().ok()).collect())
             .unwrap_or_else(|| vec![10, 100, 1000]);
-        results.push(latency::w3(
-            &rates,
-            secs,
-            latency_rounds,
-            pathway.as_deref(),
-        ));
+        push_timed(&mut results, || {
+            latency::w3(&rates, secs, latency_rounds, pathway.as_deref())
+        });
     }
     if wanted("W4") {
-        results.push(latency::w4(
-            &[scale(10_000), scale(100_000), scale(1_000_000)],
-            secs,
-            latency_rounds,
-            pathway.as_deref(),
-        ));
+        push_timed(&mut results, || {
+            latency::w4(
+                &[scale(10_000), scale(100_000), scale(1_000_000)],
+                secs,
+                latency_rounds,
+                pathway.as_deref(),
+            )
+        });
     }
     if wanted("W5") {
-        results.push(w5(
-            scale(arg_value(&args, "--orders", 50_000) as u64),
-            rounds,
-            arg_value(&args, "--workers", 1),
-            pathway.as_deref(),
-        ));
+        push_timed(&mut results, || {
+            w5(
+                scale(arg_value(&args, "--orders", 50_000) as u64),
+                rounds,
+                arg_value(&args, "--workers", 1),
+                pathway.as_deref(),
+            )
+        });
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let machine = format!(

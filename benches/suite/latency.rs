@@ -332,7 +332,7 @@ impl Engine<'_> {
                 }
                 // Tansu answers a fetch that finds no data only after fetch.wait.max.ms (500
                 // by default; Apache Kafka answers as soon as data arrives): every engine and
-                // floor here reads with 5 ms. DISHFLOW_BENCH_ARGS: extra flags (to try settings).
+                // floor here reads with FETCH_WAIT. DISHFLOW_BENCH_ARGS: extra flags (to try settings).
                 args.extend(["--kafka-property".into(), FETCH_WAIT.replace(':', "=")]);
                 let extra = std::env::var("DISHFLOW_BENCH_ARGS").unwrap_or_default();
                 args.extend(extra.split_whitespace().map(str::to_string));

@@ -19,11 +19,12 @@ Usage: orders.py --brokers H:P --topic T --redis-url redis://… --redis-keys 'p
 
 import argparse
 import json
-import time
 import uuid
 
 import pathway as pw
 import redis
+
+from peer_kafka import consumer_settings
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://dishflow.dev/dds")
 
@@ -93,8 +94,7 @@ def main():
     p.add_argument("--static", action="store_true", help="read the topic to its end, then stop")
     a = p.parse_args()
 
-    kafka = {"bootstrap.servers": a.brokers, "group.id": f"pathway-peer-{time.time_ns()}",
-             "auto.offset.reset": "earliest"}
+    kafka = consumer_settings(a.brokers)
     raw = pw.io.kafka.read(kafka, topic=a.topic, schema=Order, format="json",
                            mode="static" if a.static else "streaming",
                            autocommit_duration_ms=10)

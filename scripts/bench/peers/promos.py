@@ -21,6 +21,8 @@ import time
 import pathway as pw
 import psycopg
 
+from peer_kafka import consumer_settings
+
 
 class Campaign(pw.Schema):
     restaurant_id: str
@@ -80,13 +82,10 @@ def main():
     p.add_argument("--poll-ms", type=int, default=100)
     p.add_argument("--fetch-wait-ms", type=int,
                    help="librdkafka fetch.wait.max.ms of the promo reader (the latency benchmarks "
-                        "set 5 for every engine: Tansu answers an empty fetch only after this wait)")
+                        "set 20 for every engine: Tansu answers an empty fetch only after this wait)")
     a = p.parse_args()
 
-    kafka = {"bootstrap.servers": a.brokers, "group.id": f"pathway-peer-{time.time_ns()}",
-             "auto.offset.reset": "earliest"}
-    if a.fetch_wait_ms is not None:
-        kafka["fetch.wait.max.ms"] = str(a.fetch_wait_ms)
+    kafka = consumer_settings(a.brokers, a.fetch_wait_ms)
     promos = pw.io.kafka.read(kafka, topic=a.topic, schema=Campaign, format="json",
                               mode="static" if a.static else "streaming",
                               autocommit_duration_ms=10)
