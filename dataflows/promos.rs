@@ -109,6 +109,12 @@ impl Draft {
         format!("{}:{}", self.campaign.adv_campaign_id, self.client_id)
     }
 
+    /// A hash of the draft's key (campaign, client): what routes every version of a draft
+    /// to one writer.
+    pub fn route(&self) -> u64 {
+        (&self.campaign.adv_campaign_id, &self.client_id).hashed()
+    }
+
     /// The notification for this draft, which came into existence at logical time `time`.
     pub fn notification(&self, time: Time) -> Notification<'_> {
         let c = &self.campaign;

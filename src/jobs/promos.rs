@@ -18,7 +18,6 @@ use std::time::Duration;
 use anyhow::Result;
 use dataflows::promos;
 use differential_dataflow::AsCollection;
-use differential_dataflow::hashable::Hashable;
 use timely::dataflow::operators::Exchange;
 use tracing::info;
 
@@ -141,14 +140,13 @@ pub fn run(args: PromosArgs) -> Result<()> {
             // replacement that changes the restaurant would otherwise split across workers).
             let drafts = drafts
                 .inner
-                .exchange(|(draft, _, _): &(promos::Draft, _, _)| {
-                    (&draft.campaign.adv_campaign_id, &draft.client_id).hashed()
-                })
+                .exchange(|(draft, _, _): &(promos::Draft, _, _)| draft.route())
                 .as_collection();
             let dead_letters_written = sink(
                 dead_letters,
                 "DeadLetterSink",
                 dead_letter_writer,
+                None,
                 control.clone(),
                 completion.clone(),
             );
@@ -156,6 +154,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 drafts,
                 "DraftsSink",
                 drafts_writer,
+                Some(promos::Draft::route),
                 control.clone(),
                 completion.clone(),
             );

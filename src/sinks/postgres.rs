@@ -503,14 +503,14 @@ fn write_chunk(
             ],
         )
         .context("cannot write to public.subscribers_feedback")?;
-    let mut changed: HashSet<(String, String)> = HashSet::with_capacity(rows.len());
-    for row in rows {
+    let mut changed: HashSet<(&str, &str)> = HashSet::with_capacity(rows.len());
+    for row in &rows {
         changed.insert((row.try_get(0)?, row.try_get(1)?));
     }
     for &i in chunk {
         let d = events[i].draft;
         events[i].forward =
-            changed.contains(&(d.campaign.adv_campaign_id.clone(), d.client_id.clone()));
+            changed.contains(&(d.campaign.adv_campaign_id.as_str(), d.client_id.as_str()));
     }
     Ok(())
 }
