@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
@@ -184,8 +185,11 @@ pub trait Replayable: 'static {
 }
 
 /// Runs `state` (one per worker) over `messages`: each worker applies the messages routed to
-/// it in logical-time order once the input frontier has passed their time. Returns the
-/// output collection and the workers' [`Retention`] reports.
+/// it in logical-time order once the input frontier has passed their time. A change emitted
+/// for a later time (a campaign's end) is held here until the input frontier reaches that
+/// time (all of them once the input has ended), not sent ahead: downstream it would be held
+/// once per derived record — every draft of the campaign, in the sink — until then. Returns
+/// the output collection and the workers' [`Retention`] reports.
 pub fn replay_state<'s, S: Replayable>(
     messages: VecCollection<'s, Time, S::Message, Diff>,
     name: &str,
@@ -202,6 +206,10 @@ pub fn replay_state<'s, S: Replayable>(
     let mut retention_output = OutputBuilder::from(retention_output);
     builder.build(move |_capabilities| {
         let mut pending: BTreeMap<Time, Vec<S::Message>> = BTreeMap::new();
+        // Changes the state scheduled for later times (a campaign's end), held here until
+        // the input frontier reaches their time: downstream, a future change would be held
+        // once per derived record (every draft of the campaign, in the sink) until then.
+        let mut deferred: BTreeMap<Time, Vec<(S::Output, Diff)>> = BTreeMap::new();
         let mut capabilities = [CapabilitySet::new(), CapabilitySet::new()];
         let mut reported: Vec<(i32, i64)> = Vec::new();
         move |frontiers| {
@@ -230,7 +238,11 @@ pub fn replay_state<'s, S: Replayable>(
                 let capability = capabilities[0].delayed(&time);
                 let mut session = records_handle.session(&capability);
                 state.apply(time, entry.remove(), &mut |record, at, diff| {
-                    session.give((record, at, diff))
+                    if at > time {
+                        deferred.entry(at).or_default().push((record, diff));
+                    } else {
+                        session.give((record, at, diff));
+                    }
                 });
                 let retained = state.retained();
                 if retained != reported {
@@ -245,13 +257,31 @@ pub fn replay_state<'s, S: Replayable>(
                 Some(&time) => state.expire(time.saturating_sub(1)),
                 None => state.expire(Time::MAX),
             }
-            match pending.first_key_value() {
-                Some((&time, _)) => {
-                    for set in &mut capabilities {
-                        set.downgrade([time]);
-                    }
+            // Release what is due (everything, once the input has ended).
+            while let Some(entry) = deferred.first_entry() {
+                let at = *entry.key();
+                if frontier.less_than(&at) {
+                    break;
                 }
-                None => capabilities = [CapabilitySet::new(), CapabilitySet::new()],
+                let mut changes = entry.remove();
+                consolidate(&mut changes);
+                let capability = capabilities[0].delayed(&at);
+                records_handle
+                    .session(&capability)
+                    .give_iterator(changes.into_iter().map(|(record, diff)| (record, at, diff)));
+            }
+            let next_input = pending.first_key_value().map(|(&time, _)| time);
+            let next_output = next_input
+                .into_iter()
+                .chain(deferred.first_key_value().map(|(&t, _)| t))
+                .min();
+            match next_output {
+                Some(time) => capabilities[0].downgrade([time]),
+                None => capabilities[0] = CapabilitySet::new(),
+            }
+            match next_input {
+                Some(time) => capabilities[1].downgrade([time]),
+                None => capabilities[1] = CapabilitySet::new(),
             }
         }
     });

@@ -661,6 +661,43 @@ mod tests {
         out
     }
 
+    #[test]
+    fn a_scheduled_end_leaves_the_lifecycle_only_when_the_input_reaches_it() {
+        use differential_dataflow::input::Input;
+        use std::sync::{Arc, Mutex};
+        use timely::dataflow::operators::Inspect;
+        // Valid [10 s, 20 s), arrives at 12.5 s: its end must not be emitted (and then held
+        // downstream, once per draft) while the input is still before 20 s.
+        let c = campaign("c1", "r1", 10, 20);
+        let seen: Arc<Mutex<Vec<(Time, Diff)>>> = Arc::default();
+        let out = seen.clone();
+        timely::execute_directly(move |worker| {
+            let mut input = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, messages) = scope.new_collection();
+                let out = out.clone();
+                campaigns_in_force(messages)
+                    .inner
+                    .inspect(move |(_, t, d)| out.lock().expect("lock").push((*t, *d)));
+                input
+            });
+            input.advance_to(12_500);
+            input.insert(message(c, 0));
+            input.advance_to(15_000);
+            input.flush();
+            for _ in 0..100 {
+                worker.step();
+            }
+            assert_eq!(*out.lock().expect("lock"), [(12_500, 1)]);
+            input.advance_to(25_000);
+            input.flush();
+            for _ in 0..100 {
+                worker.step();
+            }
+            assert_eq!(*out.lock().expect("lock"), [(12_500, 1), (20_000, -1)]);
+        });
+        assert_eq!(seen.lock().expect("lock").len(), 2);
+    }
+
     const VALID: &str = r#"{"restaurant_id":"r","adv_campaign_id":"c","adv_campaign_content":"x",
         "adv_campaign_owner":"o","adv_campaign_owner_contact":"e","adv_campaign_datetime_start":10,
         "adv_campaign_datetime_end":20,"datetime_created":5,"extra":[1,2]}"#;
