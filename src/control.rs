@@ -22,7 +22,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,14 +38,21 @@ use timely::scheduling::SyncActivator;
 pub type Outcome = anyhow::Result<()>;
 
 /// Process-wide control shared by all workers of a process: report fatal errors, observe
-/// shutdown requests, wake every source.
+/// shutdown requests, wake every source, and hold back reading while the sinks are behind.
 #[derive(Clone)]
 pub struct Control {
     fatal: Sender<Outcome>,
     shutdown: Arc<AtomicBool>,
     sources: Arc<Mutex<Vec<SyncActivator>>>,
     threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    /// Updates buffered in this process's sinks, not yet handed to their writers.
+    sink_backlog: Arc<AtomicUsize>,
 }
+
+/// How many updates the sinks of a process may buffer before its sources pause (see
+/// [`Control::sinks_behind`]). A source batch can add more than this at once (a promo batch
+/// times its fan-out); the bound is on when reading resumes, not a hard cap.
+pub const SINK_BACKLOG_LIMIT: usize = 500_000;
 
 impl Control {
     /// Creates the control handle; fatal errors are sent to `fatal`, signals set `shutdown`.
@@ -55,7 +62,27 @@ impl Control {
             shutdown,
             sources: Arc::default(),
             threads: Arc::default(),
+            sink_backlog: Arc::default(),
         }
+    }
+
+    /// A sink's buffered updates went from `before` to `after`.
+    pub fn sink_buffered(&self, before: usize, after: usize) {
+        if after > before {
+            self.sink_backlog
+                .fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.sink_backlog
+                .fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the sinks hold more than [`SINK_BACKLOG_LIMIT`] updates they have not handed
+    /// to their writers yet. Sources then pause reading (flow control): the dataflow would
+    /// otherwise turn a whole backlog into output faster than Postgres takes it, and hold all
+    /// of it in memory.
+    pub fn sinks_behind(&self) -> bool {
+        self.sink_backlog.load(Ordering::Relaxed) > SINK_BACKLOG_LIMIT
     }
 
     /// Registers a helper thread (a sink's writer) that finishes on its own once the

@@ -227,6 +227,8 @@ where
     let name = name.to_string();
     let mut pending: BTreeMap<Time, Vec<(D, Diff)>> = BTreeMap::new();
     let mut remainder: Option<Remainder<D>> = None;
+    // What this sink counts in the process's sink backlog (see `Control::sinks_behind`).
+    let mut buffered = 0usize;
     let mut failed = false;
     let mut capabilities: CapabilitySet<Time> = CapabilitySet::new();
     // The least time of the batch being written, if one is.
@@ -298,6 +300,15 @@ where
                         );
                         pending.clear();
                     }
+                    // Updates at future times (scheduled by the temporal logic) wait for
+                    // the clock, not for the writer: they do not count.
+                    let now = crate::sources::wall_clock_ms();
+                    let backlog = pending.range(..=now).map(|(_, u)| u.len()).sum::<usize>()
+                        + remainder
+                            .as_ref()
+                            .map_or(0, |r| r.parts.as_slice().iter().map(Vec::len).sum());
+                    control.sink_buffered(buffered, backlog);
+                    buffered = backlog;
                     let least_pending = pending.first_key_value().map(|(&t, _)| t);
                     let held = remainder.as_ref().map(|r| r.time);
                     match in_flight.into_iter().chain(held).chain(least_pending).min() {

@@ -22,6 +22,10 @@
 //!   future-dated updates (a campaign's start and end) on time. A source that emitted at t
 //!   wakes every source of the process ([`Control::wake_sources`]), so that idle ones move
 //!   past t at once and t is complete downstream within the same millisecond or so.
+//! * **Flow control.** While the process's sinks hold more than
+//!   [`crate::control::SINK_BACKLOG_LIMIT`] updates not yet handed to their writers, sources
+//!   (other than a snapshot being held) read nothing and look again every 10 ms; their
+//!   capabilities still follow the clock, so what the sinks hold completes and drains.
 //! * **Finishing.** A source finishes when its reader says so (end of a bounded run) or on
 //!   SIGTERM/SIGINT. It then holds its capability at its final time until the workers agree
 //!   on the run's horizon ([`crate::control`]), and drops it.
@@ -125,7 +129,13 @@ pub fn clocked_source<'s, R: Reader>(
 
             let mut emitted = 0usize;
             let mut status = Status::Idle;
-            if let Some(reader) = reader.as_mut() {
+            // Flow control: while the sinks are behind, read nothing (the capability still
+            // moves with the clock, so what they hold becomes complete and is written). Not
+            // while holding: the held time must be read whole before anything is written.
+            let paused = !holding && control.sinks_behind();
+            if paused {
+                status = Status::More;
+            } else if let Some(reader) = reader.as_mut() {
                 let mut session = output.session(&*cap);
                 status = reader.read(&mut |data, diff| {
                     session.give((data, time, diff));
@@ -149,6 +159,8 @@ pub fn clocked_source<'s, R: Reader>(
                 finished = true;
                 completion.source_finished(time + 1);
                 activator.activate_after(tick);
+            } else if paused {
+                activator.activate_after(PAUSE);
             } else if status == Status::More {
                 activator.activate();
             } else if Instant::now() >= next_tick {
@@ -159,6 +171,9 @@ pub fn clocked_source<'s, R: Reader>(
     })
     .as_collection()
 }
+
+/// How long a source paused by flow control waits before it looks again.
+const PAUSE: Duration = Duration::from_millis(10);
 
 /// Milliseconds since the unix epoch, by the wall clock.
 pub fn wall_clock_ms() -> Time {
