@@ -4,10 +4,12 @@
 //!
 //! A job ends when its sources *finish*: in a bounded run (`--stop-at-end`) when every owned
 //! partition has been read to its end, and in any run on SIGTERM/SIGINT. A finished source
-//! stops reading and holds its capability at its *final time* (the wall-clock time at which
-//! it finished). Then the workers agree on the **horizon**: the largest final time of all
-//! sources of all workers, computed by the small completion dataflow built by
-//! [`completion_barrier`]:
+//! stops reading; while another source of its worker still reads, its capability keeps
+//! following the clock (so that what has been read so far completes and is written — the
+//! unfinished source holds the frontier at or before its own final time), and once all
+//! have finished it holds at its *final time* (the wall-clock time at which it finished).
+//! Then the workers agree on the **horizon**: the largest final time of all sources of all
+//! workers, computed by the small completion dataflow built by [`completion_barrier`]:
 //!
 //! ```text
 //!  every worker: local sources all finished at t_w ──(w, t_w)──► worker 0
@@ -45,7 +47,7 @@ pub struct Control {
     shutdown: Arc<AtomicBool>,
     sources: Arc<Mutex<Vec<SyncActivator>>>,
     threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
-    /// Updates buffered in this process's sinks, not yet handed to their writers.
+    /// Complete updates buffered in this process's sinks, not yet handed to their writers.
     sink_backlog: Arc<AtomicUsize>,
 }
 
@@ -77,8 +79,8 @@ impl Control {
         }
     }
 
-    /// Whether the sinks hold more than [`SINK_BACKLOG_LIMIT`] updates they have not handed
-    /// to their writers yet. Sources then pause reading (flow control): the dataflow would
+    /// Whether the sinks hold more than [`SINK_BACKLOG_LIMIT`] complete updates they have not
+    /// handed to their writers yet. Sources then pause reading (flow control): the dataflow would
     /// otherwise turn a whole backlog into output faster than Postgres takes it, and hold all
     /// of it in memory.
     pub fn sinks_behind(&self) -> bool {
@@ -187,6 +189,11 @@ impl Completion {
     fn local_final(&self) -> Option<Time> {
         let state = self.state.borrow();
         (state.finished >= state.registered).then_some(state.final_time)
+    }
+
+    /// Whether every registered source of this worker has finished.
+    pub fn all_sources_finished(&self) -> bool {
+        self.local_final().is_some()
     }
 
     /// The horizon agreed by all workers: the last logical time of the run, if decided.

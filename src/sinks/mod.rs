@@ -300,10 +300,14 @@ where
                         );
                         pending.clear();
                     }
-                    // Updates at future times (scheduled by the temporal logic) wait for
-                    // the clock, not for the writer: they do not count.
-                    let now = crate::sources::wall_clock_ms();
-                    let backlog = pending.range(..=now).map(|(_, u)| u.len()).sum::<usize>()
+                    // Only complete updates count: those the writer is behind on. (Others
+                    // wait for the dataflow or the clock; counting them could pause the
+                    // very sources whose progress completes them.)
+                    let backlog = pending
+                        .iter()
+                        .take_while(|(t, _)| !frontier.less_equal(t))
+                        .map(|(_, u)| u.len())
+                        .sum::<usize>()
                         + remainder
                             .as_ref()
                             .map_or(0, |r| r.parts.as_slice().iter().map(Vec::len).sum());

@@ -23,12 +23,13 @@
 //!   wakes every source of the process ([`Control::wake_sources`]), so that idle ones move
 //!   past t at once and t is complete downstream within the same millisecond or so.
 //! * **Flow control.** While the process's sinks hold more than
-//!   [`crate::control::SINK_BACKLOG_LIMIT`] updates not yet handed to their writers, sources
-//!   (other than a snapshot being held) read nothing and look again every 10 ms; their
-//!   capabilities still follow the clock, so what the sinks hold completes and drains.
+//!   [`crate::control::SINK_BACKLOG_LIMIT`] complete updates not yet handed to their writers,
+//!   sources (other than a snapshot being held) read nothing and look again every 10 ms;
+//!   their capabilities still follow the clock, so what the sinks hold drains.
 //! * **Finishing.** A source finishes when its reader says so (end of a bounded run) or on
-//!   SIGTERM/SIGINT. It then holds its capability at its final time until the workers agree
-//!   on the run's horizon ([`crate::control`]), and drops it.
+//!   SIGTERM/SIGINT. While another source of its worker still reads, its capability keeps
+//!   following the clock; once all have finished it holds at its final time until the
+//!   workers agree on the run's horizon ([`crate::control`]), and drops it.
 
 use std::time::{Duration, Instant};
 
@@ -111,6 +112,13 @@ pub fn clocked_source<'s, R: Reader>(
                 if completion.horizon().is_some() {
                     capability = None; // lets every frontier run to the end
                 } else {
+                    if !completion.all_sources_finished() {
+                        // Another source still reads: do not hold back what it reads.
+                        let now = wall_clock_ms();
+                        if now > *cap.time() {
+                            cap.downgrade(&now);
+                        }
+                    }
                     activator.activate_after(tick);
                 }
                 return;
