@@ -103,6 +103,13 @@ pub struct OrderEvent {
     pub payload: String,
 }
 
+impl OrderEvent {
+    /// Its identity for writing (`stg.order_events` is keyed by `object_id`), hashed.
+    pub fn route(&self) -> u64 {
+        self.object_id.hashed()
+    }
+}
+
 /// One version of an order: its STG row and its decoded fields.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OrderVersion {
@@ -532,6 +539,11 @@ fn number(text: &str) -> Value {
 }
 
 impl EnrichedOrder {
+    /// Its order id, hashed: one writer owns every version of an order.
+    pub fn route(&self) -> u64 {
+        self.id.hashed()
+    }
+
     /// The `stg-service-orders` message (SPEC, Job 2, compatibility outputs).
     pub fn stg_message(&self) -> Value {
         let products: Vec<Value> = self
@@ -822,6 +834,13 @@ pub struct Counter {
     pub name: String,
     /// Distinct CLOSED orders (≥ 1; a key at 0 is absent).
     pub count: i64,
+}
+
+impl Counter {
+    /// Its user, hashed: one writer owns all of a user's counters (one message per user).
+    pub fn route(&self) -> u64 {
+        self.user.hashed()
+    }
 }
 
 /// The CDM counters of the CLOSED enriched orders (see the module rules).

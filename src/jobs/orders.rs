@@ -24,7 +24,6 @@ use std::time::Duration;
 use anyhow::Result;
 use dataflows::orders;
 use differential_dataflow::AsCollection;
-use differential_dataflow::hashable::Hashable;
 use timely::dataflow::operators::Exchange;
 use tracing::info;
 
@@ -226,7 +225,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
             // and of an order's enriched version.
             let counters = counters
                 .inner
-                .exchange(|(c, _, _): &(orders::Counter, _, _)| c.user.hashed())
+                .exchange(|(c, _, _): &(orders::Counter, _, _)| c.route())
                 .as_collection();
             let mut written = vec![
                 sink(
@@ -241,7 +240,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                     out.stg,
                     "StgSink",
                     stg_writer,
-                    Some(|e: &orders::OrderEvent| e.object_id.hashed()),
+                    Some(orders::OrderEvent::route),
                     control.clone(),
                     completion.clone(),
                 ),
@@ -258,7 +257,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                     "CdmSink",
                     counter_writer,
                     // A user's counters in one batch: one message per user and batch.
-                    Some(|c: &orders::Counter| c.user.hashed()),
+                    Some(orders::Counter::route),
                     control.clone(),
                     completion.clone(),
                 ),
@@ -267,13 +266,13 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 let enriched = out
                     .enriched
                     .inner
-                    .exchange(|(o, _, _): &(orders::EnrichedOrder, _, _)| o.id.hashed())
+                    .exchange(|(o, _, _): &(orders::EnrichedOrder, _, _)| o.route())
                     .as_collection();
                 written.push(sink(
                     enriched,
                     "StgTopicSink",
                     writer,
-                    Some(|o: &orders::EnrichedOrder| o.id.hashed()),
+                    Some(orders::EnrichedOrder::route),
                     control.clone(),
                     completion.clone(),
                 ));

@@ -169,15 +169,13 @@ fn next_batch<D: differential_dataflow::Data>(
         consolidate(&mut updates);
         match key {
             Some(key) if updates.len() > MAX_BATCH => {
-                if !batch.is_empty() {
-                    // This time starts the next batch.
-                    pending.insert(time, updates);
-                    return batch;
-                }
                 *remainder = Some(Remainder {
                     time,
                     parts: split_by_key(updates, key).into_iter(),
                 });
+                if !batch.is_empty() {
+                    return batch; // its parts are the next batches
+                }
             }
             _ => {
                 updates.sort_by_key(|(_, diff)| *diff);

@@ -141,9 +141,7 @@ pub fn clocked_source<'s, R: Reader>(
             // moves with the clock, so what they hold becomes complete and is written). Not
             // while holding: the held time must be read whole before anything is written.
             let paused = !holding && control.sinks_behind();
-            if paused {
-                status = Status::More;
-            } else if let Some(reader) = reader.as_mut() {
+            if let Some(reader) = reader.as_mut().filter(|_| !paused) {
                 let mut session = output.session(&*cap);
                 status = reader.read(&mut |data, diff| {
                     session.give((data, time, diff));
