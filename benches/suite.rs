@@ -123,6 +123,9 @@ fn measure_all(commands: &mut [&mut Command], timeout: Duration) -> Measured {
             !failed.contains(&(child.id() as libc::pid_t)),
             "{command} failed:\n{log}"
         );
+        if std::env::var_os("DISHFLOW_BENCH_LOG").is_some() {
+            eprint!("{log}");
+        }
     }
     Measured {
         wall_s,
@@ -180,7 +183,10 @@ impl Series {
 
 fn dishflow_command(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dishflow"));
-    c.args(args).env("RUST_LOG", "warn");
+    // DISHFLOW_BENCH_LOG (a RUST_LOG filter) shows the job's timings, e.g.
+    // `dishflow::sinks=debug`; the default keeps its output out of the measurement.
+    let log = std::env::var("DISHFLOW_BENCH_LOG").unwrap_or_else(|_| "warn".to_string());
+    c.args(args).env("RUST_LOG", log);
     c
 }
 

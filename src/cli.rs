@@ -131,6 +131,13 @@ pub struct ClusterArgs {
     pub hostfile: Option<PathBuf>,
 }
 
+impl ClusterArgs {
+    /// Worker threads in the whole cluster.
+    pub fn peers(&self) -> usize {
+        usize::from(self.workers) * usize::from(self.processes)
+    }
+}
+
 /// Where a job starts reading its Kafka topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartFrom {
@@ -265,6 +272,14 @@ pub struct PromosArgs {
     #[arg(long, env = "DISHFLOW_CDC_POLL_MS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub cdc_poll_ms: u64,
+
+    /// Postgres connections per worker writing drafts (feedback rows and their outbox), each
+    /// with its own transactions and its share of the drafts (by key): Postgres inserts in
+    /// parallel, where one connection is bound by one server process. Every draft key always
+    /// goes through the same one, so its changes stay in order.
+    #[arg(long, env = "DISHFLOW_FEEDBACK_CONNECTIONS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub feedback_connections: u16,
 
     /// Timely cluster.
     #[command(flatten)]

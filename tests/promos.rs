@@ -276,6 +276,43 @@ fn bad_input_goes_to_the_dead_letter_topic_and_the_job_goes_on() {
     assert_eq!(consume(&format!("{prefix}.out")).len(), 1);
 }
 
+#[test]
+fn what_a_retired_writer_left_in_the_outbox_is_delivered_once() {
+    // A run with more workers or connections per worker stopped with a message committed
+    // to writer 5's outbox and not yet delivered; this run has writers 0 and 1 only.
+    let db = database("retired");
+    let prefix = unique("retired");
+    produce_raw(&format!("{prefix}.in"), 1, &[]);
+    assert_success(&dishflow(&["setup", "--postgres-url", &db], MINUTE));
+    pg(&db)
+        .execute(
+            "INSERT INTO dishflow_outbox (job, writer, topic, seq, key, value) \
+             VALUES ('promos', 5, $1, 1, 'retired-key', '{\"left\": true}')",
+            &[&format!("{prefix}.out")],
+        )
+        .expect("outbox row");
+    let args = promos_args(&db, &prefix);
+    for _ in 0..2 {
+        run_bounded(&args, &["--feedback-connections", "2"]);
+        let messages = messages(&format!("{prefix}.out"));
+        assert_eq!(
+            messages,
+            [(
+                "retired-key".to_string(),
+                Some("{\"left\": true}".to_string())
+            )]
+        );
+    }
+    let marks: i64 = pg(&db)
+        .query_one(
+            "SELECT count(*) FROM dishflow_outbox_marks WHERE writer >= 2",
+            &[],
+        )
+        .expect("marks")
+        .get(0);
+    assert_eq!(marks, 0, "the retired writer's marks are removed");
+}
+
 /// Subscribers: 300 rows over 6 restaurants, with duplicates; 40 campaigns over 8 restaurants
 /// (two without subscribers).
 fn scale_input(db: &str, prefix: &str) {

@@ -31,7 +31,7 @@ use crate::cli::OrdersArgs;
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
 use crate::progress::{self, RunStart};
 use crate::sinks::kafka::{DeadLetterEncoder, KafkaWriter};
-use crate::sinks::outbox::Outbox;
+use crate::sinks::outbox::{Outbox, recover_retired};
 use crate::sinks::sink;
 use crate::sinks::tables::{
     CounterBatch, PublishedBatch, StgBatch, TableWriter, VaultBatch, existing_counters,
@@ -79,6 +79,14 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     kafka::ensure_topic(&args.kafka, &args.dead_letter_topic, outputs)?;
     for topic in [&args.stg_topic, &args.dds_topic].into_iter().flatten() {
         kafka::ensure_topic(&args.kafka, topic, outputs)?;
+    }
+    for publisher in [STG_PUBLISHER, DDS_PUBLISHER] {
+        recover_retired(
+            &args.kafka,
+            &args.postgres_url,
+            publisher,
+            args.cluster.peers(),
+        )?;
     }
     let plan = &run.plan;
     info!(
@@ -231,7 +239,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 sink(
                     dead_letters,
                     "DeadLetterSink",
-                    dead_letter_writer,
+                    vec![dead_letter_writer],
                     None,
                     control.clone(),
                     completion.clone(),
@@ -239,7 +247,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 sink(
                     out.stg,
                     "StgSink",
-                    stg_writer,
+                    vec![stg_writer],
                     Some(orders::OrderEvent::route),
                     control.clone(),
                     completion.clone(),
@@ -247,7 +255,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 sink(
                     vault,
                     "DdsSink",
-                    vault_writer,
+                    vec![vault_writer],
                     Some(orders::VaultRow::route),
                     control.clone(),
                     completion.clone(),
@@ -255,7 +263,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 sink(
                     counters,
                     "CdmSink",
-                    counter_writer,
+                    vec![counter_writer],
                     // A user's counters in one batch: one message per user and batch.
                     Some(orders::Counter::route),
                     control.clone(),
@@ -271,7 +279,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 written.push(sink(
                     enriched,
                     "StgTopicSink",
-                    writer,
+                    vec![writer],
                     Some(orders::EnrichedOrder::route),
                     control.clone(),
                     completion.clone(),

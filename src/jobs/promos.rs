@@ -25,7 +25,7 @@ use crate::cli::{Envelope, PromosArgs};
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
 use crate::progress::{self, RunStart};
 use crate::sinks::kafka::{DeadLetterEncoder, DraftEncoder, KafkaWriter};
-use crate::sinks::outbox::Outbox;
+use crate::sinks::outbox::{Outbox, recover_retired};
 use crate::sinks::postgres::FeedbackWriter;
 use crate::sinks::sink;
 use crate::sources::kafka::kafka_source;
@@ -34,6 +34,12 @@ use crate::{cluster, kafka, pg};
 
 /// The job's name in dishflow's bookkeeping tables (outbox, progress).
 pub const JOB: &str = "promos";
+
+/// The outbox writer of connection `lane` of worker `worker` (of `peers`): lane 0 is the
+/// worker's index, as when a worker had one connection, so its outbox carries over.
+fn outbox_writer(worker: usize, peers: usize, lane: usize) -> usize {
+    worker + peers * lane
+}
 
 /// Runs the promos job until its input ends (`--stop-at-end`) or a signal asks it to stop.
 pub fn run(args: PromosArgs) -> Result<()> {
@@ -50,6 +56,13 @@ pub fn run(args: PromosArgs) -> Result<()> {
     let outputs = i32::try_from(run.partitions.len())?;
     kafka::ensure_topic(&args.kafka, &args.notification_topic, outputs)?;
     kafka::ensure_topic(&args.kafka, &args.dead_letter_topic, outputs)?;
+    let connections = usize::from(args.feedback_connections);
+    recover_retired(
+        &args.kafka,
+        &args.postgres_url,
+        JOB,
+        args.cluster.peers() * connections,
+    )?;
     let plan = &run.plan;
     info!(
         promo_topic = %args.promo_topic,
@@ -82,23 +95,29 @@ pub fn run(args: PromosArgs) -> Result<()> {
     let started = std::time::Instant::now();
     super::run_workers(config, shutdown, move |worker, control| {
         let writers = (|| -> Result<_> {
-            let outbox = Outbox::new(
-                &args.kafka,
-                JOB,
-                worker.index(),
-                &[&args.notification_topic],
-            )?;
+            let mut feedback = Vec::new();
+            for lane in 0..connections {
+                let outbox = Outbox::new(
+                    &args.kafka,
+                    JOB,
+                    outbox_writer(worker.index(), worker.peers(), lane),
+                    &[&args.notification_topic],
+                )?;
+                feedback.push(
+                    FeedbackWriter::new(
+                        &args.postgres_url,
+                        outbox,
+                        &args.notification_topic,
+                        DraftEncoder {
+                            envelope: args.envelope,
+                        },
+                        args.envelope == Envelope::Upsert,
+                    )?
+                    .republish(args.republish),
+                );
+            }
             Ok((
-                FeedbackWriter::new(
-                    &args.postgres_url,
-                    outbox,
-                    &args.notification_topic,
-                    DraftEncoder {
-                        envelope: args.envelope,
-                    },
-                    args.envelope == Envelope::Upsert,
-                )?
-                .republish(args.republish),
+                feedback,
                 KafkaWriter::new(
                     &args.kafka,
                     &args.dead_letter_topic,
@@ -106,7 +125,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 )?,
             ))
         })();
-        let (drafts_writer, dead_letter_writer) = match writers {
+        let (drafts_writers, dead_letter_writer) = match writers {
             Ok(writers) => writers,
             Err(error) => return control.fail(error),
         };
@@ -145,7 +164,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
             let dead_letters_written = sink(
                 dead_letters,
                 "DeadLetterSink",
-                dead_letter_writer,
+                vec![dead_letter_writer],
                 None,
                 control.clone(),
                 completion.clone(),
@@ -153,7 +172,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
             let drafts_written = sink(
                 drafts,
                 "DraftsSink",
-                drafts_writer,
+                drafts_writers,
                 Some(promos::Draft::route),
                 control.clone(),
                 completion.clone(),

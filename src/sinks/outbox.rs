@@ -26,7 +26,7 @@
 //! on the writer's connection; a second instance of the same writer waits for it. A killed
 //! process's connection closes and its lock goes with it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -396,6 +396,47 @@ impl Outbox {
         }
         Ok(found)
     }
+}
+
+/// Delivers what writers that no longer exist left in `job`'s outbox: writers numbered
+/// `writers` and above, from a run with more workers or connections per worker that
+/// stopped with messages committed and not yet confirmed. Their keys now go through other
+/// writers; run before any writer stages, so that a key's older messages go first. Each is
+/// recovered under its lock (another process doing the same waits, then finds nothing),
+/// and its marks are removed.
+pub fn recover_retired(kafka: &KafkaArgs, url: &str, job: &str, writers: usize) -> Result<()> {
+    let first_retired = i32::try_from(writers)?;
+    let mut client = crate::pg::connect(url)?;
+    let retired = client
+        .query(
+            "SELECT DISTINCT writer, topic FROM public.dishflow_outbox \
+             WHERE job = $1 AND writer >= $2 ORDER BY writer",
+            &[&job, &first_retired],
+        )
+        .context("cannot read public.dishflow_outbox")?;
+    let mut topics: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for row in retired {
+        topics
+            .entry(row.try_get(0)?)
+            .or_default()
+            .push(row.try_get(1)?);
+    }
+    for (writer, topics) in topics {
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let mut outbox = Outbox::new(kafka, job, usize::try_from(writer)?, &topics)?;
+        // Its own session: the lock is held until it closes.
+        let mut session = crate::pg::connect(url)?;
+        outbox.lock(&mut session)?;
+        info!(job, writer, "outbox: delivering what a retired writer left");
+        outbox.recover(&mut session)?;
+    }
+    client.execute(
+        "DELETE FROM public.dishflow_outbox_marks m WHERE job = $1 AND writer >= $2 \
+         AND NOT EXISTS (SELECT FROM public.dishflow_outbox o \
+                         WHERE o.job = m.job AND o.writer = m.writer)",
+        &[&job, &first_retired],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
