@@ -5,8 +5,10 @@
 //! Workloads:
 //! * **W1** pass-through: N promos for N restaurants with one subscriber each → N drafts to
 //!   Kafka and Postgres (`dishflow promos --stop-at-end`). Limit: a plain rdkafka
-//!   consume → produce pipe of the same messages (this binary, `--pipe`). Peer: the promos job
-//!   for Pathway (`scripts/bench/peers/promos.py`).
+//!   consume → produce pipe of the same messages (this binary, `--pipe`); and, since the job
+//!   also writes a row per draft, that pipe while N rows are binary-COPYed into a copy of the
+//!   feedback table with its indexes (`--copy`). Peer: the promos job for Pathway
+//!   (`scripts/bench/peers/promos.py`).
 //! * **W2** fan-out: 20k promos over 2k restaurants with 100 subscribers each → 2M drafts.
 //!   Limit: producing 2M draft-sized messages while binary-COPYing 2M rows into a copy of
 //!   the feedback table with its indexes (`--produce-copy`).
@@ -439,9 +441,10 @@ fn promos_fixture(w: &PromosWorkload, prefix: &str) -> (String, String) {
     )
 }
 
-/// `--produce-copy N TOPIC DB`: the limit of writing N drafts: N draft-sized messages
-/// produced to TOPIC (acknowledged) while N feedback rows are binary-COPYed into DB.
-fn produce_copy(n: u64, topic: &str, db: &str) {
+/// `--produce-copy N FANOUT TOPIC DB`: the limit of writing N drafts: N draft-sized
+/// messages produced to TOPIC (acknowledged) while N feedback rows (FANOUT per campaign) are
+/// binary-COPYed into DB.
+fn produce_copy(n: u64, fanout: u64, topic: &str, db: &str) {
     let sample = serde_json::json!({
         "restaurant_id": "123e4567-e89b-12d3-a456-426614174000",
         "adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003",
@@ -470,6 +473,13 @@ fn produce_copy(n: u64, topic: &str, db: &str) {
         }
         producer.flush(Duration::from_secs(300)).expect("flush");
     });
+    copy_rows(n, fanout, db);
+    producer_thread.join().expect("producer");
+}
+
+/// `--copy N FANOUT DB`: N feedback rows (FANOUT per campaign) binary-COPYed into a new
+/// table of DB with the feedback table's indexes.
+fn copy_rows(n: u64, fanout: u64, db: &str) {
     let mut client = pg(db);
     client
         .batch_execute(
@@ -504,8 +514,11 @@ fn produce_copy(n: u64, topic: &str, db: &str) {
     ];
     let mut writer = BinaryCopyInWriter::new(sink, &types);
     for i in 0..n {
-        // Keys like the job's: a campaign per 100 rows, a client per row.
-        let campaign = format!("123e4567-e89b-12d3-a456-{:012}", 426_614_174_000 + i / 100);
+        // Keys like the job's: a campaign per `fanout` rows, a client per row.
+        let campaign = format!(
+            "123e4567-e89b-12d3-a456-{:012}",
+            426_614_174_000 + i / fanout
+        );
         let client_id = format!("client-{i}");
         writer
             .write(&[
@@ -523,7 +536,6 @@ fn produce_copy(n: u64, topic: &str, db: &str) {
             .expect("row");
     }
     writer.finish().expect("finish copy");
-    producer_thread.join().expect("producer");
 }
 
 /// Adds run `m` of `engine` (which wrote `rows`, if counted) to `series`.
@@ -644,19 +656,21 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
             );
         }
 
+        let fanout = (w.subscribers / w.restaurants).max(1).to_string();
+        let limit_db = copy_database(&template, &format!("{prefix}_l{round}"));
         let m = if w.pipe_limit {
             measure(
                 &mut self_command(&["--pipe", &input, &format!("{prefix}.pipe{round}")]),
                 timeout,
             )
         } else {
-            let db = copy_database(&template, &format!("{prefix}_l{round}"));
             measure(
                 &mut self_command(&[
                     "--produce-copy",
                     &drafts.to_string(),
+                    &fanout,
                     &format!("{prefix}.limit{round}"),
-                    &db,
+                    &limit_db,
                 ]),
                 timeout,
             )
@@ -668,6 +682,23 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
             "limit: produce drafts + binary COPY rows (indexed)"
         };
         record(&mut series, limit, m, None);
+        if w.pipe_limit {
+            // The pipe writes no row; the job must also write one per draft.
+            let m = measure_all(
+                &mut [
+                    &mut self_command(&["--pipe", &input, &format!("{prefix}.pipecopy{round}")]),
+                    &mut self_command(&["--copy", &drafts.to_string(), &fanout, &limit_db]),
+                ],
+                timeout,
+            );
+            eprintln!("{} round {round}: limit with rows {m:?}", w.name);
+            record(
+                &mut series,
+                "limit: rdkafka pipe + binary COPY rows (indexed), concurrently",
+                m,
+                None,
+            );
+        }
 
         if let Some(python) = pathway {
             let db = copy_database(&template, &format!("{prefix}_p{round}"));
@@ -1032,7 +1063,13 @@ fn main() {
     }
     if args.first().map(String::as_str) == Some("--produce-copy") {
         let n = args[1].parse().expect("a count");
-        return produce_copy(n, &args[2], &args[3]);
+        let fanout = args[2].parse().expect("a fan-out");
+        return produce_copy(n, fanout, &args[3], &args[4]);
+    }
+    if args.first().map(String::as_str) == Some("--copy") {
+        let n = args[1].parse().expect("a count");
+        let fanout = args[2].parse().expect("a fan-out");
+        return copy_rows(n, fanout, &args[3]);
     }
     let quick = args.iter().any(|a| a == "--quick");
     // --quick: one round of everything unless --rounds says otherwise.
