@@ -59,8 +59,36 @@ fn measure(command: &mut Command, timeout: Duration) -> Measured {
 /// Runs `commands` concurrently to completion (at most `timeout`), measuring them with
 /// wait4(2) — which also reaps the children (hence no `Child::wait`): wall time until the
 /// last ends, CPU seconds summed, peak RSS of the largest.
-#[allow(clippy::zombie_processes)]
 fn measure_all(commands: &mut [&mut Command], timeout: Duration) -> Measured {
+    try_measure_all(commands, timeout).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// How long a peer's run may take before it counts as failed (a hung Pathway run once
+/// waited with no connection open; the suite goes on without that run).
+const PEER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A peer engine's run: measured, or `None` (said on stderr and recorded in `series` under
+/// `engine`) if it failed or did not finish within [`PEER_TIMEOUT`].
+fn measure_peer(
+    command: &mut Command,
+    series: &mut BTreeMap<&'static str, Series>,
+    engine: &'static str,
+) -> Option<Measured> {
+    match try_measure_all(&mut [command], PEER_TIMEOUT) {
+        Ok(m) => Some(m),
+        Err(error) => {
+            let first = error.lines().next().unwrap_or_default().to_string();
+            eprintln!("{engine}: run failed, going on without it: {error}");
+            series.entry(engine).or_default().failed.push(first);
+            None
+        }
+    }
+}
+
+/// [`measure_all`], or an error saying which command failed (with its stderr) or that the
+/// runs took longer than `timeout` (then every command is killed).
+#[allow(clippy::zombie_processes)]
+fn try_measure_all(commands: &mut [&mut Command], timeout: Duration) -> Result<Measured, String> {
     let started = Instant::now();
     let mut running = Vec::new();
     for command in commands.iter_mut() {
@@ -109,10 +137,12 @@ fn measure_all(commands: &mut [&mut Command], timeout: Duration) -> Measured {
         }
         left.retain(|p| !ended.contains(p));
         if started.elapsed() > timeout {
-            for (child, _, _) in &mut running {
+            for (child, _, command) in &mut running {
                 let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("killed after {timeout:?}: {command}");
             }
-            panic!("did not finish within {timeout:?}");
+            return Err(format!("did not finish within {timeout:?}"));
         }
         if !left.is_empty() {
             std::thread::sleep(Duration::from_millis(5));
@@ -121,19 +151,18 @@ fn measure_all(commands: &mut [&mut Command], timeout: Duration) -> Measured {
     let wall_s = started.elapsed().as_secs_f64();
     for (child, log, command) in running {
         let log = log.join().unwrap_or_default();
-        assert!(
-            !failed.contains(&(child.id() as libc::pid_t)),
-            "{command} failed:\n{log}"
-        );
+        if failed.contains(&(child.id() as libc::pid_t)) {
+            return Err(format!("{command} failed:\n{log}"));
+        }
         if std::env::var_os("DISHFLOW_BENCH_LOG").is_some() {
             eprint!("{log}");
         }
     }
-    Measured {
+    Ok(Measured {
         wall_s,
         cpu_s,
         max_rss_mb,
-    }
+    })
 }
 
 /// Runs one workload, recording how long it took (`suite_s` in its result) and saying so.
@@ -158,6 +187,8 @@ struct Series {
     runs: Vec<Measured>,
     /// Rows the engine's last run wrote (to check that it did the whole job).
     rows: Option<i64>,
+    /// Runs that failed or hung (peers only), first line of why.
+    failed: Vec<String>,
 }
 
 impl Series {
@@ -167,6 +198,9 @@ impl Series {
 
     fn summary(&self, records: u64) -> Value {
         let wall = self.wall();
+        if wall.is_empty() {
+            return json!({ "failed_runs": self.failed });
+        }
         let cpu: Vec<f64> = self.runs.iter().map(|m| m.cpu_s).collect();
         let rss: Vec<f64> = self.runs.iter().map(|m| m.max_rss_mb).collect();
         json!({
@@ -179,6 +213,7 @@ impl Series {
             "cpu_us_per_record": median(&cpu) * 1e6 / records as f64,
             "max_rss_mb": rss.iter().copied().fold(0.0, f64::max),
             "output_rows": self.rows,
+            "failed_runs": self.failed,
         })
     }
 }
@@ -702,7 +737,7 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
 
         if let Some(python) = pathway {
             let db = copy_database(&template, &format!("{prefix}_p{round}"));
-            let m = measure(
+            let m = measure_peer(
                 Command::new(python)
                     .arg(concat!(
                         env!("CARGO_MANIFEST_DIR"),
@@ -721,9 +756,11 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
                         "pathway_feedback",
                         "--static",
                     ]),
-                timeout,
+                &mut series,
+                "pathway",
             );
             eprintln!("{} round {round}: pathway {m:?}", w.name);
+            let Some(m) = m else { continue };
             record(
                 &mut series,
                 "pathway",
@@ -888,7 +925,7 @@ fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
 
         if let Some(python) = pathway {
             let db = copy_database(&template_name, &format!("{prefix}_p{round}"));
-            let m = measure(
+            let m = measure_peer(
                 Command::new(python)
                     .arg(concat!(
                         env!("CARGO_MANIFEST_DIR"),
@@ -909,9 +946,11 @@ fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
                         "pathway",
                         "--static",
                     ]),
-                timeout,
+                &mut series,
+                "pathway (CDM counters only)",
             );
             eprintln!("w5 round {round}: pathway {m:?}");
+            let Some(m) = m else { continue };
             let (products, categories) = pathway_counters(&db);
             record(
                 &mut series,
@@ -1030,10 +1069,13 @@ fn markdown(results: &[Value], machine: &str) -> String {
                     .map(|v| format!("{v:.digits$}"))
                     .unwrap_or_else(|| "—".into())
             };
-            let range = match (s["min_s"].as_f64(), s["max_s"].as_f64()) {
+            let mut range = match (s["min_s"].as_f64(), s["max_s"].as_f64()) {
                 (Some(a), Some(b)) => format!(" ({a:.2}–{b:.2})"),
                 _ => String::new(),
             };
+            if let Some(failed) = s["failed_runs"].as_array().filter(|f| !f.is_empty()) {
+                range.push_str(&format!(", {} run(s) failed or hung", failed.len()));
+            }
             md.push_str(&format!(
                 "| {w} | {engine} | {median:.2}{range} | {} | {} | {} | {} | {:.2}× |\n",
                 cell("records_per_s", 0),
