@@ -630,6 +630,26 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
             Some(count_rows(&db, "subscribers_feedback", "true")),
         );
 
+        if !w.pipe_limit {
+            // A backlog of fan-out: Postgres inserts in parallel over two connections.
+            let db = copy_database(&template, &format!("{prefix}_f{round}"));
+            let m = measure(
+                &mut run(&job(
+                    &db,
+                    &format!("{prefix}.f{round}"),
+                    &["--feedback-connections", "2"],
+                )),
+                timeout,
+            );
+            eprintln!("{} round {round}: dishflow 2 connections {m:?}", w.name);
+            record(
+                &mut series,
+                "dishflow, --feedback-connections 2",
+                m,
+                Some(count_rows(&db, "subscribers_feedback", "true")),
+            );
+        }
+
         if w.scaling {
             let db = copy_database(&template, &format!("{prefix}_w{round}"));
             let m = measure(
