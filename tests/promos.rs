@@ -377,7 +377,11 @@ fn two_workers_and_two_processes_give_the_same_output_as_one() {
     copy_subscribers(&db1, &db2);
     let out2 = unique("scale_two");
     // Two workers, each writing through three connections (sink lanes).
-    run(&db2, &out2, &["--workers", "2", "--feedback-connections", "3"]);
+    run(
+        &db2,
+        &out2,
+        &["--workers", "2", "--feedback-connections", "3"],
+    );
     assert_eq!(outputs(&db2, &out2), one);
 
     let db3 = database("scale3");
