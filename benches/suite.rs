@@ -616,56 +616,43 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         dishflow_command(&argv)
     };
-    for round in 0..rounds {
-        let db = copy_database(&template, &format!("{prefix}_d{round}"));
+    // One bounded dishflow run with `extra` flags into its own database and topic (`tag`),
+    // recorded as `engine`.
+    let single = |series: &mut BTreeMap<&'static str, Series>,
+                  engine: &'static str,
+                  tag: &str,
+                  extra: &[&str]| {
+        let db = copy_database(&template, &format!("{prefix}_{tag}"));
         let m = measure(
-            &mut run(&job(&db, &format!("{prefix}.out{round}"), &[])),
+            &mut run(&job(&db, &format!("{prefix}.{tag}"), extra)),
             timeout,
         );
-        eprintln!("{} round {round}: dishflow {m:?}", w.name);
+        eprintln!("{}: {engine} {m:?}", w.name);
         record(
-            &mut series,
-            "dishflow",
+            series,
+            engine,
             m,
             Some(count_rows(&db, "subscribers_feedback", "true")),
         );
-
+    };
+    for round in 0..rounds {
+        single(&mut series, "dishflow", &format!("d{round}"), &[]);
         if !w.pipe_limit {
             // A backlog of fan-out: Postgres inserts in parallel over two connections.
-            let db = copy_database(&template, &format!("{prefix}_f{round}"));
-            let m = measure(
-                &mut run(&job(
-                    &db,
-                    &format!("{prefix}.f{round}"),
-                    &["--feedback-connections", "2"],
-                )),
-                timeout,
-            );
-            eprintln!("{} round {round}: dishflow 2 connections {m:?}", w.name);
-            record(
+            single(
                 &mut series,
                 "dishflow, --feedback-connections 2",
-                m,
-                Some(count_rows(&db, "subscribers_feedback", "true")),
+                &format!("f{round}"),
+                &["--feedback-connections", "2"],
             );
         }
 
         if w.scaling {
-            let db = copy_database(&template, &format!("{prefix}_w{round}"));
-            let m = measure(
-                &mut run(&job(
-                    &db,
-                    &format!("{prefix}.w{round}"),
-                    &["--workers", "2"],
-                )),
-                timeout,
-            );
-            eprintln!("{} round {round}: dishflow 2 workers {m:?}", w.name);
-            record(
+            single(
                 &mut series,
                 "dishflow, 2 workers",
-                m,
-                Some(count_rows(&db, "subscribers_feedback", "true")),
+                &format!("w{round}"),
+                &["--workers", "2"],
             );
             let db = copy_database(&template, &format!("{prefix}_c{round}"));
             let hostfile = std::env::temp_dir().join(format!("{prefix}.hosts"));

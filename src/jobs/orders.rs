@@ -80,14 +80,12 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     for topic in [&args.stg_topic, &args.dds_topic].into_iter().flatten() {
         kafka::ensure_topic(&args.kafka, topic, outputs)?;
     }
-    for publisher in [STG_PUBLISHER, DDS_PUBLISHER] {
-        recover_retired(
-            &args.kafka,
-            &args.postgres_url,
-            publisher,
-            args.cluster.peers(),
-        )?;
-    }
+    recover_retired(
+        &args.kafka,
+        &args.postgres_url,
+        &[STG_PUBLISHER, DDS_PUBLISHER],
+        args.cluster.peers(),
+    )?;
     let plan = &run.plan;
     info!(
         order_topic = %args.order_topic,

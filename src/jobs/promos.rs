@@ -60,7 +60,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
     recover_retired(
         &args.kafka,
         &args.postgres_url,
-        JOB,
+        &[JOB],
         args.cluster.peers() * connections,
     )?;
     let plan = &run.plan;

@@ -251,6 +251,33 @@ impl<D> Lane<D> {
                 .map_or(0, |r| r.parts.as_slice().iter().map(Vec::len).sum())
     }
 
+    /// Takes the outcome of the batch in flight if it came (a failed write is an error), and
+    /// hands the writer its next batch (`complete(t)`: whether time t may be written) when
+    /// it is free.
+    fn advance(&mut self, key: Option<fn(&D) -> u64>, complete: impl Fn(Time) -> bool) -> Result<()>
+    where
+        D: differential_dataflow::Data,
+    {
+        match self.done.try_recv() {
+            Ok(outcome) => {
+                outcome?;
+                self.in_flight = None;
+            }
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => anyhow::bail!("writer thread ended"),
+        }
+        if self.in_flight.is_none() {
+            let batch = next_batch(&mut self.pending, &mut self.remainder, key, complete);
+            if let Some(&(_, least, _)) = batch.first() {
+                if self.batches.send(batch).is_err() {
+                    anyhow::bail!("writer thread ended");
+                }
+                self.in_flight = Some(least);
+            }
+        }
+        Ok(())
+    }
+
     /// The least time this lane has not written.
     fn least(&self) -> Option<Time> {
         let least_pending = self.pending.first_key_value().map(|(&t, _)| t);
@@ -286,7 +313,7 @@ where
     W: SinkWriter<D>,
 {
     assert!(
-        writers.len() == 1 || (writers.len() > 1 && key.is_some()),
+        !writers.is_empty() && (writers.len() == 1 || key.is_some()),
         "sink {name}: one writer, or several with a key to split by"
     );
     let lanes_count = writers.len();
@@ -348,34 +375,13 @@ where
                     }
                     let horizon = completion.horizon();
                     for lane in &mut lanes {
-                        match lane.done.try_recv() {
-                            Ok(Ok(())) => lane.in_flight = None,
-                            Ok(Err(error)) => {
-                                failed = true;
-                                control.fail(error.context(format!("sink {name}")));
-                                return;
-                            }
-                            Err(TryRecvError::Empty) => {}
-                            Err(TryRecvError::Disconnected) => {
-                                failed = true;
-                                control.fail(anyhow::anyhow!("sink {name}: writer thread ended"));
-                                return;
-                            }
-                        }
-                        if lane.in_flight.is_none() {
-                            let batch =
-                                next_batch(&mut lane.pending, &mut lane.remainder, key, |time| {
-                                    !frontier.less_equal(&time) && horizon.is_none_or(|h| time <= h)
-                                });
-                            if let Some(&(_, least, _)) = batch.first() {
-                                if lane.batches.send(batch).is_err() {
-                                    failed = true;
-                                    control
-                                        .fail(anyhow::anyhow!("sink {name}: writer thread ended"));
-                                    return;
-                                }
-                                lane.in_flight = Some(least);
-                            }
+                        let advanced = lane.advance(key, |time| {
+                            !frontier.less_equal(&time) && horizon.is_none_or(|h| time <= h)
+                        });
+                        if let Err(error) = advanced {
+                            failed = true;
+                            control.fail(error.context(format!("sink {name}")));
+                            return;
                         }
                     }
                     let idle = lanes.iter().all(|l| l.in_flight.is_none());

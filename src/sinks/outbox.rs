@@ -398,32 +398,32 @@ impl Outbox {
     }
 }
 
-/// Delivers what writers that no longer exist left in `job`'s outbox: writers numbered
-/// `writers` and above, from a run with more workers or connections per worker that
-/// stopped with messages committed and not yet confirmed. Their keys now go through other
-/// writers; run before any writer stages, so that a key's older messages go first. Each is
-/// recovered under its lock (another process doing the same waits, then finds nothing),
-/// and its marks are removed.
-pub fn recover_retired(kafka: &KafkaArgs, url: &str, job: &str, writers: usize) -> Result<()> {
+/// Delivers what writers that no longer exist left in the outboxes of `jobs`: writers
+/// numbered `writers` and above, from a run with more workers or connections per worker
+/// that stopped with messages committed and not yet confirmed. Their keys now go through
+/// other writers; run before any writer stages, so that a key's older messages go first.
+/// Each is recovered under its lock (another process doing the same waits, then finds
+/// nothing), and its marks are removed.
+pub fn recover_retired(kafka: &KafkaArgs, url: &str, jobs: &[&str], writers: usize) -> Result<()> {
     let first_retired = i32::try_from(writers)?;
     let mut client = crate::pg::connect(url)?;
     let retired = client
         .query(
-            "SELECT DISTINCT writer, topic FROM public.dishflow_outbox \
-             WHERE job = $1 AND writer >= $2 ORDER BY writer",
-            &[&job, &first_retired],
+            "SELECT DISTINCT job, writer, topic FROM public.dishflow_outbox \
+             WHERE job = ANY($1) AND writer >= $2 ORDER BY job, writer",
+            &[&jobs, &first_retired],
         )
         .context("cannot read public.dishflow_outbox")?;
-    let mut topics: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    let mut topics: BTreeMap<(String, i32), Vec<String>> = BTreeMap::new();
     for row in retired {
         topics
-            .entry(row.try_get(0)?)
+            .entry((row.try_get(0)?, row.try_get(1)?))
             .or_default()
-            .push(row.try_get(1)?);
+            .push(row.try_get(2)?);
     }
-    for (writer, topics) in topics {
+    for ((job, writer), topics) in topics {
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let mut outbox = Outbox::new(kafka, job, usize::try_from(writer)?, &topics)?;
+        let mut outbox = Outbox::new(kafka, &job, usize::try_from(writer)?, &topics)?;
         // Its own session: the lock is held until it closes.
         let mut session = crate::pg::connect(url)?;
         outbox.lock(&mut session)?;
@@ -431,10 +431,10 @@ pub fn recover_retired(kafka: &KafkaArgs, url: &str, job: &str, writers: usize) 
         outbox.recover(&mut session)?;
     }
     client.execute(
-        "DELETE FROM public.dishflow_outbox_marks m WHERE job = $1 AND writer >= $2 \
+        "DELETE FROM public.dishflow_outbox_marks m WHERE job = ANY($1) AND writer >= $2 \
          AND NOT EXISTS (SELECT FROM public.dishflow_outbox o \
                          WHERE o.job = m.job AND o.writer = m.writer)",
-        &[&job, &first_retired],
+        &[&jobs, &first_retired],
     )?;
     Ok(())
 }
