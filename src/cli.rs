@@ -131,6 +131,22 @@ pub struct ClusterArgs {
     pub hostfile: Option<PathBuf>,
 }
 
+/// Metrics and health endpoints of a running job.
+#[derive(Debug, Clone, Args)]
+pub struct OpsArgs {
+    /// Serve Prometheus metrics on http://ADDR/metrics, liveness on /healthz (every worker
+    /// ran within the last minute) and readiness on /readyz (snapshots loaded, consumer lag
+    /// at most --ready-max-lag). E.g. `127.0.0.1:9464`; port 0 picks a free port (logged).
+    /// Each process of a cluster serves its own. Off by default.
+    #[arg(long, env = "DISHFLOW_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Records a Kafka partition may lag behind its end for /readyz to answer 200.
+    #[arg(long, env = "DISHFLOW_READY_MAX_LAG", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub ready_max_lag: i64,
+}
+
 impl ClusterArgs {
     /// Worker threads in the whole cluster.
     pub fn peers(&self) -> usize {
@@ -286,6 +302,10 @@ pub struct PromosArgs {
     /// Timely cluster.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+
+    /// Metrics and health endpoints.
+    #[command(flatten)]
+    pub ops: OpsArgs,
 }
 
 /// Arguments of `dishflow orders`.
@@ -366,6 +386,10 @@ pub struct OrdersArgs {
     /// Timely cluster.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+
+    /// Metrics and health endpoints.
+    #[command(flatten)]
+    pub ops: OpsArgs,
 }
 
 /// What `dishflow produce` generates.

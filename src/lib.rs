@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod control;
 pub mod jobs;
 pub mod kafka;
+pub mod metrics;
 pub mod pg;
 pub mod produce;
 pub mod progress;

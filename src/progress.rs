@@ -337,6 +337,13 @@ pub fn track<'s>(
         move |frontiers| {
             stash(&mut positions_input, &mut pending_positions);
             stash(&mut retention_input, &mut pending_retention);
+            // What every sink wrote: the least time of the sinks' frontiers (every worker
+            // sees the cluster's frontiers; each process reports its own metrics).
+            let written = frontiers[2..]
+                .iter()
+                .filter_map(|f| f.frontier().iter().min().copied())
+                .min();
+            crate::metrics::metrics().output_frontier(written);
             if !active {
                 return;
             }

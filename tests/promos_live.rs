@@ -533,3 +533,119 @@ fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
     );
     assert_eq!(feedback_rows(&db).len(), 4, "and writes no row twice");
 }
+
+/// The metrics endpoint of a running 2-worker job counts exactly what it read (7 records,
+/// 3 of them bad), dead-lettered (by reason), loaded (3 subscribers) and wrote (12 drafts),
+/// and the job is healthy and ready once it caught up.
+#[test]
+fn metrics_count_what_a_running_job_read_dead_lettered_and_wrote() {
+    let (db, prefix) = live_fixture("metrics");
+    for client in ["a", "b", "c"] {
+        subscribe(&db, client, R);
+    }
+    let now = now_secs();
+    let campaigns: Vec<String> = (0..4)
+        .map(|i| campaign_json(&format!("C{i}"), R, now - 10, now + 600))
+        .collect();
+    let mut values: Vec<&str> = campaigns.iter().map(String::as_str).collect();
+    values.extend(["not json", "[1, 2]", "\"text\""]);
+    produce_values(&format!("{prefix}.in"), 2, &values);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let job = spawn_promos(&db, &prefix, &["--workers", "2", "--metrics-addr", &addr]);
+    let out = format!("{prefix}.out");
+    let dlq = format!("{prefix}.dlq");
+    let complete = |text: &str| {
+        metric(
+            text,
+            "dishflow_sink_updates_total",
+            &["sink=\"DraftsSink\""],
+        ) >= 12.0
+            && metric(text, "dishflow_dead_letters_total", &[]) >= 3.0
+            && metric(text, "dishflow_kafka_messages_delivered_total", &[]) >= 15.0
+    };
+    wait_until(
+        WAIT,
+        "the job to be ready and to have written everything",
+        || {
+            let (ready, _) = http_get(port, "/readyz")?;
+            let (_, text) = http_get(port, "/metrics")?;
+            (ready == 200 && complete(&text)).then_some(())
+        },
+    );
+    // Counters must not run past the input: look again a moment later.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, text) = http_get(port, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    let m = |name: &str, labels: &[&str]| metric(&text, name, labels);
+    let input = format!("topic=\"{prefix}.in\"");
+    assert_eq!(
+        m("dishflow_kafka_records_read_total", &[&input]),
+        7.0,
+        "{text}"
+    );
+    assert!(m("dishflow_kafka_bytes_read_total", &[&input]) > 0.0);
+    assert_eq!(m("dishflow_kafka_consumer_lag", &[&input]), 0.0, "{text}");
+    assert_eq!(
+        m("dishflow_kafka_position", &[&input]),
+        7.0,
+        "4 + 3 offsets"
+    );
+    assert_eq!(m("dishflow_dead_letters_total", &[]), 3.0, "{text}");
+    assert_eq!(
+        m("dishflow_dead_letters_total", &["reason=\"not_json\""]),
+        1.0
+    );
+    assert_eq!(
+        m("dishflow_dead_letters_total", &["reason=\"not_object\""]),
+        2.0
+    );
+    assert_eq!(
+        m("dishflow_sink_updates_total", &["sink=\"DraftsSink\""]),
+        12.0
+    );
+    assert_eq!(
+        m("dishflow_sink_updates_total", &["sink=\"DeadLetterSink\""]),
+        3.0
+    );
+    let delivered = |topic: &str| format!("topic=\"{topic}\"");
+    assert_eq!(
+        m(
+            "dishflow_kafka_messages_delivered_total",
+            &[&delivered(&out)]
+        ),
+        12.0
+    );
+    assert_eq!(
+        m(
+            "dishflow_kafka_messages_delivered_total",
+            &[&delivered(&dlq)]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m(
+            "dishflow_snapshot_records_total",
+            &["source=\"SubscribersSource\""]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(m("dishflow_snapshot_pending", &[]), 0.0);
+    assert!(
+        m(
+            "dishflow_sink_seconds_count",
+            &["sink=\"DraftsSink\"", "step=\"write\""]
+        ) >= 1.0
+    );
+    assert!(
+        m("dishflow_arrangement_updates", &["CampaignsByRestaurant"]) >= 4.0,
+        "the 4 valid campaigns are arranged: {text}"
+    );
+    assert!(m("dishflow_output_frontier_lag_seconds", &[]) < 30.0);
+    assert_eq!(m("dishflow_ready", &[]), 1.0);
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
+    assert_eq!(feedback_rows(&db).len(), 12);
+    terminate(job);
+}

@@ -24,8 +24,13 @@ where
     let (tx, rx) = channel::<Outcome>();
     let control = Control::new(tx.clone(), shutdown);
     let threads = control.clone();
-    let guards = timely::execute(config, move |worker| build(worker, control.clone()))
-        .map_err(|e| anyhow!("cannot start the timely cluster: {e}"))?;
+    let guards = timely::execute(config, move |worker| {
+        if crate::metrics::serving() {
+            crate::metrics::log_arrangements(worker);
+        }
+        build(worker, control.clone())
+    })
+    .map_err(|e| anyhow!("cannot start the timely cluster: {e}"))?;
     std::thread::spawn(move || {
         let failures: Vec<String> = guards.join().into_iter().filter_map(|r| r.err()).collect();
         // The sinks' writer threads flush once their operators are gone.

@@ -66,6 +66,7 @@ fn outbox_for<'t>(
 pub fn run(args: OrdersArgs) -> Result<()> {
     let shutdown = install_signal_handlers()?;
     let config = cluster::timely_config(&args.cluster)?;
+    crate::metrics::start(JOB, &args.ops, usize::from(args.cluster.workers))?;
     pg::setup_orders(&args.postgres_url)?;
     crate::sources::redis::check(&args.redis_url)?;
     let run = RunStart::load(

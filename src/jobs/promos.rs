@@ -45,6 +45,7 @@ fn outbox_writer(worker: usize, peers: usize, lane: usize) -> usize {
 pub fn run(args: PromosArgs) -> Result<()> {
     let shutdown = install_signal_handlers()?;
     let config = cluster::timely_config(&args.cluster)?;
+    crate::metrics::start(JOB, &args.ops, usize::from(args.cluster.workers))?;
     pg::setup_promos(&args.postgres_url)?;
     let run = RunStart::load(
         &args.kafka,

@@ -80,6 +80,7 @@ impl ProducerContext for Deliveries {
         let mut log = self.log();
         match result {
             Ok(message) => {
+                crate::metrics::metrics().delivered(message.topic());
                 let next = message.offset() + 1;
                 let slot = log
                     .next_offsets
@@ -307,6 +308,7 @@ impl DeadLetterEncoder {
 
     /// Counts a dead letter; logs the totals by reason at most once a second.
     fn count(&self, dead: &DeadLetter) {
+        crate::metrics::metrics().dead_lettered(&dead.reason);
         let mut counts = self.counts.borrow_mut();
         let (by_reason, last_log) = &mut *counts;
         *by_reason.entry(dead.reason.clone()).or_default() += 1;

@@ -101,6 +101,7 @@ where
     let (done_tx, done) = channel::<Result<()>>();
     let sink = name.to_string();
     let fatal = control.clone();
+    let metrics = crate::metrics::metrics().sink(name);
     let handle = std::thread::Builder::new()
         .name(format!("sink-{name}"))
         .spawn(move || {
@@ -108,7 +109,11 @@ where
             loop {
                 match batch_rx.recv_timeout(IDLE_FLUSH) {
                     Ok(batch) => {
+                        let started = std::time::Instant::now();
                         let outcome = writer.write(&batch);
+                        if outcome.is_ok() {
+                            metrics.written(batch.len(), started.elapsed());
+                        }
                         let failed = outcome.is_err();
                         if done_tx.send(outcome).is_err() || failed {
                             let _ = wake.activate();
@@ -119,10 +124,12 @@ where
                     }
                     Err(RecvTimeoutError::Timeout) if !unflushed => {}
                     Err(timeout_or_end) => {
+                        let started = std::time::Instant::now();
                         if let Err(error) = writer.flush() {
                             fatal.fail(error.context(format!("sink {sink}")));
                             return;
                         }
+                        metrics.flushed(started.elapsed());
                         unflushed = false;
                         if timeout_or_end == RecvTimeoutError::Disconnected {
                             return;

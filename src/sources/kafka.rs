@@ -35,6 +35,7 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use timely::dataflow::Scope;
 use tracing::{info, warn};
@@ -42,6 +43,7 @@ use tracing::{info, warn};
 use crate::cli::KafkaArgs;
 use crate::control::{Completion, Control};
 use crate::kafka::{STARTUP_TIMEOUT, client_config};
+use crate::metrics::PartitionMetrics;
 use crate::sources::{Reader, Status, clocked_source};
 
 /// Most messages emitted per activation before yielding to other operators.
@@ -101,13 +103,34 @@ fn is_eof(error: &KafkaError) -> bool {
     )
 }
 
-/// librdkafka callbacks of the source: partition EOF is expected, not an error.
-pub struct SourceContext;
+/// librdkafka callbacks of the source: partition EOF is expected, not an error; statistics
+/// (when metrics are served) give each partition's end, for the consumer lag.
+pub struct SourceContext {
+    topic: String,
+    partitions: HashMap<i32, PartitionMetrics>,
+}
 
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if !is_eof(&error) {
             warn!(%error, reason, "librdkafka");
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for partition in topic.partitions.values() {
+            // read_committed: what can be read ends at the last stable offset.
+            let end = if partition.ls_offset >= 0 {
+                partition.ls_offset
+            } else {
+                partition.hi_offset
+            };
+            if let (Some(metrics), true) = (self.partitions.get(&partition.partition), end >= 0) {
+                metrics.end(end);
+            }
         }
     }
 }
@@ -124,6 +147,8 @@ struct PartitionState {
     at_eof: bool,
     /// Offsets before this one are a replay (see [`KafkaSourceConfig::replay_until`]).
     replay_until: i64,
+    /// Records and bytes read, position and lag.
+    metrics: PartitionMetrics,
 }
 
 impl PartitionState {
@@ -138,12 +163,23 @@ impl PartitionState {
     }
 }
 
-/// Records in `states` a message read at `partition`/`offset`.
-fn observe_message(states: &mut HashMap<i32, PartitionState>, partition: i32, offset: i64) {
+/// Records in `states` a message of `bytes` bytes read at `partition`/`offset`.
+fn observe_message(
+    states: &mut HashMap<i32, PartitionState>,
+    partition: i32,
+    offset: i64,
+    bytes: usize,
+) {
     if let Some(state) = states.get_mut(&partition) {
         state.next = offset + 1;
         state.at_eof = false;
+        state.metrics.read(offset, bytes);
     }
+}
+
+/// Key and value bytes of a message.
+fn message_bytes(message: &impl Message) -> usize {
+    message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len)
 }
 
 /// Records in `states` that `partition` was read to its current end.
@@ -158,7 +194,16 @@ fn assigned_consumer(
     config: &KafkaSourceConfig,
     owned: &[i32],
 ) -> Result<(BaseConsumer<SourceContext>, HashMap<i32, PartitionState>)> {
-    let consumer: BaseConsumer<SourceContext> = client_config(
+    let metrics = crate::metrics::metrics();
+    let partition_metrics: HashMap<i32, PartitionMetrics> = owned
+        .iter()
+        .map(|&p| (p, metrics.partition(&config.topic, p)))
+        .collect();
+    let context = SourceContext {
+        topic: config.topic.clone(),
+        partitions: partition_metrics.clone(),
+    };
+    let mut settings = client_config(
         &config.kafka,
         &[
             // Required by librdkafka for assign(); no group membership is used.
@@ -174,9 +219,14 @@ fn assigned_consumer(
             // its storage) restarts from the beginning rather than skipping what is there.
             ("auto.offset.reset", "earliest"),
         ],
-    )
-    .create_with_context(SourceContext)
-    .context("invalid Kafka consumer configuration")?;
+    );
+    if crate::metrics::serving() && settings.get("statistics.interval.ms").is_none() {
+        // Each partition's end, for the consumer lag.
+        settings.set("statistics.interval.ms", "1000");
+    }
+    let consumer: BaseConsumer<SourceContext> = settings
+        .create_with_context(context)
+        .context("invalid Kafka consumer configuration")?;
     let mut assignment = TopicPartitionList::new();
     let mut states = HashMap::new();
     for &partition in owned {
@@ -201,6 +251,9 @@ fn assigned_consumer(
             }
         };
         assignment.add_partition_offset(&config.topic, partition, Offset::Offset(next))?;
+        let metrics = partition_metrics[&partition].clone();
+        metrics.end(high);
+        metrics.position(next);
         states.insert(
             partition,
             PartitionState {
@@ -208,6 +261,7 @@ fn assigned_consumer(
                 end: high,
                 at_eof: false,
                 replay_until: config.replay_until.get(&partition).copied().unwrap_or(0),
+                metrics,
             },
         );
     }
@@ -240,7 +294,12 @@ impl Reader for KafkaReader {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(message)) => {
-                    observe_message(&mut self.states, message.partition(), message.offset());
+                    observe_message(
+                        &mut self.states,
+                        message.partition(),
+                        message.offset(),
+                        message_bytes(&message),
+                    );
                     let record = RawRecord {
                         partition: message.partition(),
                         offset: message.offset(),
@@ -264,6 +323,9 @@ impl Reader for KafkaReader {
                     break;
                 }
             }
+        }
+        for state in self.states.values() {
+            state.metrics.position(state.next);
         }
         if self.stop_at_end && self.states.values().all(PartitionState::done) {
             Status::Finished
@@ -372,7 +434,7 @@ pub fn read_range(
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
-                observe_message(&mut states, m.partition(), m.offset());
+                observe_message(&mut states, m.partition(), m.offset(), message_bytes(&m));
                 let headers = m
                     .headers()
                     .map(|h| {
@@ -421,6 +483,7 @@ mod tests {
             end: 10,
             at_eof: false,
             replay_until: 6,
+            metrics: PartitionMetrics::default(),
         };
         assert!(s.replaying());
         s.next = 6;
@@ -438,6 +501,7 @@ mod tests {
             end: 10,
             at_eof: true,
             replay_until: 0,
+            metrics: PartitionMetrics::default(),
         };
         assert!(!s.done(), "EOF before the startup end is not the end");
         s.next = 10;

@@ -101,10 +101,13 @@ pub fn clocked_source<'s, R: Reader>(
         };
         capability.downgrade(&start.max(*capability.time()));
         let mut capability = Some(capability);
+        let worker = scope.index();
+        let mut metrics = crate::metrics::metrics().source(&name);
         let mut finished = false;
         let mut next_tick = Instant::now();
 
         move |output| {
+            crate::metrics::metrics().beat(worker);
             let Some(cap) = capability.as_mut() else {
                 return;
             };
@@ -148,9 +151,12 @@ pub fn clocked_source<'s, R: Reader>(
                     emitted += 1;
                 });
             }
+            // What was read while holding belongs to the start time: the snapshot.
+            metrics.emitted(emitted, holding);
             let holding = reader.as_ref().is_some_and(R::holding);
             if !holding {
                 cap.downgrade(&(time + 1));
+                metrics.loaded();
             }
             if emitted > 0 {
                 debug!(source = %name, emitted, time, "batch");

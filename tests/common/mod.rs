@@ -458,3 +458,36 @@ pub fn ground_truth(db: &str, topic: &str, keys: &str) -> (Counters, Counters) {
         .expect("drop truth");
     (products, categories)
 }
+
+/// A free TCP port on 127.0.0.1 (for a job's `--metrics-addr`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status, body); `None` while nothing listens there.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Sum of the samples of metric `name` in a Prometheus text exposition whose labels
+/// contain every `label="value"` of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    dishflow::metrics::parse_series(text, name)
+        .iter()
+        .filter(|(series, _)| labels.iter().all(|l| series.contains(l)))
+        .map(|(_, value)| value)
+        .sum()
+}
