@@ -13,11 +13,35 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Inputs (Kafka topics, Postgres tables) become differential collections; outputs are the
 /// changes of collections, written to Kafka and Postgres as they happen.
 #[derive(Debug, Parser)]
-#[command(name = "dishflow", version, about, long_about = None)]
+#[command(name = "dishflow", version, long_version = long_version(), about, long_about = None)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines as text or one JSON object per line (the level filter is `RUST_LOG`, e.g.
+    /// `RUST_LOG=info,dishflow::sinks=debug`; default `info`).
+    #[arg(long, global = true, env = "DISHFLOW_LOG_FORMAT", value_enum,
+          default_value_t = crate::logs::LogFormat::Text)]
+    pub log_format: crate::logs::LogFormat,
+}
+
+/// `dishflow --version`: dishflow's version, and what it was built with: librdkafka's
+/// version and built-in features (ssl, sasl_scram, … for managed clusters) and OpenSSL's.
+pub fn long_version() -> &'static str {
+    static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+        let features = rdkafka::ClientConfig::new()
+            .create_native_config()
+            .and_then(|config| config.get("builtin.features"))
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        format!(
+            "{}\nlibrdkafka {librdkafka} (builtin.features: {features})\n{} (Kafka and Postgres TLS)",
+            env!("CARGO_PKG_VERSION"),
+            openssl::version::version()
+        )
+    });
+    &TEXT
 }
 
 /// The subcommands.
@@ -58,7 +82,7 @@ pub struct ConsumeArgs {
 #[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Postgres connection URL.
-    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL)]
+    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL, hide_env_values = true)]
     pub postgres_url: String,
 
     /// Remove what setup created for change capture instead: the publication
@@ -89,23 +113,120 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/de";
 
 /// How to reach Kafka (shared by every command that talks to it).
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma separated (HOST:PORT,...).
     #[arg(long, env = "DISHFLOW_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
 
-    /// Any librdkafka setting, like `kcat -X` (repeatable): e.g. `security.protocol=SASL_SSL`.
-    /// In the environment, separate several with `;`.
+    /// Any librdkafka setting, like `kcat -X` (repeatable): e.g. `security.protocol=SASL_SSL`,
+    /// `sasl.mechanism=SCRAM-SHA-512`, `ssl.ca.location=/etc/kafka/ca.pem`. In the environment,
+    /// separate several with `;`. Wins over --kafka-property-file.
     #[arg(long = "kafka-property", env = "DISHFLOW_KAFKA_PROPERTY", value_name = "KEY=VALUE",
-          value_parser = parse_key_value, value_delimiter = ';')]
+          value_parser = KeyValueParser, value_delimiter = ';', hide_env_values = true)]
+    pub properties: Vec<(String, String)>,
+
+    /// librdkafka settings from a file, one `KEY=VALUE` per line (`#` comments, blank lines
+    /// ignored), e.g. `sasl.username` and `sasl.password` from a mounted secret, so that no
+    /// secret is on the command line.
+    #[arg(long = "kafka-property-file", env = "DISHFLOW_KAFKA_PROPERTY_FILE", value_name = "PATH",
+          value_parser = PropertyFile::read)]
+    pub property_file: Option<PropertyFile>,
+}
+
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaArgs")
+            .field("brokers", &self.brokers)
+            .field("properties", &crate::redact::Settings(&self.properties))
+            .field("property_file", &self.property_file)
+            .finish()
+    }
+}
+
+impl KafkaArgs {
+    /// Every librdkafka setting given: the file's, then the command line's (which win).
+    pub fn settings(&self) -> impl Iterator<Item = &(String, String)> {
+        self.property_file
+            .iter()
+            .flat_map(|file| file.properties.iter())
+            .chain(self.properties.iter())
+    }
+}
+
+/// The librdkafka settings of a `--kafka-property-file`.
+#[derive(Clone)]
+pub struct PropertyFile {
+    /// Where they were read from.
+    pub path: PathBuf,
+    /// KEY=VALUE pairs, in file order.
     pub properties: Vec<(String, String)>,
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+impl std::fmt::Debug for PropertyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PropertyFile")
+            .field("path", &self.path)
+            .field("properties", &crate::redact::Settings(&self.properties))
+            .finish()
+    }
+}
+
+impl PropertyFile {
+    /// Reads and parses `path`. Errors name the line, never its content (it may be a secret).
+    pub fn read(path: &str) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        Self::parse(path, &text)
+    }
+
+    fn parse(path: &str, text: &str) -> Result<Self, String> {
+        let mut properties = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    properties.push((k.trim().to_string(), v.trim().to_string()));
+                }
+                _ => return Err(format!("{path} line {}: expected KEY=VALUE", number + 1)),
+            }
+        }
+        Ok(PropertyFile {
+            path: PathBuf::from(path),
+            properties,
+        })
+    }
+}
+
+/// Parses `--kafka-property KEY=VALUE`. Its error never repeats the argument (clap's errors
+/// for a plain parser function would: the value may be a secret).
+#[derive(Clone, Copy, Debug)]
+pub struct KeyValueParser;
+
+impl clap::builder::TypedValueParser for KeyValueParser {
+    type Value = (String, String);
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let invalid = || {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                "--kafka-property expects KEY=VALUE with a non-empty KEY \
+                 (the argument is not shown: it may hold a secret)\n",
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(invalid)?;
+        match text.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(invalid()),
+        }
     }
 }
 
@@ -222,7 +343,7 @@ pub struct PromosArgs {
     pub kafka: KafkaArgs,
 
     /// Postgres connection URL (subscribers are read from, feedback rows written to, it).
-    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL)]
+    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL, hide_env_values = true)]
     pub postgres_url: String,
 
     /// Topic with the restaurant campaigns (JSON).
@@ -316,12 +437,12 @@ pub struct OrdersArgs {
     pub kafka: KafkaArgs,
 
     /// Postgres connection URL (the stg, dds and cdm schemas are written there).
-    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL)]
+    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL, hide_env_values = true)]
     pub postgres_url: String,
 
     /// Redis with the dictionaries: one JSON string per key, key = restaurant id (with a
     /// `menu`) or user id (with a `login`). `redis://[user:password@]host:port/db`.
-    #[arg(long, env = "DISHFLOW_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    #[arg(long, env = "DISHFLOW_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
 
     /// Which Redis keys are dictionary entries (a glob; other keys are not read).
@@ -409,7 +530,7 @@ pub struct ProduceOrdersArgs {
     pub kafka: KafkaArgs,
 
     /// Redis the dictionaries are written to.
-    #[arg(long, env = "DISHFLOW_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    #[arg(long, env = "DISHFLOW_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
 
     /// Topic the orders are written to (created with --partitions if missing).
@@ -561,5 +682,68 @@ mod tests {
         let err = Cli::try_parse_from(["dishflow", "promos", "--kafka-property", "nokey"])
             .expect_err("must fail");
         assert!(err.to_string().contains("KEY=VALUE"));
+        let err = Cli::try_parse_from(["dishflow", "promos", "--kafka-property", "=s3cret"])
+            .expect_err("must fail");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn property_files_are_read_before_the_command_line_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("dishflow-props-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("kafka.properties");
+        std::fs::write(
+            &path,
+            "# managed cluster\nsecurity.protocol=SASL_SSL\n\nsasl.password = s3cret\nsasl.username=svc\n",
+        )
+        .expect("write");
+        let path = path.to_str().expect("utf-8");
+        let cli = Cli::try_parse_from([
+            "dishflow",
+            "promos",
+            "--kafka-property-file",
+            path,
+            "--kafka-property",
+            "sasl.username=override",
+        ])
+        .expect("parse");
+        let Command::Promos(args) = cli.command else {
+            panic!("promos")
+        };
+        let settings: Vec<(String, String)> = args.kafka.settings().cloned().collect();
+        assert_eq!(
+            settings,
+            [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.password", "s3cret"),
+                ("sasl.username", "svc"),
+                ("sasl.username", "override"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let config = crate::kafka::client_config(&args.kafka, &[]);
+        assert_eq!(
+            config.get("sasl.username"),
+            Some("override"),
+            "the command line wins"
+        );
+        assert_eq!(config.get("sasl.password"), Some("s3cret"));
+        assert!(
+            !format!("{args:?}").contains("s3cret"),
+            "Debug masks secrets"
+        );
+
+        std::fs::write(dir.join("bad.properties"), "sasl.password s3cret\n").expect("write");
+        let bad = dir.join("bad.properties");
+        let err = Cli::try_parse_from([
+            "dishflow",
+            "promos",
+            "--kafka-property-file",
+            bad.to_str().expect("utf-8"),
+        ])
+        .expect_err("must fail");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -14,15 +14,15 @@ use crate::cli::KafkaArgs;
 /// How long startup checks wait for the brokers before reporting them unreachable.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A librdkafka configuration: bootstrap servers, then the user's `--kafka-property` settings
-/// (which therefore override anything dishflow sets before calling this).
+/// A librdkafka configuration: bootstrap servers, `defaults`, then the user's settings
+/// (`--kafka-property-file`, then `--kafka-property`), which therefore override dishflow's.
 pub fn client_config(args: &KafkaArgs, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &args.brokers);
     for (key, value) in defaults {
         config.set(*key, *value);
     }
-    for (key, value) in &args.properties {
+    for (key, value) in args.settings() {
         config.set(key, value);
     }
     config

@@ -1,11 +1,10 @@
 //! The `dishflow` binary: parses the command line, runs the command, and turns any error
 //! into one line on stderr and a non-zero exit status.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use clap::Parser;
 use dishflow::cli::{Cli, Command, ProduceCommand, SetupJob};
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc malloc: differential's batches allocate and free many
 /// short-lived vectors, where glibc spent most of the CPU time (scripts/bench.sh orders).
@@ -50,13 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    dishflow::logs::init(cli.log_format);
     if let Err(error) = run(cli) {
         eprintln!("dishflow: error: {error:#}");
         std::process::exit(1);

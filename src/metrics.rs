@@ -117,6 +117,9 @@ pub struct PartitionMetrics {
     position: Gauge,
     end: Gauge,
     lag: Gauge,
+    /// Where this run started reading, and the end as of startup (progress of bounded runs).
+    start: Gauge,
+    target: Gauge,
 }
 
 impl PartitionMetrics {
@@ -125,6 +128,14 @@ impl PartitionMetrics {
         self.records.inc();
         self.bytes.inc_by(bytes as u64);
         self.position.set(offset + 1);
+    }
+
+    /// This run reads from `start`; at startup the partition ended at `target`.
+    pub fn starts(&self, start: i64, target: i64) {
+        self.start.set(start);
+        self.target.set(target);
+        self.end(target);
+        self.position(start);
     }
 
     /// The source's position moved to `next` (also after reading: updates the lag).
@@ -217,8 +228,11 @@ pub struct Metrics {
     frontier_lag: FloatGauge,
     idle: Family<WorkerLabels, FloatGauge>,
     ready: Gauge,
-    /// Every partition's lag, for readiness.
-    lags: Mutex<HashMap<PartitionLabels, Gauge>>,
+    /// Every partition's handles: lag for readiness, start/target for progress.
+    partitions: Mutex<HashMap<PartitionLabels, PartitionMetrics>>,
+    /// Every sink's update counter, for the summary at the end of a run.
+    sinks: Mutex<std::collections::BTreeMap<String, Counter>>,
+    dead_letters_total: Counter,
     /// Source instances still loading a snapshot (sum of `snapshot_pending`).
     loading: AtomicI64,
     /// Milliseconds since `epoch` of each worker's last source activation.
@@ -248,7 +262,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     frontier_lag: FloatGauge::default(),
     idle: Family::default(),
     ready: Gauge::default(),
-    lags: Mutex::default(),
+    partitions: Mutex::default(),
+    sinks: Mutex::default(),
+    dead_letters_total: Counter::default(),
     loading: AtomicI64::new(0),
     beats: RwLock::default(),
     workers: AtomicU64::new(0),
@@ -287,18 +303,20 @@ impl Metrics {
             topic: topic.to_string(),
             partition,
         };
-        let lag = self.kafka_lag.get_or_create_owned(&labels);
-        self.lags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(labels.clone(), lag.clone());
-        PartitionMetrics {
+        let handles = PartitionMetrics {
             records: self.kafka_records.get_or_create_owned(&labels),
             bytes: self.kafka_bytes.get_or_create_owned(&labels),
             position: self.kafka_position.get_or_create_owned(&labels),
             end: self.kafka_end.get_or_create_owned(&labels),
-            lag,
-        }
+            lag: self.kafka_lag.get_or_create_owned(&labels),
+            start: Gauge::default(),
+            target: Gauge::default(),
+        };
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(labels, handles.clone());
+        handles
     }
 
     /// Handles for a source operator, loading a snapshot until [`SourceMetrics::loaded`].
@@ -323,10 +341,15 @@ impl Metrics {
             sink: name.to_string(),
             step,
         };
+        let updates = self.sink_updates.get_or_create_owned(&SinkLabels {
+            sink: name.to_string(),
+        });
+        self.sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), updates.clone());
         SinkMetrics {
-            updates: self.sink_updates.get_or_create_owned(&SinkLabels {
-                sink: name.to_string(),
-            }),
+            updates,
             write: self.sink_seconds.get_or_create_owned(&step("write")),
             flush: self.sink_seconds.get_or_create_owned(&step("flush")),
         }
@@ -334,6 +357,7 @@ impl Metrics {
 
     /// A record was dead-lettered for `reason`.
     pub fn dead_lettered(&self, reason: &str) {
+        self.dead_letters_total.inc();
         self.dead_letters
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
@@ -419,12 +443,12 @@ impl Metrics {
             return Some(format!("{loading} source(s) loading their snapshot"));
         }
         let mut lagging: Vec<String> = self
-            .lags
+            .partitions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(_, lag)| lag.get() > max_lag)
-            .map(|(p, lag)| format!("{}/{} {}", p.topic, p.partition, lag.get()))
+            .filter(|(_, m)| m.lag.get() > max_lag)
+            .map(|(p, m)| format!("{}/{} {}", p.topic, p.partition, m.lag.get()))
             .collect();
         lagging.sort();
         if !lagging.is_empty() {
@@ -434,6 +458,55 @@ impl Metrics {
             ));
         }
         None
+    }
+
+    /// Per topic read by this process: (topic, offsets read, offsets to read) since this run
+    /// started, up to each partition's end as of startup.
+    pub fn progress(&self) -> Vec<(String, u64, u64)> {
+        let mut topics: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for (labels, m) in self
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let (start, target) = (m.start.get(), m.target.get());
+            let done = m.position.get().clamp(start, target.max(start)) - start;
+            let entry = topics.entry(labels.topic.clone()).or_default();
+            entry.0 += done as u64;
+            entry.1 += (target - start).max(0) as u64;
+        }
+        topics.into_iter().map(|(t, (d, n))| (t, d, n)).collect()
+    }
+
+    /// Totals for the line that ends a run: records read from Kafka, dead-lettered, and
+    /// updates written per sink.
+    pub fn totals(&self) -> (u64, u64, Vec<(String, u64)>) {
+        let read = self
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|m| m.records.get())
+            .sum();
+        let sinks = self
+            .sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, c)| (name.clone(), c.get()))
+            .collect();
+        (read, self.dead_letters_total.get(), sinks)
+    }
+
+    /// Records not yet read, summed over the partitions this process reads.
+    pub fn lag(&self) -> i64 {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|m| m.lag.get())
+            .sum()
     }
 
     /// Brings the gauges computed from the clock up to date.

@@ -502,3 +502,101 @@ fn startup_problems_end_with_one_clear_line_and_a_non_zero_status() {
         "{stderr}"
     );
 }
+
+/// Passwords in URLs and secret Kafka settings appear nowhere: not in the logs of a
+/// successful run at debug level (librdkafka's configuration dump included), not in the
+/// errors of failing runs, not in `--help` (which shows other flags' environment values).
+#[test]
+fn secrets_never_reach_logs_errors_or_help() {
+    const PG_SECRET: &str = "Pg5ecretPw";
+    const KAFKA_SECRET: &str = "Kafk4Secret";
+    const REDIS_SECRET: &str = "R3disSecret";
+    let assert_hidden = |what: &str, out: &std::process::Output| {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for secret in [PG_SECRET, KAFKA_SECRET, REDIS_SECRET] {
+            assert!(!all.contains(secret), "{what} shows {secret}:\n{all}");
+        }
+        all
+    };
+    // A successful bounded run; the local server trusts, so the password is not checked.
+    let db = database("secrets");
+    seed_subscribers(&db);
+    let with_password = db.replacen("postgres@", &format!("postgres:{PG_SECRET}@"), 1);
+    assert_ne!(
+        with_password, db,
+        "the test URL has a user to add a password to"
+    );
+    let prefix = unique("secrets");
+    produce_values(
+        &format!("{prefix}.in"),
+        1,
+        &[&campaign_json("C", R0, now_secs() - 10, now_secs() + 600)],
+    );
+    let mut args = promos_args(&with_password, &prefix);
+    args.extend(
+        [
+            "--stop-at-end",
+            "--log-format",
+            "json",
+            "--kafka-property",
+            &format!("sasl.password={KAFKA_SECRET}"),
+            "--kafka-property",
+            "debug=conf",
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_dishflow"))
+        .args(&argv)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = wait(child, MINUTE);
+    assert_success(&out);
+    let all = assert_hidden("a run at debug level", &out);
+    assert!(
+        all.contains("sasl.password"),
+        "librdkafka dumped its configuration"
+    );
+    assert_eq!(feedback_rows(&db).len(), 8, "the run did its work");
+
+    // Failing runs: unreachable Postgres and Redis, with passwords.
+    let pg = format!("postgres://postgres:{PG_SECRET}@127.0.0.1:1/de");
+    let redis = format!("redis://:{REDIS_SECRET}@127.0.0.1:1/0");
+    for args in [
+        vec!["promos", "--postgres-url", &pg],
+        vec!["setup", "--postgres-url", &pg],
+        vec!["orders", "--postgres-url", &db, "--redis-url", &redis],
+        vec!["promos", "--kafka-property", &format!("={KAFKA_SECRET}")],
+    ] {
+        let out = dishflow(&args, MINUTE);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert_hidden(&format!("{args:?}"), &out);
+    }
+
+    // --help shows environment values of other flags, but not of these.
+    for command in ["promos", "orders", "setup"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dishflow"))
+            .args([command, "--help"])
+            .env("DISHFLOW_POSTGRES_URL", &pg)
+            .env("DISHFLOW_REDIS_URL", &redis)
+            .env(
+                "DISHFLOW_KAFKA_PROPERTY",
+                format!("sasl.password={KAFKA_SECRET}"),
+            )
+            .env("DISHFLOW_TICK_MS", "250")
+            .output()
+            .expect("help");
+        assert!(out.status.success());
+        let all = assert_hidden(&format!("{command} --help"), &out);
+        if command == "promos" {
+            assert!(all.contains("DISHFLOW_TICK_MS=250"), "{all}");
+        }
+    }
+}

@@ -128,7 +128,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     }
     let ignored = Arc::new(AtomicU64::new(0));
     let ignored_total = ignored.clone();
-    let started = std::time::Instant::now();
+    let report = crate::logs::Progress::start(JOB, args.stop_at_end);
     super::run_workers(config, shutdown, move |worker, control| {
         let writers = (|| -> Result<_> {
             let url = &args.postgres_url;
@@ -288,10 +288,13 @@ pub fn run(args: OrdersArgs) -> Result<()> {
             completion_barrier(scope, &completion, tick);
         });
     })?;
-    info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        other_object_types = ignored_total.load(Ordering::Relaxed),
-        "orders finished"
-    );
+    let ignored = ignored_total.load(Ordering::Relaxed);
+    if ignored > 0 {
+        info!(
+            other_object_types = ignored,
+            "ignored messages of other object types"
+        );
+    }
+    report.finish();
     Ok(())
 }

@@ -93,7 +93,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
         follow: !args.stop_at_end,
         poll: Duration::from_millis(args.cdc_poll_ms),
     };
-    let started = std::time::Instant::now();
+    let report = crate::logs::Progress::start(JOB, args.stop_at_end);
     super::run_workers(config, shutdown, move |worker, control| {
         let writers = (|| -> Result<_> {
             let mut feedback = Vec::new();
@@ -187,9 +187,6 @@ pub fn run(args: PromosArgs) -> Result<()> {
             completion_barrier(scope, &completion, tick);
         });
     })?;
-    info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "promos finished"
-    );
+    report.finish();
     Ok(())
 }

@@ -252,8 +252,7 @@ fn assigned_consumer(
         };
         assignment.add_partition_offset(&config.topic, partition, Offset::Offset(next))?;
         let metrics = partition_metrics[&partition].clone();
-        metrics.end(high);
-        metrics.position(next);
+        metrics.starts(next, high);
         states.insert(
             partition,
             PartitionState {

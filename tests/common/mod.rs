@@ -31,6 +31,7 @@ pub fn kafka() -> KafkaArgs {
     KafkaArgs {
         brokers: brokers(),
         properties: Vec::new(),
+        property_file: None,
     }
 }
 
