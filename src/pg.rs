@@ -1,13 +1,18 @@
 //! Postgres connections and the schema the jobs need (`dishflow setup`).
 
 use anyhow::{Context, Result, anyhow};
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, Transaction};
 
-/// Connects to `url`, with an error that names the server but never the password.
+pub mod tls;
+
+/// Connects to `url` (TLS per its `sslmode`, see [`tls`]), with an error that names the
+/// server but never the password.
 pub fn connect(url: &str) -> Result<Client> {
+    let (url, tls) = tls::Tls::split(url)?;
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| anyhow!("invalid Postgres URL: {e}"))?;
+    config.ssl_mode(tls.ssl_mode());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }
@@ -18,7 +23,8 @@ pub fn connect(url: &str) -> Result<Client> {
         config.get_options().unwrap_or_default()
     );
     config.options(options.trim());
-    config.connect(NoTls).map_err(|e| {
+    let connector = tls.connector()?;
+    config.connect(connector).map_err(|e| {
         let hosts: Vec<String> = config
             .get_hosts()
             .iter()
@@ -28,8 +34,19 @@ pub fn connect(url: &str) -> Result<Client> {
             })
             .collect();
         let db = config.get_dbname().unwrap_or("(default)");
+        // The driver's message alone can be vague ("error performing TLS handshake"): add its
+        // causes (e.g. "certificate verify failed").
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(inner) = cause {
+            let text = inner.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = inner.source();
+        }
         anyhow!(
-            "cannot connect to Postgres at {} database {db}: {e}",
+            "cannot connect to Postgres at {} database {db}: {message}",
             hosts.join(",")
         )
     })
