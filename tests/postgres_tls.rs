@@ -171,7 +171,8 @@ fn every_sslmode_does_what_libpq_documents_and_a_job_runs_over_verify_full() {
     use_server_certificate(
         &mut admin,
         Some(("dishflow-test-server.crt", "dishflow-test-server.key")),
-    );
+    )
+    .expect("configure TLS");
 
     let db = database("pg_tls");
     let at = |host: &str, query: &str| {
