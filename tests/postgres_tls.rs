@@ -9,71 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::certs::issue;
 use common::*;
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
-use openssl::x509::{X509, X509NameBuilder};
-
-/// A certificate and its key.
-struct Issued {
-    cert: X509,
-    key: PKey<Private>,
-}
-
-/// A certificate for `cn`, signed by `issuer` (self-signed without one); a CA if `ca`,
-/// otherwise a server certificate for the DNS names `dns`.
-fn issue(cn: &str, issuer: Option<&Issued>, ca: bool, dns: &[&str]) -> Issued {
-    let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("key");
-    let mut name = X509NameBuilder::new().expect("name");
-    name.append_entry_by_text("CN", cn).expect("cn");
-    let name = name.build();
-    let mut builder = X509::builder().expect("builder");
-    builder.set_version(2).expect("version");
-    let mut serial = BigNum::new().expect("bn");
-    serial.rand(64, MsbOption::MAYBE_ZERO, false).expect("rand");
-    builder
-        .set_serial_number(&serial.to_asn1_integer().expect("serial"))
-        .expect("serial");
-    builder.set_subject_name(&name).expect("subject");
-    builder
-        .set_issuer_name(issuer.map_or(&name, |i| i.cert.subject_name()))
-        .expect("issuer");
-    builder.set_pubkey(&key).expect("pubkey");
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).expect("time"))
-        .expect("not before");
-    builder
-        .set_not_after(&Asn1Time::days_from_now(30).expect("time"))
-        .expect("not after");
-    if ca {
-        let constraints = BasicConstraints::new().critical().ca().build().expect("bc");
-        builder.append_extension(constraints).expect("bc");
-        let usage = KeyUsage::new()
-            .key_cert_sign()
-            .crl_sign()
-            .build()
-            .expect("ku");
-        builder.append_extension(usage).expect("ku");
-    } else {
-        let mut san = SubjectAlternativeName::new();
-        for name in dns {
-            san.dns(name);
-        }
-        let context = builder.x509v3_context(issuer.map(|i| i.cert.as_ref()), None);
-        let san = san.build(&context).expect("san");
-        builder.append_extension(san).expect("san");
-    }
-    let signer = issuer.map_or(&key, |i| &i.key);
-    builder.sign(signer, MessageDigest::sha256()).expect("sign");
-    Issued {
-        cert: builder.build(),
-        key,
-    }
-}
 
 /// Writes `pem` as a file of the server at `path`, owned by the server's user and readable
 /// by it only (the server refuses a key file others can read), line by line: PEM lines need
@@ -141,9 +78,9 @@ fn encrypted(client: &mut postgres::Client) -> bool {
 fn every_sslmode_does_what_libpq_documents_and_a_job_runs_over_verify_full() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("pg_tls"));
     std::fs::create_dir_all(&dir).expect("dir");
-    let ca = issue("dishflow test CA", None, true, &[]);
-    let other_ca = issue("some other CA", None, true, &[]);
-    let server = issue("localhost", Some(&ca), false, &["localhost"]);
+    let ca = issue("dishflow test CA", None, true, &[], &[]);
+    let other_ca = issue("some other CA", None, true, &[], &[]);
+    let server = issue("localhost", Some(&ca), false, &["localhost"], &[]);
     let ca_file = dir.join("ca.pem");
     let other_ca_file = dir.join("other-ca.pem");
     std::fs::write(&ca_file, ca.cert.to_pem().expect("pem")).expect("write");
