@@ -6,7 +6,10 @@ COPY . .
 RUN cargo build --release --locked && strip target/release/dishflow
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+# curl: the healthcheck of docker-compose.yml asks /healthz.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/dishflow /usr/local/bin/dishflow
 USER nobody
+# --metrics-addr (docker-compose.yml uses 9464); the cluster port of --hostfile (2101).
+EXPOSE 9464 2101
 ENTRYPOINT ["dishflow"]

@@ -1,0 +1,214 @@
+//! The deployment files stay consistent with the CLI: every dishflow command line and every
+//! `DISHFLOW_*` variable in docker-compose.yml and scripts/deploy/k8s/dishflow.yaml parses
+//! (flags exist, values are valid), a cluster's hostfile lists as many processes as it is
+//! told to run, and nothing is published beyond 127.0.0.1. (No Docker engine or Kubernetes
+//! here: the files are checked, not run.)
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+
+use clap::{CommandFactory, Parser};
+use dishflow::cli::Cli;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn load(path: &str) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// `yaml` with YAML 1.1 merge keys (`<<: *anchor`) applied, recursively.
+fn merged(yaml: &Yaml) -> Yaml {
+    match yaml {
+        Yaml::Hash(hash) => {
+            let mut out = yaml_rust2::yaml::Hash::new();
+            if let Some(Yaml::Hash(base)) = hash.get(&Yaml::String("<<".into())) {
+                for (k, v) in base {
+                    out.insert(k.clone(), merged(v));
+                }
+            }
+            for (k, v) in hash {
+                if k.as_str() != Some("<<") {
+                    out.insert(k.clone(), merged(v));
+                }
+            }
+            Yaml::Hash(out)
+        }
+        Yaml::Array(items) => Yaml::Array(items.iter().map(merged).collect()),
+        other => other.clone(),
+    }
+}
+
+fn strings(yaml: &Yaml) -> Vec<String> {
+    yaml.as_vec()
+        .map(|v| v.iter().map(|s| scalar(s).expect("a string")).collect())
+        .unwrap_or_default()
+}
+
+fn scalar(yaml: &Yaml) -> Option<String> {
+    match yaml {
+        Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Checks one dishflow invocation: `args` after the program name, and its environment
+/// (`None`: a value from elsewhere, e.g. a Kubernetes secret): every `DISHFLOW_*` variable
+/// belongs to a flag of the subcommand, and the command line with the variables given as
+/// those flags parses. Returns the environment.
+fn check_invocation(
+    what: &str,
+    args: &[String],
+    env: &BTreeMap<String, Option<String>>,
+) -> BTreeMap<String, Option<String>> {
+    let root = Cli::command();
+    let sub = root
+        .find_subcommand(&args[0])
+        .unwrap_or_else(|| panic!("{what}: no subcommand {}", args[0]));
+    let mut argv = vec!["dishflow".to_string()];
+    argv.extend(args.iter().cloned());
+    for (name, value) in env {
+        if !name.starts_with("DISHFLOW_") {
+            continue;
+        }
+        let arg = sub
+            .get_arguments()
+            .chain(root.get_arguments())
+            .find(|arg| arg.get_env() == Some(OsStr::new(name)))
+            .unwrap_or_else(|| panic!("{what}: `dishflow {}` has no {name}", args[0]));
+        // A property file is read while parsing: it exists only where the job runs.
+        let reads_a_file = arg.get_id() == "property_file";
+        if let (Some(value), Some(long)) = (value, arg.get_long())
+            && arg.get_action().takes_values()
+            && !reads_a_file
+        {
+            argv.push(format!("--{long}={value}"));
+        }
+    }
+    if let Err(error) = Cli::try_parse_from(&argv) {
+        panic!("{what}: `{}` does not parse: {error}", argv.join(" "));
+    }
+    env.clone()
+}
+
+fn compose_env(service: &Yaml) -> BTreeMap<String, Option<String>> {
+    service["environment"]
+        .as_hash()
+        .map(|hash| {
+            hash.iter()
+                .map(|(k, v)| (scalar(k).expect("name"), scalar(v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn docker_compose_uses_only_flags_and_variables_that_exist() {
+    let doc = merged(&load("docker-compose.yml")[0]);
+    let services = doc["services"].as_hash().expect("services");
+    let mut dishflow_services = 0;
+    let mut promos_processes = Vec::new();
+    for (name, service) in services {
+        let name = name.as_str().expect("service name");
+        for port in strings(&service["ports"]) {
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} beyond loopback"
+            );
+        }
+        if service["image"].as_str() != Some("dishflow:latest") {
+            continue;
+        }
+        dishflow_services += 1;
+        let command = strings(&service["command"]);
+        let env = check_invocation(name, &command, &compose_env(service));
+        if command[0] != "setup" {
+            assert!(
+                !service["healthcheck"].is_badvalue(),
+                "{name}: a long-running job needs a healthcheck"
+            );
+            assert!(
+                env.contains_key("DISHFLOW_METRICS_ADDR"),
+                "{name}: /healthz is served"
+            );
+        }
+        if command[0] == "promos" {
+            let processes: usize = env["DISHFLOW_PROCESSES"]
+                .as_deref()
+                .expect("DISHFLOW_PROCESSES")
+                .parse()
+                .expect("a number");
+            let index = command
+                .iter()
+                .position(|a| a == "--process")
+                .expect("--process");
+            promos_processes.push((
+                processes,
+                command[index + 1].parse::<usize>().expect("index"),
+            ));
+        }
+    }
+    assert_eq!(dishflow_services, 4, "setup, promos-0, promos-1, orders");
+    let hosts = doc["configs"]["hostfile"]["content"]
+        .as_str()
+        .expect("hostfile");
+    let lines = hosts.lines().filter(|l| !l.trim().is_empty()).count();
+    let mut indexes: Vec<usize> = promos_processes.iter().map(|(_, i)| *i).collect();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        (0..lines).collect::<Vec<_>>(),
+        "one service per hostfile line"
+    );
+    assert!(promos_processes.iter().all(|(n, _)| *n == lines));
+}
+
+#[test]
+fn the_kubernetes_example_uses_only_flags_and_variables_that_exist() {
+    let docs = load("scripts/deploy/k8s/dishflow.yaml");
+    let mut hosts = 0;
+    let mut containers = 0;
+    for doc in &docs {
+        match doc["kind"].as_str() {
+            Some("ConfigMap") => {
+                hosts = doc["data"]["hosts"]
+                    .as_str()
+                    .expect("hosts")
+                    .lines()
+                    .count()
+            }
+            Some("StatefulSet") | Some("Deployment") => {
+                let spec = &doc["spec"];
+                for container in spec["template"]["spec"]["containers"]
+                    .as_vec()
+                    .expect("containers")
+                {
+                    containers += 1;
+                    let env: BTreeMap<String, Option<String>> = container["env"]
+                        .as_vec()
+                        .expect("env")
+                        .iter()
+                        .map(|e| (scalar(&e["name"]).expect("name"), scalar(&e["value"])))
+                        .collect();
+                    let args = strings(&container["args"]);
+                    let env = check_invocation("k8s", &args, &env);
+                    if doc["kind"].as_str() == Some("StatefulSet") {
+                        let processes: i64 = env["DISHFLOW_PROCESSES"]
+                            .as_deref()
+                            .expect("DISHFLOW_PROCESSES")
+                            .parse()
+                            .expect("a number");
+                        assert_eq!(spec["replicas"].as_i64(), Some(processes), "replicas");
+                        assert_eq!(spec["podManagementPolicy"].as_str(), Some("Parallel"));
+                        assert!(env.contains_key("DISHFLOW_PROCESS"), "ordinal → process");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(containers, 2);
+    assert_eq!(hosts, 2, "the hostfile lists both processes");
+}
