@@ -266,6 +266,15 @@ pub struct OpsArgs {
     #[arg(long, env = "DISHFLOW_READY_MAX_LAG", default_value_t = 10_000,
           value_parser = clap::value_parser!(i64).range(0..))]
     pub ready_max_lag: i64,
+
+    /// After SIGTERM/SIGINT, seconds to finish writing what was read and commit progress
+    /// before exiting anyway with status 1 (nothing is lost: the next run resumes from the
+    /// committed progress). Keep it below the orchestrator's grace period (docker-compose
+    /// stop_grace_period, Kubernetes terminationGracePeriodSeconds). A second signal exits
+    /// at once.
+    #[arg(long, env = "DISHFLOW_DRAIN_TIMEOUT", default_value_t = 25,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub drain_timeout: u64,
 }
 
 impl ClusterArgs {

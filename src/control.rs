@@ -139,15 +139,25 @@ impl Control {
         let _ = self.fatal.send(Err(error));
     }
 
-    /// Whether SIGTERM/SIGINT asked the job to finish.
+    /// Whether SIGTERM/SIGINT asked the job to finish (in this process, or in another
+    /// process of the cluster: see [`completion_barrier`]).
     pub fn shutdown_requested(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
     }
+
+    /// Asks this process's sources to finish, as a signal would.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
 }
 
-/// Installs SIGTERM/SIGINT handlers: the first sets the returned flag (graceful finish),
-/// the second exits immediately with status 130.
-pub fn install_signal_handlers() -> anyhow::Result<Arc<AtomicBool>> {
+/// Installs SIGTERM/SIGINT handlers: the first sets the returned flag (graceful finish:
+/// the sources stop, the sinks write what was read, progress is committed), the second
+/// exits immediately with status 130. If the graceful finish takes longer than `drain`
+/// (Postgres unreachable, say), the process exits with status 1: nothing is lost, the next
+/// run resumes from the last committed progress and the sinks' ledgers skip what was
+/// already written.
+pub fn install_signal_handlers(drain: Duration) -> anyhow::Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::flag;
     let requested = Arc::new(AtomicBool::new(false));
@@ -155,6 +165,25 @@ pub fn install_signal_handlers() -> anyhow::Result<Arc<AtomicBool>> {
         flag::register_conditional_shutdown(signal, 130, Arc::clone(&requested))?;
         flag::register(signal, Arc::clone(&requested))?;
     }
+    let watched = Arc::clone(&requested);
+    std::thread::Builder::new()
+        .name("drain-deadline".into())
+        .spawn(move || {
+            while !watched.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            tracing::info!(
+                deadline_secs = drain.as_secs(),
+                "stopping: draining the sinks"
+            );
+            std::thread::sleep(drain);
+            tracing::error!(
+                "did not drain within {} s (see --drain-timeout); exiting: the next run \
+                 resumes from the last committed progress",
+                drain.as_secs()
+            );
+            std::process::exit(1);
+        })?;
     Ok(requested)
 }
 
@@ -208,10 +237,54 @@ impl Completion {
 
 /// Builds the completion dataflow (see the module docs). Call it after all sources of the
 /// worker have registered with `completion`. `poll` is how often to look for local completion.
-pub fn completion_barrier(scope: Scope<'_, Time>, completion: &Completion, poll: Duration) {
+///
+/// It also spreads a shutdown across the cluster: a worker whose process was asked to stop
+/// tells every worker, whose processes then stop too. A cluster drains as a whole (the
+/// horizon needs every worker's sources finished), so a SIGTERM to one process of a
+/// cluster stops the cluster cleanly.
+pub fn completion_barrier(
+    scope: Scope<'_, Time>,
+    completion: &Completion,
+    control: &Control,
+    poll: Duration,
+) {
     let peers = scope.peers();
     let index = scope.index();
     let local = completion.clone();
+    let asked = control.clone();
+    let stopping = completion.clone();
+    source(scope, "ShutdownAnnounce", move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let mut capability = Some(capability);
+        move |output| {
+            if capability.is_none() {
+                return;
+            }
+            if asked.shutdown_requested() {
+                if let Some(cap) = capability.take() {
+                    output.session(&cap).give_iterator(0..peers);
+                }
+            } else if stopping.all_sources_finished() {
+                capability = None; // the run ends without a shutdown to spread
+            } else {
+                activator.activate_after(poll);
+            }
+        }
+    })
+    .container::<Vec<usize>>()
+    .exchange(|worker| *worker as u64)
+    .sink(Pipeline, "ShutdownApply", {
+        let control = control.clone();
+        move |(input, _frontier)| {
+            input.for_each(|_, data| {
+                if !data.is_empty() && !control.shutdown_requested() {
+                    tracing::info!("another process of the cluster is stopping: stopping too");
+                    control.request_shutdown();
+                }
+                data.clear();
+            });
+        }
+    });
     let finals = source(scope, "CompletionAnnounce", move |capability, info| {
         let activator = scope.activator_for(info.address);
         let mut capability = Some(capability);

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,16 +30,6 @@ impl Drop for Broker {
             libc::kill(-group, libc::SIGTERM);
         }
         let _ = self.0.wait();
-    }
-}
-
-/// A port p with p and p + 1 free (the broker behind the TLS port takes p + 1).
-fn two_free_ports() -> u16 {
-    loop {
-        let port = free_port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
     }
 }
 

@@ -649,3 +649,95 @@ fn metrics_count_what_a_running_job_read_dead_lettered_and_wrote() {
     assert_eq!(feedback_rows(&db).len(), 12);
     terminate(job);
 }
+
+/// The two processes of an unbounded promos cluster on `db`/`prefix`, plus `extra` flags;
+/// process 0 serves its metrics on the returned port.
+fn spawn_cluster(db: &str, prefix: &str, extra: &[&str]) -> (Child, Child, u16) {
+    let port = two_free_ports();
+    let hostfile = std::env::temp_dir().join(format!("{prefix}.hosts"));
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
+    )
+    .expect("hostfile");
+    let hostfile = hostfile.to_string_lossy().to_string();
+    let metrics = free_port();
+    let process = |i: usize| {
+        let mut args: Vec<String> = [
+            "--processes",
+            "2",
+            "--process",
+            &i.to_string(),
+            "--hostfile",
+            &hostfile,
+        ]
+        .map(String::from)
+        .to_vec();
+        if i == 0 {
+            args.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{metrics}")]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn_promos(db, prefix, &args)
+    };
+    let (first, second) = (process(0), process(1));
+    wait_until(WAIT, "the cluster to be ready", || {
+        (http_get(metrics, "/readyz")?.0 == 200).then_some(())
+    });
+    (first, second, metrics)
+}
+
+/// A SIGTERM to one process of a cluster stops both cleanly (exit 0, everything written);
+/// a killed process makes its peer exit non-zero at once (so that a supervisor restarts the
+/// cluster) instead of hanging; a drain that cannot finish ends at --drain-timeout.
+#[test]
+fn one_process_stopping_or_dying_ends_the_whole_cluster_promptly() {
+    let (db, prefix) = live_fixture("cluster_stop");
+    subscribe(&db, "a", R);
+    let now = now_secs();
+    produce_values(
+        &format!("{prefix}.in"),
+        2,
+        &[&campaign_json("C", R, now - 10, now + 600)],
+    );
+    let out = format!("{prefix}.out");
+
+    let (first, second, _) = spawn_cluster(&db, &prefix, &[]);
+    wait_for_history(&out, "C:a", &[true]);
+    signal(&second, "TERM");
+    for child in [second, first] {
+        assert_success(&wait(child, WAIT));
+    }
+    assert_eq!(feedback_rows(&db).len(), 1);
+
+    let (first, second, _) = spawn_cluster(&db, &prefix, &[]);
+    signal(&second, "KILL");
+    let out0 = wait(first, WAIT);
+    assert_eq!(out0.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out0.stderr);
+    assert!(
+        stderr.contains("restart every process of the cluster"),
+        "{stderr}"
+    );
+    let _ = wait(second, WAIT);
+
+    // A frozen peer: process 0 cannot agree on the end of the run with it.
+    let (first, second, _) = spawn_cluster(&db, &prefix, &["--drain-timeout", "2"]);
+    signal(&second, "STOP");
+    let stopped = std::time::Instant::now();
+    signal(&first, "TERM");
+    let out0 = wait(first, WAIT);
+    assert_eq!(out0.status.code(), Some(1));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out0.stderr);
+    assert!(stderr.contains("did not drain within 2 s"), "{stderr}");
+    signal(&second, "KILL");
+    let _ = wait(second, WAIT);
+    // Nothing was written twice by all this.
+    assert_eq!(shapes(&out).remove("C:a"), Some(vec![true]));
+    assert_eq!(feedback_rows(&db).len(), 1);
+}

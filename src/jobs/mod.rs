@@ -32,7 +32,18 @@ where
     })
     .map_err(|e| anyhow!("cannot start the timely cluster: {e}"))?;
     std::thread::spawn(move || {
-        let failures: Vec<String> = guards.join().into_iter().filter_map(|r| r.err()).collect();
+        // A lost peer process makes timely's communication threads panic, and joining the
+        // guards re-raises that panic: catch it, so the process reports and exits (and its
+        // supervisor restarts the cluster) instead of waiting forever.
+        let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()));
+        let failures: Vec<String> = match joined {
+            Ok(results) => results.into_iter().filter_map(|r| r.err()).collect(),
+            Err(_) => vec![
+                "the cluster's communication failed (a peer process is gone?); restart every \
+                 process of the cluster"
+                    .to_string(),
+            ],
+        };
         // The sinks' writer threads flush once their operators are gone.
         threads.join_threads();
         let outcome = if failures.is_empty() {

@@ -64,7 +64,7 @@ fn outbox_for<'t>(
 
 /// Runs the orders job until its input ends (`--stop-at-end`) or a signal asks it to stop.
 pub fn run(args: OrdersArgs) -> Result<()> {
-    let shutdown = install_signal_handlers()?;
+    let shutdown = install_signal_handlers(Duration::from_secs(args.ops.drain_timeout))?;
     let config = cluster::timely_config(&args.cluster)?;
     crate::metrics::start(JOB, &args.ops, usize::from(args.cluster.workers))?;
     pg::setup_orders(&args.postgres_url)?;
@@ -285,7 +285,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 ));
             }
             progress::track(positions, out.retention, written, progress_config.clone());
-            completion_barrier(scope, &completion, tick);
+            completion_barrier(scope, &completion, &control, tick);
         });
     })?;
     let ignored = ignored_total.load(Ordering::Relaxed);

@@ -43,7 +43,7 @@ fn outbox_writer(worker: usize, peers: usize, lane: usize) -> usize {
 
 /// Runs the promos job until its input ends (`--stop-at-end`) or a signal asks it to stop.
 pub fn run(args: PromosArgs) -> Result<()> {
-    let shutdown = install_signal_handlers()?;
+    let shutdown = install_signal_handlers(Duration::from_secs(args.ops.drain_timeout))?;
     let config = cluster::timely_config(&args.cluster)?;
     crate::metrics::start(JOB, &args.ops, usize::from(args.cluster.workers))?;
     pg::setup_promos(&args.postgres_url)?;
@@ -184,7 +184,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 vec![dead_letters_written, drafts_written],
                 progress_config.clone(),
             );
-            completion_barrier(scope, &completion, tick);
+            completion_barrier(scope, &completion, &control, tick);
         });
     })?;
     report.finish();

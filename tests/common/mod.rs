@@ -494,3 +494,22 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .map(|(_, value)| value)
         .sum()
 }
+
+/// A port p with p and p + 1 free (two processes of a cluster, a broker behind a proxy).
+pub fn two_free_ports() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL", "STOP") to `child`.
+pub fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal}");
+}
