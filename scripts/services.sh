@@ -134,8 +134,9 @@ if [ "${1:-}" = kafka-tls ]; then
   trap 'kill $broker 2>/dev/null' EXIT
   wait_port "$((port + 1))" "Tansu (TLS test)" 30
   log "Kafka over TLS on 127.0.0.1:$port"
+  # Refused handshakes (the tests try a wrong CA on purpose) go to the log, not the terminal.
   socat "OPENSSL-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,cert=$pem,verify=0" \
-    "TCP:127.0.0.1:$((port + 1))"
+    "TCP:127.0.0.1:$((port + 1))" 2>>"$TOOLS/log/socat-tls-$port.log"
   exit 0
 fi
 
