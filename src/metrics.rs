@@ -38,7 +38,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -161,6 +161,8 @@ pub struct SourceMetrics {
     records: Counter,
     snapshot: Counter,
     pending: Gauge,
+    /// The process's count of loading sources (`Metrics::loading`).
+    all_pending: Gauge,
     loading: bool,
 }
 
@@ -177,7 +179,7 @@ impl SourceMetrics {
     pub fn loaded(&mut self) {
         if std::mem::take(&mut self.loading) {
             self.pending.dec();
-            metrics().loading.fetch_sub(1, Ordering::Relaxed);
+            self.all_pending.dec();
         }
     }
 }
@@ -234,7 +236,7 @@ pub struct Metrics {
     sinks: Mutex<std::collections::BTreeMap<String, Counter>>,
     dead_letters_total: Counter,
     /// Source instances still loading a snapshot (sum of `snapshot_pending`).
-    loading: AtomicI64,
+    loading: Gauge,
     /// Milliseconds since `epoch` of each worker's last source activation.
     beats: RwLock<HashMap<usize, AtomicU64>>,
     /// Workers this process runs (0 until a job says).
@@ -244,33 +246,39 @@ pub struct Metrics {
     epoch: Instant,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
-    kafka_records: Family::default(),
-    kafka_bytes: Family::default(),
-    kafka_position: Family::default(),
-    kafka_end: Family::default(),
-    kafka_lag: Family::default(),
-    source_records: Family::default(),
-    snapshot_records: Family::default(),
-    snapshot_pending: Family::default(),
-    dead_letters: Family::default(),
-    sink_updates: Family::default(),
-    sink_seconds: Family::new_with_constructor(sink_histogram),
-    delivered: Family::default(),
-    arrangement_updates: Family::default(),
-    arrangement_batches: Family::default(),
-    frontier_lag: FloatGauge::default(),
-    idle: Family::default(),
-    ready: Gauge::default(),
-    partitions: Mutex::default(),
-    sinks: Mutex::default(),
-    dead_letters_total: Counter::default(),
-    loading: AtomicI64::new(0),
-    beats: RwLock::default(),
-    workers: AtomicU64::new(0),
-    frontier: AtomicU64::new(0),
-    epoch: Instant::now(),
-});
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        Metrics {
+            kafka_records: Family::default(),
+            kafka_bytes: Family::default(),
+            kafka_position: Family::default(),
+            kafka_end: Family::default(),
+            kafka_lag: Family::default(),
+            source_records: Family::default(),
+            snapshot_records: Family::default(),
+            snapshot_pending: Family::default(),
+            dead_letters: Family::default(),
+            sink_updates: Family::default(),
+            sink_seconds: Family::new_with_constructor(sink_histogram),
+            delivered: Family::default(),
+            arrangement_updates: Family::default(),
+            arrangement_batches: Family::default(),
+            frontier_lag: FloatGauge::default(),
+            idle: Family::default(),
+            ready: Gauge::default(),
+            partitions: Mutex::default(),
+            sinks: Mutex::default(),
+            dead_letters_total: Counter::default(),
+            loading: Gauge::default(),
+            beats: RwLock::default(),
+            workers: AtomicU64::new(0),
+            frontier: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
 
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
@@ -326,8 +334,9 @@ impl Metrics {
         };
         let pending = self.snapshot_pending.get_or_create_owned(&labels);
         pending.inc();
-        self.loading.fetch_add(1, Ordering::Relaxed);
+        self.loading.inc();
         SourceMetrics {
+            all_pending: self.loading.clone(),
             records: self.source_records.get_or_create_owned(&labels),
             snapshot: self.snapshot_records.get_or_create_owned(&labels),
             pending,
@@ -438,7 +447,7 @@ impl Metrics {
         if expected == 0 || started < expected {
             return Some(format!("{started} of {expected} workers started"));
         }
-        let loading = self.loading.load(Ordering::Relaxed);
+        let loading = self.loading.get();
         if loading > 0 {
             return Some(format!("{loading} source(s) loading their snapshot"));
         }
@@ -851,6 +860,50 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn readiness_waits_for_workers_snapshots_and_lag_and_health_for_heartbeats() {
+        let m = Metrics::new();
+        assert!(m.unready(10).is_some_and(|r| r.contains("0 of 0 workers")));
+        m.expect_workers(2);
+        m.beat(0);
+        assert_eq!(m.unready(10).as_deref(), Some("1 of 2 workers started"));
+        m.beat(1);
+        let mut source = m.source("Subscribers");
+        assert_eq!(
+            m.unready(10).as_deref(),
+            Some("1 source(s) loading their snapshot")
+        );
+        source.emitted(5, true);
+        source.loaded();
+        source.loaded(); // idempotent
+        let partition = m.partition("promos", 3);
+        partition.starts(0, 100);
+        assert_eq!(
+            m.unready(10).as_deref(),
+            Some("consumer lag above 10: promos/3 100")
+        );
+        partition.position(95);
+        assert_eq!(m.unready(10), None);
+        assert_eq!(m.unhealthy(), None);
+        assert!(m.render("t", 10).contains("dishflow_ready{job=\"t\"} 1"));
+        // A worker that has not run for longer than HEARTBEAT_STALE.
+        m.beats
+            .write()
+            .expect("lock")
+            .get(&1)
+            .expect("worker 1")
+            .store(0, Ordering::Relaxed);
+        let m = Metrics {
+            epoch: Instant::now() - HEARTBEAT_STALE * 2,
+            ..m
+        };
+        m.beat(0);
+        let reason = m.unhealthy().expect("worker 1 is stale");
+        assert!(reason.starts_with("worker 1 idle for 12"), "{reason}");
+        assert!(m.unready(10).is_some());
+        drop(source);
     }
 
     #[test]

@@ -600,3 +600,59 @@ fn secrets_never_reach_logs_errors_or_help() {
         }
     }
 }
+
+/// On a terminal a bounded run draws a progress bar per input topic; without one it does
+/// not; either way it ends with one summary line.
+#[test]
+fn a_bounded_run_shows_progress_bars_on_a_terminal_and_ends_with_a_summary() {
+    let db = database("progress");
+    subscribers_table(&db);
+    let prefix = unique("progress");
+    let input = format!("{prefix}.in");
+    assert_success(&dishflow(
+        &[
+            "produce",
+            "promos",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &input,
+            "--count",
+            "50000",
+            "--partitions",
+            "2",
+        ],
+        MINUTE,
+    ));
+    let summary = "promos finished: 50000 records read (0 dead-lettered)";
+    let mut args = promos_args(&db, &prefix);
+    args.push("--stop-at-end".into());
+    // `script` runs the job on a pseudo-terminal (the arguments hold no spaces or quotes).
+    let command = format!("{} {}", env!("CARGO_BIN_EXE_dishflow"), args.join(" "));
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("script (util-linux) runs the job on a terminal");
+    assert!(out.status.success(), "{out:?}");
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(terminal.contains(summary), "{terminal}");
+    assert!(
+        terminal.contains(&format!("{input} [")) && terminal.contains("offsets"),
+        "no progress bar: {terminal}"
+    );
+
+    let db = database("progress_plain");
+    subscribers_table(&db);
+    let mut args = promos_args_from(&db, &input, &unique("progress_plain"));
+    args.push("--stop-at-end".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = dishflow(&argv, MINUTE);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(summary), "{stderr}");
+    assert!(
+        !stderr.contains("offsets"),
+        "a bar without a terminal: {stderr}"
+    );
+}
