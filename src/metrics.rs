@@ -123,11 +123,11 @@ pub struct PartitionMetrics {
 }
 
 impl PartitionMetrics {
-    /// A record of `bytes` bytes was read at `offset`.
-    pub fn read(&self, offset: i64, bytes: usize) {
+    /// A record of `bytes` bytes was read (the reader reports its position once per batch,
+    /// with [`PartitionMetrics::position`]).
+    pub fn read(&self, bytes: usize) {
         self.records.inc();
         self.bytes.inc_by(bytes as u64);
-        self.position.set(offset + 1);
     }
 
     /// This run reads from `start`; at startup the partition ended at `target`.
@@ -374,13 +374,12 @@ impl Metrics {
             .inc();
     }
 
-    /// The brokers acknowledged a message to `topic`.
-    pub fn delivered(&self, topic: &str) {
-        self.delivered
-            .get_or_create(&TopicLabels {
-                topic: topic.to_string(),
-            })
-            .inc();
+    /// The counter of messages the brokers acknowledged to `topic` (a producer keeps one
+    /// per topic: no lookup per message).
+    pub fn delivered(&self, topic: &str) -> Counter {
+        self.delivered.get_or_create_owned(&TopicLabels {
+            topic: topic.to_string(),
+        })
     }
 
     /// The process runs `workers` worker threads (health expects a heartbeat from each).
@@ -813,7 +812,7 @@ mod tests {
         p.end(100);
         p.position(40);
         assert_eq!(p.lag.get(), 60);
-        p.read(99, 10);
+        p.read(10);
         assert_eq!(p.lag.get(), 60, "read() alone does not move the lag");
         p.position(100);
         assert_eq!(p.lag.get(), 0);

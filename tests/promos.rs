@@ -387,31 +387,13 @@ fn two_workers_and_two_processes_give_the_same_output_as_one() {
     let db3 = database("scale3");
     copy_subscribers(&db1, &db3);
     let out3 = unique("scale_procs");
-    let hostfile = std::env::temp_dir().join(format!("{out3}.hosts"));
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
-    )
-    .expect("hostfile");
     let args = promos_args_from(&db3, &format!("{input}.in"), &out3);
-    let hostfile = hostfile.to_string_lossy().to_string();
-    let children: Vec<_> = (0..2)
-        .map(|i| {
+    let children: Vec<_> = two_process_cluster(&out3)
+        .into_iter()
+        .map(|cluster| {
             let mut argv: Vec<String> = args.clone();
-            argv.extend(
-                [
-                    "--stop-at-end",
-                    "--processes",
-                    "2",
-                    "--process",
-                    &i.to_string(),
-                    "--hostfile",
-                    &hostfile,
-                ]
-                .iter()
-                .map(|s| s.to_string()),
-            );
+            argv.push("--stop-at-end".to_string());
+            argv.extend(cluster);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             spawn(&argv)
         })

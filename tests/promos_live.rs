@@ -653,34 +653,17 @@ fn metrics_count_what_a_running_job_read_dead_lettered_and_wrote() {
 /// The two processes of an unbounded promos cluster on `db`/`prefix`, plus `extra` flags;
 /// process 0 serves its metrics on the returned port.
 fn spawn_cluster(db: &str, prefix: &str, extra: &[&str]) -> (Child, Child, u16) {
-    let port = two_free_ports();
-    let hostfile = std::env::temp_dir().join(format!("{prefix}.hosts"));
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
-    )
-    .expect("hostfile");
-    let hostfile = hostfile.to_string_lossy().to_string();
     let metrics = free_port();
-    let process = |i: usize| {
-        let mut args: Vec<String> = [
-            "--processes",
-            "2",
-            "--process",
-            &i.to_string(),
-            "--hostfile",
-            &hostfile,
-        ]
-        .map(String::from)
-        .to_vec();
-        if i == 0 {
+    let [zero, one] = two_process_cluster(prefix);
+    let process = |mut args: Vec<String>, serves_metrics: bool| {
+        if serves_metrics {
             args.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{metrics}")]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         spawn_promos(db, prefix, &args)
     };
-    let (first, second) = (process(0), process(1));
+    let (first, second) = (process(zero, true), process(one, false));
     wait_until(WAIT, "the cluster to be ready", || {
         (http_get(metrics, "/readyz")?.0 == 200).then_some(())
     });

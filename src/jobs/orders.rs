@@ -89,6 +89,9 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     )?;
     let plan = &run.plan;
     info!(
+        postgres = %crate::redact::url(&args.postgres_url),
+        redis = %crate::redact::url(&args.redis_url),
+        brokers = %args.kafka.brokers,
         order_topic = %args.order_topic,
         partitions = run.partitions.len(),
         bounded = args.stop_at_end,

@@ -66,6 +66,8 @@ pub fn run(args: PromosArgs) -> Result<()> {
     )?;
     let plan = &run.plan;
     info!(
+        postgres = %crate::redact::url(&args.postgres_url),
+        brokers = %args.kafka.brokers,
         promo_topic = %args.promo_topic,
         partitions = run.partitions.len(),
         notification_topic = %args.notification_topic,

@@ -58,6 +58,8 @@ struct DeliveryLog {
     first_error: Option<String>,
     next_offsets: HashMap<(String, i32), i64>,
     pending: usize,
+    /// Per topic, the metrics counter of acknowledged messages.
+    delivered: HashMap<String, prometheus_client::metrics::counter::Counter>,
 }
 
 /// librdkafka callbacks of a producer: records delivery reports (first failure, offsets
@@ -80,7 +82,14 @@ impl ProducerContext for Deliveries {
         let mut log = self.log();
         match result {
             Ok(message) => {
-                crate::metrics::metrics().delivered(message.topic());
+                let topic = message.topic();
+                if !log.delivered.contains_key(topic) {
+                    let counter = crate::metrics::metrics().delivered(topic);
+                    log.delivered.insert(topic.to_string(), counter);
+                }
+                if let Some(counter) = log.delivered.get(topic) {
+                    counter.inc();
+                }
                 let next = message.offset() + 1;
                 let slot = log
                     .next_offsets
@@ -214,6 +223,7 @@ impl Producer {
             first_error: log.first_error.take(),
             next_offsets: std::mem::take(&mut log.next_offsets),
             pending: 0,
+            delivered: HashMap::new(),
         })
     }
 }

@@ -173,7 +173,7 @@ fn observe_message(
     if let Some(state) = states.get_mut(&partition) {
         state.next = offset + 1;
         state.at_eof = false;
-        state.metrics.read(offset, bytes);
+        state.metrics.read(bytes);
     }
 }
 

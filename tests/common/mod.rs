@@ -513,3 +513,28 @@ pub fn signal(child: &Child, signal: &str) {
         .expect("kill");
     assert!(status.success(), "kill -{signal}");
 }
+
+/// The flags of the two processes of a cluster named `name` (`--processes 2 --process i
+/// --hostfile F`), with a fresh hostfile on two free loopback ports.
+pub fn two_process_cluster(name: &str) -> [Vec<String>; 2] {
+    let port = two_free_ports();
+    let hostfile = std::env::temp_dir().join(format!("{name}.hosts"));
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
+    )
+    .expect("hostfile");
+    let hostfile = hostfile.to_string_lossy().to_string();
+    [0, 1].map(|i: usize| {
+        [
+            "--processes",
+            "2",
+            "--process",
+            &i.to_string(),
+            "--hostfile",
+            &hostfile,
+        ]
+        .map(String::from)
+        .to_vec()
+    })
+}
