@@ -28,6 +28,8 @@ pub enum Reject {
     OutOfRange(&'static str),
     /// A value is impossible (a negative amount, a zero quantity, a malformed datetime).
     Invalid(&'static str),
+    /// A string holds a NUL character (`\u0000`), which no Postgres text column can store.
+    NulCharacter(&'static str),
     /// `adv_campaign_datetime_end <= adv_campaign_datetime_start`: the campaign is never valid.
     EndNotAfterStart,
 }
@@ -46,6 +48,7 @@ impl Reject {
             Reject::WrongType(f) => format!("wrong_type:{f}"),
             Reject::OutOfRange(f) => format!("out_of_range:{f}"),
             Reject::Invalid(f) => format!("invalid:{f}"),
+            Reject::NulCharacter(f) => format!("invalid:nul_character:{f}"),
             Reject::EndNotAfterStart => "end_not_after_start".into(),
         }
     }
@@ -77,12 +80,22 @@ pub fn field<'v>(
     }
 }
 
-/// A required string field.
+/// A required string field. Every string a job decodes ends up in a Postgres text column,
+/// which cannot hold a NUL character: such a string is rejected here, not by the sink.
 pub fn string(obj: &Map<String, Value>, key: &str, name: &'static str) -> Result<String, Reject> {
-    field(obj, key, name)?
+    let text = field(obj, key, name)?
         .as_str()
-        .map(str::to_owned)
-        .ok_or(Reject::WrongType(name))
+        .ok_or(Reject::WrongType(name))?;
+    storable(text, name)?;
+    Ok(text.to_owned())
+}
+
+/// Checks that `text` can be stored in a Postgres text column (no NUL character).
+pub fn storable(text: &str, name: &'static str) -> Result<(), Reject> {
+    if text.contains('\0') {
+        return Err(Reject::NulCharacter(name));
+    }
+    Ok(())
 }
 
 /// A required integer field.
@@ -124,8 +137,21 @@ pub fn datetime(
     name: &'static str,
 ) -> Result<NaiveDateTime, Reject> {
     let text = string(obj, key, name)?;
-    NaiveDateTime::parse_from_str(&text, DATETIME).map_err(|_| Reject::Invalid(name))
+    let parsed =
+        NaiveDateTime::parse_from_str(&text, DATETIME).map_err(|_| Reject::Invalid(name))?;
+    if parsed < *EARLIEST_TIMESTAMP {
+        return Err(Reject::OutOfRange(name));
+    }
+    Ok(parsed)
 }
+
+/// The earliest value of a Postgres `timestamp`: 4713-11-24 BC (proleptic year −4712).
+/// The latest (294276 AD) is beyond what chrono parses, so only this bound is checked.
+static EARLIEST_TIMESTAMP: std::sync::LazyLock<NaiveDateTime> = std::sync::LazyLock::new(|| {
+    chrono::NaiveDate::from_ymd_opt(-4712, 11, 24)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .unwrap_or(NaiveDateTime::MIN)
+});
 
 #[cfg(test)]
 mod tests {
@@ -148,5 +174,27 @@ mod tests {
         assert_eq!(object(Some(b"[1]")), Err(Reject::NotObject));
         assert_eq!(object(Some(b"\xff")), Err(Reject::NotUtf8));
         assert_eq!(object(None), Err(Reject::Tombstone));
+    }
+
+    #[test]
+    fn values_postgres_cannot_store_are_rejected() {
+        let obj = object(Some(
+            br#"{"s": "bad\u0000name", "ok": "caf\u00e9", "old": "-4713-01-01 00:00:00",
+                 "first": "-4712-11-24 00:00:00", "late": "+200000-01-01 00:00:00"}"#,
+        ))
+        .unwrap_or_default();
+        let nul = string(&obj, "s", "menu.name");
+        assert_eq!(nul, Err(Reject::NulCharacter("menu.name")));
+        assert_eq!(
+            nul.map_err(|r| r.code()),
+            Err("invalid:nul_character:menu.name".to_string())
+        );
+        assert_eq!(string(&obj, "ok", "ok"), Ok("café".to_string()));
+        assert_eq!(datetime(&obj, "old", "d"), Err(Reject::OutOfRange("d")));
+        assert!(datetime(&obj, "first", "d").is_ok());
+        assert!(
+            datetime(&obj, "late", "d").is_ok(),
+            "within Postgres's range"
+        );
     }
 }

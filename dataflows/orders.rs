@@ -340,6 +340,7 @@ pub enum Dictionary {
 
 /// Decodes the value of Redis key `key`: with a `menu`, a restaurant; with a `login`, a user.
 pub fn parse_dictionary(key: &str, value: &[u8]) -> Result<Dictionary, Reject> {
+    crate::decode::storable(key, "key")?;
     let obj = object(Some(value))?;
     if obj.contains_key("menu") {
         let menu = field(&obj, "menu", "menu")?
@@ -1027,6 +1028,20 @@ mod tests {
                 with(r#""final_status": "CLOSED""#, r#""final_status": null"#),
                 "null_field:payload.final_status",
             ),
+            (
+                with(
+                    r#""final_status": "CLOSED""#,
+                    r#""final_status": "CLO\u0000SED""#,
+                ),
+                "invalid:nul_character:payload.final_status",
+            ),
+            (
+                with(
+                    "\"date\": \"2022-11-19 16:06:36\"",
+                    r#""date": "-5000-01-01 00:00:00""#,
+                ),
+                "out_of_range:payload.date",
+            ),
         ];
         for (value, reason) in cases {
             let got = parse_order(Some(value.as_bytes())).map(|_| ());
@@ -1049,6 +1064,16 @@ mod tests {
         let u = br#"{"_id": "u1", "name": "Olga", "login": "olga", "update_ts_utc": "x"}"#;
         assert_eq!(parse_dictionary("u1", u), Ok(user("Olga")));
         assert!(parse_dictionary("x", br#"{"name": "?"}"#).is_err());
+        let nul = br#"{"name": "Coffee", "menu": [{"_id": "p1", "name": "bad\u0000name",
+                      "category": "Bakery"}]}"#;
+        assert_eq!(
+            parse_dictionary("r1", nul).map_err(|r| r.code()),
+            Err("invalid:nul_character:menu.name".to_string())
+        );
+        assert_eq!(
+            parse_dictionary("u\0", u).map_err(|r| r.code()),
+            Err("invalid:nul_character:key".to_string())
+        );
     }
 
     #[test]

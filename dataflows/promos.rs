@@ -762,6 +762,16 @@ mod tests {
                 ),
                 "out_of_range:adv_campaign_datetime_start",
             ),
+            (
+                Some(
+                    with(
+                        r#""adv_campaign_content":"x""#,
+                        r#""adv_campaign_content":"x\u0000y""#,
+                    )
+                    .into_bytes(),
+                ),
+                "invalid:nul_character:adv_campaign_content",
+            ),
         ];
         for (value, expected) in cases {
             let got = parse_campaign(value.as_deref()).map_err(|r| r.code());
