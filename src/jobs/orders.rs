@@ -30,8 +30,10 @@ use tracing::info;
 use crate::cli::OrdersArgs;
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
 use crate::progress::{self, RunStart};
+use crate::sinks::isolate::Refusals;
 use crate::sinks::kafka::{DeadLetterEncoder, KafkaWriter};
 use crate::sinks::outbox::{Outbox, recover_retired};
+use crate::sinks::rejects::{Rejects, ledger_job};
 use crate::sinks::sink;
 use crate::sinks::tables::{
     CounterBatch, PublishedBatch, StgBatch, TableWriter, VaultBatch, existing_counters,
@@ -84,7 +86,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     recover_retired(
         &args.kafka,
         &args.postgres_url,
-        &[STG_PUBLISHER, DDS_PUBLISHER],
+        &[STG_PUBLISHER, DDS_PUBLISHER, &ledger_job(JOB)],
         args.cluster.peers(),
     )?;
     let plan = &run.plan;
@@ -164,13 +166,23 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                     "cdm sink",
                 )?,
                 published,
+                Rejects::new(&args.kafka, url, JOB, index, &args.dead_letter_topic)?,
             ))
         })();
-        let (dead_letter_writer, stg_writer, vault_writer, counter_writer, published_writer) =
-            match writers {
-                Ok(writers) => writers,
-                Err(error) => return control.fail(error),
-            };
+        let (
+            dead_letter_writer,
+            stg_writer,
+            vault_writer,
+            counter_writer,
+            published_writer,
+            rejects,
+        ) = match writers {
+            Ok(writers) => writers,
+            Err(error) => return control.fail(error),
+        };
+        let refusals = Refusals {
+            rejects: rejects.clone(),
+        };
         let completion = Completion::default();
         let replay_until = replay_until.clone();
         let ignored = ignored.clone();
@@ -185,7 +197,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
             let (raw, positions) = progress::tap_positions(raw);
             let entries = dictionaries(
                 scope,
-                redis_config.clone(),
+                (redis_config.clone(), Some(rejects.clone())),
                 t0,
                 tick,
                 control.clone(),
@@ -243,6 +255,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                     "DeadLetterSink",
                     vec![dead_letter_writer],
                     None,
+                    None,
                     control.clone(),
                     completion.clone(),
                 ),
@@ -251,6 +264,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                     "StgSink",
                     vec![stg_writer],
                     Some(orders::OrderEvent::route),
+                    Some(refusals.clone()),
                     control.clone(),
                     completion.clone(),
                 ),
@@ -259,6 +273,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                     "DdsSink",
                     vec![vault_writer],
                     Some(orders::VaultRow::route),
+                    Some(refusals.clone()),
                     control.clone(),
                     completion.clone(),
                 ),
@@ -268,6 +283,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                     vec![counter_writer],
                     // A user's counters in one batch: one message per user and batch.
                     Some(orders::Counter::route),
+                    Some(refusals.clone()),
                     control.clone(),
                     completion.clone(),
                 ),
@@ -283,6 +299,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                     "StgTopicSink",
                     vec![writer],
                     Some(orders::EnrichedOrder::route),
+                    Some(refusals.clone()),
                     control.clone(),
                     completion.clone(),
                 ));

@@ -24,9 +24,11 @@ use tracing::info;
 use crate::cli::{Envelope, PromosArgs};
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
 use crate::progress::{self, RunStart};
+use crate::sinks::isolate::Refusals;
 use crate::sinks::kafka::{DeadLetterEncoder, DraftEncoder, KafkaWriter};
 use crate::sinks::outbox::{Outbox, recover_retired};
 use crate::sinks::postgres::FeedbackWriter;
+use crate::sinks::rejects::{Rejects, ledger_job};
 use crate::sinks::sink;
 use crate::sources::kafka::kafka_source;
 use crate::sources::postgres::{SubscribersConfig, subscribers};
@@ -63,6 +65,12 @@ pub fn run(args: PromosArgs) -> Result<()> {
         &args.postgres_url,
         &[JOB],
         args.cluster.peers() * connections,
+    )?;
+    recover_retired(
+        &args.kafka,
+        &args.postgres_url,
+        &[&ledger_job(JOB)],
+        args.cluster.peers(),
     )?;
     let plan = &run.plan;
     info!(
@@ -126,9 +134,18 @@ pub fn run(args: PromosArgs) -> Result<()> {
                     &args.dead_letter_topic,
                     DeadLetterEncoder::new(&args.promo_topic),
                 )?,
+                Refusals {
+                    rejects: Rejects::new(
+                        &args.kafka,
+                        &args.postgres_url,
+                        JOB,
+                        worker.index(),
+                        &args.dead_letter_topic,
+                    )?,
+                },
             ))
         })();
-        let (drafts_writers, dead_letter_writer) = match writers {
+        let (drafts_writers, dead_letter_writer, refusals) = match writers {
             Ok(writers) => writers,
             Err(error) => return control.fail(error),
         };
@@ -169,6 +186,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 "DeadLetterSink",
                 vec![dead_letter_writer],
                 None,
+                None,
                 control.clone(),
                 completion.clone(),
             );
@@ -177,6 +195,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 "DraftsSink",
                 drafts_writers,
                 Some(promos::Draft::route),
+                Some(refusals),
                 control.clone(),
                 completion.clone(),
             );

@@ -42,7 +42,7 @@ pub struct KafkaMessage {
     /// Message value; `None` is a tombstone.
     pub value: Option<Vec<u8>>,
     /// Headers, as (name, value).
-    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Turns an update into the message to write, if any.
@@ -147,7 +147,10 @@ impl Producer {
     /// message's headers and then `extra` headers.
     pub fn send(&self, topic: &str, message: &KafkaMessage, extra: &[(&str, &[u8])]) -> Result<()> {
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + extra.len());
-        let fixed = message.headers.iter().map(|(k, v)| (*k, v.as_slice()));
+        let fixed = message
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()));
         for (key, value) in fixed.chain(extra.iter().copied()) {
             headers = headers.insert(Header {
                 key,
@@ -273,6 +276,11 @@ impl<D, E: Encoder<D>> SinkWriter<D> for KafkaWriter<E> {
     }
 }
 
+/// A message header `name` with `value`'s text.
+pub fn header(name: &str, value: impl std::fmt::Display) -> (String, Vec<u8>) {
+    (name.to_string(), value.to_string().into_bytes())
+}
+
 /// Notification drafts: the SPEC's JSON, key `<campaign>:<client>`; retractions are dropped
 /// (`append`) or written as tombstones (`upsert`).
 pub struct DraftEncoder {
@@ -346,19 +354,10 @@ impl Encoder<DeadLetter> for DeadLetterEncoder {
             key: dead.record.key.clone(),
             value: dead.record.value.clone(),
             headers: vec![
-                ("dishflow.error.reason", dead.reason.clone().into_bytes()),
-                (
-                    "dishflow.source.topic",
-                    self.source_topic.clone().into_bytes(),
-                ),
-                (
-                    "dishflow.source.partition",
-                    dead.record.partition.to_string().into_bytes(),
-                ),
-                (
-                    "dishflow.source.offset",
-                    dead.record.offset.to_string().into_bytes(),
-                ),
+                header("dishflow.error.reason", &dead.reason),
+                header("dishflow.source.topic", &self.source_topic),
+                header("dishflow.source.partition", dead.record.partition),
+                header("dishflow.source.offset", dead.record.offset),
             ],
         }))
     }

@@ -36,9 +36,11 @@
 //! written its share. One Postgres connection is bound by one server process; the promos
 //! job's 2M-draft backlog took 45 s with one connection and 35 s with two.
 
+pub mod isolate;
 pub mod kafka;
 pub mod outbox;
 pub mod postgres;
+pub mod rejects;
 pub mod tables;
 
 use std::collections::BTreeMap;
@@ -55,6 +57,7 @@ use timely::dataflow::operators::{CapabilitySet, Operator};
 use timely::scheduling::SyncActivator;
 use tracing::info;
 
+use self::isolate::{Refusals, write_isolating};
 use crate::control::{Completion, Control};
 
 /// Writes complete, consolidated updates somewhere durable.
@@ -80,6 +83,10 @@ pub const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200
 /// A batch handed to the writer thread.
 type Batch<D> = Vec<(D, Time, Diff)>;
 
+/// How a writer thread isolates updates Postgres refuses: the sink's key, and where the
+/// refused updates go (none: a refusal stops the job).
+type Isolation<D> = (Option<fn(&D) -> u64>, Option<Refusals>);
+
 /// The operator's ends of a writer thread: batches to write, outcomes of the writes.
 type WriterThread<D> = (Sender<Batch<D>>, Receiver<Result<()>>);
 
@@ -90,11 +97,12 @@ type WriterThread<D> = (Sender<Batch<D>>, Receiver<Result<()>>);
 fn writer_thread<D, W>(
     name: &str,
     mut writer: W,
+    (key, refusals): Isolation<D>,
     wake: SyncActivator,
     control: &Control,
 ) -> Result<WriterThread<D>>
 where
-    D: Send + 'static,
+    D: Clone + serde::Serialize + Send + 'static,
     W: SinkWriter<D>,
 {
     let (batches, batch_rx) = channel::<Batch<D>>();
@@ -110,7 +118,20 @@ where
                 match batch_rx.recv_timeout(IDLE_FLUSH) {
                     Ok(batch) => {
                         let started = std::time::Instant::now();
-                        let outcome = writer.write(&batch);
+                        let outcome = match &refusals {
+                            Some(refusals) => {
+                                let mut dead = Vec::new();
+                                write_isolating(
+                                    &batch,
+                                    &|d: &D| key.map_or(0, |key| key(d)),
+                                    &mut |b| writer.write(b),
+                                    isolate::refused_data,
+                                    &mut dead,
+                                )
+                                .and_then(|()| refusals.dead_letter(&sink, &dead))
+                            }
+                            None => writer.write(&batch),
+                        };
                         if outcome.is_ok() {
                             metrics.written(batch.len(), started.elapsed());
                         }
@@ -297,7 +318,9 @@ impl<D> Lane<D> {
     }
 }
 
-/// Attaches `writers` to `collection` (see the module docs). With `key` (the writers'
+/// Attaches `writers` to `collection` (see the module docs). With `refusals`, updates that
+/// Postgres refuses for their data are dead-lettered there and the rest of their batch is
+/// written (see [`isolate`]); without, such an error stops the job. With `key` (the writers'
 /// identity of a row, hashed), a time with more than [`MAX_BATCH`] updates is written in
 /// several batches, split by key; with several writers (*lanes*, each on its own thread and
 /// connection), every key always goes to the same one, and they write in parallel. The
@@ -312,11 +335,12 @@ pub fn sink<'s, D, W>(
     name: &str,
     writers: Vec<W>,
     key: Option<fn(&D) -> u64>,
+    refusals: Option<Refusals>,
     control: Control,
     completion: Completion,
 ) -> Stream<'s, Time, Vec<()>>
 where
-    D: differential_dataflow::Data + Send,
+    D: differential_dataflow::Data + serde::Serialize + Send,
     W: SinkWriter<D>,
 {
     assert!(
@@ -344,7 +368,8 @@ where
                     } else {
                         format!("{name}-{i}")
                     };
-                    match writer_thread(&thread, writer, wake.clone(), &control) {
+                    let isolation = (key, refusals.clone());
+                    match writer_thread(&thread, writer, isolation, wake.clone(), &control) {
                         Ok((batches, done)) => lanes.push(Lane {
                             pending: BTreeMap::new(),
                             remainder: None,
@@ -542,6 +567,7 @@ mod tests {
                         "test",
                         writers,
                         Some(|r: &Rec| r.0),
+                        None,
                         control.clone(),
                         Completion::default(),
                     );

@@ -53,27 +53,54 @@ pub const CHUNK: usize = 10_000;
 const CHUNK_BITS: u32 = 14;
 const _: () = assert!(CHUNK < 1 << CHUNK_BITS);
 
-/// Marks a framed outbox row (older rows hold one message, unframed).
-const FRAME_MAGIC: &[u8] = b"dishflow-outbox-v2\n";
+/// Marks a framed outbox row whose messages carry headers (dead letters do).
+const FRAME_MAGIC: &[u8] = b"dishflow-outbox-v3\n";
+
+/// Marks a framed row of an earlier version: keys and values only.
+const FRAME_MAGIC_V2: &[u8] = b"dishflow-outbox-v2\n";
+
+/// Appends `bytes` as a u32 length (big-endian; `u32::MAX` = absent) and the bytes.
+fn put_part(payload: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(bytes) => {
+            payload.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            payload.extend_from_slice(bytes);
+        }
+        None => payload.extend_from_slice(&u32::MAX.to_be_bytes()),
+    }
+}
+
+/// Takes one part written by [`put_part`] off the front of `rest`.
+fn take_part(rest: &mut &[u8]) -> Option<Option<Vec<u8>>> {
+    let (len, tail) = rest.split_first_chunk::<4>()?;
+    let len = u32::from_be_bytes(*len);
+    if len == u32::MAX {
+        *rest = tail;
+        return Some(None);
+    }
+    let len = len as usize;
+    let bytes = tail.get(..len)?.to_vec();
+    *rest = &tail[len..];
+    Some(Some(bytes))
+}
 
 /// Frames messages into one blob: the magic, then, LZ4-compressed (size prepended), per
-/// message its key and value, each as a u32 length (big-endian; `u32::MAX` = absent) and
-/// the bytes. Draft JSON compresses several times over: less to send, write and log.
+/// message its key, its value and its headers (a count, then name and value of each), each
+/// part as a u32 length (big-endian; `u32::MAX` = absent) and the bytes. Draft JSON
+/// compresses several times over: less to send, write and log.
 fn frame(messages: &[KafkaMessage]) -> Vec<u8> {
     let size: usize = messages
         .iter()
-        .map(|m| 8 + m.key.as_ref().map_or(0, Vec::len) + m.value.as_ref().map_or(0, Vec::len))
+        .map(|m| 12 + m.key.as_ref().map_or(0, Vec::len) + m.value.as_ref().map_or(0, Vec::len))
         .sum();
     let mut payload = Vec::with_capacity(size);
     for m in messages {
-        for part in [&m.key, &m.value] {
-            match part {
-                Some(bytes) => {
-                    payload.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-                    payload.extend_from_slice(bytes);
-                }
-                None => payload.extend_from_slice(&u32::MAX.to_be_bytes()),
-            }
+        put_part(&mut payload, m.key.as_deref());
+        put_part(&mut payload, m.value.as_deref());
+        payload.extend_from_slice(&(m.headers.len() as u32).to_be_bytes());
+        for (name, value) in &m.headers {
+            put_part(&mut payload, Some(name.as_bytes()));
+            put_part(&mut payload, Some(value));
         }
     }
     let mut blob = FRAME_MAGIC.to_vec();
@@ -81,30 +108,32 @@ fn frame(messages: &[KafkaMessage]) -> Vec<u8> {
     blob
 }
 
-/// The messages of a framed blob; `None` if it is not one.
+/// The messages of a framed blob (this version's or the previous one's); `None` if it is
+/// not one.
 fn unframe(blob: &[u8]) -> Option<Vec<KafkaMessage>> {
-    let payload = lz4_flex::decompress_size_prepended(blob.strip_prefix(FRAME_MAGIC)?).ok()?;
-    let mut rest = payload.as_slice();
-    let part = |rest: &mut &[u8]| -> Option<Option<Vec<u8>>> {
-        let (len, tail) = rest.split_first_chunk::<4>()?;
-        let len = u32::from_be_bytes(*len);
-        if len == u32::MAX {
-            *rest = tail;
-            return Some(None);
-        }
-        let len = len as usize;
-        let bytes = tail.get(..len)?.to_vec();
-        *rest = &tail[len..];
-        Some(Some(bytes))
+    let (compressed, with_headers) = match blob.strip_prefix(FRAME_MAGIC) {
+        Some(rest) => (rest, true),
+        None => (blob.strip_prefix(FRAME_MAGIC_V2)?, false),
     };
+    let payload = lz4_flex::decompress_size_prepended(compressed).ok()?;
+    let mut rest = payload.as_slice();
     let mut messages = Vec::new();
     while !rest.is_empty() {
-        let key = part(&mut rest)?;
-        let value = part(&mut rest)?;
+        let key = take_part(&mut rest)?;
+        let value = take_part(&mut rest)?;
+        let mut headers = Vec::new();
+        if with_headers {
+            let (count, tail) = rest.split_first_chunk::<4>()?;
+            rest = tail;
+            for _ in 0..u32::from_be_bytes(*count) {
+                let name = String::from_utf8(take_part(&mut rest)??).ok()?;
+                headers.push((name, take_part(&mut rest)??));
+            }
+        }
         messages.push(KafkaMessage {
             key,
             value,
-            headers: Vec::new(),
+            headers,
         });
     }
     Some(messages)
@@ -459,14 +488,30 @@ mod tests {
             KafkaMessage {
                 key: None,
                 value: Some(Vec::new()),
-                headers: Vec::new(),
+                headers: vec![
+                    (
+                        "dishflow.error.reason".to_string(),
+                        b"sink_refused".to_vec(),
+                    ),
+                    ("empty".to_string(), Vec::new()),
+                ],
             },
         ];
         let back = unframe(&frame(&messages)).expect("framed");
-        let pairs = |m: &[KafkaMessage]| -> Vec<_> {
-            m.iter().map(|m| (m.key.clone(), m.value.clone())).collect()
+        let parts = |m: &[KafkaMessage]| -> Vec<_> {
+            m.iter()
+                .map(|m| (m.key.clone(), m.value.clone(), m.headers.clone()))
+                .collect()
         };
-        assert_eq!(pairs(&back), pairs(&messages));
+        assert_eq!(parts(&back), parts(&messages));
+        // A row framed by the previous version: keys and values, no headers.
+        let mut v2 = Vec::new();
+        put_part(&mut v2, Some(b"k"));
+        put_part(&mut v2, None);
+        let mut blob = FRAME_MAGIC_V2.to_vec();
+        blob.extend_from_slice(&lz4_flex::compress_prepend_size(&v2));
+        let old = unframe(&blob).expect("a v2 row");
+        assert_eq!(parts(&old), [(Some(b"k".to_vec()), None, Vec::new())]);
         assert!(
             unframe(b"{\"a\": 1}").is_none(),
             "an old single-message row"

@@ -38,6 +38,8 @@ use tracing::{info, warn};
 
 use crate::control::{Completion, Control};
 use crate::retry::Backoff;
+use crate::sinks::kafka::{KafkaMessage, header};
+use crate::sinks::rejects::{Rejection, Rejects};
 use crate::sources::{Reader, Status, clocked_source};
 
 /// Keys per MGET during a scan.
@@ -58,12 +60,48 @@ pub struct RedisSourceConfig {
     pub poll: Duration,
 }
 
+/// A Redis value that is not a valid dictionary entry, bound for the dead-letter topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedValue {
+    /// The Redis key.
+    pub key: String,
+    /// The value, as read.
+    pub value: Vec<u8>,
+    /// Why it was rejected (a [`dataflows::decode::Reject`] code).
+    pub reason: String,
+}
+
+impl RejectedValue {
+    /// Its dead letter: key and value as read, headers `dishflow.error.reason`,
+    /// `dishflow.source.redis_key`; sent once per (key, value, reason), see
+    /// `sinks::rejects`.
+    pub fn rejection(&self) -> Rejection {
+        let mut content = self.reason.clone().into_bytes();
+        content.push(0);
+        content.extend_from_slice(&self.value);
+        Rejection {
+            key: format!("redis:{}", self.key),
+            digest: uuid::Uuid::new_v5(&dataflows::orders::NAMESPACE, &content),
+            message: KafkaMessage {
+                key: Some(self.key.clone().into_bytes()),
+                value: Some(self.value.clone()),
+                headers: vec![
+                    header("dishflow.error.reason", &self.reason),
+                    header("dishflow.source.redis_key", &self.key),
+                ],
+            },
+        }
+    }
+}
+
 /// The entries of every key, and how a new value changes the collection.
 #[derive(Default)]
 pub struct Entries {
     known: HashMap<String, Dictionary>,
-    /// Keys whose value was rejected, with the reason (logged once per value change).
-    rejected: HashMap<String, String>,
+    /// Keys whose value was rejected, with the value (reported once per value).
+    rejected: HashMap<String, Vec<u8>>,
+    /// Rejections not yet taken by [`Entries::take_rejected`].
+    new_rejections: Vec<RejectedValue>,
 }
 
 impl Entries {
@@ -79,13 +117,21 @@ impl Entries {
                 Some(entry)
             }
             Some(Err(reject)) => {
-                let reason = reject.code();
-                if self.rejected.get(key) != Some(&reason) {
+                let value = value.unwrap_or_default();
+                if self.rejected.get(key).map(Vec::as_slice) != Some(value) {
+                    let reason = reject.code();
                     warn!(
                         key,
-                        reason, "Redis value is not a dictionary entry; ignored"
+                        reason,
+                        "Redis value is not a dictionary entry: treated as absent, dead-lettered"
                     );
-                    self.rejected.insert(key.to_string(), reason);
+                    crate::metrics::metrics().dead_lettered(&reason);
+                    self.rejected.insert(key.to_string(), value.to_vec());
+                    self.new_rejections.push(RejectedValue {
+                        key: key.to_string(),
+                        value: value.to_vec(),
+                        reason,
+                    });
                 }
                 None
             }
@@ -124,6 +170,11 @@ impl Entries {
         for (key, value) in &scan {
             self.set(key, value.as_deref(), out);
         }
+    }
+
+    /// The values rejected since the last call (each new bad value once).
+    pub fn take_rejected(&mut self) -> Vec<RejectedValue> {
+        std::mem::take(&mut self.new_rejections)
     }
 
     /// Number of valid entries.
@@ -221,6 +272,7 @@ struct Follower {
     tx: SyncSender<Event>,
     wake: Box<dyn Fn() + Send>,
     control: Control,
+    rejects: Option<Rejects>,
 }
 
 impl Follower {
@@ -231,7 +283,21 @@ impl Follower {
         sent
     }
 
-    fn send(&self, updates: Vec<(Dictionary, Diff)>) -> bool {
+    /// Dead-letters the values just rejected, then sends `updates`; `false` once the
+    /// operator is gone or the dead letters cannot be written (the job is failing then:
+    /// a restart finds the values again).
+    fn send(&mut self, updates: Vec<(Dictionary, Diff)>) -> bool {
+        let rejected = self.entries.take_rejected();
+        if let Some(rejects) = &self.rejects
+            && !rejected.is_empty()
+        {
+            let rejections = rejected.iter().map(RejectedValue::rejection).collect();
+            if let Err(error) = rejects.write(rejections) {
+                self.control
+                    .fail(error.context("cannot dead-letter rejected Redis values"));
+                return false;
+            }
+        }
         updates.is_empty() || self.notify(Event::Updates(updates))
     }
 
@@ -404,10 +470,11 @@ pub fn check(url: &str) -> Result<()> {
 }
 
 /// Builds the dictionary source: worker 0 reads (snapshot at `start`, then changes at the
-/// times they are read); the other workers' sources finish at once.
+/// times they are read); the other workers' sources finish at once. Values that are not
+/// valid entries count as absent and, with `rejects`, are dead-lettered there.
 pub fn dictionaries<'s>(
     scope: Scope<'s, Time>,
-    config: RedisSourceConfig,
+    (config, rejects): (RedisSourceConfig, Option<Rejects>),
     start: Time,
     tick: Duration,
     control: Control,
@@ -444,6 +511,7 @@ pub fn dictionaries<'s>(
                     let _ = activator.activate();
                 }),
                 control: thread_control,
+                rejects,
             };
             std::thread::Builder::new()
                 .name("redis-dictionaries".into())
@@ -486,6 +554,19 @@ mod tests {
         entries.set("u1", Some(b"not json"), &mut out);
         assert_eq!(out, [(user("Olga K."), -1)]);
         out.clear();
+        entries.set("u1", Some(b"not json"), &mut out);
+        let rejected = entries.take_rejected();
+        assert_eq!(rejected.len(), 1, "each bad value once");
+        assert_eq!(rejected[0].reason, "not_json");
+        let letter = rejected[0].rejection();
+        assert_eq!(letter.key, "redis:u1");
+        assert_eq!(letter.message.value.as_deref(), Some(&b"not json"[..]));
+        assert!(
+            letter
+                .message
+                .headers
+                .contains(&header("dishflow.source.redis_key", "u1"))
+        );
         entries.replace(vec![("u1".into(), Some(USER.to_vec()))], &mut out);
         assert_eq!(out, [(user("Olga"), 1)]);
         out.clear();

@@ -1,0 +1,139 @@
+//! Dead letters that are not Kafka records — an update a sink's table refused, a Redis
+//! value that is not a dictionary entry — written to the job's dead-letter topic exactly
+//! once.
+//!
+//! ```text
+//!  Rejects::write([Rejection { key, digest, message }])   (one writer per worker, shared
+//!    one transaction:                                       by the worker's sink threads)
+//!      INSERT INTO dishflow_published (job = '<job>/rejected', key, digest)
+//!      ON CONFLICT (job, key) DO UPDATE … WHERE the digest differs  RETURNING key
+//!      the messages of the keys returned ─► dishflow_outbox
+//!    COMMIT, then the outbox delivers them and confirms (see `sinks::outbox`)
+//! ```
+//!
+//! A Kafka record's dead letter is decided by its offset (a replay after a restart skips
+//! what was read before). These have no offset: the ledger row is what makes the same
+//! rejection, found again after a restart (the sink re-derives the refused update, the
+//! source re-reads the Redis value), a no-op. A rejection whose digest changed (another bad
+//! value under the same Redis key) is sent again.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use dataflows::{Diff, Time};
+use postgres::Transaction;
+use uuid::Uuid;
+
+use super::SinkWriter;
+use super::kafka::KafkaMessage;
+use super::outbox::Outbox;
+use super::tables::{TableBatch, TableWriter};
+use crate::cli::KafkaArgs;
+
+/// One dead letter and its identity in the ledger.
+pub struct Rejection {
+    /// What is rejected, e.g. `redis:<key>` or `<sink>:<digest of the update>`.
+    pub key: String,
+    /// The rejected content: a rejection with the same key and digest is sent once.
+    pub digest: Uuid,
+    /// The message for the dead-letter topic.
+    pub message: KafkaMessage,
+}
+
+/// The ledger name of a job's rejections, also its outbox's job name.
+pub fn ledger_job(job: &str) -> String {
+    format!("{job}/rejected")
+}
+
+/// Writes rejections through the ledger (see the module docs).
+struct RejectionBatch {
+    job: String,
+}
+
+const LEDGER_UPSERT: &str = "
+INSERT INTO public.dishflow_published AS p (job, key, digest)
+SELECT $1, * FROM unnest($2::text[], $3::uuid[])
+ON CONFLICT (job, key) DO UPDATE SET digest = excluded.digest
+WHERE p.digest IS DISTINCT FROM excluded.digest
+RETURNING key";
+
+impl TableBatch<Rejection> for RejectionBatch {
+    fn name(&self) -> &'static str {
+        "dead-letter ledger"
+    }
+
+    fn write(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        updates: &[(Rejection, Time, Diff)],
+    ) -> Result<Vec<KafkaMessage>> {
+        // The last rejection of a key in the batch counts.
+        let mut seen = HashSet::new();
+        let mut last: Vec<&Rejection> = Vec::new();
+        for (rejection, _, _) in updates.iter().rev() {
+            if seen.insert(rejection.key.as_str()) {
+                last.push(rejection);
+            }
+        }
+        last.reverse();
+        let keys: Vec<&str> = last.iter().map(|r| r.key.as_str()).collect();
+        let digests: Vec<Uuid> = last.iter().map(|r| r.digest).collect();
+        let rows = tx
+            .query(LEDGER_UPSERT, &[&self.job, &keys, &digests])
+            .context("cannot write public.dishflow_published")?;
+        let new: HashSet<String> = rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        Ok(last
+            .into_iter()
+            .filter(|r| new.contains(&r.key))
+            .map(|r| KafkaMessage {
+                key: r.message.key.clone(),
+                value: r.message.value.clone(),
+                headers: r.message.headers.clone(),
+            })
+            .collect())
+    }
+}
+
+/// A worker's writer of rejections, shared by its sinks' threads.
+#[derive(Clone)]
+pub struct Rejects(Arc<Mutex<TableWriter<RejectionBatch>>>);
+
+impl Rejects {
+    /// The rejections writer of worker `worker` of `job`, to `topic`: connects at once,
+    /// taking its outbox's lock and delivering what a previous run left there.
+    pub fn new(
+        kafka: &KafkaArgs,
+        url: &str,
+        job: &str,
+        worker: usize,
+        topic: &str,
+    ) -> Result<Self> {
+        let ledger = ledger_job(job);
+        let outbox = Outbox::new(kafka, &ledger, worker, &[topic])?;
+        let writer = TableWriter::new(
+            url,
+            RejectionBatch {
+                job: ledger.clone(),
+            },
+            Some((outbox, topic)),
+            "dead-letter ledger",
+        )?;
+        Ok(Rejects(Arc::new(Mutex::new(writer))))
+    }
+
+    /// Sends `rejections` not sent before, and returns once the broker has them.
+    pub fn write(&self, rejections: Vec<Rejection>) -> Result<()> {
+        if rejections.is_empty() {
+            return Ok(());
+        }
+        let updates: Vec<(Rejection, Time, Diff)> =
+            rejections.into_iter().map(|r| (r, 0, 1)).collect();
+        let mut writer = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        writer.write(&updates)?;
+        writer.flush()
+    }
+}
