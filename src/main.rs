@@ -51,7 +51,9 @@ fn main() {
     let cli = Cli::parse();
     dishflow::logs::init(cli.log_format);
     if let Err(error) = run(cli) {
-        eprintln!("dishflow: error: {error:#}");
+        // One line, also when a cause spans several (a Postgres error's DETAIL).
+        let line = format!("{error:#}").replace('\n', " ");
+        eprintln!("dishflow: error: {line}");
         std::process::exit(1);
     }
 }

@@ -331,3 +331,33 @@ fn a_counter_the_table_refuses_is_dead_lettered_and_every_other_row_written() {
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), 1);
     assert_eq!(product_counters(&db), [("Roll".to_string(), 1)]);
 }
+
+#[test]
+fn a_table_no_row_can_be_written_to_stops_the_job_with_what_to_fix() {
+    let db = database("poison_schema");
+    seed_subscribers(&db);
+    let prefix = unique("poisonschema");
+    assert_success(&dishflow(&["setup", "--postgres-url", &db], MINUTE));
+    pg(&db)
+        .batch_execute("ALTER TABLE public.subscribers_feedback ADD COLUMN channel text NOT NULL")
+        .expect("column");
+    let now = now_secs();
+    let campaign = campaign_json("c", R1, now - 10, now + 3600);
+    produce_values(&format!("{prefix}.in"), 1, &[campaign.as_str()]);
+    let mut argv = promos_args(&db, &prefix);
+    argv.push("--stop-at-end".into());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = dishflow(&argv, MINUTE);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "dishflow: error: sink DraftsSink: the table has a NOT NULL column \
+                          that dishflow does not fill"
+        ) && last.contains("channel"),
+        "{stderr}"
+    );
+    // Nothing was dead-lettered: the data was not the problem.
+    assert!(consume(&format!("{prefix}.dlq")).is_empty());
+}

@@ -109,6 +109,31 @@ pub fn refused_data(error: &Error) -> bool {
         .is_some_and(|code| (code.starts_with("22") || code.starts_with("23")) && code != "23502")
 }
 
+/// What to fix when Postgres refuses a sink's writes for a reason no data can cause: the
+/// error with that advice in front (one line, by SQLSTATE); other errors as they are.
+pub fn explain(error: Error) -> Error {
+    let advice = match sqlstate(&error).as_deref() {
+        Some("42501") => {
+            "the job's Postgres role lacks a privilege: GRANT it INSERT, UPDATE, DELETE and \
+             SELECT on dishflow's tables"
+        }
+        Some("42P01" | "3F000") => "a table or schema is missing: run `dishflow setup`",
+        Some("42P10") => "a unique index dishflow writes through is missing: run `dishflow setup`",
+        Some("42703" | "42804" | "42846") => {
+            "the table's columns differ from what dishflow writes (see the SPEC's DDL)"
+        }
+        Some("23502") => {
+            "the table has a NOT NULL column that dishflow does not fill: give it a default \
+             or drop NOT NULL"
+        }
+        Some("25006") => {
+            "the server is read-only (a standby?): point --postgres-url at the primary"
+        }
+        _ => return error,
+    };
+    error.context(advice)
+}
+
 /// The dead letters of the updates sink `sink` refused: value
 /// `{"sink", "error", "sqlstate", "time", "diff", "update"}` (the update as JSON), headers
 /// `dishflow.error.reason` = `sink_refused:<SQLSTATE>` and `dishflow.sink`. The same update

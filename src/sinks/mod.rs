@@ -131,7 +131,8 @@ where
                                 .and_then(|()| refusals.dead_letter(&sink, &dead))
                             }
                             None => writer.write(&batch),
-                        };
+                        }
+                        .map_err(isolate::explain);
                         if outcome.is_ok() {
                             metrics.written(batch.len(), started.elapsed());
                         }
