@@ -371,8 +371,8 @@ pub struct PromosArgs {
     )]
     pub notification_topic: String,
 
-    /// Topic undecodable promo messages are written to, with the reason in headers
-    /// (created if missing).
+    /// Topic undecodable promo messages are written to, with the reason in headers, and
+    /// drafts the feedback table refuses (created if missing).
     #[arg(
         long,
         env = "DISHFLOW_DEAD_LETTER_TOPIC",
@@ -473,8 +473,8 @@ pub struct OrdersArgs {
     )]
     pub order_topic: String,
 
-    /// Topic undecodable order messages are written to, with the reason in headers
-    /// (created if missing).
+    /// Topic undecodable order messages are written to, with the reason in headers, and
+    /// invalid Redis values and rows the tables refuse (created if missing).
     #[arg(
         long,
         env = "DISHFLOW_DEAD_LETTER_TOPIC",

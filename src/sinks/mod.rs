@@ -16,9 +16,10 @@
 //! cancelled out, and within a time retractions come before insertions (an upsert sink can
 //! write a replacement as "delete old, put new"). The write runs on the sink's own thread,
 //! so the worker goes on computing (and other sinks write) meanwhile; while a batch is
-//! being written, the next one grows, so a busy sink writes fewer, larger batches. A write
-//! error is fatal: it is reported through [`Control`] and the process exits non-zero
-//! instead of silently losing output.
+//! being written, the next one grows, so a busy sink writes fewer, larger batches. A batch
+//! that Postgres refuses for the data in it is written without the refused updates, which
+//! are dead-lettered (see [`isolate`]); any other write error is fatal: it is reported
+//! through [`Control`] and the process exits non-zero instead of silently losing output.
 //!
 //! **Batch size.** A batch holds at most about [`MAX_BATCH`] updates, so that a large output
 //! (a startup backlog: millions of updates at one or a few times) is written as a pipeline

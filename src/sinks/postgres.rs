@@ -30,8 +30,9 @@
 //! pair is notified once.
 //!
 //! Postgres or Kafka unavailable: the batch is retried with backoff (`crate::retry`) on a new
-//! connection, which first recovers the outbox; errors that a retry cannot fix (a
-//! constraint or permission error) are fatal.
+//! connection, which first recovers the outbox. A row the table refuses (a constraint of its
+//! own) is isolated and dead-lettered by the sink (`sinks::isolate`); other errors that a
+//! retry cannot fix (a permission error) are fatal.
 
 use std::collections::{HashMap, HashSet};
 

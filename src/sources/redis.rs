@@ -20,8 +20,9 @@
 //!
 //! **Keyed state.** The thread keeps the parsed entry of every key and emits differences, so
 //! a notification for an unchanged value, a repeated rescan or a reconnect emits nothing. A
-//! value that is not a valid entry (not JSON, neither `menu` nor `login`, or not a string
-//! key) counts as absent and is reported in the log. Other workers read nothing: the
+//! value that is not a valid entry (not JSON, neither `menu` nor `login`, a NUL character,
+//! or not a string key) counts as absent; each such value is logged, counted and, with a
+//! [`Rejects`] writer, dead-lettered once (`sinks::rejects`). Other workers read nothing: the
 //! dictionaries are small, and the dataflow exchanges them by key.
 
 use std::collections::{HashMap, HashSet};
