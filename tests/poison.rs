@@ -249,6 +249,14 @@ fn a_redis_entry_with_a_nul_character_is_absent_and_dead_lettered_once() {
     let db = database("poison_redis");
     let prefix = unique("poisonredis");
     orders_fixture(&prefix, "bad\\u0000name");
+    // And an order message with a NUL character: a Kafka record's dead letter.
+    let nul_order = order_json(3, &format!("{prefix}_good"), &format!("{prefix}_u"), "p")
+        .replace("\"CLOSED\"", "\"CLO\\u0000SED\"");
+    produce_raw(
+        &format!("{prefix}.orders"),
+        2,
+        &[(Some(b"nul-order"), Some(nul_order.as_bytes()))],
+    );
     let args = orders_args(&db, &prefix);
     run(&args);
 
@@ -260,19 +268,30 @@ fn a_redis_entry_with_a_nul_character_is_absent_and_dead_lettered_once() {
         .expect("stg")
         .get(0);
     assert_eq!(stg, 2);
-    let dead = consume(&format!("{prefix}.dlq"));
-    assert_eq!(dead.len(), 1, "{dead:?}");
+    let mut dead = consume(&format!("{prefix}.dlq"));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    // Sorted by key: "nul-order" comes before "<prefix>_bad".
+    dead.sort_by_key(|m| m.key.clone());
     let bad = format!("{prefix}_bad");
-    assert_eq!(dead[0].key.as_deref(), Some(bad.as_str()));
-    assert_eq!(header(&dead[0], "dishflow.source.redis_key"), bad);
+    assert_eq!(dead[0].key.as_deref(), Some("nul-order"));
     assert_eq!(
         header(&dead[0], "dishflow.error.reason"),
+        "invalid:nul_character:payload.final_status"
+    );
+    assert_eq!(
+        header(&dead[0], "dishflow.source.topic"),
+        format!("{prefix}.orders")
+    );
+    assert_eq!(dead[1].key.as_deref(), Some(bad.as_str()));
+    assert_eq!(header(&dead[1], "dishflow.source.redis_key"), bad);
+    assert_eq!(
+        header(&dead[1], "dishflow.error.reason"),
         "invalid:nul_character:menu.name"
     );
 
     // A second run reads Redis again: the same bad value is not dead-lettered twice.
     run(&args);
-    assert_eq!(consume(&format!("{prefix}.dlq")).len(), 1);
+    assert_eq!(consume(&format!("{prefix}.dlq")).len(), 2);
     assert_eq!(product_counters(&db), [("Roll".to_string(), 1)]);
 
     // Once the entry is fixed, the waiting order completes.
@@ -287,7 +306,7 @@ fn a_redis_entry_with_a_nul_character_is_absent_and_dead_lettered_once() {
         product_counters(&db),
         [("Fixed".to_string(), 1), ("Roll".to_string(), 1)]
     );
-    assert_eq!(consume(&format!("{prefix}.dlq")).len(), 1);
+    assert_eq!(consume(&format!("{prefix}.dlq")).len(), 2);
 }
 
 #[test]
