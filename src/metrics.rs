@@ -28,7 +28,7 @@
 //! | `dishflow_sink_updates_total` | counter | sink | updates written (rows, messages) |
 //! | `dishflow_sink_seconds` | histogram | sink, step | duration of a batch's write / of a flush |
 //! | `dishflow_kafka_messages_delivered_total` | counter | topic | messages the brokers acknowledged |
-//! | `dishflow_output_frontier_lag_seconds` | gauge | | wall clock − time up to which every sink wrote |
+//! | `dishflow_output_frontier_lag_seconds` | gauge | | wall clock − time up to which every sink wrote (since start before the first write, 0 when complete) |
 //! | `dishflow_arrangement_updates` | gauge | operator | updates held by an arrangement (differential logging) |
 //! | `dishflow_arrangement_batches` | gauge | operator | batches held by an arrangement |
 //! | `dishflow_worker_idle_seconds` | gauge | worker | since a worker last ran a source |
@@ -519,13 +519,8 @@ impl Metrics {
 
     /// Brings the gauges computed from the clock up to date.
     fn refresh(&self, max_lag: i64) {
-        let frontier = self.frontier.load(Ordering::Relaxed);
-        let lag = if frontier == 0 || frontier == u64::MAX {
-            0.0
-        } else {
-            crate::sources::wall_clock_ms().saturating_sub(frontier) as f64 / 1000.0
-        };
-        self.frontier_lag.set(lag);
+        self.frontier_lag
+            .set(self.output_lag(crate::sources::wall_clock_ms()));
         let now = self.epoch.elapsed();
         for (worker, beat) in self.beats.read().unwrap_or_else(|e| e.into_inner()).iter() {
             let idle = now.saturating_sub(Duration::from_millis(beat.load(Ordering::Relaxed)));
@@ -534,6 +529,17 @@ impl Metrics {
                 .set(idle.as_secs_f64());
         }
         self.ready.set(i64::from(self.unready(max_lag).is_none()));
+    }
+
+    /// Seconds between `now_ms` (wall clock) and the time up to which every sink wrote:
+    /// since the process started while nothing is written yet (a job stuck before its
+    /// first output shows a growing lag, not 0), 0 once the run is complete.
+    fn output_lag(&self, now_ms: u64) -> f64 {
+        match self.frontier.load(Ordering::Relaxed) {
+            u64::MAX => 0.0,
+            0 => self.epoch.elapsed().as_secs_f64(),
+            frontier => now_ms.saturating_sub(frontier) as f64 / 1000.0,
+        }
     }
 
     /// The registry of everything, with the job's name as a label.
@@ -903,6 +909,18 @@ mod tests {
         assert!(reason.starts_with("worker 1 idle for 12"), "{reason}");
         assert!(m.unready(10).is_some());
         drop(source);
+    }
+
+    #[test]
+    fn output_lag_grows_until_the_first_write_and_is_zero_when_complete() {
+        let mut m = Metrics::new();
+        m.epoch = Instant::now() - Duration::from_secs(7);
+        let before = m.output_lag(1_000_000);
+        assert!((7.0..8.0).contains(&before), "{before}");
+        m.output_frontier(Some(990_000));
+        assert_eq!(m.output_lag(1_000_000), 10.0);
+        m.output_frontier(None);
+        assert_eq!(m.output_lag(1_000_000), 0.0);
     }
 
     #[test]

@@ -41,6 +41,12 @@ impl Backoff {
 
     /// Records a failed attempt: logs it (rate-limited) and sleeps before the next one.
     pub fn failed(&mut self, error: &anyhow::Error) {
+        std::thread::sleep(self.record_failure(error));
+    }
+
+    /// Records a failed attempt (logs it, rate-limited) and returns how long to wait
+    /// before the next one; the wait after that is doubled, up to [`MAX`].
+    fn record_failure(&mut self, error: &anyhow::Error) -> Duration {
         self.attempts += 1;
         let since = *self.since.get_or_insert_with(Instant::now);
         if self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
@@ -54,8 +60,9 @@ impl Backoff {
                 "dependency unavailable, retrying"
             );
         }
-        std::thread::sleep(self.delay);
+        let wait = self.delay;
         self.delay = (self.delay * 2).min(MAX);
+        wait
     }
 
     /// Records a successful attempt: logs the recovery if there were failures, resets.
@@ -92,10 +99,12 @@ mod tests {
         b.failed(&e);
         assert_eq!(b.delay, Duration::from_millis(4));
         assert!(b.failing());
-        b.delay = MAX;
-        b.attempts = 0;
-        // Would sleep MAX: check the arithmetic only.
-        assert_eq!((b.delay * 2).min(MAX), MAX);
+        // Near the cap: the wait doubles once more, then stays at MAX.
+        b.delay = MAX - Duration::from_secs(1);
+        assert_eq!(b.record_failure(&e), MAX - Duration::from_secs(1));
+        assert_eq!(b.record_failure(&e), MAX);
+        assert_eq!(b.record_failure(&e), MAX);
+        assert_eq!(b.attempts, 5);
         b.succeeded();
         assert_eq!(b.delay, INITIAL);
         assert!(!b.failing());
