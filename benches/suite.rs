@@ -315,45 +315,11 @@ fn clean_up(prefix: &str) {
     if std::env::args().any(|a| a == "--keep") {
         return;
     }
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let consumer: BaseConsumer = dishflow::kafka::client_config(&kafka(), &[])
-        .create()
-        .expect("consumer");
-    let topics: Vec<String> = consumer
-        .fetch_metadata(None, Duration::from_secs(30))
-        .map(|m| {
-            m.topics()
-                .iter()
-                .map(|t| t.name().to_string())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default();
-    if !topics.is_empty() {
-        let admin: AdminClient<DefaultClientContext> =
-            dishflow::kafka::client_config(&kafka(), &[])
-                .create()
-                .expect("admin");
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        if let Err(e) =
-            futures_executor::block_on(admin.delete_topics(&names, &AdminOptions::new()))
-        {
-            eprintln!("cannot delete the topics of {prefix}: {e}");
-        }
+    if let Err(e) = delete_topics(prefix) {
+        eprintln!("cannot delete the topics of {prefix}: {e}");
     }
-    let mut admin = pg(&format!("{}/postgres", postgres_base()));
-    let databases: Vec<String> = admin
-        .query("SELECT datname FROM pg_database", &[])
-        .expect("databases")
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .filter(|n| n.starts_with(prefix))
-        .collect();
-    for name in databases {
-        if let Err(e) = admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")) {
-            eprintln!("cannot drop {name}: {e}");
-        }
+    if let Err(e) = drop_databases(prefix) {
+        eprintln!("cannot drop the databases of {prefix}: {e}");
     }
 }
 
@@ -655,39 +621,12 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
                 &["--workers", "2"],
             );
             let db = copy_database(&template, &format!("{prefix}_c{round}"));
-            let hostfile = std::env::temp_dir().join(format!("{prefix}.hosts"));
-            let port = 30_000 + (std::process::id() % 10_000) as u16;
-            std::fs::write(
-                &hostfile,
-                format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
-            )
-            .expect("hostfile");
-            let hostfile = hostfile.to_string_lossy().to_string();
+            let [zero, one] = two_process_cluster(&prefix);
             let out = format!("{prefix}.c{round}");
-            let mut a = run(&job(
-                &db,
-                &out,
-                &[
-                    "--processes",
-                    "2",
-                    "--process",
-                    "0",
-                    "--hostfile",
-                    &hostfile,
-                ],
-            ));
-            let mut b = run(&job(
-                &db,
-                &out,
-                &[
-                    "--processes",
-                    "2",
-                    "--process",
-                    "1",
-                    "--hostfile",
-                    &hostfile,
-                ],
-            ));
+            let zero: Vec<&str> = zero.iter().map(String::as_str).collect();
+            let mut a = run(&job(&db, &out, &zero));
+            let one: Vec<&str> = one.iter().map(String::as_str).collect();
+            let mut b = run(&job(&db, &out, &one));
             let m = measure_all(&mut [&mut a, &mut b], timeout);
             eprintln!("{} round {round}: dishflow 2 processes {m:?}", w.name);
             record(

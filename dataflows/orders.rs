@@ -1284,6 +1284,9 @@ mod tests {
             hashdiff(key, &["a".into(), "b c".into()])
         );
         // Fixed forever: changing the namespace would change every key in every table.
-        assert_eq!(NAMESPACE.to_string(), "fc82c7f4-792f-5901-8b75-3cf69e41b944");
+        assert_eq!(
+            NAMESPACE.to_string(),
+            "fc82c7f4-792f-5901-8b75-3cf69e41b944"
+        );
     }
 }

@@ -1,20 +1,22 @@
-//! Crash test of `dishflow promos` (run by `scripts/chaos.sh`, not by `scripts/test.sh`):
-//! a workload of 200,000 drafts while the job is killed with SIGKILL at random moments —
-//! during startup, while a batch is between its Postgres commit and its Kafka confirmation,
-//! and at random — and restarted each time. At the end every expected draft must be in
-//! Kafka exactly once and in `subscribers_feedback` exactly once, and nothing else.
+//! Crash test of `dishflow promos`: a stream of campaigns while the job is killed with
+//! SIGKILL and restarted — during startup before the subscribers snapshot is read, while a
+//! batch sits in the outbox between its Postgres commit and its Kafka confirmation, and at
+//! random — and PostgreSQL restarts under it. At the end every expected draft must be in
+//! Kafka exactly once and in `subscribers_feedback` exactly once, and nothing else. A kill
+//! that misses its moment (the snapshot was already read, the outbox was already empty) is
+//! tried again, and the test fails if it never hits.
 //!
-//! Settings (environment): `CHAOS_PROCESSES` (1 or 2 processes × 1 worker, default 1),
-//! `CHAOS_KILLS` (default 6), `CHAOS_CAMPAIGNS` (default 10,000; 20 subscribers each),
-//! `CHAOS_SEED` (random by default; printed, to replay a run's kill timing).
+//! `scripts/test.sh` runs a short version (1,000 campaigns, 3 kills); `scripts/chaos.sh`
+//! the long one. Settings (environment): `CHAOS_PROCESSES` (1 or 2 processes × 1 worker,
+//! default 1), `CHAOS_KILLS` (default 3), `CHAOS_CAMPAIGNS` (default 1,000; 20 subscribers
+//! each), `CHAOS_SEED` (random by default; printed, to replay a run's kill timing).
 
-#![cfg(feature = "chaos")]
+#![cfg(feature = "integration")]
 
 mod common;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,6 +28,12 @@ const LATER_SUBSCRIBERS: usize = 5;
 const PARTITIONS: i32 = 4;
 /// Campaigns that ended before the test: no drafts.
 const ENDED: usize = 2_000;
+/// What the job logs once its startup checks passed and it builds the dataflow.
+const STARTING: &str = "starting promos";
+/// What the Postgres source logs once it has read the subscribers snapshot.
+const SNAPSHOT_READ: &str = "subscribers_restaurants snapshot read";
+/// How many times a kill that missed its moment is tried again.
+const ATTEMPTS: usize = 20;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -46,112 +54,88 @@ impl Rng {
     }
 
     fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.next() % (high - low))
+        Duration::from_millis(low + self.next() % (high - low).max(1))
     }
 }
 
-/// The job: `processes` processes of one worker each, stderr appended to `log`. Each start
-/// picks 1 to 3 Postgres connections per worker (the same in every process): a start with
-/// fewer than the last leaves outbox writers behind that it must deliver first.
-struct Job {
-    children: Vec<Child>,
+/// The job under test and what its killed starts logged.
+struct Chaos {
+    db: String,
+    prefix: String,
+    input: String,
+    processes: usize,
+    rng: Rng,
+    /// The stderr of every start so far, in order.
+    log: String,
 }
 
-fn start(db: &str, prefix: &str, input: &str, processes: usize, log: &str, rng: &mut Rng) -> Job {
-    let mut args = promos_args_from(db, input, prefix);
-    let connections = 1 + rng.next() % 3;
-    args.extend([
-        "--tick-ms".to_string(),
-        "50".to_string(),
-        "--feedback-connections".to_string(),
-        connections.to_string(),
-    ]);
-    let hostfile = std::env::temp_dir().join(format!("{prefix}.hosts"));
-    if processes > 1 {
-        let base = 20_000 + (rng.next() % 20_000) as usize;
-        let hosts: Vec<String> = (0..processes)
-            .map(|i| format!("127.0.0.1:{}", base + i))
+/// One start of the job: `processes` processes of one worker each.
+struct Cluster {
+    processes: Vec<Job>,
+}
+
+impl Chaos {
+    /// Starts the job. Each start picks 1 to 3 Postgres connections per worker (the same in
+    /// every process): a start with fewer than the last leaves outbox writers behind that
+    /// it must deliver first.
+    fn start(&mut self) -> Cluster {
+        let mut args = promos_args_from(&self.db, &self.input, &self.prefix);
+        let connections = 1 + self.rng.next() % 3;
+        args.extend([
+            "--tick-ms".to_string(),
+            "50".to_string(),
+            "--feedback-connections".to_string(),
+            connections.to_string(),
+        ]);
+        let flags = two_process_cluster(&self.prefix);
+        let processes = (0..self.processes)
+            .map(|i| {
+                let mut argv = args.clone();
+                if self.processes > 1 {
+                    argv.extend(flags[i].iter().cloned());
+                }
+                spawn(&argv.iter().map(String::as_str).collect::<Vec<_>>())
+            })
             .collect();
-        std::fs::write(&hostfile, hosts.join("\n") + "\n").expect("hostfile");
+        Cluster { processes }
     }
-    let children = (0..processes)
-        .map(|i| {
-            let mut argv = args.clone();
-            if processes > 1 {
-                argv.extend([
-                    "--processes".to_string(),
-                    processes.to_string(),
-                    "--process".to_string(),
-                    i.to_string(),
-                    "--hostfile".to_string(),
-                    hostfile.to_string_lossy().to_string(),
-                ]);
-            }
-            let log = File::options()
-                .create(true)
-                .append(true)
-                .open(log)
-                .expect("log");
-            Command::new(env!("CARGO_BIN_EXE_dishflow"))
-                .args(&argv)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn dishflow")
-        })
-        .collect();
-    Job { children }
-}
 
-/// A failed test leaves no process behind.
-impl Drop for Job {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            child.kill().ok();
-            child.wait().ok();
-        }
-    }
-}
-
-impl Job {
-    /// SIGKILL: one random process first, then the rest (a cluster is restarted whole).
-    fn kill(mut self, rng: &mut Rng) {
-        let mut children = std::mem::take(&mut self.children);
-        let first = (rng.next() % children.len() as u64) as usize;
-        let mut order: Vec<usize> = (0..children.len()).collect();
+    /// SIGKILL: one random process first, then the rest after `stagger` (a cluster is
+    /// restarted whole). Returns what this start logged.
+    fn kill(&mut self, mut cluster: Cluster, stagger: bool) -> String {
+        let n = cluster.processes.len();
+        let first = (self.rng.next() % n as u64) as usize;
+        let mut order: Vec<usize> = (0..n).collect();
         order.swap(0, first);
-        for (n, i) in order.into_iter().enumerate() {
-            if n > 0 {
-                std::thread::sleep(rng.millis(10, 300));
+        for (k, i) in order.into_iter().enumerate() {
+            if k > 0 && stagger {
+                std::thread::sleep(self.rng.millis(10, 300));
             }
-            children[i].kill().ok();
-            children[i].wait().ok();
+            cluster.processes[i].kill();
         }
+        let logged: String = cluster.processes.iter().map(Job::stderr).collect();
+        self.log.push_str(&logged);
+        logged
     }
+}
 
-    /// Whether a process has exited (it must not: the job never gives up by itself).
+impl Cluster {
+    /// Whether a process has exited (it must not: the job never gives up by itself), with
+    /// what it logged.
     fn exited(&mut self) -> Option<String> {
-        for child in &mut self.children {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status.to_string());
-            }
-        }
-        None
+        self.processes.iter_mut().find_map(|job| {
+            job.try_wait()
+                .map(|status| format!("{status}: {}", job.stderr()))
+        })
     }
 
     /// SIGTERM to every process (a cluster finishes together), then each must exit 0.
-    fn terminate(mut self) {
-        let children = std::mem::take(&mut self.children);
-        for child in &children {
-            Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .expect("kill");
+    fn terminate(self) {
+        for job in &self.processes {
+            signal(job, "TERM");
         }
-        for child in children {
-            let out = wait(child, Duration::from_secs(60));
-            assert!(out.status.success(), "exit status {}", out.status);
+        for job in self.processes {
+            assert_success(&wait(job, Duration::from_secs(60)));
         }
     }
 }
@@ -174,24 +158,28 @@ fn add_subscribers(db: &str, from: usize, to: usize) {
 #[test]
 fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
     let processes: usize = env_or("CHAOS_PROCESSES", 1);
-    let kills: usize = env_or("CHAOS_KILLS", 6);
-    let campaigns: usize = env_or("CHAOS_CAMPAIGNS", 10_000);
+    assert!(matches!(processes, 1 | 2), "CHAOS_PROCESSES is 1 or 2");
+    let kills: usize = env_or("CHAOS_KILLS", 3);
+    let campaigns: usize = env_or("CHAOS_CAMPAIGNS", 1_000);
     let seed: u64 = env_or("CHAOS_SEED", now_secs() as u64 | 1);
-    let mut rng = Rng(seed);
     let (db, prefix) = live_fixture("chaos");
     let input = format!("{prefix}.in");
-    let log = std::env::temp_dir()
-        .join(format!("{prefix}.log"))
-        .to_string_lossy()
-        .to_string();
     println!(
         "chaos: seed {seed}, {processes} process(es), {kills} kills, {campaigns} campaigns x {} \
-         subscribers = {} drafts; job log {log}",
+         subscribers = {} drafts",
         FIRST_SUBSCRIBERS + LATER_SUBSCRIBERS,
         campaigns * (FIRST_SUBSCRIBERS + LATER_SUBSCRIBERS)
     );
     add_subscribers(&db, 0, FIRST_SUBSCRIBERS);
     dishflow::kafka::ensure_topic(&kafka(), &input, PARTITIONS).expect("topic");
+    let mut chaos = Chaos {
+        db: db.to_string(),
+        prefix: prefix.to_string(),
+        input: input.clone(),
+        processes,
+        rng: Rng(seed),
+        log: String::new(),
+    };
 
     // Campaigns arrive in waves while the job is being killed.
     let producer = {
@@ -226,46 +214,30 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
     };
 
     let started = Instant::now();
-    let mut job = start(&db, &prefix, &input, processes, &log, &mut rng);
-    let mut kinds: Vec<&str> = Vec::new();
+    let mut job = chaos.start();
+    let mut kinds: Vec<String> = Vec::new();
     for k in 0..kills {
-        let kind = match k % 3 {
-            0 => {
-                // During startup: snapshot, outbox recovery, replay.
-                std::thread::sleep(rng.millis(50, 1500));
-                "startup"
-            }
-            1 => {
-                // Between a batch's Postgres commit and its Kafka confirmation.
-                let deadline = Instant::now() + Duration::from_secs(20);
-                let mut caught = false;
-                while Instant::now() < deadline {
-                    if count(&db, "SELECT count(*) FROM dishflow_outbox") > 0 {
-                        caught = true;
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                if caught {
-                    "in flush"
-                } else {
-                    "flush (not caught)"
-                }
-            }
+        let (kind, misses) = match k % 3 {
+            0 => kill_in_startup(&mut chaos, job),
+            1 => kill_in_flush(&mut chaos, job),
             _ => {
-                std::thread::sleep(rng.millis(300, 4000));
-                "random"
+                std::thread::sleep(chaos.rng.millis(300, 4000));
+                if let Some(status) = job.exited() {
+                    panic!("the job exited by itself ({status})");
+                }
+                chaos.kill(job, true);
+                ("random", 0)
             }
         };
-        if let Some(status) = job.exited() {
-            panic!("the job exited by itself ({status}); see {log}");
-        }
-        job.kill(&mut rng);
-        kinds.push(kind);
         println!(
-            "chaos: {:>5.1} s kill ({kind})",
-            started.elapsed().as_secs_f64()
+            "chaos: {:>5.1} s kill ({kind}{})",
+            started.elapsed().as_secs_f64(),
+            match misses {
+                0 => String::new(),
+                n => format!(", after {n} tries that came too late"),
+            }
         );
+        kinds.push(kind.to_string());
         if k == 1 {
             // Subscribers who arrive while the job is down: they must get the campaigns
             // that arrived before the crash (rebuilt state).
@@ -275,12 +247,18 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
                 FIRST_SUBSCRIBERS + LATER_SUBSCRIBERS,
             );
         }
-        std::thread::sleep(rng.millis(0, 500));
-        job = start(&db, &prefix, &input, processes, &log, &mut rng);
+        std::thread::sleep(chaos.rng.millis(0, 500));
+        job = chaos.start();
         if k == 2 {
             // PostgreSQL restarts under the running job (past its startup checks, which
             // report an unreachable server and exit): it must wait and carry on.
-            std::thread::sleep(rng.millis(2000, 4000));
+            wait_until(Duration::from_secs(60), "the snapshot is read", || {
+                job.processes
+                    .iter()
+                    .all(|p| p.stderr().contains(SNAPSHOT_READ))
+                    .then_some(())
+            });
+            std::thread::sleep(chaos.rng.millis(500, 2000));
             let restarted =
                 Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
                     .args(["restart", "postgres"])
@@ -288,8 +266,8 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
                     .status()
                     .expect("services.sh");
             assert!(restarted.success(), "PostgreSQL restart failed");
-            kinds.push("PostgreSQL restart");
-            std::thread::sleep(rng.millis(1000, 3000));
+            kinds.push("PostgreSQL restart".into());
+            std::thread::sleep(chaos.rng.millis(1000, 3000));
         }
     }
     producer.join().expect("producer");
@@ -304,11 +282,11 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
             break;
         }
         if let Some(status) = job.exited() {
-            panic!("the job exited by itself ({status}); see {log}");
+            panic!("the job exited by itself ({status})");
         }
         assert!(
             Instant::now() < deadline,
-            "only {rows} of {expected} rows after 10 minutes; see {log}"
+            "only {rows} of {expected} rows after 10 minutes"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -322,6 +300,8 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         &db,
         "SELECT coalesce(sum(resume_offset), -1)::int8 FROM dishflow_progress",
     );
+    let last: String = job.processes.iter().map(Job::stderr).collect();
+    chaos.log.push_str(&last);
     job.terminate();
     let elapsed = started.elapsed();
 
@@ -363,8 +343,8 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         elapsed.as_secs_f64(),
         campaigns + ENDED
     );
-    let restarts = std::fs::read_to_string(&log).unwrap_or_default();
-    for line in restarts
+    for line in chaos
+        .log
         .lines()
         .filter(|l| l.contains("outbox: delivering"))
     {
@@ -389,11 +369,70 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
     assert_eq!(
         (messages.len(), once, duplicated, missing, unexpected),
         (expected, expected, 0, 0, 0),
-        "Kafka; see {log}"
+        "Kafka"
     );
     assert_eq!(
         (rows.len(), rows_once, rows_duplicated, rows_unexpected),
         (expected, expected, 0, 0),
-        "subscribers_feedback; see {log}"
+        "subscribers_feedback"
     );
+}
+
+/// Kills the job while it starts: after its startup checks (it logged [`STARTING`]) and
+/// before any process has read the subscribers snapshot. A start that read it already is
+/// killed and started again, and killed sooner the next time.
+fn kill_in_startup(chaos: &mut Chaos, mut job: Cluster) -> (&'static str, usize) {
+    let mut delay = chaos.rng.millis(0, 200);
+    for misses in 0..ATTEMPTS {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !job.processes.iter().any(|p| p.stderr().contains(STARTING)) {
+            if let Some(status) = job.exited() {
+                panic!("the job exited by itself ({status})");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the job did not start in a minute"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(delay);
+        let logged = chaos.kill(job, false);
+        if !logged.contains(SNAPSHOT_READ) {
+            return ("startup, before the snapshot", misses);
+        }
+        delay /= 2;
+        job = chaos.start();
+    }
+    panic!("{ATTEMPTS} kills during startup all came after the snapshot was read");
+}
+
+/// Kills the job while the outbox holds rows: committed to Postgres, not yet confirmed by
+/// Kafka. A kill after the outbox emptied again is a miss: the job is started again.
+fn kill_in_flush(chaos: &mut Chaos, mut job: Cluster) -> (&'static str, usize) {
+    for misses in 0..ATTEMPTS {
+        let mut watch = pg(&chaos.db);
+        let mut outbox = || -> i64 {
+            watch
+                .query_one("SELECT count(*) FROM dishflow_outbox", &[])
+                .map(|r| r.get(0))
+                .unwrap_or(0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while outbox() == 0 {
+            if let Some(status) = job.exited() {
+                panic!("the job exited by itself ({status})");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the outbox stayed empty for a minute"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        chaos.kill(job, true);
+        if outbox() > 0 {
+            return ("in flush", misses);
+        }
+        job = chaos.start();
+    }
+    panic!("{ATTEMPTS} kills in flush all came after the outbox was emptied");
 }

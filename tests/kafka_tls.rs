@@ -92,7 +92,7 @@ fn the_promos_job_runs_over_tls_and_librdkafka_takes_sasl_settings() {
 
     let db = database("kafka_tls");
     seed_subscribers(&db);
-    let prefix = unique("kafka_tls");
+    let prefix = prefix("kafka_tls");
     let input = format!("{prefix}.in");
     let out = format!("{prefix}.out");
     let run = |args: Vec<String>| {

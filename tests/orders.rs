@@ -152,7 +152,7 @@ fn counters_from_topic(topic: &str) -> (Counters, Counters) {
 #[test]
 fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     let db = database("ord_truth");
-    let prefix = unique("ordtruth");
+    let prefix = prefix("ordtruth");
     produce(&prefix, "1500");
     let (stg_topic, dds_topic) = (format!("{prefix}.stg"), format!("{prefix}.dds"));
     let topics = ["--stg-topic", &stg_topic, "--dds-topic", &dds_topic];
@@ -242,7 +242,7 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
 #[test]
 fn malformed_orders_go_to_the_dead_letter_topic_and_other_types_are_ignored() {
     let db = database("ord_dlq");
-    let prefix = unique("orddlq");
+    let prefix = prefix("orddlq");
     produce(&prefix, "20");
     let topic = format!("{prefix}.orders");
     produce_raw(
@@ -312,7 +312,7 @@ fn count(db: &str, sql: &str) -> i64 {
 #[test]
 fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
     let db = database("ord_live");
-    let prefix = unique("ordlive");
+    let prefix = prefix("ordlive");
     let (r, u, p) = (
         format!("{prefix}_r"),
         format!("{prefix}_u"),
@@ -346,15 +346,14 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
         .map(|s| s.to_string()),
     );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let job = Running(Some(spawn(&argv)));
+    let job = spawn(&argv);
 
     let closed = order_json(1, &r, &u, &p, "CLOSED", "2022-11-19 16:00:00");
-    produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
-    // STG has it at once; the user is unknown, so the order is held: no counters yet.
-    wait_until(WAIT, "the STG row", || {
-        (count(&db, "SELECT count(*) FROM stg.order_events") == 1).then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    let marks = produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
+    // STG has it once the job is past it; the user is unknown, so the order is held: no
+    // counters.
+    wait_for_progress(&db, "orders", &topic, &marks, WAIT);
+    assert_eq!(count(&db, "SELECT count(*) FROM stg.order_events"), 1);
     assert_eq!(
         count(&db, "SELECT count(*) FROM cdm.user_product_counters"),
         0
@@ -397,8 +396,8 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
             + count(&db, "SELECT count(*) FROM cdm.user_category_counters");
         (n == 0).then_some(())
     });
-    produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
-    std::thread::sleep(Duration::from_secs(1));
+    let marks = produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
+    wait_for_progress(&db, "orders", &topic, &marks, WAIT);
     assert_eq!(
         count(&db, "SELECT count(*) FROM cdm.user_product_counters"),
         0
@@ -411,7 +410,7 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
         1
     );
     assert_eq!(count(&db, "SELECT count(*) FROM dds.s_order_status"), 2);
-    terminate(job.take());
+    terminate(job);
     // The enriched order was published when it completed, renamed and cancelled; the
     // counter changes end at nothing.
     let statuses: Vec<(String, String)> = consume(&stg_topic)
@@ -444,57 +443,20 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
 
 const WAIT: Duration = Duration::from_secs(40);
 
-/// A job that is killed if the test fails before it terminates it.
-struct Running(Option<std::process::Child>);
-
-impl Running {
-    fn take(mut self) -> std::process::Child {
-        self.0.take().expect("running")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[test]
 fn two_processes_write_the_same_tables_as_one() {
-    let prefix = unique("ordscale");
+    let prefix = prefix("ordscale");
     produce(&prefix, "1500");
     let one = database("ord_one");
     run_bounded(&one, &prefix, &[]);
 
     let two = database("ord_two");
-    let hostfile = std::env::temp_dir().join(format!("{prefix}.hosts"));
-    let port = 40_000 + (std::process::id() % 10_000) as u16;
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
-    )
-    .expect("hostfile");
-    let hostfile = hostfile.to_string_lossy().to_string();
-    let children: Vec<_> = (0..2)
-        .map(|i| {
+    let children: Vec<_> = two_process_cluster(&prefix)
+        .into_iter()
+        .map(|cluster| {
             let mut args = orders_args(&two, &prefix);
-            let process = i.to_string();
-            args.extend(
-                [
-                    "--stop-at-end",
-                    "--processes",
-                    "2",
-                    "--process",
-                    &process,
-                    "--hostfile",
-                    &hostfile,
-                ]
-                .iter()
-                .map(|s| s.to_string()),
-            );
+            args.push("--stop-at-end".to_string());
+            args.extend(cluster);
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             spawn(&argv)
         })

@@ -47,7 +47,7 @@ fn draft_keys(topic: &str) -> Vec<String> {
 fn a_campaign_with_a_nul_character_is_dead_lettered_and_the_others_are_drafted() {
     let db = database("poison_promos");
     seed_subscribers(&db);
-    let prefix = unique("poisonpromos");
+    let prefix = prefix("poisonpromos");
     let now = now_secs();
     let poison = campaign_version_json("poison", R0, (now - 10, now + 3600), now, "bad\\u0000text");
     let good0 = campaign_json("good0", R0, now - 10, now + 3600);
@@ -88,7 +88,7 @@ fn a_campaign_with_a_nul_character_is_dead_lettered_and_the_others_are_drafted()
 fn drafts_the_feedback_table_refuses_are_dead_lettered_once_and_the_rest_written() {
     let db = database("poison_refused");
     seed_subscribers(&db);
-    let prefix = unique("poisonrefused");
+    let prefix = prefix("poisonrefused");
     // The table belongs to the analysts, who restrict what it may hold: a constraint
     // dishflow does not know, so only Postgres can refuse the value.
     let setup = dishflow(&["setup", "--postgres-url", &db], MINUTE);
@@ -247,7 +247,7 @@ fn orders_fixture(prefix: &str, bad_name: &str) {
 #[test]
 fn a_redis_entry_with_a_nul_character_is_absent_and_dead_lettered_once() {
     let db = database("poison_redis");
-    let prefix = unique("poisonredis");
+    let prefix = prefix("poisonredis");
     orders_fixture(&prefix, "bad\\u0000name");
     // And an order message with a NUL character: a Kafka record's dead letter.
     let nul_order = order_json(3, &format!("{prefix}_good"), &format!("{prefix}_u"), "p")
@@ -312,7 +312,7 @@ fn a_redis_entry_with_a_nul_character_is_absent_and_dead_lettered_once() {
 #[test]
 fn a_counter_the_table_refuses_is_dead_lettered_and_every_other_row_written() {
     let db = database("poison_cdm");
-    let prefix = unique("poisoncdm");
+    let prefix = prefix("poisoncdm");
     orders_fixture(&prefix, "Forbidden");
     let setup = dishflow(&["setup", "--job", "orders", "--postgres-url", &db], MINUTE);
     assert_success(&setup);
@@ -355,7 +355,7 @@ fn a_counter_the_table_refuses_is_dead_lettered_and_every_other_row_written() {
 fn a_table_no_row_can_be_written_to_stops_the_job_with_what_to_fix() {
     let db = database("poison_schema");
     seed_subscribers(&db);
-    let prefix = unique("poisonschema");
+    let prefix = prefix("poisonschema");
     assert_success(&dishflow(&["setup", "--postgres-url", &db], MINUTE));
     pg(&db)
         .batch_execute("ALTER TABLE public.subscribers_feedback ADD COLUMN channel text NOT NULL")

@@ -173,7 +173,7 @@ fn every_sslmode_does_what_libpq_documents_and_a_job_runs_over_verify_full() {
 
     // The whole job over verify-full: setup, snapshot, feedback rows, outbox, progress.
     seed_subscribers(&db);
-    let prefix = unique("pg_tls");
+    let prefix = prefix("pg_tls");
     produce_values(
         &format!("{prefix}.in"),
         1,

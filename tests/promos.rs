@@ -65,7 +65,7 @@ const FIELDS: [&str; 10] = [
 fn seed_example_gives_eight_plus_one_drafts_and_a_second_run_adds_nothing() {
     let db = database("seed");
     seed_subscribers(&db);
-    let prefix = unique("seed");
+    let prefix = prefix("seed");
     let topic = format!("{prefix}.in");
     let produce = [
         "produce",
@@ -146,7 +146,7 @@ fn seed_example_gives_eight_plus_one_drafts_and_a_second_run_adds_nothing() {
 fn ended_campaign_gives_nothing_and_an_early_one_is_held_until_its_start() {
     let db = database("held");
     seed_subscribers(&db);
-    let prefix = unique("held");
+    let prefix = prefix("held");
     let now = now_secs();
     let start = now + 6;
     let ended = campaign_json("ended", R0, now - 100, now - 50);
@@ -201,7 +201,7 @@ fn ended_campaign_gives_nothing_and_an_early_one_is_held_until_its_start() {
 fn bad_input_goes_to_the_dead_letter_topic_and_the_job_goes_on() {
     let db = database("dlq");
     seed_subscribers(&db);
-    let prefix = unique("dlq");
+    let prefix = prefix("dlq");
     let now = now_secs();
     let valid = campaign_json("good", R1, now - 10, now + 3600);
     let with = |from: &str, to: &str| valid.replace(from, to);
@@ -281,7 +281,7 @@ fn what_a_retired_writer_left_in_the_outbox_is_delivered_once() {
     // A run with more workers or connections per worker stopped with a message committed
     // to writer 5's outbox and not yet delivered; this run has writers 0 and 1 only.
     let db = database("retired");
-    let prefix = unique("retired");
+    let prefix = prefix("retired");
     produce_raw(&format!("{prefix}.in"), 1, &[]);
     assert_success(&dishflow(&["setup", "--postgres-url", &db], MINUTE));
     pg(&db)
@@ -358,14 +358,14 @@ fn outputs(db: &str, prefix: &str) -> (BTreeSet<String>, BTreeSet<(String, Strin
 
 #[test]
 fn two_workers_and_two_processes_give_the_same_output_as_one() {
-    let input = unique("scale");
+    let input = prefix("scale");
     let db1 = database("scale1");
     scale_input(&db1, &input);
     // The same topic feeds all three runs; each run writes to its own outputs and database.
     let run = |db: &str, out: &str, extra: &[&str]| {
         run_bounded(&promos_args_from(db, &format!("{input}.in"), out), extra);
     };
-    let out1 = unique("scale_one");
+    let out1 = prefix("scale_one");
     run(&db1, &out1, &[]);
     let one = outputs(&db1, &out1);
     // Restaurants 0..5 of the 8 campaign restaurants have subscribers (50 rows each, some
@@ -375,7 +375,7 @@ fn two_workers_and_two_processes_give_the_same_output_as_one() {
 
     let db2 = database("scale2");
     copy_subscribers(&db1, &db2);
-    let out2 = unique("scale_two");
+    let out2 = prefix("scale_two");
     // Two workers, each writing through three connections (sink lanes).
     run(
         &db2,
@@ -386,7 +386,7 @@ fn two_workers_and_two_processes_give_the_same_output_as_one() {
 
     let db3 = database("scale3");
     copy_subscribers(&db1, &db3);
-    let out3 = unique("scale_procs");
+    let out3 = prefix("scale_procs");
     let args = promos_args_from(&db3, &format!("{input}.in"), &out3);
     let children: Vec<_> = two_process_cluster(&out3)
         .into_iter()
@@ -509,10 +509,11 @@ fn secrets_never_reach_logs_errors_or_help() {
     seed_subscribers(&db);
     let with_password = db.replacen("postgres@", &format!("postgres:{PG_SECRET}@"), 1);
     assert_ne!(
-        with_password, db,
+        with_password,
+        db.to_string(),
         "the test URL has a user to add a password to"
     );
-    let prefix = unique("secrets");
+    let prefix = prefix("secrets");
     produce_values(
         &format!("{prefix}.in"),
         1,
@@ -532,14 +533,7 @@ fn secrets_never_reach_logs_errors_or_help() {
         .map(String::from),
     );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_dishflow"))
-        .args(&argv)
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let out = wait(child, MINUTE);
+    let out = wait(spawn_env(&argv, &[("RUST_LOG", "debug")]), MINUTE);
     assert_success(&out);
     let all = assert_hidden("a run at debug level", &out);
     assert!(
@@ -589,7 +583,7 @@ fn secrets_never_reach_logs_errors_or_help() {
 fn a_bounded_run_shows_progress_bars_on_a_terminal_and_ends_with_a_summary() {
     let db = database("progress");
     subscribers_table(&db);
-    let prefix = unique("progress");
+    let prefix = prefix("progress");
     let input = format!("{prefix}.in");
     assert_success(&dishflow(
         &[
@@ -626,7 +620,8 @@ fn a_bounded_run_shows_progress_bars_on_a_terminal_and_ends_with_a_summary() {
 
     let db = database("progress_plain");
     subscribers_table(&db);
-    let mut args = promos_args_from(&db, &input, &unique("progress_plain"));
+    let plain = common::prefix("progress_plain");
+    let mut args = promos_args_from(&db, &input, &plain);
     args.push("--stop-at-end".into());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = dishflow(&argv, MINUTE);

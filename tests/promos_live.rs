@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Child;
+
 use std::time::Duration;
 
 use common::*;
@@ -43,7 +43,7 @@ fn wait_for_history(topic: &str, key: &str, expected: &[bool]) -> Vec<Option<Str
 
 /// A running job (with `extra` flags) whose campaign C of restaurant R was notified to
 /// client `a`: (database, notification topic, a's row id, the job).
-fn campaign_c_notified_to_a(name: &str, extra: &[&str]) -> (String, String, i32, Child) {
+fn campaign_c_notified_to_a(name: &str, extra: &[&str]) -> (Db, String, i32, Job) {
     let (db, prefix) = live_fixture(name);
     let out = format!("{prefix}.out");
     let now = now_secs();
@@ -309,7 +309,7 @@ fn snapshot_and_stream_hand_over_exactly_under_concurrent_writes() {
 
     // Writers: inserts, deletes, moves and multi-row transactions, before, during and after
     // the job's start (slot creation and snapshot).
-    let writer_db = db.clone();
+    let writer_db = db.to_string();
     let writer = std::thread::spawn(move || {
         let mut client = pg(&writer_db);
         for i in 0..600u32 {
@@ -482,8 +482,7 @@ fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
         "the replay starts after the ended campaign, at A: {replay}"
     );
     let mut child = child;
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
+    child.kill();
 
     // While the job is down: a new subscriber of A's restaurant, and a new campaign.
     subscribe(&db, "s2", R);
@@ -652,7 +651,7 @@ fn metrics_count_what_a_running_job_read_dead_lettered_and_wrote() {
 
 /// The two processes of an unbounded promos cluster on `db`/`prefix`, plus `extra` flags;
 /// process 0 serves its metrics on the returned port.
-fn spawn_cluster(db: &str, prefix: &str, extra: &[&str]) -> (Child, Child, u16) {
+fn spawn_cluster(db: &str, prefix: &str, extra: &[&str]) -> (Job, Job, u16) {
     let metrics = free_port();
     let [zero, one] = two_process_cluster(prefix);
     let process = |mut args: Vec<String>, serves_metrics: bool| {

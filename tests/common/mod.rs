@@ -8,7 +8,8 @@
 
 pub mod certs;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dishflow::cli::KafkaArgs;
@@ -44,22 +45,179 @@ pub fn unique(name: &str) -> String {
         .expect("clock")
         .as_nanos();
     format!(
-        "{name}_{}_{}",
+        "{name}_{}_{:012}",
         std::process::id(),
         nanos % 1_000_000_000_000
     )
 }
 
-/// Creates a fresh database and returns its URL.
-pub fn database(name: &str) -> String {
+/// Creates a fresh database named after `name` (see [`unique`]).
+pub fn database(name: &str) -> Db {
     let db = unique(name);
-    let mut admin =
-        postgres::Client::connect(&format!("{}/postgres", postgres_base()), postgres::NoTls)
-            .expect("connect to Postgres (is scripts/services.sh running?)");
-    admin
+    admin()
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .expect("create database");
-    format!("{}/{db}", postgres_base())
+    Db(format!("{}/{db}", postgres_base()))
+}
+
+fn admin() -> postgres::Client {
+    postgres::Client::connect(&format!("{}/postgres", postgres_base()), postgres::NoTls)
+        .expect("connect to Postgres (is scripts/services.sh running?)")
+}
+
+/// A test's database: its URL (as `&str`, by deref). Dropped when the test passes, kept
+/// for inspection when it fails; set `DISHFLOW_TEST_KEEP=1` to keep it anyway.
+pub struct Db(String);
+
+impl std::ops::Deref for Db {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if keep(&self.0) {
+            return;
+        }
+        let name = self.0.rsplit('/').next().unwrap_or_default();
+        if let Err(e) = drop_database(name) {
+            eprintln!("cannot drop database {name}: {e}");
+        }
+    }
+}
+
+/// Whether what a test created stays: the test is failing, or `DISHFLOW_TEST_KEEP` is set.
+fn keep(what: &str) -> bool {
+    let keep = std::thread::panicking() || std::env::var_os("DISHFLOW_TEST_KEEP").is_some();
+    if keep {
+        eprintln!("kept {what}");
+    }
+    keep
+}
+
+/// Drops database `name` with its replication slots (a slot keeps a database from being
+/// dropped), ending the sessions still connected to it.
+pub fn drop_database(name: &str) -> Result<(), postgres::Error> {
+    let mut admin = admin();
+    let mut attempt = 0;
+    loop {
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )?;
+        let dropped = admin
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = $1",
+                &[&name],
+            )
+            .and_then(|_| {
+                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            });
+        match dropped {
+            // A replication connection ends a moment after it was told to.
+            Err(_) if attempt < 50 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// A test's unique name prefix (see [`unique`]) for its topics and Redis keys, as `&str`
+/// by deref: the topics and keys whose names start with it are deleted when the test
+/// passes, kept when it fails or `DISHFLOW_TEST_KEEP` is set.
+pub struct Prefix(String);
+
+/// A fresh [`Prefix`] named after `name`.
+pub fn prefix(name: &str) -> Prefix {
+    Prefix(unique(name))
+}
+
+impl std::ops::Deref for Prefix {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        if keep(&format!("the topics and Redis keys {}*", self.0)) {
+            return;
+        }
+        if let Err(e) = delete_topics(&self.0) {
+            eprintln!("cannot delete the topics {}*: {e}", self.0);
+        }
+        if let Err(e) = delete_redis_keys(&self.0) {
+            eprintln!("cannot delete the Redis keys {}*: {e}", self.0);
+        }
+    }
+}
+
+/// Deletes the topics whose names start with `prefix` (the broker keeps every topic).
+pub fn delete_topics(prefix: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = dishflow::kafka::client_config(&kafka(), &[]).create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(30))?;
+    let names: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        dishflow::kafka::client_config(&kafka(), &[]).create()?;
+    for result in futures_executor::block_on(admin.delete_topics(&names, &AdminOptions::new()))? {
+        result.map_err(|(topic, code)| anyhow::anyhow!("{topic}: {code}"))?;
+    }
+    Ok(())
+}
+
+/// Deletes the Redis keys that start with `prefix`.
+pub fn delete_redis_keys(prefix: &str) -> redis::RedisResult<()> {
+    let mut con = redis::Client::open(redis_url().as_str())?.get_connection()?;
+    let keys: Vec<String> = con.keys(format!("{prefix}*"))?;
+    if !keys.is_empty() {
+        con.del::<_, ()>(keys)?;
+    }
+    Ok(())
+}
+
+/// Drops the databases whose names start with `prefix`.
+pub fn drop_databases(prefix: &str) -> Result<(), postgres::Error> {
+    let names: Vec<String> = admin()
+        .query(
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
+            &[&prefix],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in names {
+        drop_database(&name)?;
+    }
+    Ok(())
 }
 
 /// A client on `url`.
@@ -79,14 +237,14 @@ pub fn subscribers_table(url: &str) -> postgres::Client {
 
 /// A fresh database with the subscribers table and `dishflow setup` done, and a unique topic
 /// prefix, both named after `name`.
-pub fn live_fixture(name: &str) -> (String, String) {
+pub fn live_fixture(name: &str) -> (Db, Prefix) {
     let db = database(name);
     subscribers_table(&db);
     assert_success(&dishflow(
         &["setup", "--postgres-url", &db],
         Duration::from_secs(60),
     ));
-    (db, unique(name))
+    (db, prefix(name))
 }
 
 /// The seed example's subscribers (SPEC), in a table created with the exact seed DDL.
@@ -147,15 +305,35 @@ pub fn seed_subscribers(url: &str) {
 /// A message to produce: (key, value); `None` is no key / a tombstone.
 pub type Raw<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
-/// Creates `topic` and produces `messages` (key, value) to it, round robin over partitions.
-pub fn produce_raw(topic: &str, partitions: i32, messages: &[Raw<'_>]) {
+/// Where produced records went: (partition, offset) of each, in the order given.
+pub type Marks = Vec<(i32, i64)>;
+
+/// Collects the (partition, offset) of every delivered record.
+#[derive(Default)]
+struct Delivered(std::sync::Mutex<Marks>);
+
+impl rdkafka::ClientContext for Delivered {}
+
+impl rdkafka::producer::ProducerContext for Delivered {
+    type DeliveryOpaque = Box<usize>;
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, index: Box<usize>) {
+        use rdkafka::Message;
+        let message = result.as_ref().expect("delivered");
+        self.0.lock().expect("marks")[*index] = (message.partition(), message.offset());
+    }
+}
+
+/// Creates `topic` and produces `messages` (key, value) to it, round robin over partitions;
+/// returns where each went.
+pub fn produce_raw(topic: &str, partitions: i32, messages: &[Raw<'_>]) -> Marks {
     dishflow::kafka::ensure_topic(&kafka(), topic, partitions).expect("create topic");
-    let producer: BaseProducer = dishflow::kafka::client_config(&kafka(), &[])
-        .create()
+    let context = Delivered(std::sync::Mutex::new(vec![(-1, -1); messages.len()]));
+    let producer: BaseProducer<Delivered> = dishflow::kafka::client_config(&kafka(), &[])
+        .create_with_context(context)
         .expect("producer");
     for (i, (key, value)) in messages.iter().enumerate() {
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).partition(i as i32 % partitions);
+        let mut record: BaseRecord<'_, [u8], [u8], Box<usize>> =
+            BaseRecord::with_opaque_to(topic, Box::new(i)).partition(i as i32 % partitions);
         if let Some(key) = key {
             record = record.key(*key);
         }
@@ -165,12 +343,43 @@ pub fn produce_raw(topic: &str, partitions: i32, messages: &[Raw<'_>]) {
         producer.send(record).map_err(|(e, _)| e).expect("send");
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
+    let marks = std::mem::take(&mut *producer.context().0.lock().expect("marks"));
+    assert!(
+        marks.iter().all(|&(_, offset)| offset >= 0),
+        "undelivered: {marks:?}"
+    );
+    marks
 }
 
 /// Creates `topic` and produces messages without key with `values`, round robin.
-pub fn produce_values(topic: &str, partitions: i32, values: &[&str]) {
+pub fn produce_values(topic: &str, partitions: i32, values: &[&str]) -> Marks {
     let raw: Vec<Raw<'_>> = values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
-    produce_raw(topic, partitions, &raw);
+    produce_raw(topic, partitions, &raw)
+}
+
+/// Waits (at most `timeout`) until the committed progress of `job` (`promos`, `orders`) on
+/// `topic` is past every record of `marks`: the job has read them and every sink has
+/// written all they caused. Evidence that "nothing changed" means nothing will.
+pub fn wait_for_progress(
+    db: &str,
+    job: &str,
+    topic: &str,
+    marks: &[(i32, i64)],
+    timeout: Duration,
+) {
+    wait_until(
+        timeout,
+        &format!("{job}'s progress on {topic} past {marks:?}"),
+        || {
+            let committed = dishflow::progress::load(&mut pg(db), job, topic).ok()?;
+            marks
+                .iter()
+                .all(|(partition, offset)| {
+                    committed.get(partition).is_some_and(|c| c.resume > *offset)
+                })
+                .then_some(())
+        },
+    );
 }
 
 /// Every message of `topic`.
@@ -180,36 +389,108 @@ pub fn consume(topic: &str) -> Vec<ConsumedMessage> {
 
 /// `dishflow` with `args`, run to completion (at most `timeout`).
 pub fn dishflow(args: &[&str], timeout: Duration) -> Output {
-    let child = spawn(args);
-    wait(child, timeout)
+    wait(spawn(args), timeout)
 }
 
-/// `dishflow` with `args`, in the background, its output captured.
-pub fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_dishflow"))
+/// A `dishflow` process a test started. Its stdout and stderr go to files under the
+/// target's temporary directory (a pipe nobody reads would block a job that logs more than
+/// 64 KiB); the files are removed with the job unless the test is failing. A job still
+/// running when its `Job` is dropped (a failed assertion) is killed.
+pub struct Job {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Job {
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    fn output(&mut self, status: ExitStatus) -> Output {
+        Output {
+            status,
+            stdout: std::fs::read(&self.stdout).unwrap_or_default(),
+            stderr: std::fs::read(&self.stderr).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!("dishflow's output kept in {}", self.stderr.display());
+        } else {
+            std::fs::remove_file(&self.stdout).ok();
+            std::fs::remove_file(&self.stderr).ok();
+        }
+    }
+}
+
+/// `dishflow` with `args`, in the background, its output written to files.
+pub fn spawn(args: &[&str]) -> Job {
+    spawn_env(args, &[])
+}
+
+/// [`spawn`] with environment variables `env` set (after `RUST_LOG=info`).
+pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Job {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dishflow-logs");
+    std::fs::create_dir_all(&dir).expect("log directory");
+    let name = unique(args.first().copied().unwrap_or("dishflow"));
+    let stdout = dir.join(format!("{name}.stdout"));
+    let stderr = dir.join(format!("{name}.stderr"));
+    let child = Command::new(env!("CARGO_BIN_EXE_dishflow"))
         .args(args)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
         .spawn()
-        .expect("spawn dishflow")
+        .expect("spawn dishflow");
+    Job {
+        child,
+        stdout,
+        stderr,
+    }
 }
 
-/// Waits for `child`, killing it (and failing) after `timeout`.
-pub fn wait(mut child: Child, timeout: Duration) -> Output {
+/// Waits for `job`, killing it (and failing) after `timeout`.
+pub fn wait(mut job: Job, timeout: Duration) -> Output {
     let deadline = Instant::now() + timeout;
-    while child.try_wait().expect("wait").is_none() {
+    loop {
+        if let Some(status) = job.try_wait() {
+            return job.output(status);
+        }
         if Instant::now() > deadline {
-            child.kill().ok();
-            let out = child.wait_with_output().expect("output");
+            job.kill();
             panic!(
                 "dishflow did not finish within {timeout:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
+                job.stderr()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.wait_with_output().expect("output")
 }
 
 /// Asserts that `out` is a successful run, showing its stderr otherwise.
@@ -248,7 +529,7 @@ pub fn promos_args_from(db: &str, input: &str, prefix: &str) -> Vec<String> {
 }
 
 /// An unbounded promos job on `db` and the topics `<prefix>.in/.out/.dlq`, plus `extra` flags.
-pub fn spawn_promos(db: &str, prefix: &str, extra: &[&str]) -> Child {
+pub fn spawn_promos(db: &str, prefix: &str, extra: &[&str]) -> Job {
     let mut args = promos_args(db, prefix);
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -299,7 +580,7 @@ pub fn campaign_version_json(
 }
 
 /// Sends SIGTERM to `child` and asserts that it finishes cleanly within 30 s.
-pub fn terminate(child: Child) -> Output {
+pub fn terminate(child: Job) -> Output {
     let pid = child.id().to_string();
     Command::new("kill")
         .args(["-TERM", &pid])
@@ -506,7 +787,7 @@ pub fn two_free_ports() -> u16 {
 }
 
 /// Sends `signal` (e.g. "TERM", "KILL", "STOP") to `child`.
-pub fn signal(child: &Child, signal: &str) {
+pub fn signal(child: &Job, signal: &str) {
     let status = Command::new("kill")
         .args([format!("-{signal}"), child.id().to_string()])
         .status()
