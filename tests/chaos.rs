@@ -234,7 +234,7 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
             started.elapsed().as_secs_f64(),
             match misses {
                 0 => String::new(),
-                n => format!(", after {n} tries that came too late"),
+                n => format!("; {n} earlier kill(s) missed the moment"),
             }
         );
         kinds.push(kind.to_string());

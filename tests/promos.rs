@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -148,11 +148,14 @@ fn ended_campaign_gives_nothing_and_an_early_one_is_held_until_its_start() {
     seed_subscribers(&db);
     let prefix = prefix("held");
     let now = now_secs();
-    let start = now + 6;
+    // 20 s: an order of magnitude above the job's latency, so that the job has read the
+    // campaign well before its start.
+    let start = now + 20;
     let ended = campaign_json("ended", R0, now - 100, now - 50);
     let early = campaign_json("early", R1, start, now + 3600);
-    produce_raw(
-        &format!("{prefix}.in"),
+    let input = format!("{prefix}.in");
+    let marks = produce_raw(
+        &input,
         1,
         &[
             (None, Some(ended.as_bytes())),
@@ -164,15 +167,18 @@ fn ended_campaign_gives_nothing_and_an_early_one_is_held_until_its_start() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = spawn(&argv);
 
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let rows = loop {
+    // Read and everything it caused written, before the start: nothing.
+    wait_for_progress(&db, "promos", &input, &marks, MINUTE);
+    let before = feedback_rows(&db);
+    assert!(
+        now_secs() < start,
+        "the campaign was read after its start: no margin left to test the hold"
+    );
+    assert_eq!(before, vec![], "emitted before its start");
+    let rows = wait_until(MINUTE, "the draft at the start", || {
         let rows = feedback_rows(&db);
-        if !rows.is_empty() || Instant::now() > deadline {
-            break rows;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    // Nothing may appear before the start.
+        (!rows.is_empty()).then_some(rows)
+    });
     assert!(now_secs() >= start, "emitted before its start");
     // SIGTERM: finish what is complete, exit 0.
     let pid = child.id().to_string();

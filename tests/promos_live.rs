@@ -195,11 +195,8 @@ fn a_newer_version_replaces_the_campaign_and_older_or_identical_ones_change_noth
 
     // Older, and identical re-delivery (on both partitions): nothing anywhere.
     let v0 = campaign_version_json("C", R, window, 500, "older");
-    produce_values(&input, 2, &[&v0, &v2, &v2, &v1]);
-    let marker = campaign_json("M", R, now - 10, now + 600);
-    produce_values(&input, 2, &[&marker]);
-    wait_for_history(&out, "M:a", &[true]);
-    wait_for_history(&out, "M:b", &[true]);
+    let marks = produce_values(&input, 2, &[&v0, &v2, &v2, &v1]);
+    wait_for_progress(&db, "promos", &input, &marks, WAIT);
     terminate(child);
     for key in ["C:a", "C:b"] {
         assert_eq!(
@@ -227,58 +224,66 @@ fn drafts_expire_at_the_end_with_a_tombstone_and_a_replacement_moves_the_end() {
     let input = format!("{prefix}.in");
     let out = format!("{prefix}.out");
     let produce = |json: &str| produce_values(&input, 1, &[json]);
+    // Every window below is 10 s or more: an order of magnitude above the job's latency.
     let t0 = now_secs();
     subscribe(&db, "a", R);
     produce(&campaign_version_json(
         "S",
         R,
-        (t0 - 10, t0 + 8),
+        (t0 - 10, t0 + 20),
         1000,
         "short",
     ));
     let child = spawn_promos(&db, &prefix, &["--envelope", "upsert"]);
     wait_for_history(&out, "S:a", &[true]);
 
-    // Each replacement is produced once the version it replaces is out, well before its end.
+    // E is replaced by a version that ends sooner, L by one that ends later; both
+    // replacements must be read while the versions they replace are in force.
     let t1 = now_secs();
     produce(&campaign_version_json(
         "E",
         R,
-        (t1 - 10, t1 + 60),
+        (t1 - 10, t1 + 600),
         1000,
         "v1",
     ));
     produce(&campaign_version_json(
         "L",
         R,
-        (t1 - 10, t1 + 8),
+        (t1 - 10, t1 + 20),
         1000,
         "v1",
     ));
     wait_for_history(&out, "E:a", &[true]);
     wait_for_history(&out, "L:a", &[true]);
-    produce(&campaign_version_json(
+    let t2 = now_secs();
+    let mut marks = produce(&campaign_version_json(
         "E",
         R,
-        (t1 - 10, t1 + 4),
+        (t1 - 10, t2 + 10),
         2000,
         "earlier",
     ));
-    produce(&campaign_version_json(
+    marks.extend(produce(&campaign_version_json(
         "L",
         R,
-        (t1 - 10, t1 + 14),
+        (t1 - 10, t1 + 30),
         2000,
         "later",
-    ));
+    )));
+    wait_for_progress(&db, "promos", &input, &marks, WAIT);
+    assert!(
+        now_secs() < t1 + 20,
+        "the replacements were read after L's first end: no margin left to test the move"
+    );
 
     wait_for_history(&out, "S:a", &[true, false]);
-    assert!(now_secs() >= t0 + 8, "retracted before the end");
+    assert!(now_secs() >= t0 + 20, "retracted before the end");
     wait_for_history(&out, "E:a", &[true, true, false]);
     let moved_earlier = now_secs();
-    assert!(moved_earlier >= t1 + 4 && moved_earlier < t1 + 60);
+    assert!(moved_earlier >= t2 + 10 && moved_earlier < t1 + 600);
     wait_for_history(&out, "L:a", &[true, true, false]);
-    assert!(now_secs() >= t1 + 14, "the replacement moved the end later");
+    assert!(now_secs() >= t1 + 30, "the replacement moved the end later");
     terminate(child);
 }
 
@@ -486,12 +491,13 @@ fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
 
     // While the job is down: a new subscriber of A's restaurant, and a new campaign.
     subscribe(&db, "s2", R);
-    produce_values(&input, 2, &[&campaign_json("C", R, now - 10, now + 3600)]);
+    let marks = produce_values(&input, 2, &[&campaign_json("C", R, now - 10, now + 3600)]);
     let child = spawn_promos(&db, &prefix, &[]);
     for key in ["A:s2", "C:s1", "C:s2"] {
         wait_for_history(&out, key, &[true]);
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Past C, the replay (stamped before it) has written all it would.
+    wait_for_progress(&db, "promos", &input, &marks, WAIT);
     terminate(child);
     let once: BTreeMap<String, Vec<bool>> = ["A:s1", "A:s2", "C:s1", "C:s2"]
         .into_iter()
