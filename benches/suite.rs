@@ -32,13 +32,13 @@ mod common;
 #[path = "suite/latency.rs"]
 mod latency;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
@@ -68,7 +68,7 @@ fn measure_all(commands: &mut [&mut Command], timeout: Duration) -> Measured {
 const PEER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A peer engine's run: measured, or `None` (said on stderr and recorded in `series` under
-/// `engine`) if it failed or did not finish within [`PEER_TIMEOUT`].
+/// `engine` as an invalid run) if it failed or did not finish within [`PEER_TIMEOUT`].
 fn measure_peer(
     command: &mut Command,
     series: &mut BTreeMap<&'static str, Series>,
@@ -79,7 +79,7 @@ fn measure_peer(
         Err(error) => {
             let first = error.lines().next().unwrap_or_default().to_string();
             eprintln!("{engine}: run failed, going on without it: {error}");
-            series.entry(engine).or_default().failed.push(first);
+            series.entry(engine).or_default().invalid.push(first);
             None
         }
     }
@@ -185,10 +185,14 @@ fn median(values: &[f64]) -> f64 {
 #[derive(Default)]
 struct Series {
     runs: Vec<Measured>,
-    /// Rows the engine's last run wrote (to check that it did the whole job).
+    /// Rows the engine's last valid run wrote.
     rows: Option<i64>,
-    /// Runs that failed or hung (peers only), first line of why.
-    failed: Vec<String>,
+    /// Runs that failed, hung or wrote a wrong or incomplete output: why. They are not in
+    /// `runs`: an invalid run is never a number in the report.
+    invalid: Vec<String>,
+    /// Wall seconds of runs on an empty input: the engine's fixed cost (start, connect,
+    /// stop), part of every bounded run's time.
+    empty: Vec<f64>,
 }
 
 impl Series {
@@ -199,11 +203,20 @@ impl Series {
     fn summary(&self, records: u64) -> Value {
         let wall = self.wall();
         if wall.is_empty() {
-            return json!({ "failed_runs": self.failed });
+            return json!({ "invalid_runs": self.invalid });
         }
         let cpu: Vec<f64> = self.runs.iter().map(|m| m.cpu_s).collect();
         let rss: Vec<f64> = self.runs.iter().map(|m| m.max_rss_mb).collect();
+        let empty = (!self.empty.is_empty()).then(|| median(&self.empty));
+        // Throughput once running: records over the time beyond the empty run's.
+        let net = empty
+            .map(|e| median(&wall) - e)
+            .filter(|s| *s > 0.0)
+            .map(|s| records as f64 / s);
         json!({
+            "empty_run_s": empty,
+            "empty_runs_s": self.empty,
+            "records_per_s_beyond_empty_run": net,
             "wall_s": wall,
             "median_s": median(&wall),
             "min_s": wall.iter().copied().fold(f64::INFINITY, f64::min),
@@ -213,7 +226,7 @@ impl Series {
             "cpu_us_per_record": median(&cpu) * 1e6 / records as f64,
             "max_rss_mb": rss.iter().copied().fold(0.0, f64::max),
             "output_rows": self.rows,
-            "failed_runs": self.failed,
+            "invalid_runs": self.invalid,
         })
     }
 }
@@ -251,41 +264,66 @@ where
     producer.poll(Duration::ZERO);
 }
 
-/// `--pipe IN OUT`: the limit of a consume → produce pass-through: every message of IN
-/// (to its end as of the start) produced to OUT, acknowledged.
-fn pipe(input: &str, output: Option<&str>) {
-    let partitions = dishflow::kafka::topic_partitions(&kafka(), input).expect("topic");
-    let marks = dishflow::kafka::watermarks(&kafka(), input).expect("watermarks");
+/// Calls `each` with every message of `topic` up to its end as of the call, and then with
+/// any that comes until none has for `settle` (an error if the topic does not exist or
+/// cannot be read within 10 minutes). An output topic needs a `settle`: Tansu may report a
+/// partition's end one produce batch short, and only a sealed input ends with a marker
+/// batch that nobody needs (see [`seal_topic`]).
+fn read_topic(
+    topic: &str,
+    settle: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> anyhow::Result<()> {
+    let partitions = dishflow::kafka::topic_partitions(&kafka(), topic)?;
+    let marks = dishflow::kafka::watermarks(&kafka(), topic)?;
     let consumer: BaseConsumer = dishflow::kafka::client_config(
         &kafka(),
         &[
-            ("group.id", "dishflow-bench-pipe"),
+            ("group.id", "dishflow-bench-reader"),
             ("enable.auto.commit", "false"),
         ],
     )
-    .create()
-    .expect("consumer");
+    .create()?;
     let mut assignment = TopicPartitionList::new();
     for p in &partitions {
-        assignment
-            .add_partition_offset(input, *p, Offset::Beginning)
-            .expect("assign");
+        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
-    consumer.assign(&assignment).expect("assign");
+    consumer.assign(&assignment)?;
+    let mut remaining: BTreeMap<i32, i64> = marks.iter().map(|&(p, _, high)| (p, high)).collect();
+    remaining.retain(|_, high| *high > 0);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last = Instant::now();
+    while !remaining.is_empty() || last.elapsed() < settle {
+        anyhow::ensure!(Instant::now() < deadline, "reading {topic} timed out");
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        last = Instant::now();
+        each(&message);
+        let partition = message.partition();
+        if remaining
+            .get(&partition)
+            .is_some_and(|high| message.offset() + 1 >= *high)
+        {
+            remaining.remove(&partition);
+        }
+    }
+    Ok(())
+}
+
+/// How long an output topic must stay quiet for its check to have read all of it.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// `--pipe IN OUT`: the limit of a consume → produce pass-through: every message of IN
+/// (to its end as of the start) produced to OUT, acknowledged.
+fn pipe(input: &str, output: Option<&str>) {
     let producer: Option<BaseProducer> = output.map(|_| {
         dishflow::kafka::client_config(&kafka(), &[("linger.ms", "5")])
             .create()
             .expect("producer")
     });
-    let mut remaining: BTreeMap<i32, i64> = marks.iter().map(|&(p, _, high)| (p, high)).collect();
-    remaining.retain(|_, high| *high > 0);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !remaining.is_empty() {
-        assert!(Instant::now() < deadline, "pipe timed out");
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let message = message.expect("consume");
+    read_topic(input, Duration::ZERO, |message| {
         if let (Some(producer), Some(output)) = (&producer, output) {
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
             if let Some(key) = message.key() {
@@ -296,17 +334,128 @@ fn pipe(input: &str, output: Option<&str>) {
             }
             send_retrying(producer, record);
         }
-        let partition = message.partition();
-        if remaining
-            .get(&partition)
-            .is_some_and(|high| message.offset() + 1 >= *high)
-        {
-            remaining.remove(&partition);
-        }
-    }
+    })
+    .expect("pipe");
     if let Some(producer) = producer {
         producer.flush(Duration::from_secs(120)).expect("flush");
     }
+}
+
+/// "campaign:client" of a draft (dishflow's or Pathway's: both are JSON with these fields).
+fn draft_key(payload: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    Some(format!(
+        "{}:{}",
+        v["adv_campaign_id"].as_str()?,
+        v["client_id"].as_str()?
+    ))
+}
+
+/// The drafts a promos workload must give, as "campaign:client": every campaign of `input`
+/// valid now, for each distinct subscriber of its restaurant in database `db` — computed
+/// from the inputs, independently of any engine.
+fn expected_drafts(input: &str, db: &str) -> HashSet<String> {
+    let mut clients: HashMap<String, Vec<String>> = HashMap::new();
+    for row in pg(db)
+        .query(
+            "SELECT DISTINCT restaurant_id, client_id FROM subscribers_restaurants",
+            &[],
+        )
+        .expect("subscribers")
+    {
+        clients.entry(row.get(0)).or_default().push(row.get(1));
+    }
+    let now = now_secs();
+    let mut campaigns: HashMap<String, String> = HashMap::new();
+    read_topic(input, Duration::ZERO, |m| {
+        let Some(v) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+        else {
+            return;
+        };
+        let valid = v["adv_campaign_datetime_start"].as_i64() <= Some(now)
+            && v["adv_campaign_datetime_end"].as_i64() > Some(now);
+        if let (true, Some(id), Some(restaurant)) = (
+            valid,
+            v["adv_campaign_id"].as_str(),
+            v["restaurant_id"].as_str(),
+        ) {
+            campaigns.insert(id.to_string(), restaurant.to_string());
+        }
+    })
+    .expect("input topic");
+    campaigns
+        .iter()
+        .flat_map(|(id, restaurant)| {
+            clients
+                .get(restaurant)
+                .into_iter()
+                .flatten()
+                .map(move |client| format!("{id}:{client}"))
+        })
+        .collect()
+}
+
+/// Checks that `found` holds every key of `expected` exactly once and nothing else.
+fn exactly_once(
+    what: &str,
+    found: impl IntoIterator<Item = String>,
+    expected: &HashSet<String>,
+) -> Result<(), String> {
+    let mut seen = HashSet::with_capacity(expected.len());
+    let (mut duplicated, mut unexpected) = (0, 0);
+    for key in found {
+        if !expected.contains(&key) {
+            unexpected += 1;
+        } else if !seen.insert(key) {
+            duplicated += 1;
+        }
+    }
+    let missing = expected.len() - seen.len();
+    if missing + duplicated + unexpected > 0 {
+        return Err(format!(
+            "{what}: {} of {} expected keys, {missing} missing, {duplicated} duplicated, \
+             {unexpected} unexpected",
+            seen.len(),
+            expected.len()
+        ));
+    }
+    Ok(())
+}
+
+/// What a promos run wrote, checked: every expected draft exactly once in the notification
+/// topic `topic` and among the rows of `table` in `db` that match `condition`. The number
+/// of rows, or what is wrong.
+fn check_promos(
+    expected: &HashSet<String>,
+    db: &str,
+    table: &str,
+    condition: &str,
+    topic: &str,
+) -> Result<i64, String> {
+    let rows: Vec<String> = pg(db)
+        .query(
+            &format!("SELECT adv_campaign_id || ':' || client_id FROM {table} WHERE {condition}"),
+            &[],
+        )
+        .map_err(|e| format!("reading {table}: {e}"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let count = rows.len() as i64;
+    exactly_once(&format!("Postgres {table}"), rows, expected)?;
+    let mut keys = Vec::with_capacity(expected.len());
+    read_topic(topic, SETTLE, |m| {
+        keys.push(
+            m.payload()
+                .and_then(draft_key)
+                .unwrap_or_else(|| "(not a draft)".into()),
+        )
+    })
+    .map_err(|e| format!("reading {topic}: {e:#}"))?;
+    exactly_once(&format!("Kafka {topic}"), keys, expected)?;
+    Ok(count)
 }
 
 /// Deletes the topics and databases whose names start with `prefix` — the workload's own
@@ -415,7 +564,7 @@ fn promos_fixture(w: &PromosWorkload, prefix: &str) -> (String, String) {
         &input,
         &campaign_json("marker", "marker", now - 10, now + 3600),
     );
-    let template = database(&format!("{prefix}_tpl"));
+    let template = database(&format!("{prefix}_tpl")).persist();
     let mut client = subscribers_table(&template);
     client
         .execute(
@@ -440,6 +589,23 @@ fn promos_fixture(w: &PromosWorkload, prefix: &str) -> (String, String) {
         input,
         template.rsplit('/').next().unwrap_or_default().to_string(),
     )
+}
+
+/// An empty input for the same job: a topic holding only the marker (every engine ignores
+/// it) and a template database with no subscribers. Its runs measure an engine's fixed cost.
+fn empty_promos_fixture(prefix: &str, template: &str) -> (String, String) {
+    let input = format!("{prefix}.empty");
+    dishflow::kafka::ensure_topic(&kafka(), &input, 4).expect("topic");
+    let now = now_secs();
+    seal_topic(
+        &input,
+        &campaign_json("marker", "marker", now - 10, now + 3600),
+    );
+    let name = format!("{prefix}_etpl");
+    pg(&copy_database(template, &name))
+        .batch_execute("TRUNCATE subscribers_restaurants")
+        .expect("truncate");
+    (input, name)
 }
 
 /// `--produce-copy N FANOUT TOPIC DB`: the limit of writing N drafts: N draft-sized
@@ -539,17 +705,26 @@ fn copy_rows(n: u64, fanout: u64, db: &str) {
     writer.finish().expect("finish copy");
 }
 
-/// Adds run `m` of `engine` (which wrote `rows`, if counted) to `series`.
+/// Adds run `m` of `engine` to `series`, with what its output check said: the rows it
+/// wrote, or what is wrong with its output (then the run is invalid: said on stderr and
+/// kept out of the numbers); `None` for a limit, which has no output to check.
 fn record(
     series: &mut BTreeMap<&'static str, Series>,
     engine: &'static str,
     m: Measured,
-    rows: Option<i64>,
+    check: Option<Result<i64, String>>,
 ) {
     let entry = series.entry(engine).or_default();
-    entry.runs.push(m);
-    if rows.is_some() {
-        entry.rows = rows;
+    match check {
+        Some(Err(why)) => {
+            eprintln!("{engine}: INVALID run, its output is wrong: {why}");
+            entry.invalid.push(why);
+        }
+        Some(Ok(rows)) => {
+            entry.runs.push(m);
+            entry.rows = Some(rows);
+        }
+        None => entry.runs.push(m),
     }
 }
 
@@ -569,11 +744,20 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
     let prefix = unique(&w.name.to_lowercase());
     let (input, template) = promos_fixture(w, &prefix);
     let drafts = w.drafts();
+    let expected = expected_drafts(&input, &format!("{}/{template}", postgres_base()));
+    assert_eq!(
+        expected.len() as u64,
+        drafts,
+        "{}: the fixture gives {} drafts, not {drafts}",
+        w.name,
+        expected.len()
+    );
+    let (empty_input, empty_template) = empty_promos_fixture(&prefix, &template);
     let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
     let timeout = Duration::from_secs(1800);
     // `out`.out is the run's notification topic.
-    let job = |db: &str, out: &str, extra: &[&str]| -> Vec<String> {
-        let mut args = promos_args_from(db, &input, out);
+    let job = |db: &str, input: &str, out: &str, extra: &[&str]| -> Vec<String> {
+        let mut args = promos_args_from(db, input, out);
         args.push("--stop-at-end".to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
         args
@@ -589,19 +773,60 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
                   tag: &str,
                   extra: &[&str]| {
         let db = copy_database(&template, &format!("{prefix}_{tag}"));
-        let m = measure(
-            &mut run(&job(&db, &format!("{prefix}.{tag}"), extra)),
-            timeout,
-        );
+        let out = format!("{prefix}.{tag}");
+        let m = measure(&mut run(&job(&db, &input, &out, extra)), timeout);
         eprintln!("{}: {engine} {m:?}", w.name);
-        record(
-            series,
-            engine,
-            m,
-            Some(count_rows(&db, "subscribers_feedback", "true")),
+        let check = check_promos(
+            &expected,
+            &db,
+            "subscribers_feedback",
+            "true",
+            &format!("{out}.out"),
         );
+        record(series, engine, m, Some(check));
+    };
+    let peer = |python: &str, input: &str, out: &str, db: &str| -> Command {
+        let mut c = Command::new(python);
+        c.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/bench/peers/promos.py"
+        ))
+        .args([
+            "--brokers",
+            &brokers(),
+            "--topic",
+            input,
+            "--out-topic",
+            out,
+            "--dsn",
+            &dsn(db),
+            "--feedback-table",
+            "pathway_feedback",
+            "--static",
+        ]);
+        c
     };
     for round in 0..rounds {
+        // The fixed cost of a run (start, connect, stop): each engine on an empty topic and
+        // an empty subscribers table.
+        let db = copy_database(&empty_template, &format!("{prefix}_de{round}"));
+        let m = measure(
+            &mut run(&job(&db, &empty_input, &format!("{prefix}.de{round}"), &[])),
+            timeout,
+        );
+        series.entry("dishflow").or_default().empty.push(m.wall_s);
+        if let Some(python) = pathway {
+            let db = copy_database(&empty_template, &format!("{prefix}_pe{round}"));
+            let out = format!("{prefix}.pe{round}");
+            if let Some(m) = measure_peer(
+                &mut peer(python, &empty_input, &out, &db),
+                &mut series,
+                "pathway",
+            ) {
+                series.entry("pathway").or_default().empty.push(m.wall_s);
+            }
+        }
+
         single(&mut series, "dishflow", &format!("d{round}"), &[]);
         if !w.pipe_limit {
             // A backlog of fan-out: Postgres inserts in parallel over two connections.
@@ -624,16 +849,23 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
             let [zero, one] = two_process_cluster(&prefix);
             let out = format!("{prefix}.c{round}");
             let zero: Vec<&str> = zero.iter().map(String::as_str).collect();
-            let mut a = run(&job(&db, &out, &zero));
+            let mut a = run(&job(&db, &input, &out, &zero));
             let one: Vec<&str> = one.iter().map(String::as_str).collect();
-            let mut b = run(&job(&db, &out, &one));
+            let mut b = run(&job(&db, &input, &out, &one));
             let m = measure_all(&mut [&mut a, &mut b], timeout);
             eprintln!("{} round {round}: dishflow 2 processes {m:?}", w.name);
+            let check = check_promos(
+                &expected,
+                &db,
+                "subscribers_feedback",
+                "true",
+                &format!("{out}.out"),
+            );
             record(
                 &mut series,
                 "dishflow, 2 processes × 1 worker",
                 m,
-                Some(count_rows(&db, "subscribers_feedback", "true")),
+                Some(check),
             );
         }
 
@@ -683,36 +915,14 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
 
         if let Some(python) = pathway {
             let db = copy_database(&template, &format!("{prefix}_p{round}"));
-            let m = measure_peer(
-                Command::new(python)
-                    .arg(concat!(
-                        env!("CARGO_MANIFEST_DIR"),
-                        "/scripts/bench/peers/promos.py"
-                    ))
-                    .args([
-                        "--brokers",
-                        &brokers(),
-                        "--topic",
-                        &input,
-                        "--out-topic",
-                        &format!("{prefix}.pw{round}"),
-                        "--dsn",
-                        &dsn(&db),
-                        "--feedback-table",
-                        "pathway_feedback",
-                        "--static",
-                    ]),
-                &mut series,
-                "pathway",
-            );
+            let out = format!("{prefix}.pw{round}");
+            let m = measure_peer(&mut peer(python, &input, &out, &db), &mut series, "pathway");
             eprintln!("{} round {round}: pathway {m:?}", w.name);
             let Some(m) = m else { continue };
-            record(
-                &mut series,
-                "pathway",
-                m,
-                Some(count_rows(&db, "pathway_feedback", "diff = 1")),
-            );
+            // Pathway writes its changes: a row is a draft where `diff = 1` (a retraction
+            // would be a row with `diff = -1`, and its Kafka message a duplicate key).
+            let check = check_promos(&expected, &db, "pathway_feedback", "diff = 1", &out);
+            record(&mut series, "pathway", m, Some(check));
         }
     }
     clean_up(&prefix);
@@ -777,59 +987,128 @@ fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
     .expect("produce");
     assert!(produce.status.success(), "produce failed");
     // Another object type: ignored by both engines.
-    seal_topic(
-        &topic,
-        r#"{"object_id": 0, "object_type": "marker", "sent_dttm": "2022-01-01 00:00:00", "payload": {}}"#,
-    );
-    let template = database(&format!("{prefix}_tpl"));
+    let marker = r#"{"object_id": 0, "object_type": "marker", "sent_dttm": "2022-01-01 00:00:00", "payload": {}}"#;
+    seal_topic(&topic, marker);
+    // An empty input (the marker only, no dictionaries): each engine's fixed cost.
+    let empty_topic = format!("{prefix}.empty");
+    dishflow::kafka::ensure_topic(&kafka(), &empty_topic, 4).expect("topic");
+    seal_topic(&empty_topic, marker);
+    let template = database(&format!("{prefix}_tpl")).persist();
     let setup = dishflow_command(&["setup", "--job", "orders", "--postgres-url", &template])
         .output()
         .expect("setup");
     assert!(setup.status.success());
     let template_name = template.rsplit('/').next().unwrap_or_default().to_string();
+    // CDM = SQL GROUP BY over the raw messages and the dictionaries: what every engine's
+    // counters must equal, computed once, independently of any engine.
+    let truth = {
+        let db = copy_database(&template_name, &format!("{prefix}_truth"));
+        ground_truth(&db, &topic, &format!("{prefix}*"))
+    };
+    assert!(
+        !truth.0.is_empty() && !truth.1.is_empty(),
+        "W5: the ground truth is empty"
+    );
 
     let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
     let mut upsert_s = Vec::new();
     let mut wal = Vec::new();
     let timeout = Duration::from_secs(1200);
     let mut last_db = String::new();
-    let mut pathway_db: Option<String> = None;
     let workers = workers.to_string();
+    // The engines' runs on `topic` with the Redis keys matching `keys`, into `db`.
+    let dishflow = |db: &str, topic: &str, keys: &str, dlq: &str| -> Command {
+        dishflow_command(&[
+            "orders",
+            "--brokers",
+            &brokers(),
+            "--postgres-url",
+            db,
+            "--redis-url",
+            &redis_url,
+            "--redis-keys",
+            keys,
+            "--order-topic",
+            topic,
+            "--dead-letter-topic",
+            dlq,
+            "--stop-at-end",
+            "--workers",
+            &workers,
+        ])
+    };
+    let peer = |python: &str, db: &str, topic: &str, keys: &str| -> Command {
+        let mut c = Command::new(python);
+        c.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/bench/peers/orders.py"
+        ))
+        .args([
+            "--brokers",
+            &brokers(),
+            "--topic",
+            topic,
+            "--redis-url",
+            &redis_url,
+            "--redis-keys",
+            keys,
+            "--dsn",
+            &dsn(db),
+            "--table-prefix",
+            "pathway",
+            "--static",
+        ]);
+        c
+    };
+    let keys = format!("{prefix}*");
+    let no_keys = format!("{prefix}.none*");
     for round in 0..rounds {
+        let db = copy_database(&template_name, &format!("{prefix}_de{round}"));
+        let dlq = format!("{prefix}.de{round}.dlq");
+        let m = measure(&mut dishflow(&db, &empty_topic, &no_keys, &dlq), timeout);
+        series.entry("dishflow").or_default().empty.push(m.wall_s);
+        if let Some(python) = pathway {
+            let db = copy_database(&template_name, &format!("{prefix}_pe{round}"));
+            let engine = "pathway (CDM counters only)";
+            let run = &mut peer(python, &db, &empty_topic, &no_keys);
+            if let Some(m) = measure_peer(run, &mut series, engine) {
+                series.entry(engine).or_default().empty.push(m.wall_s);
+            }
+        }
+
         let db = copy_database(&template_name, &format!("{prefix}_d{round}"));
         let lsn = wal_lsn(&mut pg(&db));
-        let m = measure(
-            &mut dishflow_command(&[
-                "orders",
-                "--brokers",
-                &brokers(),
-                "--postgres-url",
-                &db,
-                "--redis-url",
-                &redis_url,
-                "--redis-keys",
-                &format!("{prefix}*"),
-                "--order-topic",
-                &topic,
-                "--dead-letter-topic",
-                &format!("{prefix}.dlq"),
-                "--stop-at-end",
-                "--workers",
-                &workers,
-            ]),
-            timeout,
-        );
+        let dlq = format!("{prefix}.d{round}.dlq");
+        let m = measure(&mut dishflow(&db, &topic, &keys, &dlq), timeout);
         wal.push((wal_lsn(&mut pg(&db)) - lsn) as f64);
         eprintln!("w5 round {round}: dishflow {m:?}");
-        record(
-            &mut series,
-            "dishflow",
-            m,
-            Some(
-                count_rows(&db, "cdm.user_product_counters", "true")
-                    + count_rows(&db, "cdm.user_category_counters", "true"),
+        let check = check_counters(
+            (
+                counters(
+                    &db,
+                    "cdm.user_product_counters",
+                    "product_id",
+                    "product_name",
+                ),
+                counters(
+                    &db,
+                    "cdm.user_category_counters",
+                    "category_id",
+                    "category_name",
+                ),
             ),
-        );
+            &truth,
+        )
+        .and_then(|rows| {
+            // Every order is valid: nothing may be dead-lettered.
+            let mut dead = 0;
+            read_topic(&dlq, SETTLE, |_| dead += 1).ok();
+            match dead {
+                0 => Ok(rows),
+                n => Err(format!("{n} orders dead-lettered")),
+            }
+        });
+        record(&mut series, "dishflow", m, Some(check));
         let m = measure(&mut self_command(&["--consume", &topic]), timeout);
         eprintln!("w5 round {round}: limit consume {m:?}");
         series
@@ -872,63 +1151,18 @@ fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
         if let Some(python) = pathway {
             let db = copy_database(&template_name, &format!("{prefix}_p{round}"));
             let m = measure_peer(
-                Command::new(python)
-                    .arg(concat!(
-                        env!("CARGO_MANIFEST_DIR"),
-                        "/scripts/bench/peers/orders.py"
-                    ))
-                    .args([
-                        "--brokers",
-                        &brokers(),
-                        "--topic",
-                        &topic,
-                        "--redis-url",
-                        &redis_url,
-                        "--redis-keys",
-                        &format!("{prefix}*"),
-                        "--dsn",
-                        &dsn(&db),
-                        "--table-prefix",
-                        "pathway",
-                        "--static",
-                    ]),
+                &mut peer(python, &db, &topic, &keys),
                 &mut series,
                 "pathway (CDM counters only)",
             );
             eprintln!("w5 round {round}: pathway {m:?}");
             let Some(m) = m else { continue };
-            let (products, categories) = pathway_counters(&db);
-            record(
-                &mut series,
-                "pathway (CDM counters only)",
-                m,
-                Some((products.len() + categories.len()) as i64),
-            );
-            pathway_db = Some(db);
+            let check = pathway_counters(&db)
+                .map_err(|e| format!("reading Pathway's counters: {e}"))
+                .and_then(|counters| check_counters(counters, &truth));
+            record(&mut series, "pathway (CDM counters only)", m, Some(check));
         }
     }
-    // CDM = SQL GROUP BY over the raw messages and the dictionaries (and Pathway's too).
-    let (truth_products, truth_categories) = ground_truth(&last_db, &topic, &format!("{prefix}*"));
-    let ours = (
-        counters(
-            &last_db,
-            "cdm.user_product_counters",
-            "product_id",
-            "product_name",
-        ),
-        counters(
-            &last_db,
-            "cdm.user_category_counters",
-            "category_id",
-            "category_name",
-        ),
-    );
-    let truth = (truth_products, truth_categories);
-    let equal = json!({
-        "dishflow": ours == truth,
-        "pathway": pathway_db.as_deref().map(|db| pathway_counters(db) == truth),
-    });
-    eprintln!("w5: CDM equals the SQL GROUP BY: {equal}");
     // Rows per layer, as the last run wrote them.
     let layer =
         |tables: &[&str]| -> i64 { tables.iter().map(|t| count_rows(&last_db, t, "true")).sum() };
@@ -959,49 +1193,79 @@ fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
         "records": n,
         "engines": summaries,
         "postgres_write_volume": {"rows": rows, "wal_bytes": wal, "wal_bytes_median": median(&wal)},
-        "cdm_equals_sql_group_by": equal,
     })
 }
 
 /// The final counters of the Pathway peer (its tables hold the change stream: a row is
 /// current when its changes sum to a positive count), like [`counters`].
-fn pathway_counters(db: &str) -> (Counters, Counters) {
+fn pathway_counters(db: &str) -> Result<(Counters, Counters), postgres::Error> {
     let mut client = pg(db);
-    let mut read = |table: &str, item: &str, name: &str| -> Counters {
-        client
+    let mut read = |table: &str, item: &str, name: &str| -> Result<Counters, postgres::Error> {
+        Ok(client
             .query(
                 &format!(
                     "SELECT user_id::uuid, {item}::uuid, {name}, order_cnt::int4 FROM {table} \
                      GROUP BY 1, 2, 3, 4 HAVING sum(diff) > 0 ORDER BY 1, 2"
                 ),
                 &[],
-            )
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                    .collect()
-            })
-            .unwrap_or_default()
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
     };
-    (
+    Ok((
         read(
             "pathway_user_product_counters",
             "product_id",
             "product_name",
-        ),
+        )?,
         read(
             "pathway_user_category_counters",
             "category_id",
             "category_name",
-        ),
-    )
+        )?,
+    ))
+}
+
+/// Checks an engine's (product, category) counters against the SQL ground truth: the
+/// number of counter rows, or how many differ.
+fn check_counters(got: (Counters, Counters), truth: &(Counters, Counters)) -> Result<i64, String> {
+    let differ = |got: &Counters, want: &Counters, what: &str| -> Option<String> {
+        if got == want {
+            return None;
+        }
+        let got_set: HashSet<_> = got.iter().collect();
+        let want_set: HashSet<_> = want.iter().collect();
+        Some(format!(
+            "{what}: {} rows, {} of the {} expected missing or different, {} not expected",
+            got.len(),
+            want_set.difference(&got_set).count(),
+            want.len(),
+            got_set.difference(&want_set).count()
+        ))
+    };
+    let problems: Vec<String> = [
+        differ(&got.0, &truth.0, "user_product_counters"),
+        differ(&got.1, &truth.1, "user_category_counters"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if problems.is_empty() {
+        Ok((got.0.len() + got.1.len()) as i64)
+    } else {
+        Err(format!(
+            "counters differ from the SQL GROUP BY: {}",
+            problems.join("; ")
+        ))
+    }
 }
 
 /// The markdown table of the report.
 fn markdown(results: &[Value], machine: &str) -> String {
     let mut md = String::from("# dishflow benchmark report\n\n");
     md.push_str(machine);
-    md.push_str("\n\n| workload | engine | median s (min–max) | records/s | CPU µs/record | peak RSS MB | rows written | vs dishflow |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n\n| workload | engine | median s (min–max) | records/s | empty run s | records/s beyond the empty run | CPU µs/record | peak RSS MB | rows written | vs dishflow |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in results {
         let w = r["workload"].as_str().unwrap_or("?");
         let Some(engines) = r["engines"].as_object().cloned() else {
@@ -1019,12 +1283,22 @@ fn markdown(results: &[Value], machine: &str) -> String {
                 (Some(a), Some(b)) => format!(" ({a:.2}–{b:.2})"),
                 _ => String::new(),
             };
-            if let Some(failed) = s["failed_runs"].as_array().filter(|f| !f.is_empty()) {
-                range.push_str(&format!(", {} run(s) failed or hung", failed.len()));
+            if let Some(invalid) = s["invalid_runs"].as_array().filter(|f| !f.is_empty()) {
+                let why = invalid[0].as_str().unwrap_or_default();
+                if s["median_s"].is_null() {
+                    md.push_str(&format!(
+                        "| {w} | {engine} | INVALID ({} run(s)): {why} | — | — | — | — | — | — | — |\n",
+                        invalid.len()
+                    ));
+                    continue;
+                }
+                range.push_str(&format!("; {} more run(s) INVALID: {why}", invalid.len()));
             }
             md.push_str(&format!(
-                "| {w} | {engine} | {median:.2}{range} | {} | {} | {} | {} | {:.2}× |\n",
+                "| {w} | {engine} | {median:.2}{range} | {} | {} | {} | {} | {} | {} | {:.2}× |\n",
                 cell("records_per_s", 0),
+                cell("empty_run_s", 2),
+                cell("records_per_s_beyond_empty_run", 0),
                 cell("cpu_us_per_record", 1),
                 cell("max_rss_mb", 0),
                 s["output_rows"]
@@ -1034,7 +1308,7 @@ fn markdown(results: &[Value], machine: &str) -> String {
             ));
         }
     }
-    md.push_str("\n`vs dishflow` = the engine's median time ÷ dishflow's (below 1: faster than dishflow).\n");
+    md.push_str("\n`vs dishflow` = the engine's median time ÷ dishflow's (below 1: faster than dishflow). `empty run s`: the same engine on an empty input (start, connect, stop), part of every run's time; `records/s beyond the empty run` = records ÷ (median − empty run). Every run's output is checked (each expected draft exactly once in Kafka and in Postgres; W5: the counters equal a SQL GROUP BY of the input); a run that fails the check is INVALID and not in the numbers.\n");
     for r in results {
         md.push_str(&latency::markdown(r));
     }
@@ -1169,4 +1443,57 @@ fn main() {
     let md = markdown(&results, &machine);
     std::fs::write(dir.join("report.md"), &md).expect("report.md");
     println!("{md}");
+    let invalid = invalid_runs(&report);
+    if !invalid.is_empty() {
+        eprintln!(
+            "suite: {} INVALID run(s) — an engine wrote a wrong or incomplete output:",
+            invalid.len()
+        );
+        for why in &invalid {
+            eprintln!("  {why}");
+        }
+        std::process::exit(1);
+    }
+}
+
+/// Every invalid run of the report, as "workload engine: why" (any `invalid_runs` list in
+/// the results, at any depth: the throughput and the latency workloads alike).
+fn invalid_runs(report: &Value) -> Vec<String> {
+    fn walk(v: &Value, path: &mut Vec<String>, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "invalid_runs" {
+                        for why in v.as_array().into_iter().flatten() {
+                            out.push(format!(
+                                "{}: {}",
+                                path.join(" "),
+                                why.as_str().unwrap_or("?")
+                            ));
+                        }
+                    } else {
+                        path.push(k.clone());
+                        walk(v, path, out);
+                        path.pop();
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    let name = item["workload"].as_str().map(str::to_string);
+                    if let Some(name) = &name {
+                        path.push(name.clone());
+                    }
+                    walk(item, path, out);
+                    if name.is_some() {
+                        path.pop();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&report["results"], &mut Vec::new(), &mut out);
+    out
 }

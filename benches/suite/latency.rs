@@ -10,7 +10,12 @@
 //! * **W4**: W3 at 100 promos/s while 10 subscriber rows per second are inserted (autocommit)
 //!   into tables of 10k, 100k, 1M rows; measured per change: commit → draft consumable and →
 //!   feedback row committed, plus the job's CPU over the window (cost per change vs table
-//!   size).
+//!   size). The Pathway peer runs twice: following the table as dishflow does (changes from
+//!   a logical replication slot, every 10 ms) and re-reading the whole table every 100 ms.
+//!   In W3 the table does not change and the peer reads it once.
+//!
+//! A run where an expected draft or row never arrived, or arrived twice, is INVALID: the
+//! report shows why instead of its numbers.
 //!
 //! Every engine runs unbounded in its own database (a copy of one template) and topics; it is
 //! warmed up (one draft through) before the window starts, and stopped after the last
@@ -19,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,20 +48,29 @@ const FETCH_WAIT: &str = "fetch.wait.max.ms:20";
 /// The notify channel of the feedback trigger.
 const CHANNEL: &str = "dishflow_bench_feedback";
 
-/// Arrival instants by key, filled by a background thread until `stop`.
+/// Arrival instants by key (the first), filled by a background thread until `stop`.
 #[derive(Clone, Default)]
 struct Arrivals {
     seen: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Arrivals of a key already seen: a draft sent twice, a row written twice.
+    repeats: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
 impl Arrivals {
     fn insert(&self, key: String) {
-        self.seen
-            .lock()
-            .expect("lock")
-            .entry(key)
-            .or_insert_with(Instant::now);
+        match self.seen.lock().expect("lock").entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.repeats.fetch_add(1, Ordering::Relaxed);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Instant::now());
+            }
+        }
+    }
+
+    fn repeats(&self) -> usize {
+        self.repeats.load(Ordering::Relaxed)
     }
 
     fn get(&self, key: &str) -> Option<Instant> {
@@ -127,16 +141,6 @@ fn kafka_arrivals(
         }
     });
     arrivals
-}
-
-/// "campaign:client" of a draft (dishflow's or Pathway's: both are JSON with these fields).
-fn draft_key(_key: Option<&[u8]>, payload: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(payload).ok()?;
-    Some(format!(
-        "{}:{}",
-        v["adv_campaign_id"].as_str()?,
-        v["client_id"].as_str()?
-    ))
 }
 
 /// Records the commit of every feedback row (payload "campaign:client" of the trigger).
@@ -256,7 +260,7 @@ fn usage(pid: u32) -> (f64, f64) {
 /// restaurants "lr{r}"; the rest spread over other restaurants), the warm-up pair
 /// (warm-r, warm-c), both feedback tables with the notify trigger, dishflow set up.
 fn latency_template(prefix: &str, subscribers: u64) -> String {
-    let url = database(&format!("{prefix}_tpl"));
+    let url = database(&format!("{prefix}_tpl")).persist();
     let mut client = subscribers_table(&url);
     let promos_rows = RESTAURANTS * FAN_OUT;
     client
@@ -306,18 +310,33 @@ fn latency_template(prefix: &str, subscribers: u64) -> String {
     url.rsplit('/').next().unwrap_or_default().to_string()
 }
 
-/// What runs: dishflow (default settings) or the Pathway peer.
+/// What runs: dishflow (default settings: it streams the subscribers' changes from a
+/// logical replication slot, polled every 10 ms) or the Pathway peer (python, how it
+/// follows the subscribers).
 #[derive(Clone, Copy, PartialEq)]
 enum Engine<'a> {
     Dishflow,
-    Pathway(&'a str),
+    Pathway(&'a str, Capture),
+}
+
+/// How the Pathway peer follows the subscribers table.
+#[derive(Clone, Copy, PartialEq)]
+enum Capture {
+    /// A snapshot only (W3: the table does not change).
+    Snapshot,
+    /// The whole table re-read every 100 ms, the difference applied.
+    Poll,
+    /// Its changes taken from a logical replication slot every 10 ms, as dishflow does.
+    Slot,
 }
 
 impl Engine<'_> {
     fn name(self) -> &'static str {
         match self {
             Engine::Dishflow => "dishflow",
-            Engine::Pathway(_) => "pathway",
+            Engine::Pathway(_, Capture::Snapshot) => "pathway",
+            Engine::Pathway(_, Capture::Poll) => "pathway, full-table re-read every 100 ms",
+            Engine::Pathway(_, Capture::Slot) => "pathway, replication slot polled every 10 ms",
         }
     }
 
@@ -343,7 +362,7 @@ impl Engine<'_> {
                 );
                 c
             }
-            Engine::Pathway(python) => {
+            Engine::Pathway(python, capture) => {
                 let mut c = Command::new(python);
                 c.arg(concat!(
                     env!("CARGO_MANIFEST_DIR"),
@@ -360,10 +379,18 @@ impl Engine<'_> {
                     &dsn(db),
                     "--feedback-table",
                     "pathway_feedback",
-                    "--follow",
                     "--fetch-wait-ms",
                     FETCH_WAIT.split(':').nth(1).unwrap_or("5"),
                 ]);
+                match capture {
+                    Capture::Snapshot => {}
+                    Capture::Poll => {
+                        c.args(["--follow", "--capture", "poll", "--poll-ms", "100"]);
+                    }
+                    Capture::Slot => {
+                        c.args(["--follow", "--capture", "slot", "--poll-ms", "10"]);
+                    }
+                }
                 c
             }
         };
@@ -399,7 +426,7 @@ fn engine_run(
     for topic in [&input, &out] {
         dishflow::kafka::ensure_topic(&kafka(), topic, 4).expect("topic");
     }
-    let drafts = kafka_arrivals(&out, draft_key);
+    let drafts = kafka_arrivals(&out, |_, payload| super::draft_key(payload));
     let rows = feedback_arrivals(&db);
     let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/bench")
@@ -483,6 +510,8 @@ fn engine_run(
             result["change_to_draft"] = latencies(&committed, &expected, &drafts);
             result["change_to_row"] = latencies(&committed, &expected, &rows);
         }
+        // Cumulative over the run: a draft or row written twice makes the run invalid.
+        result["repeated"] = json!(drafts.repeats() + rows.repeats());
         let (cpu_after, rss) = usage(child.id());
         result["cpu_s_per_window_s"] = json!((cpu_after - cpu_before) / window_s);
         result["max_rss_mb"] = json!(rss);
@@ -548,12 +577,26 @@ fn insert_floor(template: &str, tag: &str, rate: u64, secs: u64) -> Value {
     percentiles(samples, 0)
 }
 
-/// Collects `runs` of one engine or floor: every percentile's median (and min–max) over rounds.
+/// Collects `runs` of one engine or floor: every percentile's median (and min–max) over
+/// rounds, and `invalid_runs`: why a run's output was incomplete (an expected draft or row
+/// that never arrived) or wrong (one that arrived twice).
 fn over_rounds(runs: &[Value]) -> Value {
     let mut out = serde_json::Map::new();
     let Some(first) = runs.first().and_then(Value::as_object) else {
         return Value::Null;
     };
+    let mut invalid = Vec::new();
+    for run in runs {
+        for (metric, v) in run.as_object().into_iter().flatten() {
+            if let Some(n) = v["missing"].as_u64().filter(|n| *n > 0) {
+                invalid.push(format!("{metric}: {n} never arrived"));
+            }
+        }
+        if let Some(n) = run["repeated"].as_u64().filter(|n| *n > 0) {
+            invalid.push(format!("{n} drafts or rows arrived twice"));
+        }
+    }
+    out.insert("invalid_runs".into(), json!(invalid));
     for (metric, v) in first {
         if v.is_object() {
             let mut m = serde_json::Map::new();
@@ -600,7 +643,8 @@ pub fn w3(rates: &[u64], secs: u64, rounds: usize, pathway: Option<&str>) -> Val
                 .or_default()
                 .push(json!({"promo_to_row": insert_floor(&template, &format!("{tag}_i"), rate, secs)}));
             let mut engines = vec![Engine::Dishflow];
-            engines.extend(pathway.map(Engine::Pathway));
+            // The subscribers do not change here: the peer reads them once.
+            engines.extend(pathway.map(|p| Engine::Pathway(p, Capture::Snapshot)));
             for engine in engines {
                 let window = Window { rate, changes: 0 };
                 let run = engine_run(
@@ -647,9 +691,11 @@ pub fn w4(sizes: &[u64], secs: u64, rounds: usize, pathway: Option<&str>) -> Val
         let mut runs: HashMap<&str, Vec<Value>> = HashMap::new();
         for round in 0..rounds {
             let mut engines = vec![Engine::Dishflow];
-            engines.extend(pathway.map(Engine::Pathway));
-            for engine in engines {
-                let tag = format!("{prefix}_{round}_{}", engine.name());
+            for capture in [Capture::Slot, Capture::Poll] {
+                engines.extend(pathway.map(|p| Engine::Pathway(p, capture)));
+            }
+            for (e, engine) in engines.into_iter().enumerate() {
+                let tag = format!("{prefix}_{round}_e{e}");
                 let run = engine_run(engine, &template, &tag, &[window], secs);
                 runs.entry(engine.name()).or_default().extend(run);
             }
@@ -700,6 +746,14 @@ pub fn markdown(result: &Value) -> String {
             .unwrap_or_default();
         engines.sort_by_key(|(name, _)| (!name.starts_with("dishflow"), name.to_string()));
         for (engine, e) in engines {
+            if let Some(why) = e["invalid_runs"].as_array().and_then(|i| i.first()) {
+                md.push_str(&format!(
+                    "| {} | {engine} | INVALID: {} | — | — | — | — | — | — | — |\n",
+                    row[label],
+                    why.as_str().unwrap_or_default()
+                ));
+                continue;
+            }
             for metric in metrics {
                 let m = &e[metric];
                 if m.is_null() {

@@ -69,6 +69,14 @@ fn admin() -> postgres::Client {
 /// for inspection when it fails; set `DISHFLOW_TEST_KEEP=1` to keep it anyway.
 pub struct Db(String);
 
+impl Db {
+    /// The URL, the database no longer dropped with this value (the benchmarks drop theirs
+    /// by name prefix when a workload ends).
+    pub fn persist(self) -> String {
+        std::mem::ManuallyDrop::new(self).0.clone()
+    }
+}
+
 impl std::ops::Deref for Db {
     type Target = str;
     fn deref(&self) -> &str {
