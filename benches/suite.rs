@@ -1295,7 +1295,7 @@ fn markdown(results: &[Value], machine: &str) -> String {
                 range.push_str(&format!("; {} more run(s) INVALID: {why}", invalid.len()));
             }
             md.push_str(&format!(
-                "| {w} | {engine} | {median:.2}{range} | {} | {} | {} | {} | {} | {} | {:.2}× |\n",
+                "| {w} | {engine} | {median:.2}{range} | {} | {} | {} | {} | {} | {} | {} |\n",
                 cell("records_per_s", 0),
                 cell("empty_run_s", 2),
                 cell("records_per_s_beyond_empty_run", 0),
@@ -1304,7 +1304,10 @@ fn markdown(results: &[Value], machine: &str) -> String {
                 s["output_rows"]
                     .as_i64()
                     .map_or_else(|| "—".to_string(), |r| r.to_string()),
-                median / ours,
+                // No ratio without a valid dishflow run.
+                Some(median / ours)
+                    .filter(|r| r.is_finite())
+                    .map_or_else(|| "—".to_string(), |r| format!("{r:.2}×")),
             ));
         }
     }
