@@ -42,8 +42,9 @@ fn wait_for_history(topic: &str, key: &str, expected: &[bool]) -> Vec<Option<Str
 }
 
 /// A running job (with `extra` flags) whose campaign C of restaurant R was notified to
-/// client `a`: (database, notification topic, a's row id, the job).
-fn campaign_c_notified_to_a(name: &str, extra: &[&str]) -> (Db, String, i32, Job) {
+/// client `a`: (database, topics, notification topic, a's row id, the job). The topics
+/// live as long as the returned [`Prefix`].
+fn campaign_c_notified_to_a(name: &str, extra: &[&str]) -> (Db, Prefix, String, i32, Job) {
     let (db, prefix) = live_fixture(name);
     let out = format!("{prefix}.out");
     let now = now_secs();
@@ -55,7 +56,7 @@ fn campaign_c_notified_to_a(name: &str, extra: &[&str]) -> (Db, String, i32, Job
     );
     let child = spawn_promos(&db, &prefix, extra);
     wait_for_history(&out, "C:a", &[true]);
-    (db, out, a, child)
+    (db, prefix, out, a, child)
 }
 
 #[test]
@@ -128,7 +129,7 @@ fn subscribe_unsubscribe_move_and_duplicate_rows_flow_through_the_running_job() 
 
 #[test]
 fn unsubscribe_writes_nothing_with_append_and_a_return_is_not_notified_twice() {
-    let (db, out, a, child) = campaign_c_notified_to_a("append", &[]);
+    let (db, _topics, out, a, child) = campaign_c_notified_to_a("append", &[]);
     sql(
         &db,
         &format!("DELETE FROM subscribers_restaurants WHERE id = {a}"),
@@ -420,7 +421,8 @@ fn setup_creates_the_publication_and_drop_removes_it_and_stale_slots() {
 
 #[test]
 fn a_lost_capture_connection_reconnects_and_catches_up_with_a_fresh_snapshot() {
-    let (db, out, a, child) = campaign_c_notified_to_a("reconnect", &["--envelope", "upsert"]);
+    let (db, _topics, out, a, child) =
+        campaign_c_notified_to_a("reconnect", &["--envelope", "upsert"]);
     // Kill the change-capture connection (its temporary slot goes with it), then change
     // the table while the job has no slot: the fresh snapshot must bring both changes.
     let killed: i64 = wait_until(WAIT, "the capture connection", || {
