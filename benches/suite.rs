@@ -1,6 +1,9 @@
-//! The benchmark suite (issue 6): each workload run several times, interleaved with the limit
-//! the hardware allows for it and with a peer engine (Pathway), every process measured (wall
-//! time, CPU seconds, peak RSS). Writes `target/bench/report.md` and `report.json`.
+//! The benchmark suite: each workload run several times, interleaved with the limit the
+//! hardware allows for it and with a peer engine (Pathway), every process measured (wall
+//! time, CPU seconds, peak RSS), every engine's output checked against what the input must
+//! give ([`check_promos`], [`check_counters`]; a run that fails is INVALID, never a number,
+//! and the suite exits 1), and every engine also run on an empty input (its fixed cost).
+//! Writes `target/bench/report.md` and `report.json`.
 //!
 //! Workloads:
 //! * **W1** pass-through: N promos for N restaurants with one subscriber each → N drafts to
