@@ -315,6 +315,29 @@ fn read_topic(
     Ok(())
 }
 
+/// The Pathway peer of the promos job (`scripts/bench/peers/promos.py`) reading `input`,
+/// writing the topic `out` and the table `pathway_feedback` of `db`.
+fn pathway_promos(python: &str, input: &str, out: &str, db: &str) -> Command {
+    let mut c = Command::new(python);
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/bench/peers/promos.py"
+    ))
+    .args([
+        "--brokers",
+        &brokers(),
+        "--topic",
+        input,
+        "--out-topic",
+        out,
+        "--dsn",
+        &dsn(db),
+        "--feedback-table",
+        "pathway_feedback",
+    ]);
+    c
+}
+
 /// How long an output topic must stay quiet for its check to have read all of it.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -789,24 +812,8 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
         record(series, engine, m, Some(check));
     };
     let peer = |python: &str, input: &str, out: &str, db: &str| -> Command {
-        let mut c = Command::new(python);
-        c.arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/bench/peers/promos.py"
-        ))
-        .args([
-            "--brokers",
-            &brokers(),
-            "--topic",
-            input,
-            "--out-topic",
-            out,
-            "--dsn",
-            &dsn(db),
-            "--feedback-table",
-            "pathway_feedback",
-            "--static",
-        ]);
+        let mut c = pathway_promos(python, input, out, db);
+        c.arg("--static");
         c
     };
     for round in 0..rounds {

@@ -36,7 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 use super::common::*;
-use super::{copy_database, dishflow_command, dsn};
+use super::{copy_database, dishflow_command};
 
 /// Restaurants of the promos (each with `FAN_OUT` subscribers).
 const RESTAURANTS: u64 = 100;
@@ -363,22 +363,8 @@ impl Engine<'_> {
                 c
             }
             Engine::Pathway(python, capture) => {
-                let mut c = Command::new(python);
-                c.arg(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/scripts/bench/peers/promos.py"
-                ))
-                .args([
-                    "--brokers",
-                    &brokers(),
-                    "--topic",
-                    input,
-                    "--out-topic",
-                    out,
-                    "--dsn",
-                    &dsn(db),
-                    "--feedback-table",
-                    "pathway_feedback",
+                let mut c = super::pathway_promos(python, input, out, db);
+                c.args([
                     "--fetch-wait-ms",
                     FETCH_WAIT.split(':').nth(1).unwrap_or("5"),
                 ]);
