@@ -17,7 +17,36 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use timely::{CommunicationConfig, WorkerConfig};
 
-use crate::cli::ClusterArgs;
+use clap::Args;
+
+/// Scale-out: worker threads per process, and processes in a cluster.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Worker threads in this process.
+    #[arg(long, short = 'w', env = "DISHFLOW_WORKERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
+
+    /// Number of processes in the cluster (all started with the same arguments but --process).
+    #[arg(long, env = "DISHFLOW_PROCESSES", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub processes: u16,
+
+    /// Index of this process in the cluster, 0-based.
+    #[arg(long, env = "DISHFLOW_PROCESS", default_value_t = 0)]
+    pub process: u16,
+
+    /// File with one HOST:PORT per line, line i being process i (needed with --processes > 1).
+    #[arg(long, env = "DISHFLOW_HOSTFILE")]
+    pub hostfile: Option<std::path::PathBuf>,
+}
+
+impl ClusterArgs {
+    /// Worker threads in the whole cluster.
+    pub fn peers(&self) -> usize {
+        usize::from(self.workers) * usize::from(self.processes)
+    }
+}
 
 /// Builds timely's configuration from the cluster flags.
 pub fn timely_config(args: &ClusterArgs) -> Result<timely::Config> {

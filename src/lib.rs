@@ -6,6 +6,7 @@
 #![forbid(missing_docs)]
 
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod control;
 pub mod jobs;
@@ -13,8 +14,8 @@ pub mod kafka;
 pub mod logs;
 pub mod metrics;
 pub mod pg;
+pub mod positions;
 pub mod produce;
-pub mod progress;
 pub mod redact;
 pub mod retry;
 pub mod sinks;

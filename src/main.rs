@@ -4,7 +4,8 @@
 use std::io::Write;
 
 use clap::Parser;
-use dishflow::cli::{Cli, Command, ProduceCommand, SetupJob};
+use dishflow::cli::{Cli, Command, SetupJob};
+use dishflow::produce::ProduceCommand;
 
 /// mimalloc instead of glibc malloc: differential's batches allocate and free many
 /// short-lived vectors, where glibc spent most of the CPU time (scripts/bench.sh orders).
@@ -32,7 +33,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(ProduceCommand::Promos(args)) => dishflow::produce::promos(&args),
         Command::Produce(ProduceCommand::Orders(args)) => dishflow::produce::orders(&args),
         Command::Consume(args) => {
-            let messages = dishflow::sources::kafka::read_to_end(
+            let messages = dishflow::kafka::consumer::read_to_end(
                 &args.kafka,
                 &args.topic,
                 std::time::Duration::from_secs(args.timeout),

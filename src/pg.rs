@@ -3,6 +3,9 @@
 use anyhow::{Context, Result, anyhow};
 use postgres::{Client, Transaction};
 
+/// The default Postgres URL: the local server's database `de`.
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/de";
+
 pub mod tls;
 
 /// Connects to `url` (TLS per its `sslmode`, see [`tls`]), with an error that names the

@@ -5,10 +5,117 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use dataflows::promos::Campaign;
 
-use crate::cli::{ProduceOrdersArgs, ProducePromosArgs};
+use clap::{Args, Subcommand};
+
+use crate::kafka::KafkaArgs;
 use crate::kafka::ensure_topic;
 use crate::sinks::SinkWriter;
 use crate::sinks::kafka::{Encoder, KafkaMessage, KafkaWriter};
+use crate::sources::redis::DEFAULT_URL as DEFAULT_REDIS_URL;
+
+/// What `dishflow produce` generates.
+#[derive(Debug, Subcommand)]
+pub enum ProduceCommand {
+    /// Valid campaign messages for the promos job.
+    Promos(ProducePromosArgs),
+    /// A reproducible order history (Kafka) with its restaurants, menus and users (Redis).
+    Orders(ProduceOrdersArgs),
+}
+
+/// Arguments of `dishflow produce orders`.
+#[derive(Debug, Args)]
+pub struct ProduceOrdersArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Redis the dictionaries are written to.
+    #[arg(long, env = "DISHFLOW_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Topic the orders are written to (created with --partitions if missing).
+    #[arg(long, env = "DISHFLOW_TOPIC", default_value = "order-service_orders")]
+    pub topic: String,
+
+    /// Partitions of the topic, if it has to be created.
+    #[arg(long, env = "DISHFLOW_PARTITIONS", default_value_t = 4)]
+    pub partitions: i32,
+
+    /// Number of orders (each sent once, some also re-sent with a later status).
+    #[arg(long, env = "DISHFLOW_ORDERS", default_value_t = 1000)]
+    pub orders: u64,
+
+    /// Number of restaurants (menus of 10–30 products in 8 categories).
+    #[arg(long, env = "DISHFLOW_RESTAURANTS", default_value_t = 100)]
+    pub restaurants: u64,
+
+    /// Number of users.
+    #[arg(long, env = "DISHFLOW_USERS", default_value_t = 5000)]
+    pub users: u64,
+
+    /// Random seed: the same seed gives the same data set.
+    #[arg(long, env = "DISHFLOW_SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    /// First `object_id`.
+    #[arg(long, env = "DISHFLOW_FIRST_ORDER", default_value_t = 1)]
+    pub first_order: u64,
+
+    /// Prefix of every restaurant, product and user id (and so of their Redis keys), to keep
+    /// several data sets apart in one Redis.
+    #[arg(long, env = "DISHFLOW_ID_PREFIX", default_value = "")]
+    pub id_prefix: String,
+
+    /// Write only the dictionaries (no orders).
+    #[arg(long, conflicts_with = "orders_only")]
+    pub dictionaries_only: bool,
+
+    /// Write only the orders (the dictionaries are already there, or come later).
+    #[arg(long)]
+    pub orders_only: bool,
+}
+
+/// Arguments of `dishflow produce promos`.
+#[derive(Debug, Args)]
+pub struct ProducePromosArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Topic to write to (created with --partitions if missing).
+    #[arg(long, env = "DISHFLOW_TOPIC", default_value = "restaurant_promos")]
+    pub topic: String,
+
+    /// Partitions of the topic, if it has to be created.
+    #[arg(long, env = "DISHFLOW_PARTITIONS", default_value_t = 4)]
+    pub partitions: i32,
+
+    /// Number of campaigns to produce.
+    #[arg(long, env = "DISHFLOW_COUNT", default_value_t = 10)]
+    pub count: u64,
+
+    /// Campaigns go to restaurants `<prefix>…<n>` for n in 0..restaurants, round robin. With the
+    /// default prefix, restaurant 0 is the seed example's `123e4567-e89b-12d3-a456-426614174000`.
+    #[arg(long, env = "DISHFLOW_RESTAURANTS", default_value_t = 1)]
+    pub restaurants: u64,
+
+    /// First campaign number: campaign ids are `<campaign-prefix>…<n>`.
+    #[arg(long, env = "DISHFLOW_FIRST_CAMPAIGN", default_value_t = 3)]
+    pub first_campaign: u64,
+
+    /// Campaign validity start, relative to now, in seconds (negative: already started).
+    #[arg(long, env = "DISHFLOW_START_IN", default_value_t = -3600, allow_hyphen_values = true)]
+    pub start_in: i64,
+
+    /// Campaign validity, in seconds from the start.
+    #[arg(long, env = "DISHFLOW_VALID_FOR", default_value_t = 86_400)]
+    pub valid_for: i64,
+
+    /// Use the seed example's fixed datetimes (start 1659203516, end 2659207116) instead of
+    /// --start-in / --valid-for.
+    #[arg(long, env = "DISHFLOW_SEED_TIMES")]
+    pub seed_times: bool,
+}
 
 /// The seed example's UUID with its last group replaced by `n` (12 decimal digits):
 /// `uuid_like(426614174000)` is `123e4567-e89b-12d3-a456-426614174000`.
@@ -352,10 +459,13 @@ mod tests {
     #[test]
     fn the_order_data_set_is_reproducible_and_valid() {
         use clap::Parser;
-        let cli = crate::cli::Cli::parse_from([
-            "dishflow",
-            "produce",
-            "orders",
+        #[derive(Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: ProduceOrdersArgs,
+        }
+        let args = Command::parse_from([
+            "produce-orders",
             "--orders",
             "300",
             "--restaurants",
@@ -366,11 +476,8 @@ mod tests {
             "3",
             "--id-prefix",
             "t_",
-        ]);
-        let crate::cli::Command::Produce(crate::cli::ProduceCommand::Orders(args)) = cli.command
-        else {
-            panic!("not produce orders")
-        };
+        ])
+        .args;
         let a = order_data(&args);
         let b = order_data(&args);
         assert_eq!(a.messages, b.messages);

@@ -24,7 +24,7 @@ fn run(args: &[String]) {
 }
 
 /// Header `name` of `message`.
-fn header<'m>(message: &'m dishflow::sources::kafka::ConsumedMessage, name: &str) -> &'m str {
+fn header<'m>(message: &'m dishflow::kafka::consumer::ConsumedMessage, name: &str) -> &'m str {
     message
         .headers
         .iter()

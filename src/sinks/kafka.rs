@@ -28,9 +28,19 @@ use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProd
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::SinkWriter;
-use crate::cli::{Envelope, KafkaArgs};
+use crate::kafka::KafkaArgs;
 use crate::kafka::client_config;
 use crate::retry::Backoff;
+use clap::ValueEnum;
+
+/// How retractions (campaign ended, client unsubscribed) appear in the notification topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Envelope {
+    /// Only insertions are written; a retraction writes nothing.
+    Append,
+    /// A retraction writes a tombstone (same key, null value), for compacted topics.
+    Upsert,
+}
 
 /// How long a batch may wait for its delivery reports before the sink gives up.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);

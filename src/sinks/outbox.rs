@@ -34,8 +34,8 @@ use postgres::{Client, Transaction};
 use tracing::info;
 
 use super::kafka::{KafkaMessage, Producer};
-use crate::cli::KafkaArgs;
-use crate::sources::kafka::{Position, read_range};
+use crate::kafka::KafkaArgs;
+use crate::kafka::consumer::{Position, read_range};
 
 /// Header carrying a message's outbox sequence number (decimal).
 pub const SEQ_HEADER: &str = "dishflow.outbox.seq";

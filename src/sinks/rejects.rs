@@ -29,7 +29,7 @@ use super::SinkWriter;
 use super::kafka::KafkaMessage;
 use super::outbox::Outbox;
 use super::tables::{TableBatch, TableWriter};
-use crate::cli::KafkaArgs;
+use crate::kafka::KafkaArgs;
 
 /// One dead letter and its identity in the ledger.
 pub struct Rejection {

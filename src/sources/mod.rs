@@ -41,6 +41,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::scheduling::SyncActivator;
 use tracing::{debug, info};
 
+use crate::clock::wall_clock_ms;
 use crate::control::{Completion, Control};
 
 pub mod kafka;
@@ -186,11 +187,3 @@ pub fn clocked_source<'s, R: Reader>(
 
 /// How long a source paused by flow control waits before it looks again.
 const PAUSE: Duration = Duration::from_millis(10);
-
-/// Milliseconds since the unix epoch, by the wall clock.
-pub fn wall_clock_ms() -> Time {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}

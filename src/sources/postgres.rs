@@ -357,7 +357,7 @@ impl Capture {
                 "dishflow_{}_{}_{}",
                 std::process::id(),
                 self.index,
-                crate::sources::wall_clock_ms() % 1_000_000_000
+                crate::clock::wall_clock_ms() % 1_000_000_000
             );
             debug!(slot = %name, "creating temporary replication slot");
             client

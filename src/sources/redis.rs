@@ -43,6 +43,9 @@ use crate::sinks::kafka::{KafkaMessage, header};
 use crate::sinks::rejects::{Rejection, Rejects};
 use crate::sources::{Reader, Status, clocked_source};
 
+/// The default Redis URL: the local server's database 0.
+pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/0";
+
 /// Keys per MGET during a scan.
 const CHUNK: usize = 1000;
 

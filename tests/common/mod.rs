@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dishflow::cli::KafkaArgs;
-use dishflow::sources::kafka::{ConsumedMessage, read_to_end};
+use dishflow::kafka::KafkaArgs;
+use dishflow::kafka::consumer::{ConsumedMessage, read_to_end};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use redis::Commands;
 use std::io::Write;
@@ -379,7 +379,7 @@ pub fn wait_for_progress(
         timeout,
         &format!("{job}'s progress on {topic} past {marks:?}"),
         || {
-            let committed = dishflow::progress::load(&mut pg(db), job, topic).ok()?;
+            let committed = dishflow::positions::load(&mut pg(db), job, topic).ok()?;
             marks
                 .iter()
                 .all(|(partition, offset)| {

@@ -39,8 +39,58 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{InputHandleCore, OutputBuilder};
 use tracing::{debug, info, warn};
 
-use crate::cli::StartFrom;
 use crate::pg;
+
+/// Where a job starts reading its Kafka topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartFrom {
+    /// From the job's committed progress: replay what rebuilds its state, then go on where
+    /// it stopped; partitions without progress start at the earliest offset.
+    Resume,
+    /// The first retained offset of every partition.
+    Earliest,
+    /// The end of every partition as of startup: only new messages.
+    Latest,
+    /// Explicit offsets, (topic, partition, offset); partitions not listed: earliest.
+    Offsets(Vec<(String, i32, i64)>),
+}
+
+impl std::str::FromStr for StartFrom {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "resume" => return Ok(StartFrom::Resume),
+            "earliest" => return Ok(StartFrom::Earliest),
+            "latest" => return Ok(StartFrom::Latest),
+            _ => {}
+        }
+        let mut offsets = Vec::new();
+        for item in text.split(',') {
+            let parsed = item.rsplitn(3, ':').collect::<Vec<_>>();
+            let [offset, partition, topic] = parsed[..] else {
+                return Err(format!(
+                    "expected resume, earliest, latest or TOPIC:PARTITION:OFFSET,..., got {item:?}"
+                ));
+            };
+            let partition = partition
+                .parse::<i32>()
+                .ok()
+                .filter(|p| *p >= 0)
+                .ok_or_else(|| format!("bad partition {partition:?} in {item:?}"))?;
+            let offset = offset
+                .parse::<i64>()
+                .ok()
+                .filter(|o| *o >= 0)
+                .ok_or_else(|| format!("bad offset {offset:?} in {item:?}"))?;
+            if topic.is_empty() {
+                return Err(format!("missing topic in {item:?}"));
+            }
+            offsets.push((topic.to_string(), partition, offset));
+        }
+        Ok(StartFrom::Offsets(offsets))
+    }
+}
 
 /// Committed progress of one partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +195,7 @@ impl RunStart {
     /// Reads what a run of `job` on `topic` needs to know before it starts (the topic must
     /// exist), resolving `from`.
     pub fn load(
-        kafka: &crate::cli::KafkaArgs,
+        kafka: &crate::kafka::KafkaArgs,
         url: &str,
         job: &str,
         topic: &str,
@@ -162,7 +212,7 @@ impl RunStart {
             watermarks,
             committed,
             plan,
-            start_time: crate::sources::wall_clock_ms(),
+            start_time: crate::clock::wall_clock_ms(),
         })
     }
 
@@ -170,12 +220,12 @@ impl RunStart {
     /// one step at the start time.
     pub fn source(
         &self,
-        kafka: &crate::cli::KafkaArgs,
+        kafka: &crate::kafka::KafkaArgs,
         hold_until: HashMap<i32, i64>,
         stop_at_end: bool,
         tick: Duration,
     ) -> crate::sources::kafka::KafkaSourceConfig {
-        use crate::sources::kafka::Position;
+        use crate::kafka::consumer::Position;
         crate::sources::kafka::KafkaSourceConfig {
             kafka: kafka.clone(),
             topic: self.topic.clone(),

@@ -13,6 +13,10 @@
 //! ends the program with one line: the schema is created or verified, the promo topic must
 //! exist, the output topics are created (with the promo topic's partition count) if missing.
 
+mod args;
+
+pub use args::PromosArgs;
+
 use std::time::Duration;
 
 use anyhow::Result;
@@ -21,10 +25,10 @@ use differential_dataflow::AsCollection;
 use timely::dataflow::operators::Exchange;
 use tracing::info;
 
-use crate::cli::{Envelope, PromosArgs};
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
-use crate::progress::{self, RunStart};
+use crate::positions::{self, RunStart};
 use crate::sinks::isolate::Refusals;
+use crate::sinks::kafka::Envelope;
 use crate::sinks::kafka::{DeadLetterEncoder, DraftEncoder, KafkaWriter};
 use crate::sinks::outbox::{Outbox, recover_retired};
 use crate::sinks::postgres::FeedbackWriter;
@@ -159,7 +163,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 control.clone(),
                 completion.clone(),
             );
-            let (raw, positions) = progress::tap_positions(raw);
+            let (raw, positions) = positions::tap_positions(raw);
             let subscriptions = subscribers(
                 scope,
                 subscribers_config.clone(),
@@ -199,7 +203,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
                 control.clone(),
                 completion.clone(),
             );
-            progress::track(
+            positions::track(
                 positions,
                 retention,
                 vec![dead_letters_written, drafts_written],

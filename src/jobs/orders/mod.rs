@@ -17,6 +17,10 @@
 //! The backlog (every message before the end offsets as of startup) is one step at the start
 //! time, like a snapshot; messages that arrive later get their own arrival times.
 
+mod args;
+
+pub use args::OrdersArgs;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,9 +31,8 @@ use differential_dataflow::AsCollection;
 use timely::dataflow::operators::Exchange;
 use tracing::info;
 
-use crate::cli::OrdersArgs;
 use crate::control::{Completion, completion_barrier, install_signal_handlers};
-use crate::progress::{self, RunStart};
+use crate::positions::{self, RunStart};
 use crate::sinks::isolate::Refusals;
 use crate::sinks::kafka::{DeadLetterEncoder, KafkaWriter};
 use crate::sinks::outbox::{Outbox, recover_retired};
@@ -54,7 +57,7 @@ pub const DDS_PUBLISHER: &str = "orders/dds-topic";
 
 /// The outbox of writer `worker` of `job` for `topic`, if there is a topic.
 fn outbox_for<'t>(
-    kafka: &crate::cli::KafkaArgs,
+    kafka: &crate::kafka::KafkaArgs,
     job: &str,
     worker: usize,
     topic: Option<&'t str>,
@@ -124,7 +127,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     let progress_config = run.progress(&args.postgres_url);
     let replay_until = run.plan.replay_until.clone();
     // Whether the start time rebuilds the whole state (every current order version).
-    let reconcile = progress::rebuilds_everything(&args.from, &run.watermarks, &run.committed);
+    let reconcile = positions::rebuilds_everything(&args.from, &run.watermarks, &run.committed);
     if !reconcile {
         info!(
             "this start does not replay every current order (--from, or messages deleted by \
@@ -194,7 +197,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                 control.clone(),
                 completion.clone(),
             );
-            let (raw, positions) = progress::tap_positions(raw);
+            let (raw, positions) = positions::tap_positions(raw);
             let entries = dictionaries(
                 scope,
                 (redis_config.clone(), Some(rejects.clone())),
@@ -304,7 +307,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
                     completion.clone(),
                 ));
             }
-            progress::track(positions, out.retention, written, progress_config.clone());
+            positions::track(positions, out.retention, written, progress_config.clone());
             completion_barrier(scope, &completion, &control, tick);
         });
     })?;

@@ -1,0 +1,104 @@
+//! Command line of `dishflow promos`: what to read, where to write, how to run.
+
+use clap::Args;
+
+use crate::cluster::ClusterArgs;
+use crate::kafka::KafkaArgs;
+use crate::metrics::OpsArgs;
+use crate::pg::DEFAULT_URL as DEFAULT_POSTGRES_URL;
+use crate::positions::StartFrom;
+use crate::sinks::kafka::Envelope;
+
+/// Arguments of `dishflow promos`.
+#[derive(Debug, Args)]
+pub struct PromosArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Postgres connection URL (subscribers are read from, feedback rows written to, it).
+    #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL, hide_env_values = true)]
+    pub postgres_url: String,
+
+    /// Topic with the restaurant campaigns (JSON).
+    #[arg(
+        long,
+        env = "DISHFLOW_PROMO_TOPIC",
+        default_value = "restaurant_promos"
+    )]
+    pub promo_topic: String,
+
+    /// Topic the notification drafts are written to (created if missing).
+    #[arg(
+        long,
+        env = "DISHFLOW_NOTIFICATION_TOPIC",
+        default_value = "promo_notifications"
+    )]
+    pub notification_topic: String,
+
+    /// Topic undecodable promo messages are written to, with the reason in headers, and
+    /// drafts the feedback table refuses (created if missing).
+    #[arg(
+        long,
+        env = "DISHFLOW_DEAD_LETTER_TOPIC",
+        default_value = "restaurant_promos.dlq"
+    )]
+    pub dead_letter_topic: String,
+
+    /// Where to start reading the promo topic: `resume` (the job's committed progress:
+    /// replay the messages whose campaigns may still be in force to rebuild the state, then
+    /// continue after the last message processed; earliest where there is no progress yet),
+    /// `earliest`, `latest`, or `TOPIC:PARTITION:OFFSET,...` (unlisted partitions:
+    /// earliest). Whatever the start, a draft already in subscribers_feedback is not
+    /// written again; see --republish.
+    #[arg(long, env = "DISHFLOW_FROM", default_value = "resume")]
+    pub from: StartFrom,
+
+    /// Bounded run: read every partition up to its end as of startup, flush every sink, exit 0.
+    /// Drafts that would only start existing later (campaigns starting in the future) are not
+    /// written by such a run.
+    #[arg(long, env = "DISHFLOW_STOP_AT_END")]
+    pub stop_at_end: bool,
+
+    /// Send every draft this run produces to the notification topic, also those already in
+    /// subscribers_feedback (which are not written twice). For a deliberate re-publication:
+    /// `--republish --from earliest --stop-at-end --notification-topic NEW_TOPIC`. Such a run
+    /// is not exactly-once for Kafka: if it is interrupted, re-run it into a fresh topic.
+    #[arg(long, env = "DISHFLOW_REPUBLISH")]
+    pub republish: bool,
+
+    /// How retractions appear in the notification topic.
+    #[arg(long, env = "DISHFLOW_ENVELOPE", value_enum, default_value_t = Envelope::Append)]
+    pub envelope: Envelope,
+
+    /// How often (milliseconds) idle sources advance logical time with the wall clock: the
+    /// delay with which time-triggered drafts (campaign start, end) are released.
+    #[arg(long, env = "DISHFLOW_TICK_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub tick_ms: u64,
+
+    /// How often (milliseconds) the subscribers' replication slot is polled for changes
+    /// (pg_logical_slot_get_binary_changes): the most a subscriber change waits before the
+    /// job sees it. Each poll is one query per worker, cheap when nothing changed.
+    #[arg(long, env = "DISHFLOW_CDC_POLL_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub cdc_poll_ms: u64,
+
+    /// Postgres connections per worker writing drafts (feedback rows and their outbox), each
+    /// with its own transactions and its share of the drafts (by key); every draft key always
+    /// goes through the same one, so its changes stay in order. One connection is bound by
+    /// one Postgres server process: 2 writes a large backlog of drafts about 1.3× faster
+    /// where Postgres has a core to spare, but costs more per draft (twice the commits),
+    /// which at a high steady rate on a small machine adds latency.
+    #[arg(long, env = "DISHFLOW_FEEDBACK_CONNECTIONS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub feedback_connections: u16,
+
+    /// Timely cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// Metrics and health endpoints.
+    #[command(flatten)]
+    pub ops: OpsArgs,
+}
