@@ -36,6 +36,31 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::{Exchange, Operator};
 use timely::scheduling::SyncActivator;
 
+/// What every operator of one worker's dataflow shares: where fatal errors go
+/// ([`Control`]), when a bounded run is complete ([`Completion`]), the run's start time (the
+/// logical time of snapshots and replays) and how often idle sources advance logical time.
+#[derive(Clone)]
+pub struct Lifecycle {
+    /// The process's control.
+    pub control: Control,
+    /// The worker's completion state.
+    pub completion: Completion,
+    /// The run's start time.
+    pub start: Time,
+    /// Idle re-scheduling interval of sources (how far time may trail the wall clock).
+    pub tick: Duration,
+}
+
+impl Lifecycle {
+    /// The same, for a source that looks for input every `tick` instead.
+    pub fn with_tick(&self, tick: Duration) -> Lifecycle {
+        Lifecycle {
+            tick,
+            ..self.clone()
+        }
+    }
+}
+
 /// How a process ends: `Ok` once every worker finished, or the first fatal error.
 pub type Outcome = anyhow::Result<()>;
 
@@ -236,18 +261,14 @@ impl Completion {
 }
 
 /// Builds the completion dataflow (see the module docs). Call it after all sources of the
-/// worker have registered with `completion`. `poll` is how often to look for local completion.
+/// worker have registered with its completion; it looks for local completion every tick.
 ///
 /// It also spreads a shutdown across the cluster: a worker whose process was asked to stop
 /// tells every worker, whose processes then stop too. A cluster drains as a whole (the
 /// horizon needs every worker's sources finished), so a SIGTERM to one process of a
 /// cluster stops the cluster cleanly.
-pub fn completion_barrier(
-    scope: Scope<'_, Time>,
-    completion: &Completion,
-    control: &Control,
-    poll: Duration,
-) {
+pub fn completion_barrier(scope: Scope<'_, Time>, lifecycle: &Lifecycle) {
+    let (completion, control, poll) = (&lifecycle.completion, &lifecycle.control, lifecycle.tick);
     let peers = scope.peers();
     let index = scope.index();
     let local = completion.clone();

@@ -223,7 +223,6 @@ impl RunStart {
         kafka: &crate::kafka::KafkaArgs,
         hold_until: HashMap<i32, i64>,
         stop_at_end: bool,
-        tick: Duration,
     ) -> crate::sources::kafka::KafkaSourceConfig {
         use crate::kafka::consumer::Position;
         crate::sources::kafka::KafkaSourceConfig {
@@ -237,9 +236,7 @@ impl RunStart {
                 .map(|(&p, &o)| (p, Position::Offset(o)))
                 .collect(),
             replay_until: hold_until,
-            start_time: self.start_time,
             stop_at_end,
-            tick,
         }
     }
 

@@ -59,7 +59,7 @@ use timely::scheduling::SyncActivator;
 use tracing::info;
 
 use self::isolate::{Refusals, write_isolating};
-use crate::control::{Completion, Control};
+use crate::control::{Control, Lifecycle};
 
 /// Writes complete, consolidated updates somewhere durable.
 pub trait SinkWriter<D>: Send + 'static {
@@ -320,6 +320,23 @@ impl<D> Lane<D> {
     }
 }
 
+/// `collection`, each update sent to the worker that owns its key: one worker then writes
+/// every change of a key, in time order.
+pub fn by_key<'s, D>(
+    collection: VecCollection<'s, Time, D, Diff>,
+    key: fn(&D) -> u64,
+) -> VecCollection<'s, Time, D, Diff>
+where
+    D: differential_dataflow::ExchangeData,
+{
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::operators::Exchange;
+    collection
+        .inner
+        .exchange(move |(data, _, _): &(D, Time, Diff)| key(data))
+        .as_collection()
+}
+
 /// Attaches `writers` to `collection` (see the module docs). With `refusals`, updates that
 /// Postgres refuses for their data are dead-lettered there and the rest of their batch is
 /// written (see [`isolate`]); without, such an error stops the job. With `key` (the writers'
@@ -338,8 +355,7 @@ pub fn sink<'s, D, W>(
     writers: Vec<W>,
     key: Option<fn(&D) -> u64>,
     refusals: Option<Refusals>,
-    control: Control,
-    completion: Completion,
+    lifecycle: &Lifecycle,
 ) -> Stream<'s, Time, Vec<()>>
 where
     D: differential_dataflow::Data + serde::Serialize + Send,
@@ -349,6 +365,7 @@ where
         !writers.is_empty() && (writers.len() == 1 || key.is_some()),
         "sink {name}: one writer, or several with a key to split by"
     );
+    let (control, completion) = (lifecycle.control.clone(), lifecycle.completion.clone());
     let lanes_count = writers.len();
     let name = name.to_string();
     // What this sink counts in the process's sink backlog (see `Control::sinks_behind`).
@@ -458,6 +475,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::Completion;
 
     /// A record: (key, version).
     type Rec = (u64, u64);
@@ -570,8 +588,12 @@ mod tests {
                         writers,
                         Some(|r: &Rec| r.0),
                         None,
-                        control.clone(),
-                        Completion::default(),
+                        &Lifecycle {
+                            control: control.clone(),
+                            completion: Completion::default(),
+                            start: 0,
+                            tick: std::time::Duration::from_millis(10),
+                        },
                     );
                     (input, written.probe().0)
                 });

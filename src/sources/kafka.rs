@@ -36,7 +36,7 @@ use rdkafka::message::Message;
 use timely::dataflow::Scope;
 use tracing::{info, warn};
 
-use crate::control::{Completion, Control};
+use crate::control::Lifecycle;
 use crate::kafka::KafkaArgs;
 use crate::kafka::consumer::{
     Assignment, PartitionState, Position, ReadContext, assigned_consumer, message_bytes,
@@ -59,14 +59,10 @@ pub struct KafkaSourceConfig {
     /// Where to start in each partition (a partition not listed: the earliest offset).
     pub start: HashMap<i32, Position>,
     /// Per partition, the offset up to which reading is a replay of what an earlier run
-    /// already processed: records before it are stamped with `start_time`, all at once.
+    /// already processed: records before it are stamped with the start time, all at once.
     pub replay_until: HashMap<i32, i64>,
-    /// The job's start time: the logical time of replayed records.
-    pub start_time: Time,
     /// Finish once every owned partition is read to its end as of startup.
     pub stop_at_end: bool,
-    /// Idle re-scheduling interval: how far the capability may trail the wall clock.
-    pub tick: Duration,
 }
 
 /// The partitions worker `index` of `peers` owns.
@@ -149,53 +145,43 @@ impl Reader for KafkaReader {
 }
 
 /// Builds the source operator for this worker (see [`clocked_source`]): this worker's share
-/// of the topic's partitions as raw records. The source registers with `completion` and
-/// reports fatal startup errors (broker gone between checks and startup) to `control`.
+/// of the topic's partitions as raw records. The source registers with the lifecycle's
+/// completion and reports fatal startup errors (broker gone between checks and startup) to
+/// its control.
 pub fn kafka_source<'s>(
     scope: Scope<'s, Time>,
     name: &str,
     config: KafkaSourceConfig,
-    control: Control,
-    completion: Completion,
+    lifecycle: &Lifecycle,
 ) -> VecCollection<'s, Time, RawRecord, Diff> {
     let owned = owned_partitions(&config.partitions, scope.index(), scope.peers());
     let source_name = name.to_string();
-    let tick = config.tick;
-    let start_time = config.start_time;
-    clocked_source(
-        scope,
-        name,
-        start_time,
-        tick,
-        control,
-        completion,
-        move |activator| {
-            let (mut consumer, states) = assigned_consumer(&Assignment {
-                kafka: &config.kafka,
-                topic: &config.topic,
-                partitions: &owned,
-                start: &config.start,
-                replay_until: &config.replay_until,
-            })?;
-            consumer.set_nonempty_callback(move || {
-                // Fails only when the worker is gone, i.e. the job is ending.
-                let _ = activator.activate();
-            });
-            let replay: Vec<(i32, i64, i64)> = states
-                .iter()
-                .filter(|(_, s)| s.next < s.replay_until)
-                .map(|(p, s)| (*p, s.next, s.replay_until))
-                .collect();
-            info!(source = %source_name, topic = %config.topic, partitions = ?owned, ?replay, "reading");
-            Ok(KafkaReader {
-                name: source_name,
-                consumer,
-                states,
-                stop_at_end: config.stop_at_end,
-                last_warning: None,
-            })
-        },
-    )
+    clocked_source(scope, name, lifecycle, move |activator| {
+        let (mut consumer, states) = assigned_consumer(&Assignment {
+            kafka: &config.kafka,
+            topic: &config.topic,
+            partitions: &owned,
+            start: &config.start,
+            replay_until: &config.replay_until,
+        })?;
+        consumer.set_nonempty_callback(move || {
+            // Fails only when the worker is gone, i.e. the job is ending.
+            let _ = activator.activate();
+        });
+        let replay: Vec<(i32, i64, i64)> = states
+            .iter()
+            .filter(|(_, s)| s.next < s.replay_until)
+            .map(|(p, s)| (*p, s.next, s.replay_until))
+            .collect();
+        info!(source = %source_name, topic = %config.topic, partitions = ?owned, ?replay, "reading");
+        Ok(KafkaReader {
+            name: source_name,
+            consumer,
+            states,
+            stop_at_end: config.stop_at_end,
+            last_warning: None,
+        })
+    })
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use timely::scheduling::SyncActivator;
 use tracing::{debug, info};
 
 use crate::clock::wall_clock_ms;
-use crate::control::{Completion, Control};
+use crate::control::Lifecycle;
 
 pub mod kafka;
 pub mod pgoutput;
@@ -76,17 +76,21 @@ pub trait Reader: 'static {
 }
 
 /// Builds a source operator for this worker around the reader made by `build`, which gets
-/// the activator that wakes the operator. A `build` error is fatal (reported to `control`).
-/// `start` is the job's start time; `tick` the idle re-scheduling interval.
+/// the activator that wakes the operator. A `build` error is fatal (reported to the
+/// lifecycle's control). The source starts at the lifecycle's start time and, idle, wakes
+/// every tick.
 pub fn clocked_source<'s, R: Reader>(
     scope: Scope<'s, Time>,
     name: &str,
-    start: Time,
-    tick: Duration,
-    control: Control,
-    completion: Completion,
+    lifecycle: &Lifecycle,
     build: impl FnOnce(SyncActivator) -> Result<R> + 'static,
 ) -> VecCollection<'s, Time, R::Data, Diff> {
+    let Lifecycle {
+        control,
+        completion,
+        start,
+        tick,
+    } = lifecycle.clone();
     completion.register_source();
     let name = name.to_string();
     source(scope, &name.clone(), move |mut capability, info| {

@@ -53,7 +53,7 @@ use postgres::{Client, IsolationLevel};
 use timely::dataflow::Scope;
 use tracing::{debug, info, warn};
 
-use crate::control::{Completion, Control};
+use crate::control::{Control, Lifecycle};
 use crate::pg;
 use crate::sources::pgoutput::{self, Message};
 use crate::sources::{Reader, Status, clocked_source};
@@ -578,20 +578,14 @@ impl Reader for SubscribersReader {
 pub fn subscribers<'s>(
     scope: Scope<'s, Time>,
     config: SubscribersConfig,
-    start: Time,
-    control: Control,
-    completion: Completion,
+    lifecycle: &Lifecycle,
 ) -> VecCollection<'s, Time, Subscription, Diff> {
     let (index, peers) = (scope.index(), scope.peers());
-    let thread_control = control.clone();
-    let poll = config.poll;
+    let thread_control = lifecycle.control.clone();
     clocked_source(
         scope,
         "SubscribersSource",
-        start,
-        poll,
-        control,
-        completion,
+        &lifecycle.with_tick(config.poll),
         move |activator| {
             let (tx, rx) = sync_channel(4);
             let capture = Capture {

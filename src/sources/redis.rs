@@ -37,7 +37,7 @@ use redis::{Commands, Connection};
 use timely::dataflow::Scope;
 use tracing::{info, warn};
 
-use crate::control::{Completion, Control};
+use crate::control::{Control, Lifecycle};
 use crate::retry::Backoff;
 use crate::sinks::kafka::{KafkaMessage, header};
 use crate::sinks::rejects::{Rejection, Rejects};
@@ -479,54 +479,43 @@ pub fn check(url: &str) -> Result<()> {
 pub fn dictionaries<'s>(
     scope: Scope<'s, Time>,
     (config, rejects): (RedisSourceConfig, Option<Rejects>),
-    start: Time,
-    tick: Duration,
-    control: Control,
-    completion: Completion,
+    lifecycle: &Lifecycle,
 ) -> VecCollection<'s, Time, Dictionary, Diff> {
     let reads = scope.index() == 0;
-    let thread_control = control.clone();
-    clocked_source(
-        scope,
-        "RedisDictionaries",
-        start,
-        tick,
-        control,
-        completion,
-        move |activator| {
-            if !reads {
-                return Ok(DictionaryReader {
-                    rx: None,
-                    snapshot_done: true,
-                    follow: config.follow,
-                });
-            }
-            let follow = config.follow;
-            let client = redis::Client::open(config.url.as_str()).context("invalid --redis-url")?;
-            let db = client.get_connection_info().redis_settings().db();
-            let (tx, rx) = sync_channel(16);
-            let follower = Follower {
-                config,
-                client,
-                db,
-                entries: Entries::default(),
-                tx,
-                wake: Box::new(move || {
-                    let _ = activator.activate();
-                }),
-                control: thread_control,
-                rejects,
-            };
-            std::thread::Builder::new()
-                .name("redis-dictionaries".into())
-                .spawn(move || follower.run())?;
-            Ok(DictionaryReader {
-                rx: Some(rx),
-                snapshot_done: false,
-                follow,
-            })
-        },
-    )
+    let thread_control = lifecycle.control.clone();
+    clocked_source(scope, "RedisDictionaries", lifecycle, move |activator| {
+        if !reads {
+            return Ok(DictionaryReader {
+                rx: None,
+                snapshot_done: true,
+                follow: config.follow,
+            });
+        }
+        let follow = config.follow;
+        let client = redis::Client::open(config.url.as_str()).context("invalid --redis-url")?;
+        let db = client.get_connection_info().redis_settings().db();
+        let (tx, rx) = sync_channel(16);
+        let follower = Follower {
+            config,
+            client,
+            db,
+            entries: Entries::default(),
+            tx,
+            wake: Box::new(move || {
+                let _ = activator.activate();
+            }),
+            control: thread_control,
+            rejects,
+        };
+        std::thread::Builder::new()
+            .name("redis-dictionaries".into())
+            .spawn(move || follower.run())?;
+        Ok(DictionaryReader {
+            rx: Some(rx),
+            snapshot_done: false,
+            follow,
+        })
+    })
 }
 
 #[cfg(test)]

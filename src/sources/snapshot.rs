@@ -2,14 +2,12 @@
 //! start time. For state that a sink must compare with what it is about to write, such as
 //! the counters already in a table.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use dataflows::{Diff, Time};
 use differential_dataflow::VecCollection;
 use timely::dataflow::Scope;
 
-use crate::control::{Completion, Control};
+use crate::control::Lifecycle;
 use crate::sources::{Reader, Status, clocked_source};
 
 /// Rows per activation.
@@ -56,13 +54,12 @@ impl<D: Clone + 'static> Reader for SnapshotReader<D> {
 pub fn snapshot<'s, D: Clone + 'static>(
     scope: Scope<'s, Time>,
     name: &str,
-    (start, tick, follow): (Time, Duration, bool),
-    control: Control,
-    completion: Completion,
+    follow: bool,
+    lifecycle: &Lifecycle,
     load: impl FnOnce() -> Result<Vec<(D, Diff)>> + 'static,
 ) -> VecCollection<'s, Time, D, Diff> {
     let reads = scope.index() == 0;
-    clocked_source(scope, name, start, tick, control, completion, move |_| {
+    clocked_source(scope, name, lifecycle, move |_| {
         let rows = if reads { load()? } else { Vec::new() };
         Ok(SnapshotReader {
             rows: rows.into_iter(),

@@ -1,0 +1,100 @@
+//! The orders job's sinks: one worker's table writers, and which output each one writes.
+
+use anyhow::Result;
+use dataflows::orders::{Counter, EnrichedOrder, OrderEvent, VaultRow};
+use dataflows::{Diff, Time};
+use differential_dataflow::VecCollection;
+
+use super::{DDS_PUBLISHER, OrdersArgs, STG_PUBLISHER};
+use crate::jobs::kafka_job::Dataflow;
+use crate::kafka::KafkaArgs;
+use crate::sinks::by_key;
+use crate::sinks::outbox::Outbox;
+use crate::sinks::tables::{CounterBatch, PublishedBatch, StgBatch, TableWriter, VaultBatch};
+
+/// An update stream of the orders dataflow.
+type Updates<'s, D> = VecCollection<'s, Time, D, Diff>;
+
+/// The outbox of writer `worker` of `job` for `topic`, if there is a topic.
+fn outbox_for<'t>(
+    kafka: &KafkaArgs,
+    job: &str,
+    worker: usize,
+    topic: Option<&'t str>,
+) -> Result<Option<(Outbox, &'t str)>> {
+    topic
+        .map(|topic| Ok((Outbox::new(kafka, job, worker, &[topic])?, topic)))
+        .transpose()
+}
+
+/// One worker's table writers.
+pub(super) struct Writers {
+    stg: TableWriter<StgBatch>,
+    vault: TableWriter<VaultBatch>,
+    counters: TableWriter<CounterBatch>,
+    published: Option<TableWriter<PublishedBatch>>,
+}
+
+impl Writers {
+    /// Opens worker `worker`'s writers: one Postgres connection each (and an outbox for
+    /// each topic the job publishes to).
+    pub(super) fn open(args: &OrdersArgs, worker: usize) -> Result<Writers> {
+        let url = &args.postgres_url;
+        let (stg_topic, dds_topic) = (args.stg_topic.as_deref(), args.dds_topic.as_deref());
+        let publish = dds_topic.is_some();
+        Ok(Writers {
+            stg: TableWriter::new(url, StgBatch, None, "stg sink")?,
+            vault: TableWriter::new(url, VaultBatch, None, "dds sink")?,
+            counters: TableWriter::new(
+                url,
+                CounterBatch { publish },
+                outbox_for(&args.kafka, DDS_PUBLISHER, worker, dds_topic)?,
+                "cdm sink",
+            )?,
+            published: match &args.stg_topic {
+                Some(_) => Some(TableWriter::new(
+                    url,
+                    PublishedBatch {
+                        job: STG_PUBLISHER.to_string(),
+                    },
+                    outbox_for(&args.kafka, STG_PUBLISHER, worker, stg_topic)?,
+                    "stg-service-orders sink",
+                )?),
+                None => None,
+            },
+        })
+    }
+
+    /// Writes the job's outputs: STG events, Data Vault rows, counters, and (with
+    /// `--stg-topic`) the enriched orders.
+    pub(super) fn attach<'s>(
+        self,
+        dataflow: &mut Dataflow<'s>,
+        stg: Updates<'s, OrderEvent>,
+        vault: Updates<'s, VaultRow>,
+        counters: Updates<'s, Counter>,
+        enriched: Updates<'s, EnrichedOrder>,
+    ) {
+        // One worker owns every row of a hub, link or satellite key, every change of a
+        // user's counters (one message per user and batch) and of an order's version.
+        let vault = by_key(vault, VaultRow::route);
+        let counters = by_key(counters, Counter::route);
+        dataflow.sink(stg, "StgSink", vec![self.stg], Some(OrderEvent::route));
+        dataflow.sink(vault, "DdsSink", vec![self.vault], Some(VaultRow::route));
+        dataflow.sink(
+            counters,
+            "CdmSink",
+            vec![self.counters],
+            Some(Counter::route),
+        );
+        if let Some(writer) = self.published {
+            let enriched = by_key(enriched, EnrichedOrder::route);
+            dataflow.sink(
+                enriched,
+                "StgTopicSink",
+                vec![writer],
+                Some(EnrichedOrder::route),
+            );
+        }
+    }
+}
