@@ -24,11 +24,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use chrono::NaiveDateTime;
 use dataflows::orders::{
-    Counter, CounterKind, EnrichedOrder, HubKind, LinkKind, NAMESPACE, OrderEvent, SatelliteKind,
-    VaultRow, dds_message, hashdiff,
+    BusinessId, Counter, CounterKind, EnrichedOrder, HubKind, LinkKind, NAMESPACE, OrderEvent,
+    SatelliteKind, VaultRow, dds_message, hashdiff,
 };
 use dataflows::{Diff, Time};
 use postgres::types::ToSql;
@@ -283,12 +283,7 @@ impl TableBatch<OrderEvent> for StgBatch {
             .collect();
         for chunk in puts.chunks(CHUNK) {
             let columns = [
-                Column::Int(
-                    chunk
-                        .iter()
-                        .map(|e| i32::try_from(e.object_id).unwrap_or(i32::MAX))
-                        .collect(),
-                ),
+                Column::Int(chunk.iter().map(|e| e.object_id).collect()),
                 Column::Text(chunk.iter().map(|e| e.object_type.clone()).collect()),
                 Column::Timestamp(chunk.iter().map(|e| e.sent_dttm).collect()),
                 Column::Text(chunk.iter().map(|e| e.payload.clone()).collect()),
@@ -380,8 +375,8 @@ fn satellite_table(
     }
 }
 
-/// Hub rows of one kind: (key, business id, order date), with their times.
-type HubRows = Vec<(Uuid, String, Option<NaiveDateTime>, Time)>;
+/// Hub rows of one kind: (key, business id), with their times.
+type HubRows<'a> = Vec<(Uuid, &'a BusinessId, Time)>;
 
 /// Link rows of one kind: (key, the two hub keys), with their times.
 type LinkRows = Vec<(Uuid, (Uuid, Uuid), Time)>;
@@ -394,17 +389,18 @@ impl VaultBatch {
         let (table, pk, id) = hub_table(kind);
         for chunk in rows.chunks(CHUNK) {
             let keys = Column::Uuid(chunk.iter().map(|r| r.0).collect());
-            let loads = Column::Timestamp(chunk.iter().map(|r| load_dt(r.3)).collect());
+            let loads = Column::Timestamp(chunk.iter().map(|r| load_dt(r.2)).collect());
             let src = Column::Text(vec![LOAD_SRC.to_string(); chunk.len()]);
             if kind == HubKind::Order {
-                let ids = Column::Int(
-                    chunk
-                        .iter()
-                        .map(|r| r.1.parse().unwrap_or(i32::MAX))
-                        .collect(),
-                );
-                let dates =
-                    Column::Timestamp(chunk.iter().map(|r| r.2.unwrap_or_default()).collect());
+                let orders = chunk
+                    .iter()
+                    .map(|r| match r.1 {
+                        BusinessId::Order { id, date } => Ok((*id, *date)),
+                        BusinessId::Text(id) => bail!("order hub row {id:?} without an order id"),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let ids = Column::Int(orders.iter().map(|o| o.0).collect());
+                let dates = Column::Timestamp(orders.iter().map(|o| o.1).collect());
                 let sql = format!(
                     "INSERT INTO {table} ({pk}, {id}, order_dt, load_dt, load_src) \
                      SELECT * FROM unnest($1::uuid[], $2::int4[], $3::timestamp[], \
@@ -412,7 +408,7 @@ impl VaultBatch {
                 );
                 execute(tx, &sql, &[keys, ids, dates, loads, src], table)?;
             } else {
-                let ids = Column::Text(chunk.iter().map(|r| r.1.clone()).collect());
+                let ids = Column::Text(chunk.iter().map(|r| r.1.text()).collect());
                 let sql = format!(
                     "INSERT INTO {table} ({pk}, {id}, load_dt, load_src) \
                      SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamp[], $4::text[]) \
@@ -524,7 +520,7 @@ impl TableBatch<VaultRow> for VaultBatch {
         tx: &mut Transaction<'_>,
         updates: &[(VaultRow, Time, Diff)],
     ) -> Result<Vec<KafkaMessage>> {
-        let mut hubs: HashMap<HubKind, HubRows> = HashMap::new();
+        let mut hubs: HashMap<HubKind, HubRows<'_>> = HashMap::new();
         let mut links: HashMap<LinkKind, LinkRows> = HashMap::new();
         let mut satellites: HashMap<SatelliteKind, SatelliteRows<'_>> = HashMap::new();
         for (row, time, diff) in updates {
@@ -532,15 +528,9 @@ impl TableBatch<VaultRow> for VaultBatch {
                 continue; // insert-only: nothing is deleted or updated
             }
             match row {
-                VaultRow::Hub {
-                    kind,
-                    key,
-                    id,
-                    date,
-                } => hubs
-                    .entry(*kind)
-                    .or_default()
-                    .push((*key, id.clone(), *date, *time)),
+                VaultRow::Hub { kind, key, id } => {
+                    hubs.entry(*kind).or_default().push((*key, id, *time))
+                }
                 VaultRow::Link {
                     kind,
                     key,
@@ -652,16 +642,18 @@ impl TableBatch<Counter> for CounterBatch {
                 self.run(tx, &sql, &columns, (kind, table), &mut changed)?;
             }
             for chunk in puts.chunks(CHUNK) {
+                // More than 2³¹ distinct orders in one counter cannot come from real data:
+                // stop rather than write a wrong count.
+                let counts = chunk
+                    .iter()
+                    .map(|(c, _)| i32::try_from(c.count))
+                    .collect::<Result<Vec<i32>, _>>()
+                    .context("an order_cnt does not fit the int4 column")?;
                 let columns = [
                     Column::Uuid(chunk.iter().map(|(c, _)| c.user).collect()),
                     Column::Uuid(chunk.iter().map(|(c, _)| c.item).collect()),
                     Column::Text(chunk.iter().map(|(c, _)| c.name.clone()).collect()),
-                    Column::Int(
-                        chunk
-                            .iter()
-                            .map(|(c, _)| i32::try_from(c.count).unwrap_or(i32::MAX))
-                            .collect(),
-                    ),
+                    Column::Int(counts),
                 ];
                 let sql = format!(
                     "INSERT INTO {table} AS t (user_id, {item}, {name}, order_cnt) \

@@ -1,0 +1,290 @@
+//! What a valid order message is ([`parse_order`]), and the split of raw records into
+//! order messages, dead letters and other object types ([`decode`]).
+
+use chrono::NaiveDateTime;
+use differential_dataflow::VecCollection;
+use differential_dataflow::hashable::Hashable;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::*;
+use crate::decode::{amount, datetime, field, integer, nested, object, string};
+use crate::{DeadLetter, Diff, RawRecord, Time};
+
+/// One line of an order, as sent.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Item {
+    /// Product id (a key of the restaurant's menu).
+    pub id: String,
+    /// Name as sent (the menu's name is what the outputs use).
+    pub name: String,
+    /// Price, exact JSON number text.
+    pub price: String,
+    /// Quantity (≥ 1).
+    pub quantity: i64,
+}
+
+/// The fields of an order the outputs use.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Order {
+    /// `object_id`.
+    pub id: i32,
+    /// `payload.date`.
+    pub date: NaiveDateTime,
+    /// `payload.restaurant.id`.
+    pub restaurant_id: String,
+    /// `payload.user.id`.
+    pub user_id: String,
+    /// `payload.order_items`.
+    pub items: Vec<Item>,
+    /// `payload.cost`, exact JSON number text.
+    pub cost: String,
+    /// `payload.payment`, exact JSON number text.
+    pub payment: String,
+    /// `payload.final_status`.
+    pub status: String,
+    /// `payload.update_ts`: the version.
+    pub update_ts: NaiveDateTime,
+}
+
+/// The message as STG keeps it: `stg.order_events`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OrderEvent {
+    /// `object_id`.
+    pub object_id: i32,
+    /// `object_type` (always [`ORDER`]).
+    pub object_type: String,
+    /// `sent_dttm`.
+    pub sent_dttm: NaiveDateTime,
+    /// `payload`, the JSON text exactly as received.
+    pub payload: String,
+}
+
+impl OrderEvent {
+    /// Its identity for writing (`stg.order_events` is keyed by `object_id`), hashed.
+    pub fn route(&self) -> u64 {
+        self.object_id.hashed()
+    }
+}
+
+/// One version of an order: its STG row and its decoded fields.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OrderVersion {
+    /// The raw event (STG).
+    pub event: OrderEvent,
+    /// The decoded order.
+    pub order: Order,
+}
+
+impl OrderVersion {
+    /// What decides between two versions: the later `update_ts`, then the greater payload.
+    pub(super) fn rank(&self) -> (NaiveDateTime, &str) {
+        (self.order.update_ts, &self.event.payload)
+    }
+}
+
+/// A decoded order message with its position in the topic.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OrderMessage {
+    /// The version it carries.
+    pub version: OrderVersion,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+}
+
+/// The envelope of the orders topic; `payload` stays raw for STG.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+fn item(value: &Value) -> Result<Item, Reject> {
+    let obj = value
+        .as_object()
+        .ok_or(Reject::WrongType("payload.order_items"))?;
+    let quantity = integer(obj, "quantity", "payload.order_items.quantity")?;
+    if quantity < 1 {
+        return Err(Reject::Invalid("payload.order_items.quantity"));
+    }
+    Ok(Item {
+        id: string(obj, "id", "payload.order_items.id")?,
+        name: string(obj, "name", "payload.order_items.name")?,
+        price: amount(obj, "price", "payload.order_items.price")?,
+        quantity,
+    })
+}
+
+fn order(object_id: i32, payload: &Map<String, Value>) -> Result<Order, Reject> {
+    let restaurant = nested(payload, "restaurant", "payload.restaurant")?;
+    let user = nested(payload, "user", "payload.user")?;
+    let items = field(payload, "order_items", "payload.order_items")?
+        .as_array()
+        .ok_or(Reject::WrongType("payload.order_items"))?
+        .iter()
+        .map(item)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Order {
+        id: object_id,
+        date: datetime(payload, "date", "payload.date")?,
+        restaurant_id: string(restaurant, "id", "payload.restaurant.id")?,
+        user_id: string(user, "id", "payload.user.id")?,
+        items,
+        cost: amount(payload, "cost", "payload.cost")?,
+        payment: amount(payload, "payment", "payload.payment")?,
+        status: string(payload, "final_status", "payload.final_status")?,
+        update_ts: datetime(payload, "update_ts", "payload.update_ts")?,
+    })
+}
+
+/// Decodes one message of the orders topic: `Ok(None)` for another `object_type` (ignored).
+/// Unknown extra fields are ignored; the payload is kept byte for byte for STG.
+pub fn parse_order(value: Option<&[u8]>) -> Result<Option<OrderVersion>, Reject> {
+    let obj = object(value)?;
+    let object_type = string(&obj, "object_type", "object_type")?;
+    if object_type != ORDER {
+        return Ok(None);
+    }
+    // stg.order_events.object_id and dds.h_order.order_id are int4.
+    let object_id = i32::try_from(integer(&obj, "object_id", "object_id")?)
+        .map_err(|_| Reject::OutOfRange("object_id"))?;
+    let sent_dttm = datetime(&obj, "sent_dttm", "sent_dttm")?;
+    let payload = nested(&obj, "payload", "payload")?;
+    let order = order(object_id, payload)?;
+    // `object` succeeded, so the value is UTF-8 JSON with an object payload.
+    let text = value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or("");
+    let raw = serde_json::from_str::<Envelope<'_>>(text)
+        .ok()
+        .and_then(|e| e.payload)
+        .ok_or(Reject::NotJson)?;
+    Ok(Some(OrderVersion {
+        event: OrderEvent {
+            object_id,
+            object_type,
+            sent_dttm,
+            payload: raw.get().to_string(),
+        },
+        order,
+    }))
+}
+
+/// Splits raw order records into order messages, dead letters, and the records of other
+/// object types (ignored, but counted by the engine).
+#[allow(clippy::type_complexity)]
+pub fn decode<'s>(
+    raw: VecCollection<'s, Time, RawRecord, Diff>,
+) -> (
+    VecCollection<'s, Time, OrderMessage, Diff>,
+    VecCollection<'s, Time, DeadLetter, Diff>,
+    VecCollection<'s, Time, RawRecord, Diff>,
+) {
+    let decoded = raw.map(|record| match parse_order(record.value.as_deref()) {
+        Ok(Some(version)) => Ok(Ok(OrderMessage {
+            version,
+            partition: record.partition,
+            offset: record.offset,
+        })),
+        Ok(None) => Ok(Err(record)),
+        Err(reject) => Err(DeadLetter {
+            record,
+            reason: reject.code(),
+        }),
+    });
+    let orders = decoded.clone().flat_map(|d| d.ok().and_then(Result::ok));
+    let ignored = decoded.clone().flat_map(|d| d.ok().and_then(Result::err));
+    let dead_letters = decoded.flat_map(Result::err);
+    (orders, dead_letters, ignored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orders::tests::{message, version};
+
+    #[test]
+    fn parses_the_spec_example_and_keeps_the_payload_text() {
+        let v = version(322519, "CLOSED", "2022-11-19 16:06:36", &[("p1", 1)]);
+        assert_eq!(v.order.restaurant_id, "r1");
+        assert_eq!(v.order.payment, "300.5");
+        assert_eq!(v.order.items[0].quantity, 1);
+        assert!(
+            v.event
+                .payload
+                .starts_with(r#"{"restaurant": {"id": "r1"}"#)
+        );
+        assert!(
+            v.event
+                .payload
+                .ends_with(r#""update_ts": "2022-11-19 16:06:36"}"#)
+        );
+        let other = r#"{"object_id": 1, "object_type": "delivery", "payload": {}}"#;
+        assert_eq!(parse_order(Some(other.as_bytes())), Ok(None));
+    }
+
+    #[test]
+    fn rejects_malformed_orders_with_their_reason() {
+        let good = message(1, "CLOSED", "2022-11-19 16:06:36", &[("p1", 1)]);
+        let with = |from: &str, to: &str| good.replacen(from, to, 1);
+        let cases = [
+            ("{".to_string(), "not_json"),
+            (
+                with(r#""object_id": 1"#, r#""object_id": "1""#),
+                "wrong_type:object_id",
+            ),
+            (
+                with(r#""object_id": 1"#, r#""object_id": 9999999999"#),
+                "out_of_range:object_id",
+            ),
+            (
+                with(r#""user": {"id": "u1"}"#, r#""user": {}"#),
+                "missing_field:payload.user.id",
+            ),
+            (
+                with(r#""cost": 300"#, r#""cost": -1"#),
+                "invalid:payload.cost",
+            ),
+            (
+                with(r#""quantity": 1"#, r#""quantity": 0"#),
+                "invalid:payload.order_items.quantity",
+            ),
+            (
+                with(
+                    "\"date\": \"2022-11-19 16:06:36\"",
+                    r#""date": "yesterday""#,
+                ),
+                "invalid:payload.date",
+            ),
+            (
+                with(r#""final_status": "CLOSED""#, r#""final_status": null"#),
+                "null_field:payload.final_status",
+            ),
+            (
+                with(
+                    r#""final_status": "CLOSED""#,
+                    r#""final_status": "CLO\u0000SED""#,
+                ),
+                "invalid:nul_character:payload.final_status",
+            ),
+            (
+                with(
+                    "\"date\": \"2022-11-19 16:06:36\"",
+                    r#""date": "-5000-01-01 00:00:00""#,
+                ),
+                "out_of_range:payload.date",
+            ),
+        ];
+        for (value, reason) in cases {
+            let got = parse_order(Some(value.as_bytes())).map(|_| ());
+            assert_eq!(
+                got.map_err(|r| r.code()),
+                Err(reason.to_string()),
+                "{value}"
+            );
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Job 2, `orders`: order events + Redis dictionaries → STG, Data Vault DDS and CDM counters.
+//!
+//! ```text
+//!  raw Kafka records ─decode─┬─ Err ──────────────────────────────────────► dead letters
+//!                            ├─ other object_type ─────────────────────────► ignored (counted)
+//!                            └─ OrderMessage ─ exchange by object_id
+//!                                  │ CurrentOrders: latest (update_ts, payload) wins
+//!                                  ▼
+//!                        current versions ─────────────────────────────────► STG rows
+//!                                  │
+//!   dictionaries (Redis) ──────────┤ enrich: items ⋈ menu (restaurant, product),
+//!     restaurants + menus, users   │   ⋈ user, ⋈ restaurant; an order is complete only
+//!                                  │   when every id is known (else held, not dropped)
+//!                                  ▼
+//!                          enriched orders ─┬─ hubs, links (distinct) ─────► DDS
+//!                                           ├─ satellites (one value per key) ► DDS
+//!                                           └─ CLOSED: distinct orders per
+//!                                              (user, product) and (user, category) ► CDM
+//! ```
+//!
+//! The rules, by file and name:
+//! * `messages.rs`, [`parse_order`]: what a valid order message is; everything else is a [`Reject`].
+//! * `current.rs`, [`CurrentOrders`]: *latest `update_ts` wins* per `object_id`; re-delivery of the same or
+//!   an older version changes nothing (equal `update_ts`: the greater payload text wins, so
+//!   every replay order gives the same result).
+//! * `dictionaries.rs`, [`parse_dictionary`]: a Redis value with a `menu` is a restaurant, with a `login` a user.
+//! * `enrich.rs`, [`enriched_orders`]: product name and category come from the restaurant's menu, price
+//!   and quantity from the order; an order with an unknown restaurant, user or product is
+//!   held until the dictionary entry appears, and follows every later dictionary change.
+//! * `vault.rs`, [`vault`]: hub and link keys are UUID v5 of the business ids ([`hub_key`],
+//!   [`link_key`]); a satellite's hashdiff is a UUID v5 of its hub key and attribute values.
+//! * `counters.rs`, [`counters`]: `order_cnt` = distinct CLOSED orders of the user containing the product
+//!   (or any product of the category); a key whose count drops to 0 leaves the collection.
+
+mod counters;
+mod current;
+mod dictionaries;
+mod enrich;
+mod messages;
+#[cfg(test)]
+mod tests;
+mod vault;
+
+pub use self::counters::*;
+pub use self::current::*;
+pub use self::dictionaries::*;
+pub use self::enrich::*;
+pub use self::messages::*;
+pub use self::vault::*;
+pub use crate::decode::Reject;
+
+use differential_dataflow::VecCollection;
+use timely::dataflow::Stream;
+
+use crate::{Diff, Retention, Time};
+
+/// The `object_type` of orders; messages of other types are ignored.
+pub const ORDER: &str = "order";
+
+/// The status that counts in the CDM.
+pub const CLOSED: &str = "CLOSED";
+
+/// The orders job's outputs.
+pub struct Outputs<'s> {
+    /// `stg.order_events`: the current version of every order.
+    pub stg: VecCollection<'s, Time, OrderEvent, Diff>,
+    /// The enriched current orders (the `stg-service-orders` messages).
+    pub enriched: VecCollection<'s, Time, EnrichedOrder, Diff>,
+    /// The Data Vault rows.
+    pub vault: VecCollection<'s, Time, VaultRow, Diff>,
+    /// The CDM counters.
+    pub counters: VecCollection<'s, Time, Counter, Diff>,
+    /// What the state retains (for progress).
+    pub retention: Stream<'s, Time, Vec<Retention>>,
+}
+
+/// The whole job: decoded order messages and dictionary entries → every output.
+pub fn orders<'s>(
+    messages: VecCollection<'s, Time, OrderMessage, Diff>,
+    dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
+) -> Outputs<'s> {
+    let (versions, retention) = current_orders(messages);
+    let stg = versions.clone().map(|v| v.event);
+    let enriched = enriched_orders(versions, dictionaries);
+    Outputs {
+        stg,
+        vault: vault(enriched.clone()),
+        counters: counters(enriched.clone()),
+        enriched,
+        retention,
+    }
+}
