@@ -1,7 +1,7 @@
 //! dishflow's engine: command line, cluster configuration, sources, sinks and job wiring.
 //!
 //! The business logic of every job lives in the `dataflows` crate (pure differential
-//! dataflow, no I/O); this crate connects it to Kafka and Postgres. See `README.md`.
+//! dataflow, no I/O); this crate connects it to Kafka and Postgres. See `README.md` and `docs/architecture.md`.
 
 #![forbid(missing_docs)]
 

@@ -368,7 +368,7 @@ impl Capture {
                 .with_context(|| {
                     format!(
                         "cannot create a logical replication slot for {TABLE} \
-                         (wal_level=logical and a free slot are required; see README)"
+                         (wal_level=logical and a free slot are required; see docs/architecture.md)"
                     )
                 })?;
             Some(name)
