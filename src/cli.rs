@@ -114,8 +114,8 @@ pub enum SetupJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::promos::Envelope;
     use crate::positions::StartFrom;
-    use crate::sinks::kafka::Envelope;
     use clap::CommandFactory;
 
     #[test]

@@ -19,7 +19,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use dataflows::promos::Draft;
 use dataflows::{DeadLetter, Diff, Time};
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
@@ -31,16 +30,6 @@ use super::SinkWriter;
 use crate::kafka::KafkaArgs;
 use crate::kafka::client_config;
 use crate::retry::Backoff;
-use clap::ValueEnum;
-
-/// How retractions (campaign ended, client unsubscribed) appear in the notification topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Envelope {
-    /// Only insertions are written; a retraction writes nothing.
-    Append,
-    /// A retraction writes a tombstone (same key, null value), for compacted topics.
-    Upsert,
-}
 
 /// How long a batch may wait for its delivery reports before the sink gives up.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -289,32 +278,6 @@ impl<D, E: Encoder<D>> SinkWriter<D> for KafkaWriter<E> {
 /// A message header `name` with `value`'s text.
 pub fn header(name: &str, value: impl std::fmt::Display) -> (String, Vec<u8>) {
     (name.to_string(), value.to_string().into_bytes())
-}
-
-/// Notification drafts: the SPEC's JSON, key `<campaign>:<client>`; retractions are dropped
-/// (`append`) or written as tombstones (`upsert`).
-pub struct DraftEncoder {
-    /// How retractions appear.
-    pub envelope: Envelope,
-}
-
-impl Encoder<Draft> for DraftEncoder {
-    fn encode(&self, draft: &Draft, time: Time, diff: Diff) -> Result<Option<KafkaMessage>> {
-        let key = Some(draft.key().into_bytes());
-        Ok(match (diff > 0, self.envelope) {
-            (true, _) => Some(KafkaMessage {
-                key,
-                value: Some(serde_json::to_vec(&draft.notification(time))?),
-                headers: Vec::new(),
-            }),
-            (false, Envelope::Upsert) => Some(KafkaMessage {
-                key,
-                value: None,
-                headers: Vec::new(),
-            }),
-            (false, Envelope::Append) => None,
-        })
-    }
 }
 
 /// Dead letters: the original key and value, and where they came from and why in headers:

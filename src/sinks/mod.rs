@@ -42,7 +42,6 @@ pub mod kafka;
 pub mod outbox;
 pub mod postgres;
 pub mod rejects;
-pub mod tables;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};

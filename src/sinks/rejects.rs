@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::SinkWriter;
 use super::kafka::KafkaMessage;
 use super::outbox::Outbox;
-use super::tables::{TableBatch, TableWriter};
+use super::postgres::{TableBatch, TableWriter};
 use crate::kafka::KafkaArgs;
 
 /// One dead letter and its identity in the ledger.

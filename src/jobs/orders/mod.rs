@@ -19,6 +19,7 @@
 
 mod args;
 mod sinks;
+mod tables;
 
 pub use args::OrdersArgs;
 
@@ -31,10 +32,10 @@ use dataflows::orders;
 use tracing::info;
 
 use self::sinks::Writers;
+use self::tables::existing_counters;
 use super::kafka_job::KafkaJob;
 use crate::positions;
 use crate::sinks::outbox::recover_retired;
-use crate::sinks::tables::existing_counters;
 use crate::sources::redis::{RedisSourceConfig, dictionaries};
 use crate::sources::snapshot::snapshot;
 use crate::{kafka, pg};

@@ -5,12 +5,13 @@ use dataflows::orders::{Counter, EnrichedOrder, OrderEvent, VaultRow};
 use dataflows::{Diff, Time};
 use differential_dataflow::VecCollection;
 
+use super::tables::{CounterBatch, PublishedBatch, StgBatch, VaultBatch};
 use super::{DDS_PUBLISHER, OrdersArgs, STG_PUBLISHER};
 use crate::jobs::kafka_job::Dataflow;
 use crate::kafka::KafkaArgs;
 use crate::sinks::by_key;
 use crate::sinks::outbox::Outbox;
-use crate::sinks::tables::{CounterBatch, PublishedBatch, StgBatch, TableWriter, VaultBatch};
+use crate::sinks::postgres::TableWriter;
 
 /// An update stream of the orders dataflow.
 type Updates<'s, D> = VecCollection<'s, Time, D, Diff>;

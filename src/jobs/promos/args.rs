@@ -2,12 +2,12 @@
 
 use clap::Args;
 
+use super::feedback::Envelope;
 use crate::cluster::ClusterArgs;
 use crate::kafka::KafkaArgs;
 use crate::metrics::OpsArgs;
 use crate::pg::DEFAULT_URL as DEFAULT_POSTGRES_URL;
 use crate::positions::StartFrom;
-use crate::sinks::kafka::Envelope;
 
 /// Arguments of `dishflow promos`.
 #[derive(Debug, Args)]

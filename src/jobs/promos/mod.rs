@@ -14,6 +14,9 @@
 //! exist, the output topics are created (with the promo topic's partition count) if missing.
 
 mod args;
+mod feedback;
+
+pub use feedback::Envelope;
 
 pub use args::PromosArgs;
 
@@ -23,12 +26,14 @@ use anyhow::Result;
 use dataflows::promos;
 use tracing::info;
 
+use self::feedback::DraftEncoder;
 use super::kafka_job::KafkaJob;
 use crate::pg;
 use crate::sinks::by_key;
-use crate::sinks::kafka::{DraftEncoder, Envelope};
 use crate::sinks::outbox::{Outbox, recover_retired};
-use crate::sinks::postgres::FeedbackWriter;
+use crate::sinks::postgres::TableWriter;
+
+use self::feedback::FeedbackBatch;
 use crate::sources::postgres::{SubscribersConfig, subscribers};
 
 /// The job's name in dishflow's bookkeeping tables (outbox, positions).
@@ -66,7 +71,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
         follow: !args.stop_at_end,
         poll: Duration::from_millis(args.cdc_poll_ms),
     };
-    let open = move |worker: usize| -> Result<Vec<FeedbackWriter<DraftEncoder>>> {
+    let open = move |worker: usize| -> Result<Vec<TableWriter<FeedbackBatch<DraftEncoder>>>> {
         (0..connections)
             .map(|lane| {
                 let writer = outbox_writer(worker, peers, lane);
@@ -75,14 +80,9 @@ pub fn run(args: PromosArgs) -> Result<()> {
                     envelope: args.envelope,
                 };
                 let upsert = args.envelope == Envelope::Upsert;
-                Ok(FeedbackWriter::new(
-                    &args.postgres_url,
-                    outbox,
-                    &args.notification_topic,
-                    encoder,
-                    upsert,
-                )?
-                .republish(args.republish))
+                let batch = FeedbackBatch::new(encoder, upsert, args.republish);
+                let outbox = Some((outbox, args.notification_topic.as_str()));
+                TableWriter::new(&args.postgres_url, batch, outbox, "feedback sink")
             })
             .collect()
     };

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!   SinkWriter::write(updates)  (sorted by time, retractions first)
-//!     TableWriter: one transaction per batch, retried on a new connection while the
-//!     error is transient (crate::retry backoff); every statement is idempotent:
+//!     sinks::postgres::TableWriter: one transaction per batch, retried on a new connection
+//!     while the error is transient; every statement is idempotent:
 //!       stg.order_events   INSERT … ON CONFLICT (object_id) DO UPDATE … WHERE changed
 //!       dds.h_* / dds.l_*  INSERT … ON CONFLICT DO NOTHING          (inserted once)
 //!       dds.s_*            INSERT … WHERE hashdiff ≠ the key's latest row's hashdiff
@@ -31,22 +31,16 @@ use dataflows::orders::{
     SatelliteKind, VaultRow, dds_message, hashdiff,
 };
 use dataflows::{Diff, Time};
+use postgres::Transaction;
 use postgres::types::ToSql;
-use postgres::{Client, Transaction};
 use uuid::Uuid;
 
-use super::SinkWriter;
-use super::kafka::KafkaMessage;
-use super::outbox::{Outbox, Staged};
-use super::postgres::retry_transient;
 use crate::pg;
-use crate::retry::Backoff;
+use crate::sinks::kafka::KafkaMessage;
+use crate::sinks::postgres::{CHUNK, Column, TableBatch, execute, last_per_key};
 
 /// `load_src` of every DDS row dishflow writes.
 pub const LOAD_SRC: &str = "orders-system-kafka";
-
-/// Rows per statement.
-pub const CHUNK: usize = 10_000;
 
 /// The logical time `time` as a UTC timestamp (`load_dt`).
 pub fn load_dt(time: Time) -> NaiveDateTime {
@@ -54,205 +48,6 @@ pub fn load_dt(time: Time) -> NaiveDateTime {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .naive_utc()
-}
-
-/// How one kind of batch is written inside a transaction.
-pub trait TableBatch<D>: Send + 'static {
-    /// Names the sink in logs ("stg sink").
-    fn name(&self) -> &'static str;
-    /// Writes `updates` (sorted by time, retractions first within a time) inside `tx`;
-    /// returns the Kafka messages that what changed calls for (sent through the writer's
-    /// outbox, if it has one).
-    fn write(
-        &mut self,
-        tx: &mut Transaction<'_>,
-        updates: &[(D, Time, Diff)],
-    ) -> Result<Vec<KafkaMessage>>;
-}
-
-/// A sink writer that runs a [`TableBatch`] in one transaction per batch, retrying transient
-/// failures (Postgres restarting, connection lost) with backoff on a new connection. With
-/// an outbox, the batch's messages are staged in the same transaction and delivered after
-/// it commits, exactly once (see [`Outbox`]).
-pub struct TableWriter<B> {
-    url: String,
-    client: Option<Client>,
-    batch: B,
-    outbox: Option<(Outbox, String)>,
-    backoff: Backoff,
-}
-
-impl<B> TableWriter<B> {
-    /// A writer to the database at `url`; with `outbox`, messages go to its topic.
-    /// Connects at once (taking the outbox's lock and delivering what a previous run left
-    /// in it), waiting out a Postgres outage.
-    pub fn new(url: &str, batch: B, outbox: Option<(Outbox, &str)>, name: &str) -> Result<Self> {
-        let mut writer = TableWriter {
-            url: url.to_string(),
-            client: None,
-            batch,
-            outbox: outbox.map(|(o, topic)| (o, topic.to_string())),
-            backoff: Backoff::new(name),
-        };
-        retry_transient(
-            &mut writer,
-            |w| &mut w.backoff,
-            Self::disconnect,
-            Self::connect,
-        )?;
-        Ok(writer)
-    }
-
-    /// Drops the connection (after a failure).
-    fn disconnect(&mut self) {
-        self.client = None;
-    }
-
-    /// Makes sure there is a connection; returns whether a new one was made (the outbox
-    /// recovered: everything committed so far is delivered).
-    fn connect(&mut self) -> Result<bool> {
-        if self.client.is_some() {
-            return Ok(false);
-        }
-        let mut client = pg::connect(&self.url)?;
-        if let Some((outbox, _)) = &mut self.outbox {
-            outbox.lock(&mut client)?;
-            outbox.recover(&mut client)?;
-        }
-        self.client = Some(client);
-        Ok(true)
-    }
-}
-
-impl<D, B: TableBatch<D>> SinkWriter<D> for TableWriter<B> {
-    fn flush(&mut self) -> Result<()> {
-        retry_transient(self, |w| &mut w.backoff, Self::disconnect, Self::settle)
-    }
-
-    fn write(&mut self, updates: &[(D, Time, Diff)]) -> Result<()> {
-        let mut staged = None;
-        let started = std::time::Instant::now();
-        retry_transient(
-            self,
-            |w| &mut w.backoff,
-            Self::disconnect,
-            |w| w.attempt(updates, &mut staged),
-        )?;
-        tracing::debug!(
-            sink = self.batch.name(),
-            updates = updates.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "batch written"
-        );
-        Ok(())
-    }
-}
-
-impl<B> TableWriter<B> {
-    /// One attempt at a batch: unless already committed (`staged`), write it and stage its
-    /// messages in one transaction; then settle the previous batch's messages and send
-    /// this batch's.
-    fn attempt<D>(
-        &mut self,
-        updates: &[(D, Time, Diff)],
-        staged: &mut Option<Vec<Staged>>,
-    ) -> Result<()>
-    where
-        B: TableBatch<D>,
-    {
-        let recovered = self.connect()?;
-        let Some(client) = self.client.as_mut() else {
-            anyhow::bail!("not connected");
-        };
-        let staged = match staged {
-            // The recovery delivered the committed batch.
-            Some(_) if recovered => return Ok(()),
-            Some(staged) => staged,
-            None => {
-                let mut tx = client.transaction()?;
-                let messages = self.batch.write(&mut tx, updates)?;
-                let s = match &self.outbox {
-                    Some((outbox, topic)) => outbox.stage(&mut tx, topic, messages)?,
-                    None => Vec::new(),
-                };
-                tx.commit()
-                    .with_context(|| format!("cannot commit the {}", self.batch.name()))?;
-                staged.insert(s)
-            }
-        };
-        match &mut self.outbox {
-            // The previous batch's messages were delivered meanwhile; this batch's go now.
-            Some((outbox, _)) => {
-                outbox.settle(client)?;
-                outbox.send(staged)
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Settles what was sent (see [`Outbox::settle`]), unless a new connection's recovery
-    /// did.
-    fn settle(&mut self) -> Result<()> {
-        if !self.outbox.as_ref().is_some_and(|(o, _)| o.unsettled()) {
-            return Ok(());
-        }
-        if self.connect()? {
-            return Ok(());
-        }
-        match (&mut self.outbox, self.client.as_mut()) {
-            (Some((outbox, _)), Some(client)) => outbox.settle(client),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// One array parameter of a bulk statement.
-enum Column {
-    Uuid(Vec<Uuid>),
-    Text(Vec<String>),
-    Timestamp(Vec<NaiveDateTime>),
-    Int(Vec<i32>),
-}
-
-impl Column {
-    fn param(&self) -> &(dyn ToSql + Sync) {
-        match self {
-            Column::Uuid(v) => v,
-            Column::Text(v) => v,
-            Column::Timestamp(v) => v,
-            Column::Int(v) => v,
-        }
-    }
-}
-
-/// Runs `sql` with `columns` as its array parameters.
-fn execute(tx: &mut Transaction<'_>, sql: &str, columns: &[Column], what: &str) -> Result<u64> {
-    let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(Column::param).collect();
-    tx.execute(sql, &params)
-        .with_context(|| format!("cannot write {what}"))
-}
-
-/// The last change of every key in `updates`, in first-seen order: `(record, put)`, where
-/// `put` is false when the key's last change at its last time was only a retraction.
-fn last_per_key<'a, D, K: std::hash::Hash + Eq>(
-    updates: &'a [(D, Time, Diff)],
-    key: impl Fn(&D) -> K,
-) -> Vec<(&'a D, bool)> {
-    let mut at: HashMap<K, usize> = HashMap::new();
-    let mut last: Vec<(&'a D, Time, bool)> = Vec::new();
-    for (record, time, diff) in updates {
-        let put = *diff > 0;
-        match at.get(&key(record)) {
-            // Within a time, retractions come first: an insertion replaces them.
-            Some(&i) if last[i].1 < *time || put => last[i] = (record, *time, put),
-            Some(_) => {}
-            None => {
-                at.insert(key(record), last.len());
-                last.push((record, *time, put));
-            }
-        }
-    }
-    last.into_iter().map(|(d, _, put)| (d, put)).collect()
 }
 
 /// `stg.order_events`, upserted by `object_id`.
@@ -773,27 +568,6 @@ impl TableBatch<EnrichedOrder> for PublishedBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_last_change_of_each_key_wins() {
-        let updates = [
-            (("a", 1), 10, -1),
-            (("a", 2), 10, 1),
-            (("b", 1), 10, 1),
-            (("b", 1), 20, -1),
-            (("c", 1), 20, -1),
-            (("c", 2), 20, 1),
-            (("a", 2), 30, -1),
-        ];
-        let last: Vec<_> = last_per_key(&updates, |(k, _)| *k)
-            .into_iter()
-            .map(|(d, put)| (*d, put))
-            .collect();
-        assert_eq!(
-            last,
-            [(("a", 2), false), (("b", 1), false), (("c", 2), true)]
-        );
-    }
 
     #[test]
     fn load_dt_is_the_logical_time_in_utc() {
