@@ -45,7 +45,6 @@ use crate::clock::wall_clock_ms;
 use crate::control::Lifecycle;
 
 pub mod kafka;
-pub mod pgoutput;
 pub mod postgres;
 pub mod redis;
 pub mod snapshot;

@@ -15,6 +15,7 @@
 
 mod args;
 mod feedback;
+mod subscribers;
 
 pub use feedback::Envelope;
 
@@ -34,7 +35,7 @@ use crate::sinks::outbox::{Outbox, recover_retired};
 use crate::sinks::postgres::TableWriter;
 
 use self::feedback::FeedbackBatch;
-use crate::sources::postgres::{SubscribersConfig, subscribers};
+use crate::sources::postgres::{FollowConfig, followed_table};
 
 /// The job's name in dishflow's bookkeeping tables (outbox, positions).
 pub const JOB: &str = "promos";
@@ -65,7 +66,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
     recover_retired(&args.kafka, &args.postgres_url, &[JOB], peers * connections)?;
     info!(notification_topic = %args.notification_topic, envelope = ?args.envelope, "promos outputs");
     let source = job.source(&started, started.run.plan.replay_until.clone());
-    let subscribers_config = SubscribersConfig {
+    let subscribers_config = FollowConfig {
         url: args.postgres_url.clone(),
         publication: pg::SUBSCRIBERS_PUBLICATION.to_string(),
         follow: !args.stop_at_end,
@@ -87,7 +88,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
             .collect()
     };
     job.run(started, source, open, move |dataflow, records, writers| {
-        let subscriptions = subscribers(
+        let subscriptions = followed_table::<promos::Subscription>(
             dataflow.scope,
             subscribers_config.clone(),
             &dataflow.lifecycle,

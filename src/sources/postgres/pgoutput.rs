@@ -97,6 +97,16 @@ pub enum Value {
 pub struct Tuple(pub Vec<Value>);
 
 impl Tuple {
+    /// The value of column `index` as text, `None` for NULL; an error when it is absent or
+    /// an unchanged TOASTed value (not sent).
+    pub fn value(&self, index: usize) -> Result<Option<&str>> {
+        match self.0.get(index) {
+            Some(Value::Text(text)) => Ok(Some(text)),
+            Some(Value::Null) => Ok(None),
+            other => Err(anyhow!("column {index} is {other:?}, not a value")),
+        }
+    }
+
     /// The text of column `index`; an error when it is absent, NULL or unchanged.
     pub fn text(&self, index: usize) -> Result<&str> {
         match self.0.get(index) {
