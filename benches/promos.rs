@@ -8,12 +8,9 @@
 //!
 //! Usage: `cargo bench --bench promos -- [expiry] [--rounds N]`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use dishflow_testkit::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -71,8 +68,7 @@ fn expiry(rounds: usize, per_round: usize) {
                 campaign_json(&id, &format!("r{}", i % restaurants), now - 1, now + 2)
             })
             .collect();
-        let values: Vec<&str> = campaigns.iter().map(String::as_str).collect();
-        produce_values(&input, 2, &values);
+        produce_values(&input, 2, &campaigns);
         let expected = 1 + ((round + 1) * per_round) as i64;
         wait_until(WAIT, "the round's feedback rows", || {
             (count_rows(&db) >= expected).then_some(())

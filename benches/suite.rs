@@ -30,8 +30,6 @@
 //! (`--quick`: every size ÷ 20, 3 s windows, one round)
 //! (through `scripts/bench.sh`, which starts the services and installs the peer).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "suite/latency.rs"]
 mod latency;
 
@@ -39,7 +37,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use dishflow_testkit::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -234,7 +232,7 @@ impl Series {
     }
 }
 
-fn dishflow_command(args: &[&str]) -> Command {
+fn dishflow_command<A: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = A>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dishflow"));
     // DISHFLOW_BENCH_LOG (a RUST_LOG filter) shows the job's timings, e.g.
     // `dishflow::sinks=debug`; the default keeps its output out of the measurement.
@@ -567,7 +565,7 @@ impl PromosWorkload {
 /// The input topic and a template database (subscribers + schema) of workload `w`.
 fn promos_fixture(w: &PromosWorkload, prefix: &str) -> (String, String) {
     let input = format!("{prefix}.in");
-    let produce = dishflow_command(&[
+    let produce = dishflow_command([
         "produce",
         "promos",
         "--brokers",
@@ -607,7 +605,7 @@ fn promos_fixture(w: &PromosWorkload, prefix: &str) -> (String, String) {
         )
         .expect("subscribers");
     drop(client);
-    let setup = dishflow_command(&["setup", "--job", "promos", "--postgres-url", &template])
+    let setup = dishflow_command(["setup", "--job", "promos", "--postgres-url", &template])
         .output()
         .expect("setup");
     assert!(setup.status.success());
@@ -788,10 +786,7 @@ fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option<&str>) -> 
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
-    let run = |args: &[String]| -> Command {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        dishflow_command(&argv)
-    };
+    let run = |args: &[String]| -> Command { dishflow_command(args) };
     // One bounded dishflow run with `extra` flags into its own database and topic (`tag`),
     // recorded as `engine`.
     let single = |series: &mut BTreeMap<&'static str, Series>,
@@ -973,7 +968,7 @@ fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
     let topic = format!("{prefix}.orders");
     let redis_url = redis_url();
     let count = n.to_string();
-    let produce = dishflow_command(&[
+    let produce = dishflow_command([
         "produce",
         "orders",
         "--brokers",
@@ -1004,7 +999,7 @@ fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
     dishflow::kafka::ensure_topic(&kafka(), &empty_topic, 4).expect("topic");
     seal_topic(&empty_topic, marker);
     let template = database(&format!("{prefix}_tpl")).persist();
-    let setup = dishflow_command(&["setup", "--job", "orders", "--postgres-url", &template])
+    let setup = dishflow_command(["setup", "--job", "orders", "--postgres-url", &template])
         .output()
         .expect("setup");
     assert!(setup.status.success());
@@ -1028,7 +1023,7 @@ fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
     let workers = workers.to_string();
     // The engines' runs on `topic` with the Redis keys matching `keys`, into `db`.
     let dishflow = |db: &str, topic: &str, keys: &str, dlq: &str| -> Command {
-        dishflow_command(&[
+        dishflow_command([
             "orders",
             "--brokers",
             &brokers(),

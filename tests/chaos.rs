@@ -13,13 +13,11 @@
 
 #![cfg(feature = "integration")]
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use dishflow_testkit::*;
 
 const RESTAURANTS: usize = 100;
 /// Subscribers per restaurant at the start; as many again are added during an outage.
@@ -94,7 +92,7 @@ impl Chaos {
                 if self.processes > 1 {
                     argv.extend(flags[i].iter().cloned());
                 }
-                spawn(&argv.iter().map(String::as_str).collect::<Vec<_>>())
+                spawn(&argv)
             })
             .collect();
         Cluster { processes }
@@ -191,8 +189,7 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
             let ended: Vec<String> = (0..ENDED)
                 .map(|i| campaign_json(&format!("old{i}"), "r0", now - 7200, now - 3600))
                 .collect();
-            let refs: Vec<&str> = ended.iter().map(String::as_str).collect();
-            produce_values(&input, PARTITIONS, &refs);
+            produce_values(&input, PARTITIONS, &ended);
             let waves = 40;
             for wave in 0..waves {
                 let values: Vec<String> = (wave * campaigns / waves
@@ -206,8 +203,7 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
                         )
                     })
                     .collect();
-                let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-                produce_values(&input, PARTITIONS, &refs);
+                produce_values(&input, PARTITIONS, &values);
                 std::thread::sleep(Duration::from_millis(300));
             }
         })

@@ -5,17 +5,15 @@
 
 #![cfg(feature = "integration")]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use common::*;
 use dishflow::control::{Completion, Control, Lifecycle, completion_barrier};
 use dishflow::sources::postgres::{FollowConfig, FollowedRow, Split, followed_table};
+use dishflow_testkit::*;
 use timely::dataflow::operators::Inspect;
 
 /// A row of `public.rules(tag text PRIMARY KEY, threshold int)`.

@@ -9,15 +9,13 @@
 
 #![cfg(feature = "integration")]
 
-mod common;
-
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::certs::issue;
-use common::*;
+use dishflow_testkit::certs::issue;
+use dishflow_testkit::*;
 
 /// The TLS broker; its process group is killed when the test ends.
 struct Broker(Child);
@@ -96,8 +94,7 @@ fn the_promos_job_runs_over_tls_and_librdkafka_takes_sasl_settings() {
     let input = format!("{prefix}.in");
     let out = format!("{prefix}.out");
     let run = |args: Vec<String>| {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let result = dishflow(&argv, Duration::from_secs(90));
+        let result = dishflow(&args, Duration::from_secs(90));
         assert_success(&result);
         result
     };
@@ -118,8 +115,8 @@ fn the_promos_job_runs_over_tls_and_librdkafka_takes_sasl_settings() {
         .expect("--brokers");
     job.drain(at..at + 2);
     job.push("--stop-at-end".into());
-    let job: Vec<&str> = job.iter().map(String::as_str).collect();
-    run(tls(&job));
+    job.extend(["--brokers", &brokers, "--kafka-property-file", &properties].map(String::from));
+    run(job);
     let consumed = run(tls(&["consume", "--topic", &out, "--timeout", "30"]));
     let drafts = String::from_utf8_lossy(&consumed.stdout).lines().count();
     assert_eq!(drafts, 8, "the seed campaign's drafts, read back over TLS");

@@ -5,11 +5,9 @@
 
 #![cfg(feature = "integration")]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use dishflow_testkit::*;
 use redis::Commands;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -40,8 +38,7 @@ fn run_bounded(db: &str, prefix: &str, extra: &[&str]) -> String {
     let mut args = orders_args(db, prefix);
     args.push("--stop-at-end".into());
     args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = dishflow(&argv, 3 * MINUTE);
+    let out = dishflow(&args, 3 * MINUTE);
     assert_success(&out);
     String::from_utf8_lossy(&out.stderr).to_string()
 }
@@ -71,8 +68,7 @@ fn produce(prefix: &str, orders: &str) {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_success(&dishflow(&argv, MINUTE));
+    assert_success(&dishflow(&args, MINUTE));
 }
 
 const TABLES: [&str; 17] = [
@@ -345,8 +341,7 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
         .iter()
         .map(|s| s.to_string()),
     );
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let job = spawn(&argv);
+    let job = spawn(&args);
 
     let closed = order_json(1, &r, &u, &p, "CLOSED", "2022-11-19 16:00:00");
     let marks = produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
@@ -457,8 +452,7 @@ fn two_processes_write_the_same_tables_as_one() {
             let mut args = orders_args(&two, &prefix);
             args.push("--stop-at-end".to_string());
             args.extend(cluster);
-            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            spawn(&argv)
+            spawn(&args)
         })
         .collect();
     for child in children {

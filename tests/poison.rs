@@ -6,11 +6,9 @@
 
 #![cfg(feature = "integration")]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use dishflow_testkit::*;
 use redis::Commands;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -91,7 +89,7 @@ fn drafts_the_feedback_table_refuses_are_dead_lettered_once_and_the_rest_written
     let prefix = prefix("poisonrefused");
     // The table belongs to the analysts, who restrict what it may hold: a constraint
     // dishflow does not know, so only Postgres can refuse the value.
-    let setup = dishflow(&["setup", "--postgres-url", &db], MINUTE);
+    let setup = dishflow(["setup", "--postgres-url", &db], MINUTE);
     assert_success(&setup);
     pg(&db)
         .batch_execute(
@@ -314,7 +312,7 @@ fn a_counter_the_table_refuses_is_dead_lettered_and_every_other_row_written() {
     let db = database("poison_cdm");
     let prefix = prefix("poisoncdm");
     orders_fixture(&prefix, "Forbidden");
-    let setup = dishflow(&["setup", "--job", "orders", "--postgres-url", &db], MINUTE);
+    let setup = dishflow(["setup", "--job", "orders", "--postgres-url", &db], MINUTE);
     assert_success(&setup);
     pg(&db)
         .batch_execute(
@@ -356,7 +354,7 @@ fn a_table_no_row_can_be_written_to_stops_the_job_with_what_to_fix() {
     let db = database("poison_schema");
     seed_subscribers(&db);
     let prefix = prefix("poisonschema");
-    assert_success(&dishflow(&["setup", "--postgres-url", &db], MINUTE));
+    assert_success(&dishflow(["setup", "--postgres-url", &db], MINUTE));
     pg(&db)
         .batch_execute("ALTER TABLE public.subscribers_feedback ADD COLUMN channel text NOT NULL")
         .expect("column");
@@ -365,7 +363,6 @@ fn a_table_no_row_can_be_written_to_stops_the_job_with_what_to_fix() {
     produce_values(&format!("{prefix}.in"), 1, &[campaign.as_str()]);
     let mut argv = promos_args(&db, &prefix);
     argv.push("--stop-at-end".into());
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = dishflow(&argv, MINUTE);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -5,12 +5,10 @@
 
 #![cfg(feature = "integration")]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::certs::issue;
-use common::*;
+use dishflow_testkit::certs::issue;
+use dishflow_testkit::*;
 
 /// Writes `pem` as a file of the server at `path`, owned by the server's user and readable
 /// by it only (the server refuses a key file others can read), line by line: PEM lines need
@@ -185,13 +183,12 @@ fn every_sslmode_does_what_libpq_documents_and_a_job_runs_over_verify_full() {
         )],
     );
     assert_success(&dishflow(
-        &["setup", "--postgres-url", &verify_full],
+        ["setup", "--postgres-url", &verify_full],
         Duration::from_secs(60),
     ));
     let mut args = promos_args(&verify_full, &prefix);
     args.push("--stop-at-end".into());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_success(&dishflow(&argv, Duration::from_secs(60)));
+    assert_success(&dishflow(&args, Duration::from_secs(60)));
     assert_eq!(feedback_rows(&db).len(), 8);
     assert_eq!(consume(&format!("{prefix}.out")).len(), 8);
     std::fs::remove_dir_all(&dir).ok();

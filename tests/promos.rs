@@ -4,12 +4,10 @@
 
 #![cfg(feature = "integration")]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use dishflow_testkit::*;
 
 const R0: &str = "123e4567-e89b-12d3-a456-426614174000";
 const R1: &str = "123e4567-e89b-12d3-a456-426614174001";
@@ -80,7 +78,7 @@ fn seed_example_gives_eight_plus_one_drafts_and_a_second_run_adds_nothing() {
         "2",
         "--seed-times",
     ];
-    assert_success(&dishflow(&produce, MINUTE));
+    assert_success(&dishflow(produce, MINUTE));
     let args = promos_args(&db, &prefix);
     let before = now_secs();
     run_bounded(&args, &[]);
@@ -162,10 +160,9 @@ fn ended_campaign_gives_nothing_and_an_early_one_is_held_until_its_start() {
             (None, Some(early.as_bytes())),
         ],
     );
-    assert_success(&dishflow(&["setup", "--postgres-url", &db], MINUTE));
+    assert_success(&dishflow(["setup", "--postgres-url", &db], MINUTE));
     let args = promos_args(&db, &prefix);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = spawn(&argv);
+    let child = spawn(&args);
 
     // Read and everything it caused written, before the start: nothing.
     wait_for_progress(&db, "promos", &input, &marks, MINUTE);
@@ -289,7 +286,7 @@ fn what_a_retired_writer_left_in_the_outbox_is_delivered_once() {
     let db = database("retired");
     let prefix = prefix("retired");
     produce_raw(&format!("{prefix}.in"), 1, &[]);
-    assert_success(&dishflow(&["setup", "--postgres-url", &db], MINUTE));
+    assert_success(&dishflow(["setup", "--postgres-url", &db], MINUTE));
     pg(&db)
         .execute(
             "INSERT INTO dishflow_outbox (job, writer, topic, seq, key, value) \
@@ -400,7 +397,6 @@ fn two_workers_and_two_processes_give_the_same_output_as_one() {
             let mut argv: Vec<String> = args.clone();
             argv.push("--stop-at-end".to_string());
             argv.extend(cluster);
-            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             spawn(&argv)
         })
         .collect();
@@ -472,7 +468,7 @@ fn startup_problems_end_with_one_clear_line_and_a_non_zero_status() {
     // Unreachable broker (Postgres fine).
     let db = database("nobroker");
     let out = dishflow(
-        &[
+        [
             "promos",
             "--brokers",
             "127.0.0.1:1",
@@ -538,8 +534,7 @@ fn secrets_never_reach_logs_errors_or_help() {
         ]
         .map(String::from),
     );
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = wait(spawn_env(&argv, &[("RUST_LOG", "debug")]), MINUTE);
+    let out = wait(spawn_env(&args, &[("RUST_LOG", "debug")]), MINUTE);
     assert_success(&out);
     let all = assert_hidden("a run at debug level", &out);
     assert!(
@@ -592,7 +587,7 @@ fn a_bounded_run_shows_progress_bars_on_a_terminal_and_ends_with_a_summary() {
     let prefix = prefix("progress");
     let input = format!("{prefix}.in");
     assert_success(&dishflow(
-        &[
+        [
             "produce",
             "promos",
             "--brokers",
@@ -626,11 +621,10 @@ fn a_bounded_run_shows_progress_bars_on_a_terminal_and_ends_with_a_summary() {
 
     let db = database("progress_plain");
     subscribers_table(&db);
-    let plain = common::prefix("progress_plain");
+    let plain = dishflow_testkit::prefix("progress_plain");
     let mut args = promos_args_from(&db, &input, &plain);
     args.push("--stop-at-end".into());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = dishflow(&argv, MINUTE);
+    let out = dishflow(&args, MINUTE);
     assert_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(summary), "{stderr}");

@@ -5,13 +5,11 @@
 
 #![cfg(feature = "integration")]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::time::Duration;
 
-use common::*;
+use dishflow_testkit::*;
 
 const WAIT: Duration = Duration::from_secs(40);
 const R: &str = "rest-a";
@@ -310,8 +308,7 @@ fn snapshot_and_stream_hand_over_exactly_under_concurrent_writes() {
         .iter()
         .map(|r| campaign_json(&format!("camp-{r}"), r, now - 10, now + 600))
         .collect();
-    let values: Vec<&str> = campaigns.iter().map(String::as_str).collect();
-    produce_values(&format!("{prefix}.in"), 2, &values);
+    produce_values(&format!("{prefix}.in"), 2, &campaigns);
 
     // Writers: inserts, deletes, moves and multi-row transactions, before, during and after
     // the job's start (slot creation and snapshot).
@@ -397,7 +394,7 @@ fn setup_creates_the_publication_and_drop_removes_it_and_stale_slots() {
     let db = database("slots");
     let count = |sql: &str| -> i64 { pg(&db).query_one(sql, &[]).expect(sql).get(0) };
     let publications = "SELECT count(*) FROM pg_publication WHERE pubname = 'dishflow_subscribers'";
-    assert_success(&dishflow(&["setup", "--postgres-url", &db], WAIT));
+    assert_success(&dishflow(["setup", "--postgres-url", &db], WAIT));
     assert_eq!(count(publications), 1);
     // A slot left behind (persistent, inactive) is reported by setup and removed by --drop.
     let slot = unique("dishflow_stale");
@@ -407,13 +404,13 @@ fn setup_creates_the_publication_and_drop_removes_it_and_stale_slots() {
             &[&slot],
         )
         .expect("slot");
-    let out = dishflow(&["setup", "--postgres-url", &db], WAIT);
+    let out = dishflow(["setup", "--postgres-url", &db], WAIT);
     assert_success(&out);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&slot),
         "setup names the stale slot"
     );
-    assert_success(&dishflow(&["setup", "--postgres-url", &db, "--drop"], WAIT));
+    assert_success(&dishflow(["setup", "--postgres-url", &db, "--drop"], WAIT));
     assert_eq!(count(publications), 0);
     let slots = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'");
     assert_eq!(count(&slots), 0);
@@ -516,8 +513,7 @@ fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
     // A replay of the whole topic on purpose writes nothing new...
     let mut args = promos_args(&db, &prefix);
     args.extend(["--from", "earliest", "--stop-at-end"].map(String::from));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_success(&dishflow(&argv, WAIT));
+    assert_success(&dishflow(&args, WAIT));
     assert_eq!(shapes(&out), once, "--from earliest is idempotent");
     assert_eq!(feedback_rows(&db).len(), 4);
 
@@ -531,8 +527,7 @@ fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
         + 1;
     args[topic_at] = republished.clone();
     args.extend(["--from", "earliest", "--stop-at-end", "--republish"].map(String::from));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_success(&dishflow(&argv, WAIT));
+    assert_success(&dishflow(&args, WAIT));
     assert_eq!(
         shapes(&republished),
         once,
@@ -662,13 +657,14 @@ fn metrics_count_what_a_running_job_read_dead_lettered_and_wrote() {
 fn spawn_cluster(db: &str, prefix: &str, extra: &[&str]) -> (Job, Job, u16) {
     let metrics = free_port();
     let [zero, one] = two_process_cluster(prefix);
-    let process = |mut args: Vec<String>, serves_metrics: bool| {
+    let process = |cluster: Vec<String>, serves_metrics: bool| {
+        let mut args = promos_args(db, prefix);
+        args.extend(cluster);
         if serves_metrics {
             args.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{metrics}")]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        spawn_promos(db, prefix, &args)
+        spawn(&args)
     };
     let (first, second) = (process(zero, true), process(one, false));
     wait_until(WAIT, "the cluster to be ready", || {

@@ -35,8 +35,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use super::common::*;
 use super::{copy_database, dishflow_command};
+use dishflow_testkit::*;
 
 /// Restaurants of the promos (each with `FAN_OUT` subscribers).
 const RESTAURANTS: u64 = 100;
@@ -284,7 +284,7 @@ fn latency_template(prefix: &str, subscribers: u64) -> String {
         )
         .expect("warm-up subscriber");
     drop(client);
-    let setup = dishflow_command(&["setup", "--job", "promos", "--postgres-url", &url])
+    let setup = dishflow_command(["setup", "--job", "promos", "--postgres-url", &url])
         .output()
         .expect("setup");
     assert!(setup.status.success(), "setup failed");
@@ -355,7 +355,7 @@ impl Engine<'_> {
                 args.extend(["--kafka-property".into(), FETCH_WAIT.replace(':', "=")]);
                 let extra = std::env::var("DISHFLOW_BENCH_ARGS").unwrap_or_default();
                 args.extend(extra.split_whitespace().map(str::to_string));
-                let mut c = dishflow_command(&[]);
+                let mut c = dishflow_command(std::iter::empty::<&str>());
                 c.args(&args).env(
                     "RUST_LOG",
                     std::env::var("DISHFLOW_BENCH_LOG").unwrap_or_else(|_| "info".into()),

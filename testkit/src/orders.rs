@@ -1,0 +1,100 @@
+//! Fixtures of the orders job: its counters, and the counters computed in SQL from the
+//! raw messages and dictionaries (the ground truth).
+
+use std::io::Write;
+
+use redis::Commands;
+
+use crate::*;
+
+/// The counters as (user, item, name, count), sorted.
+pub type Counters = Vec<(uuid::Uuid, uuid::Uuid, String, i32)>;
+
+pub fn counters(db: &str, table: &str, item: &str, name: &str) -> Counters {
+    let sql = format!("SELECT user_id, {item}, {name}, order_cnt FROM {table} ORDER BY 1, 2");
+    pg(db)
+        .query(&sql, &[])
+        .expect("counters")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// The counters computed in SQL from the raw messages of `topic` and the Redis entries of
+/// the keys matching `keys`: latest update_ts per object_id, CLOSED, distinct orders per
+/// (user, product / category) — what the CDM tables must equal.
+pub fn ground_truth(db: &str, topic: &str, keys: &str) -> (Counters, Counters) {
+    let mut client = pg(db);
+    client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";
+             CREATE TABLE truth_raw (value json); CREATE TABLE truth_dict (key text, value json);",
+        )
+        .expect("truth tables");
+    // Loaded with COPY (CSV: the JSON text quoted, quotes doubled).
+    let csv = |value: &str| format!("\"{}\"\n", value.replace('"', "\"\""));
+    {
+        let mut copy = client
+            .copy_in("COPY truth_raw (value) FROM STDIN (FORMAT csv)")
+            .expect("copy");
+        for message in consume(topic) {
+            let value = message.value.unwrap_or_default();
+            if serde_json::from_str::<serde_json::Value>(&value).is_ok() {
+                copy.write_all(csv(&value).as_bytes()).expect("raw");
+            }
+        }
+        copy.finish().expect("copy raw");
+    }
+    let mut con = redis();
+    let keys: Vec<String> = con.keys(keys).expect("keys");
+    let mut copy = client
+        .copy_in("COPY truth_dict (key, value) FROM STDIN (FORMAT csv)")
+        .expect("copy");
+    for key in keys {
+        let value: String = con.get(&key).expect("get");
+        let line = format!("\"{}\",{}", key.replace('"', "\"\""), csv(&value));
+        copy.write_all(line.as_bytes()).expect("dict");
+    }
+    copy.finish().expect("copy dict");
+    let query = |key: &str, name: &str| {
+        format!(
+            "WITH latest AS (
+               SELECT DISTINCT ON ((value->>'object_id')::int)
+                      (value->>'object_id')::int AS id, value->'payload' AS p
+               FROM truth_raw WHERE value->>'object_type' = 'order'
+               ORDER BY (value->>'object_id')::int,
+                        (value->'payload'->>'update_ts')::timestamp DESC,
+                        (value->'payload')::text DESC),
+             lines AS (
+               SELECT l.id, l.p->'user'->>'id' AS user_id, l.p->'restaurant'->>'id' AS rid,
+                      i->>'id' AS pid
+               FROM latest l, json_array_elements(l.p->'order_items') i
+               WHERE l.p->>'final_status' = 'CLOSED'),
+             menu AS (
+               SELECT d.key AS rid, m->>'_id' AS pid, m->>'name' AS product,
+                      m->>'category' AS category
+               FROM truth_dict d, json_array_elements(d.value->'menu') m
+               WHERE d.value->'menu' IS NOT NULL)
+             SELECT uuid_generate_v5($1, user_id), uuid_generate_v5($1, {key}), {name},
+                    count(DISTINCT id)::int
+             FROM lines JOIN menu USING (rid, pid)
+             WHERE user_id IN (SELECT key FROM truth_dict WHERE value->'login' IS NOT NULL)
+             GROUP BY 1, 2, 3 ORDER BY 1, 2"
+        )
+    };
+    let ns: uuid::Uuid = *dataflows::orders::NAMESPACE;
+    let run = |client: &mut postgres::Client, sql: String| -> Counters {
+        client
+            .query(&sql, &[&ns])
+            .expect("truth")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    };
+    let products = run(&mut client, query("pid", "product"));
+    let categories = run(&mut client, query("category", "category"));
+    client
+        .batch_execute("DROP TABLE truth_raw; DROP TABLE truth_dict;")
+        .expect("drop truth");
+    (products, categories)
+}
