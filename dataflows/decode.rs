@@ -1,9 +1,47 @@
 //! What every job's decoder shares: the reasons a message is rejected (what the dead-letter
-//! topic carries) and typed access to JSON fields that turns absence and wrong types into
-//! those reasons.
+//! topic carries), typed access to JSON fields that turns absence and wrong types into
+//! those reasons, and the split of decoded records into messages and dead letters.
 
 use chrono::NaiveDateTime;
+use differential_dataflow::VecCollection;
 use serde_json::{Map, Value};
+
+use crate::{DeadLetter, Diff, RawRecord, Time};
+
+/// The `Ok`s and the `Err`s of `results`, as two collections.
+pub fn split<'s, A, B>(
+    results: VecCollection<'s, Time, Result<A, B>, Diff>,
+) -> (
+    VecCollection<'s, Time, A, Diff>,
+    VecCollection<'s, Time, B, Diff>,
+)
+where
+    A: differential_dataflow::Data,
+    B: differential_dataflow::Data,
+{
+    let oks = results.clone().flat_map(Result::ok);
+    (oks, results.flat_map(Result::err))
+}
+
+/// Decodes every record with `parse`: what it accepts, and a dead letter (the record and the
+/// reason) for each record it rejects.
+pub fn decode_records<'s, T>(
+    raw: VecCollection<'s, Time, RawRecord, Diff>,
+    parse: impl Fn(&RawRecord) -> Result<T, Reject> + 'static,
+) -> (
+    VecCollection<'s, Time, T, Diff>,
+    VecCollection<'s, Time, DeadLetter, Diff>,
+)
+where
+    T: differential_dataflow::Data,
+{
+    split(raw.map(move |record| {
+        parse(&record).map_err(|reject| DeadLetter {
+            reason: reject.code(),
+            record,
+        })
+    }))
+}
 
 /// Why a message was rejected. [`Reject::code`] is what the dead-letter topic carries.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -42,6 +42,37 @@ pub type Time = u64;
 /// Difference type of every collection: how many copies of a record are added (+) or removed (-).
 pub type Diff = isize;
 
+/// Which of a key's values [`one_per_key`] keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// The least (a deterministic choice among equals, e.g. a product listed twice).
+    Least,
+    /// The greatest (e.g. the latest state, when values order by time).
+    Greatest,
+}
+
+/// One value per key of `pairs`: the least or the greatest of the key's values, so a key
+/// present several times still has one value downstream.
+pub fn one_per_key<'s, K, V>(
+    name: &str,
+    pairs: VecCollection<'s, Time, (K, V), Diff>,
+    pick: Pick,
+) -> VecCollection<'s, Time, (K, V), Diff>
+where
+    K: differential_dataflow::ExchangeData + differential_dataflow::hashable::Hashable,
+    V: differential_dataflow::ExchangeData,
+{
+    pairs.reduce_named(name, move |_key, input, output| {
+        let chosen = match pick {
+            Pick::Least => input.first(),
+            Pick::Greatest => input.last(),
+        };
+        if let Some((value, _)) = chosen {
+            output.push(((*value).clone(), 1));
+        }
+    })
+}
+
 /// Converts unix seconds (possibly negative or absurdly large) to a logical time.
 pub fn secs_to_time(secs: i64) -> Time {
     u64::try_from(secs).unwrap_or(0).saturating_mul(1000)

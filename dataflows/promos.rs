@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 
 pub use crate::decode::Reject;
-use crate::decode::{integer, object, string};
+use crate::decode::{decode_records, integer, object, string};
 use crate::{
     DeadLetter, Diff, RawRecord, Replayable, Retained, Retention, Schedule, Time, replay_state,
     secs_to_time,
@@ -187,20 +187,13 @@ pub fn decode<'s>(
     VecCollection<'s, Time, CampaignMessage, Diff>,
     VecCollection<'s, Time, DeadLetter, Diff>,
 ) {
-    let decoded = raw.map(|record| match parse_campaign(record.value.as_deref()) {
-        Ok(campaign) => Ok(CampaignMessage {
-            campaign,
+    decode_records(raw, |record| {
+        Ok(CampaignMessage {
+            campaign: parse_campaign(record.value.as_deref())?,
             partition: record.partition,
             offset: record.offset,
-        }),
-        Err(reject) => Err(DeadLetter {
-            record,
-            reason: reject.code(),
-        }),
-    });
-    let campaigns = decoded.clone().flat_map(Result::ok);
-    let dead_letters = decoded.flat_map(Result::err);
-    (campaigns, dead_letters)
+        })
+    })
 }
 
 /// The version of one campaign currently in force.

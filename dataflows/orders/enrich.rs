@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::*;
-use crate::{Diff, Time};
+use crate::{Diff, Pick, Time, one_per_key};
 
 /// A product of an enriched order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -59,39 +59,26 @@ pub fn enriched_orders<'s>(
     dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
 ) -> VecCollection<'s, Time, EnrichedOrder, Diff> {
     let orders = orders.map(|v| (v.order.id, v.order));
-    let menu = dictionaries
-        .clone()
-        .flat_map(|d| match d {
-            Dictionary::Restaurant { id, menu, .. } => menu
-                .into_iter()
-                .map(|m| ((id.clone(), m.id), (m.name, m.category)))
-                .collect(),
-            Dictionary::User { .. } => Vec::new(),
-        })
-        // A product listed twice in one menu counts once (the least entry).
-        .reduce_named("MenuByProduct", |_key, input, output| {
-            output.push((input[0].0.clone(), 1));
-        })
-        .arrange_by_key_named("Menu");
-    let restaurants = dictionaries
-        .clone()
-        .flat_map(|d| match d {
-            Dictionary::Restaurant { id, name, .. } => Some((id, name)),
-            Dictionary::User { .. } => None,
-        })
-        .reduce_named("RestaurantName", |_key, input, output| {
-            output.push((input[0].0.clone(), 1));
-        })
-        .arrange_by_key_named("Restaurants");
-    let users = dictionaries
-        .flat_map(|d| match d {
-            Dictionary::User { id, name, login } => Some((id, (name, login))),
-            Dictionary::Restaurant { .. } => None,
-        })
-        .reduce_named("UserName", |_key, input, output| {
-            output.push((input[0].0.clone(), 1));
-        })
-        .arrange_by_key_named("Users");
+    let menu = dictionaries.clone().flat_map(|d| match d {
+        Dictionary::Restaurant { id, menu, .. } => menu
+            .into_iter()
+            .map(|m| ((id.clone(), m.id), (m.name, m.category)))
+            .collect(),
+        Dictionary::User { .. } => Vec::new(),
+    });
+    // A product listed twice in one menu counts once (the least entry).
+    let menu = one_per_key("MenuByProduct", menu, Pick::Least).arrange_by_key_named("Menu");
+    let restaurants = dictionaries.clone().flat_map(|d| match d {
+        Dictionary::Restaurant { id, name, .. } => Some((id, name)),
+        Dictionary::User { .. } => None,
+    });
+    let restaurants =
+        one_per_key("RestaurantName", restaurants, Pick::Least).arrange_by_key_named("Restaurants");
+    let users = dictionaries.flat_map(|d| match d {
+        Dictionary::User { id, name, login } => Some((id, (name, login))),
+        Dictionary::Restaurant { .. } => None,
+    });
+    let users = one_per_key("UserName", users, Pick::Least).arrange_by_key_named("Users");
     // Each line, resolved through the menu: (order id, (line, product)).
     let lines = orders
         .clone()

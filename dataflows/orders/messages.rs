@@ -9,7 +9,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::*;
-use crate::decode::{amount, datetime, field, integer, nested, object, string};
+use crate::decode::{
+    amount, datetime, decode_records, field, integer, nested, object, split, string,
+};
 use crate::{DeadLetter, Diff, RawRecord, Time};
 
 /// One line of an order, as sent.
@@ -183,21 +185,18 @@ pub fn decode<'s>(
     VecCollection<'s, Time, DeadLetter, Diff>,
     VecCollection<'s, Time, RawRecord, Diff>,
 ) {
-    let decoded = raw.map(|record| match parse_order(record.value.as_deref()) {
-        Ok(Some(version)) => Ok(Ok(OrderMessage {
-            version,
-            partition: record.partition,
-            offset: record.offset,
-        })),
-        Ok(None) => Ok(Err(record)),
-        Err(reject) => Err(DeadLetter {
-            record,
-            reason: reject.code(),
-        }),
+    // A message of another object type is not an order, nor a dead letter.
+    let (decoded, dead_letters) = decode_records(raw, |record| {
+        Ok(match parse_order(record.value.as_deref())? {
+            Some(version) => Ok(OrderMessage {
+                version,
+                partition: record.partition,
+                offset: record.offset,
+            }),
+            None => Err(record.clone()),
+        })
     });
-    let orders = decoded.clone().flat_map(|d| d.ok().and_then(Result::ok));
-    let ignored = decoded.clone().flat_map(|d| d.ok().and_then(Result::err));
-    let dead_letters = decoded.flat_map(Result::err);
+    let (orders, ignored) = split(decoded);
     (orders, dead_letters, ignored)
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::*;
-use crate::{Diff, Time};
+use crate::{Diff, Pick, Time, one_per_key};
 
 /// The namespace of every dishflow Data Vault key: UUID v5 of the URL
 /// `https://dishflow.dev/dds` in the URL namespace (fixed forever: keys must be stable).
@@ -245,16 +245,13 @@ pub fn vault<'s>(
         .clone()
         .filter(|row| !matches!(row, VaultRow::Satellite { .. }))
         .distinct();
-    let satellites = rows
-        .flat_map(|row| match row {
-            VaultRow::Satellite { kind, hub, values } => Some(((kind, hub), values)),
-            _ => None,
-        })
-        .reduce_named("SatelliteValue", |_key, input, output| {
-            if let Some((values, _)) = input.last() {
-                output.push((Vec::clone(values), 1));
-            }
-        })
+    let satellites = rows.flat_map(|row| match row {
+        VaultRow::Satellite { kind, hub, values } => Some(((kind, hub), values)),
+        _ => None,
+    });
+    // A satellite key's current values: the greatest of those present at a time (versions
+    // that arrive together collapse deterministically).
+    let satellites = one_per_key("SatelliteValue", satellites, Pick::Greatest)
         .map(|((kind, hub), values)| VaultRow::Satellite { kind, hub, values });
     keys.concat(satellites)
 }

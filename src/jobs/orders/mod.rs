@@ -31,13 +31,11 @@ use anyhow::Result;
 use dataflows::orders;
 use tracing::info;
 
-use self::sinks::Writers;
-use self::tables::existing_counters;
+use self::sinks::{Writers, reconciled};
 use super::kafka_job::KafkaJob;
 use crate::positions;
 use crate::sinks::outbox::recover_retired;
 use crate::sources::redis::{RedisSourceConfig, dictionaries};
-use crate::sources::snapshot::snapshot;
 use crate::{kafka, pg};
 
 /// The job's name in dishflow's bookkeeping tables (positions).
@@ -82,10 +80,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     // The backlog as of startup (a replay, or a week of history on a first start) is read
     // as one snapshot at the start time: intermediate versions collapse, and the state and
     // tables are built in one step instead of once per arrival millisecond.
-    let replay_until = &run.plan.replay_until;
-    let backlog = (run.watermarks.iter())
-        .map(|&(p, _, high)| (p, high.max(replay_until.get(&p).copied().unwrap_or(0))))
-        .collect();
+    let backlog = run.backlog();
     let source = job.source(&started, backlog);
     let redis_config = RedisSourceConfig {
         url: args.redis_url.clone(),
@@ -120,25 +115,8 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         });
         dataflow.dead_letters(dead_letters);
         let out = orders::orders(messages, entries);
-        // A run that rebuilds the whole state at its start time writes the difference
-        // between the counters it computes and those in the tables: unchanged counters
-        // cost nothing, and a counter that should no longer exist (its order's
-        // dictionary entry vanished while the job was down) is deleted.
         let counters = if reconcile {
-            let url = url.clone();
-            let existing = snapshot(
-                dataflow.scope,
-                "ExistingCounters",
-                follow,
-                &dataflow.lifecycle,
-                move || {
-                    Ok(existing_counters(&url)?
-                        .into_iter()
-                        .map(|c| (c, -1))
-                        .collect())
-                },
-            );
-            out.counters.concat(existing)
+            reconciled(dataflow, out.counters, &url, follow)
         } else {
             out.counters
         };
