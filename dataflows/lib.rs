@@ -33,6 +33,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 pub mod decode;
+pub mod geo;
 pub mod orders;
 pub mod promos;
 

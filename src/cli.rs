@@ -5,6 +5,7 @@
 //! command line wins over the environment.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dataflows::geo::cities::{City, parse_file};
 
 use crate::jobs::orders::OrdersArgs;
 use crate::jobs::promos::PromosArgs;
@@ -90,25 +91,59 @@ pub struct SetupArgs {
     #[arg(long, env = "DISHFLOW_POSTGRES_URL", default_value = DEFAULT_POSTGRES_URL, hide_env_values = true)]
     pub postgres_url: String,
 
-    /// Remove what setup created for change capture instead: the publication
-    /// `dishflow_subscribers` and inactive `dishflow_*` replication slots. Tables are kept.
+    /// Remove what setup created for change capture instead: the publications
+    /// `dishflow_subscribers` and `dishflow_cities` and inactive `dishflow_*` replication
+    /// slots. Tables are kept.
     #[arg(long)]
     pub drop: bool,
 
     /// Which job's schema to create.
     #[arg(long, value_enum, default_value_t = SetupJob::All)]
     pub job: SetupJob,
+
+    /// Load geo.cities from this file (the legacy geo.csv format: a header line, then
+    /// `id;city;lat;lng[;timezone]`, decimal comma or point; a city without a time zone gets
+    /// the nearest built-in city's). Rows are upserted by id. Without it, an empty
+    /// geo.cities gets the 24 built-in Australian cities. A bad line is an error naming it,
+    /// and nothing is loaded.
+    #[arg(long, value_name = "FILE", value_parser = CitiesFile::read)]
+    pub cities: Option<CitiesFile>,
+}
+
+/// The cities of a `--cities` file, read and checked when the command line is parsed.
+#[derive(Clone, Debug)]
+pub struct CitiesFile {
+    /// The cities, in file order.
+    pub cities: Vec<City>,
+}
+
+impl CitiesFile {
+    /// Reads and parses `path` (see [`dataflows::geo::cities::parse_file`]).
+    pub fn read(path: &str) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let cities = parse_file(&text).map_err(|e| format!("{path}: {e}"))?;
+        Ok(CitiesFile { cities })
+    }
 }
 
 /// The jobs `dishflow setup` prepares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SetupJob {
-    /// Both jobs.
+    /// Every job.
     All,
     /// subscribers_restaurants, subscribers_feedback, the publication.
     Promos,
     /// The stg, dds and cdm schemas.
     Orders,
+    /// The geo and mart schemas, geo.cities (with its cities) and its publication.
+    Geo,
+}
+
+impl SetupJob {
+    /// Whether setting up this selection includes `job`.
+    pub fn includes(self, job: SetupJob) -> bool {
+        self == SetupJob::All || self == job
+    }
 }
 
 #[cfg(test)]

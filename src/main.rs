@@ -15,18 +15,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup(args) => {
+            let url = &args.postgres_url;
             if args.drop {
-                dishflow::pg::drop_promos(&args.postgres_url)
-            } else {
-                if args.job != SetupJob::Orders {
-                    dishflow::pg::setup_promos(&args.postgres_url)?;
-                }
-                if args.job != SetupJob::Promos {
-                    dishflow::pg::setup_orders(&args.postgres_url)?;
-                }
-                tracing::info!("schema ready");
-                Ok(())
+                return dishflow::pg::drop_change_capture(url);
             }
+            if args.cities.is_some() && !args.job.includes(SetupJob::Geo) {
+                anyhow::bail!("--cities loads geo.cities: use it with --job geo (or all)");
+            }
+            if args.job.includes(SetupJob::Promos) {
+                dishflow::pg::setup_promos(url)?;
+            }
+            if args.job.includes(SetupJob::Orders) {
+                dishflow::pg::setup_orders(url)?;
+            }
+            if args.job.includes(SetupJob::Geo) {
+                dishflow::pg::setup_geo(url, args.cities.map(|file| file.cities))?;
+            }
+            tracing::info!("schema ready");
+            Ok(())
         }
         Command::Promos(args) => dishflow::jobs::promos::run(args),
         Command::Orders(args) => dishflow::jobs::orders::run(args),

@@ -1,6 +1,7 @@
 //! Postgres connections and the schema the jobs need (`dishflow setup`).
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
+use dataflows::geo::cities::City;
 use postgres::{Client, Transaction};
 
 /// The default Postgres URL: the local server's database `de`.
@@ -263,21 +264,11 @@ pub fn setup_promos(url: &str) -> Result<()> {
             ),
         ],
     )?;
-    let exists = tx
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&SUBSCRIBERS_PUBLICATION],
-        )?
-        .is_some();
-    if !exists {
-        tx.batch_execute(&format!(
-            "CREATE PUBLICATION {SUBSCRIBERS_PUBLICATION} FOR TABLE public.subscribers_restaurants"
-        ))
-        .context(
-            "cannot create publication dishflow_subscribers for public.subscribers_restaurants \
-             (needs ownership of the table, or ask its owner to create it)",
-        )?;
-    }
+    ensure_publication(
+        &mut tx,
+        SUBSCRIBERS_PUBLICATION,
+        "public.subscribers_restaurants",
+    )?;
     tx.commit()?;
     for (slot, retained) in stale_slots(&mut client)? {
         tracing::warn!(
@@ -285,6 +276,99 @@ pub fn setup_promos(url: &str) -> Result<()> {
             retained_bytes = retained,
             "inactive dishflow replication slot retains WAL; `dishflow setup --drop` removes it"
         );
+    }
+    Ok(())
+}
+
+/// Creates publication `name` for `table` unless it exists.
+fn ensure_publication(tx: &mut Transaction<'_>, name: &str, table: &str) -> Result<()> {
+    let exists = tx
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])?
+        .is_some();
+    if !exists {
+        tx.batch_execute(&format!("CREATE PUBLICATION {name} FOR TABLE {table}"))
+            .with_context(|| {
+                format!(
+                    "cannot create publication {name} for {table} (needs ownership of the \
+                     table, or ask its owner to create it)"
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// The publication through which the geo job follows `geo.cities`.
+pub const CITIES_PUBLICATION: &str = "dishflow_cities";
+
+const GEO_DDL: &str = "
+CREATE SCHEMA IF NOT EXISTS geo;
+CREATE SCHEMA IF NOT EXISTS mart;
+CREATE TABLE IF NOT EXISTS geo.cities (
+    id int PRIMARY KEY, city text NOT NULL, lat double precision NOT NULL,
+    lng double precision NOT NULL, timezone text NOT NULL);
+CREATE TABLE IF NOT EXISTS mart.geo_zones (
+    month date, week date, zone_id int,
+    week_message bigint, week_reaction bigint, week_subscription bigint, week_user bigint,
+    month_message bigint, month_reaction bigint, month_subscription bigint, month_user bigint,
+    PRIMARY KEY (zone_id, week, month));
+CREATE TABLE IF NOT EXISTS mart.geo_users (
+    user_id bigint PRIMARY KEY, act_city text, home_city text, travel_count int,
+    travel_array text[], local_time timestamp);
+CREATE TABLE IF NOT EXISTS mart.geo_friend_recommendations (
+    user_left bigint, user_right bigint, processed_dttm timestamptz, zone_id int,
+    local_time timestamp, PRIMARY KEY (user_left, user_right))";
+
+/// Creates the geo job's schemas `geo` and `mart`, their tables and the publication of
+/// `geo.cities`, if missing. `cities` (read from a `--cities` file) are upserted by id;
+/// without them, an empty `geo.cities` gets the built-in cities. A time zone Postgres does
+/// not know is an error naming the city, and then nothing is written.
+pub fn setup_geo(url: &str, cities: Option<Vec<City>>) -> Result<()> {
+    let mut client = connect(url)?;
+    let mut tx = begin_setup(
+        &mut client,
+        &[(
+            GEO_DDL,
+            "cannot create the geo job's schemas geo, mart and their tables",
+        )],
+    )?;
+    ensure_publication(&mut tx, CITIES_PUBLICATION, "geo.cities")?;
+    let cities = match cities {
+        Some(cities) => cities,
+        None if tx
+            .query_one("SELECT count(*) FROM geo.cities", &[])?
+            .get::<_, i64>(0)
+            == 0 =>
+        {
+            dataflows::geo::cities::builtin()
+        }
+        None => Vec::new(),
+    };
+    for city in &cities {
+        let known = tx
+            .query_opt(
+                "SELECT 1 FROM pg_timezone_names WHERE name = $1",
+                &[&city.timezone],
+            )?
+            .is_some();
+        if !known {
+            bail!(
+                "city {} ({}): unknown time zone {:?}",
+                city.id,
+                city.name,
+                city.timezone
+            );
+        }
+        tx.execute(
+            "INSERT INTO geo.cities (id, city, lat, lng, timezone) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET city = excluded.city, lat = excluded.lat, \
+             lng = excluded.lng, timezone = excluded.timezone",
+            &[&city.id, &city.name, &city.lat, &city.lng, &city.timezone],
+        )
+        .context("cannot write geo.cities")?;
+    }
+    tx.commit()?;
+    if !cities.is_empty() {
+        tracing::info!(cities = cities.len(), "geo.cities loaded");
     }
     Ok(())
 }
@@ -300,9 +384,9 @@ fn stale_slots(client: &mut Client) -> Result<Vec<(String, i64)>> {
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Removes what `setup_promos` created for change capture: the publication and any inactive
+/// Removes what setup created for change capture: the publications and any inactive
 /// dishflow replication slot. Tables and their data are left alone.
-pub fn drop_promos(url: &str) -> Result<()> {
+pub fn drop_change_capture(url: &str) -> Result<()> {
     let mut client = connect(url)?;
     for (slot, retained) in stale_slots(&mut client)? {
         client
@@ -310,11 +394,11 @@ pub fn drop_promos(url: &str) -> Result<()> {
             .with_context(|| format!("cannot drop replication slot {slot}"))?;
         tracing::info!(slot, retained_bytes = retained, "dropped replication slot");
     }
-    client
-        .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {SUBSCRIBERS_PUBLICATION}"
-        ))
-        .context("cannot drop publication dishflow_subscribers")?;
-    tracing::info!(publication = SUBSCRIBERS_PUBLICATION, "dropped publication");
+    for publication in [SUBSCRIBERS_PUBLICATION, CITIES_PUBLICATION] {
+        client
+            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {publication}"))
+            .with_context(|| format!("cannot drop publication {publication}"))?;
+        tracing::info!(publication, "dropped publication");
+    }
     Ok(())
 }
