@@ -358,11 +358,12 @@ pub fn setup_geo(url: &str, cities: Option<Vec<City>>) -> Result<()> {
                 city.timezone
             );
         }
+        let (lat, lng) = city.centre.degrees();
         tx.execute(
             "INSERT INTO geo.cities (id, city, lat, lng, timezone) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (id) DO UPDATE SET city = excluded.city, lat = excluded.lat, \
              lng = excluded.lng, timezone = excluded.timezone",
-            &[&city.id, &city.name, &city.lat, &city.lng, &city.timezone],
+            &[&city.id, &city.name, &lat, &lng, &city.timezone],
         )
         .context("cannot write geo.cities")?;
     }

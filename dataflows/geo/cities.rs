@@ -6,25 +6,22 @@
 //! * [`parse_file`]: the legacy format — a header line, then `id;city;lat;lng[;timezone]`,
 //!   decimal comma or point. A line without a time zone gets the zone of the nearest
 //!   built-in city. A bad line is an error naming it; nothing of a bad file is used.
-//! * [`distance_km`]: great-circle distance by the haversine formula, Earth radius
-//!   [`EARTH_RADIUS_KM`].
+//! * [`nearest`]: the city whose centre is nearest to a point by great-circle distance
+//!   (ties: the smaller id) — an event's zone.
 
 use serde::{Deserialize, Serialize};
 
-/// Earth radius of every distance (SPEC: 6,371 km).
-pub const EARTH_RADIUS_KM: f64 = 6371.0;
+use super::point::{Point, distance_km};
 
 /// One row of `geo.cities`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct City {
     /// `id`: the zone id of the events nearest to it.
     pub id: i32,
     /// `city`.
     pub name: String,
-    /// `lat`, degrees.
-    pub lat: f64,
-    /// `lng`, degrees.
-    pub lng: f64,
+    /// `lat`, `lng`: its centre.
+    pub centre: Point,
     /// `timezone`, an IANA name (`Australia/Sydney`).
     pub timezone: String,
 }
@@ -61,33 +58,22 @@ pub const BUILTIN: [(i32, &str, f64, f64, &str); 24] = [
 pub fn builtin() -> Vec<City> {
     BUILTIN
         .iter()
-        .map(|&(id, name, lat, lng, timezone)| City {
-            id,
-            name: name.to_string(),
-            lat,
-            lng,
-            timezone: timezone.to_string(),
+        .filter_map(|&(id, name, lat, lng, timezone)| {
+            Some(City {
+                id,
+                name: name.to_string(),
+                centre: Point::from_degrees(lat, lng)?,
+                timezone: timezone.to_string(),
+            })
         })
         .collect()
 }
 
-/// Great-circle distance in km between two points given in degrees (haversine).
-pub fn distance_km((lat1, lng1): (f64, f64), (lat2, lng2): (f64, f64)) -> f64 {
-    let (phi1, phi2) = (lat1.to_radians(), lat2.to_radians());
-    let half_dphi = (lat2 - lat1).to_radians() / 2.0;
-    let half_dlambda = (lng2 - lng1).to_radians() / 2.0;
-    let a = half_dphi.sin().powi(2) + phi1.cos() * phi2.cos() * half_dlambda.sin().powi(2);
-    2.0 * EARTH_RADIUS_KM * a.sqrt().min(1.0).asin()
-}
-
 /// The city nearest to `point` among `cities` (ties: the smaller id), if there is one.
-pub fn nearest<'c>(
-    cities: impl IntoIterator<Item = &'c City>,
-    point: (f64, f64),
-) -> Option<&'c City> {
+pub fn nearest<'c>(cities: impl IntoIterator<Item = &'c City>, point: Point) -> Option<&'c City> {
     cities
         .into_iter()
-        .map(|c| (distance_km(point, (c.lat, c.lng)), c))
+        .map(|c| (distance_km(point, c.centre), c))
         .min_by(|(da, a), (db, b)| da.total_cmp(db).then(a.id.cmp(&b.id)))
         .map(|(_, c)| c)
 }
@@ -123,11 +109,13 @@ pub fn parse_file(text: &str) -> Result<Vec<City>, String> {
             .ok_or_else(|| {
                 format!("line {at}: longitude {lng:?} is not a number in [-180, 180]")
             })?;
+        let centre =
+            Point::from_degrees(lat, lng).ok_or_else(|| format!("line {at}: not a position"))?;
         if name.is_empty() {
             return Err(format!("line {at}: the city has no name"));
         }
         let timezone = match rest {
-            [] | [""] => nearest(&builtin, (lat, lng))
+            [] | [""] => nearest(&builtin, centre)
                 .map(|c| c.timezone.clone())
                 .unwrap_or_default(),
             [zone] if zone.contains('/') => zone.to_string(),
@@ -140,8 +128,7 @@ pub fn parse_file(text: &str) -> Result<Vec<City>, String> {
         cities.push(City {
             id,
             name: name.to_string(),
-            lat,
-            lng,
+            centre,
             timezone,
         });
     }
@@ -162,7 +149,7 @@ mod tests {
         )
         .expect("a valid file");
         assert_eq!(cities.len(), 2);
-        assert_eq!((cities[0].lat, cities[0].lng), (-33.865, 151.2094));
+        assert_eq!(cities[0].centre.degrees(), (-33.865, 151.2094));
         assert_eq!(
             cities[0].timezone, "Australia/Sydney",
             "the nearest built-in city's"
@@ -185,39 +172,29 @@ mod tests {
     }
 
     #[test]
-    fn distances_are_great_circle_and_the_nearest_city_wins_ties_by_id() {
-        let sydney = (-33.865, 151.2094);
-        let melbourne = (-37.8136, 144.9631);
-        let d = distance_km(sydney, melbourne);
-        assert!(
-            (d - 713.0).abs() < 3.0,
-            "Sydney–Melbourne ≈ 713 km, got {d}"
-        );
-        assert!(distance_km(sydney, sydney) < 1e-9);
+    fn the_nearest_city_wins_and_ties_go_to_the_smaller_id() {
+        let at = |lat, lng| Point::from_degrees(lat, lng).expect("a point");
         let cities = builtin();
-        assert_eq!(nearest(&cities, (-33.87, 151.21)).map(|c| c.id), Some(1));
-        let twins = [
-            City {
-                id: 7,
-                name: "b".into(),
-                lat: 0.0,
-                lng: 1.0,
-                timezone: "Etc/UTC".into(),
-            },
-            City {
-                id: 3,
-                name: "a".into(),
-                lat: 0.0,
-                lng: -1.0,
-                timezone: "Etc/UTC".into(),
-            },
-        ];
+        assert_eq!(cities.len(), 24);
+        assert!(cities.iter().all(|c| c.timezone.starts_with("Australia/")));
+        assert_eq!(nearest(&cities, at(-33.87, 151.21)).map(|c| c.id), Some(1));
         assert_eq!(
-            nearest(&twins, (0.0, 0.0)).map(|c| c.id),
+            nearest(&cities, at(-38.08, 145.27)).map(|c| c.id),
+            Some(7),
+            "Cranbourne"
+        );
+        let city = |id, lng| City {
+            id,
+            name: format!("c{id}"),
+            centre: at(0.0, lng),
+            timezone: "Etc/UTC".into(),
+        };
+        let twins = [city(7, 1.0), city(3, -1.0)];
+        assert_eq!(
+            nearest(&twins, at(0.0, 0.0)).map(|c| c.id),
             Some(3),
             "a tie: the smaller id"
         );
-        assert_eq!(cities.len(), 24);
-        assert!(cities.iter().all(|c| c.timezone.starts_with("Australia/")));
+        assert_eq!(nearest(&[], at(0.0, 0.0)), None);
     }
 }

@@ -1,5 +1,11 @@
 //! Job 3, `geo`: a messaging app's events → marts by city and friend recommendations
-//! (`../shared/SPEC.md`, "Job 3"). So far: the cities events are attributed to
-//! ([`cities`]).
+//! (`../shared/SPEC.md`, "Job 3"). So far, by file:
+//! * `cities.rs`: the cities events are attributed to — the built-in list, the legacy file
+//!   format, haversine distance, the nearest city.
+//! * `point.rs`: positions as exact nanodegrees, great-circle distance (haversine).
+//! * `events.rs`: what a valid event is ([`events::parse_event`]), and the split of raw
+//!   records into events and dead letters ([`events::decode`]).
 
 pub mod cities;
+pub mod events;
+pub mod point;
