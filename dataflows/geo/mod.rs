@@ -5,7 +5,9 @@
 //! * `point.rs`: positions as exact nanodegrees, great-circle distance (haversine).
 //! * `events.rs`: what a valid event is ([`events::parse_event`]), and the split of raw
 //!   records into events and dead letters ([`events::decode`]).
+//! * `zones.rs`: an event's zone, the nearest city ([`zones::zoned`]).
 
 pub mod cities;
 pub mod events;
 pub mod point;
+pub mod zones;
