@@ -6,8 +6,11 @@
 //! * `events.rs`: what a valid event is ([`events::parse_event`]), and the split of raw
 //!   records into events and dead letters ([`events::decode`]).
 //! * `zones.rs`: an event's zone, the nearest city ([`zones::zoned`]).
+//! * `zone_mart.rs`: `mart.geo_zones`, events and registrations per zone, week and month
+//!   ([`zone_mart::zone_mart`]).
 
 pub mod cities;
 pub mod events;
 pub mod point;
+pub mod zone_mart;
 pub mod zones;
