@@ -8,9 +8,12 @@
 //! * `zones.rs`: an event's zone, the nearest city ([`zones::zoned`]).
 //! * `zone_mart.rs`: `mart.geo_zones`, events and registrations per zone, week and month
 //!   ([`zone_mart::zone_mart`]).
+//! * `user_mart.rs`: `mart.geo_users`, each user's current city, home and travels
+//!   ([`user_mart::user_mart`]).
 
 pub mod cities;
 pub mod events;
 pub mod point;
+pub mod user_mart;
 pub mod zone_mart;
 pub mod zones;

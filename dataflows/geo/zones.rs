@@ -21,25 +21,33 @@ use crate::{Diff, Time};
 /// How many shards events are spread over for the join with the list of cities.
 pub const SHARDS: u64 = 64;
 
-/// Every event that has coordinates, with its zone (the nearest city's id), as long as there
-/// is a city.
-pub fn zoned<'s>(
-    events: VecCollection<'s, Time, Event, Diff>,
+/// The list of all cities, copied to each of [`SHARDS`] shards: `(shard, cities)`.
+pub fn city_lists<'s>(
     cities: VecCollection<'s, Time, City, Diff>,
-) -> VecCollection<'s, Time, (Event, i32), Diff> {
-    let list = cities
+) -> VecCollection<'s, Time, (u64, Vec<City>), Diff> {
+    cities
         .map(|city| ((), city))
         .reduce_named("CityList", |_key, input, output| {
             let all: Vec<City> = input.iter().map(|(city, _)| (*city).clone()).collect();
             output.push((all, 1));
-        });
-    let shards = list.flat_map(|((), all)| (0..SHARDS).map(move |shard| (shard, all.clone())));
-    events
-        .flat_map(|event| {
-            let shard = event.user.unsigned_abs() % SHARDS;
-            event.point.map(|_| (shard, event))
         })
-        .join_map(shards, |_shard, event, all| {
+        .flat_map(|((), all)| (0..SHARDS).map(move |shard| (shard, all.clone())))
+}
+
+/// The shard of `user`'s records in joins with [`city_lists`].
+pub fn shard(user: i64) -> u64 {
+    user.unsigned_abs() % SHARDS
+}
+
+/// Every event that has coordinates, with its zone (the nearest city's id), as long as there
+/// is a city.
+pub fn zoned<'s>(
+    events: VecCollection<'s, Time, Event, Diff>,
+    lists: VecCollection<'s, Time, (u64, Vec<City>), Diff>,
+) -> VecCollection<'s, Time, (Event, i32), Diff> {
+    events
+        .flat_map(|event| event.point.map(|_| (shard(event.user), event)))
+        .join_map(lists, |_shard, event, all| {
             let zone = event
                 .point
                 .and_then(|point| nearest(all, point))
@@ -86,7 +94,10 @@ mod tests {
         let captured = timely::example(move |scope| {
             let events = events.into_iter().to_stream(scope).as_collection();
             let cities = cities.into_iter().to_stream(scope).as_collection();
-            zoned(events, cities).consolidate().inner.capture()
+            zoned(events, city_lists(cities))
+                .consolidate()
+                .inner
+                .capture()
         });
         let mut out: Vec<_> = (captured.extract().into_iter())
             .flat_map(|(_, batch)| batch)
