@@ -10,9 +10,12 @@
 //!   ([`zone_mart::zone_mart`]).
 //! * `user_mart.rs`: `mart.geo_users`, each user's current city, home and travels
 //!   ([`user_mart::user_mart`]).
+//! * `friends.rs`: `mart.geo_friend_recommendations`, pairs within 1 km found through a grid
+//!   of cells, then a common channel and no direct message ([`friends::recommendations`]).
 
 pub mod cities;
 pub mod events;
+pub mod friends;
 pub mod point;
 pub mod user_mart;
 pub mod zone_mart;
