@@ -7,6 +7,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataflows::geo::cities::{City, parse_file};
 
+use crate::jobs::geo::GeoArgs;
 use crate::jobs::orders::OrdersArgs;
 use crate::jobs::promos::PromosArgs;
 use crate::kafka::KafkaArgs;
@@ -60,6 +61,9 @@ pub enum Command {
     Promos(PromosArgs),
     /// Job 2: orders (Kafka) + dictionaries (Redis) → STG, Data Vault DDS and CDM counters (Postgres).
     Orders(OrdersArgs),
+    /// Job 3: a messaging app's events (Kafka) + geo.cities → zone and user marts and friend
+    /// recommendations (Postgres).
+    Geo(GeoArgs),
     /// Produce valid test data to Kafka.
     #[command(subcommand)]
     Produce(ProduceCommand),

@@ -10,3 +10,11 @@ pub fn wall_clock_ms() -> Time {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// The logical time `time` as a UTC timestamp.
+pub fn utc(time: Time) -> chrono::NaiveDateTime {
+    let ms = i64::try_from(time).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .naive_utc()
+}

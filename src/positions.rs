@@ -257,6 +257,7 @@ impl RunStart {
             topic: self.topic.clone(),
             start: self.plan.start.clone(),
             start_time: self.start_time,
+            replay_all: false,
         }
     }
 }
@@ -328,6 +329,9 @@ pub struct ProgressConfig {
     pub start: HashMap<i32, i64>,
     /// The job's start time: records replayed are stamped with it.
     pub start_time: Time,
+    /// The job's state depends on every record ever read (it reports no retention): a
+    /// restart replays every partition from its first retained offset.
+    pub replay_all: bool,
 }
 
 /// The progress state of worker 0.
@@ -335,6 +339,7 @@ struct Tracker {
     resume: HashMap<i32, i64>,
     retained: HashMap<usize, Vec<(i32, i64)>>,
     written: HashMap<i32, Committed>,
+    replay_all: bool,
 }
 
 impl Tracker {
@@ -357,6 +362,10 @@ impl Tracker {
             if let Some(c) = record.get_mut(partition) {
                 c.replay = c.replay.min(*offset);
             }
+        }
+        if self.replay_all {
+            // Offset 0, clamped by the source to what the partition still holds.
+            record.values_mut().for_each(|c| c.replay = 0);
         }
         record
     }
@@ -383,6 +392,7 @@ pub fn track<'s>(
             resume: config.start.clone(),
             retained: HashMap::new(),
             written: HashMap::new(),
+            replay_all: config.replay_all,
         };
         let mut pending_positions: BTreeMap<Time, Vec<(i32, i64)>> = BTreeMap::new();
         let mut pending_retention: BTreeMap<Time, Vec<Retention>> = BTreeMap::new();
@@ -578,10 +588,11 @@ mod tests {
 
     #[test]
     fn the_record_replays_from_the_oldest_retained_message() {
-        let tracker = Tracker {
+        let mut tracker = Tracker {
             resume: HashMap::from([(0, 100), (1, 40)]),
             retained: HashMap::from([(0, vec![(0, 70), (1, 39)]), (1, vec![(0, 60)])]),
             written: HashMap::new(),
+            replay_all: false,
         };
         let record = tracker.record();
         assert_eq!(
@@ -598,5 +609,9 @@ mod tests {
                 replay: 39
             }
         );
+        // A state that depends on every record: replay from the start.
+        tracker.replay_all = true;
+        assert_eq!(tracker.record()[&0].replay, 0);
+        assert_eq!(tracker.record()[&1].resume, 40);
     }
 }

@@ -204,9 +204,14 @@ impl KafkaJob {
                     replay_until: replay_until.clone(),
                     dead_letter_writer: Some(dead_letter_writer),
                     written: Vec::new(),
+                    replay_all: false,
                 };
                 let retention = build(&mut dataflow, records, writers);
-                positions::track(read, retention, dataflow.written, progress.clone());
+                let progress = positions::ProgressConfig {
+                    replay_all: dataflow.replay_all,
+                    ..progress.clone()
+                };
+                positions::track(read, retention, dataflow.written, progress);
                 completion_barrier(scope, &lifecycle);
             });
         })?;
@@ -237,6 +242,7 @@ pub struct Dataflow<'s> {
     replay_until: std::collections::HashMap<i32, i64>,
     dead_letter_writer: Option<KafkaWriter<DeadLetterEncoder>>,
     written: Vec<Stream<'s, Time, Vec<()>>>,
+    replay_all: bool,
 }
 
 impl<'s> Dataflow<'s> {
@@ -262,6 +268,14 @@ impl<'s> Dataflow<'s> {
             &self.lifecycle,
         );
         self.written.push(written);
+    }
+
+    /// The job's state depends on every record it ever read: a restart replays every
+    /// partition from its first retained offset. Returns the (empty) retention stream the
+    /// job's `build` then returns.
+    pub fn replays_everything(&mut self) -> Stream<'s, Time, Vec<Retention>> {
+        self.replay_all = true;
+        timely::dataflow::operators::generic::operator::empty(self.scope)
     }
 
     /// Sends the records the job could not decode to the dead-letter topic, except those of

@@ -1,5 +1,6 @@
 //! The jobs: wiring of sources, dataflows and sinks, and how a job's processes run and end.
 
+pub mod geo;
 pub mod kafka_job;
 pub mod orders;
 pub mod promos;

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use chrono::NaiveDateTime;
+use chrono::{NaiveDate, NaiveDateTime};
 use dataflows::{Diff, Time};
 use postgres::types::ToSql;
 use postgres::{Client, Transaction};
@@ -323,6 +323,14 @@ pub enum Column {
     Timestamp(Vec<NaiveDateTime>),
     /// `int4[]`.
     Int(Vec<i32>),
+    /// `int8[]`.
+    BigInt(Vec<i64>),
+    /// `date[]`.
+    Date(Vec<NaiveDate>),
+    /// `text[]` with NULLs.
+    OptionalText(Vec<Option<String>>),
+    /// `timestamp[]` with NULLs.
+    OptionalTimestamp(Vec<Option<NaiveDateTime>>),
 }
 
 impl Column {
@@ -333,6 +341,10 @@ impl Column {
             Column::Text(v) => v,
             Column::Timestamp(v) => v,
             Column::Int(v) => v,
+            Column::BigInt(v) => v,
+            Column::Date(v) => v,
+            Column::OptionalText(v) => v,
+            Column::OptionalTimestamp(v) => v,
         }
     }
 }

@@ -44,10 +44,7 @@ pub const LOAD_SRC: &str = "orders-system-kafka";
 
 /// The logical time `time` as a UTC timestamp (`load_dt`).
 pub fn load_dt(time: Time) -> NaiveDateTime {
-    let ms = i64::try_from(time).unwrap_or(i64::MAX);
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .naive_utc()
+    crate::clock::utc(time)
 }
 
 /// `stg.order_events`, upserted by `object_id`.

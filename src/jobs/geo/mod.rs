@@ -1,0 +1,126 @@
+//! `dishflow geo`: a messaging app's events (Kafka) + geo.cities (Postgres) → the zone mart,
+//! the user mart and friend recommendations (Postgres), kept current.
+//!
+//! ```text
+//!  Kafka geo_events ─► kafka_source ─► geo::events::decode ─┬─► dead letters ─► Kafka *.dlq
+//!                                                           └─► events ─┐
+//!  Postgres geo.cities ─► followed table (worker 0) ─► city lists ──────┤ zones::zoned
+//!                                                                       ▼
+//!        zone_mart ─► mart.geo_zones   user_mart ─► mart.geo_users   recommendations ─►
+//!                                                          mart.geo_friend_recommendations
+//! ```
+//!
+//! The marts depend on every event ever read (a late message can move a registration, split
+//! a stay or become a position): a restart replays the topic from its first retained offset.
+//! The backlog as of startup is read as one step at the start time, like a snapshot.
+
+mod args;
+mod cities;
+mod tables;
+
+pub use args::GeoArgs;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use dataflows::geo::cities::City;
+use dataflows::geo::friends::Recommendation;
+use dataflows::geo::{events, friends, user_mart, zone_mart, zones};
+use tracing::info;
+
+use self::tables::{RecommendationBatch, UserBatch, ZoneBatch};
+use super::kafka_job::KafkaJob;
+use crate::pg;
+use crate::sinks::by_key;
+use crate::sinks::postgres::TableWriter;
+use crate::sources::postgres::{FollowConfig, followed_table};
+
+/// The job's name in dishflow's bookkeeping tables (positions).
+pub const JOB: &str = "geo";
+
+/// One worker's table writers.
+struct Writers {
+    zones: TableWriter<ZoneBatch>,
+    users: TableWriter<UserBatch>,
+    recommendations: TableWriter<RecommendationBatch>,
+}
+
+/// Runs the geo job until its input ends (`--stop-at-end`) or a signal asks it to stop.
+pub fn run(args: GeoArgs) -> Result<()> {
+    let job = KafkaJob {
+        name: JOB,
+        kafka: args.kafka.clone(),
+        postgres_url: args.postgres_url.clone(),
+        topic: args.event_topic.clone(),
+        dead_letter_topic: args.dead_letter_topic.clone(),
+        from: args.from.clone(),
+        stop_at_end: args.stop_at_end,
+        tick: Duration::from_millis(args.tick_ms),
+        cluster: args.cluster.clone(),
+        ops: args.ops.clone(),
+    };
+    let started = job.start(|| pg::setup_geo(&args.postgres_url, None))?;
+    info!(event_topic = %args.event_topic, "geo inputs");
+    let source = job.source(&started, started.run.backlog());
+    let cities_config = FollowConfig {
+        url: args.postgres_url.clone(),
+        publication: pg::CITIES_PUBLICATION.to_string(),
+        follow: !args.stop_at_end,
+        poll: Duration::from_millis(args.cdc_poll_ms),
+    };
+    let url = args.postgres_url.clone();
+    let open = move |_worker: usize| -> Result<Writers> {
+        Ok(Writers {
+            zones: TableWriter::new(&url, ZoneBatch, None, "zone mart sink")?,
+            users: TableWriter::new(&url, UserBatch, None, "user mart sink")?,
+            recommendations: TableWriter::new(
+                &url,
+                RecommendationBatch,
+                None,
+                "recommendations sink",
+            )?,
+        })
+    };
+    job.run(started, source, open, move |dataflow, records, writers| {
+        let cities =
+            followed_table::<City>(dataflow.scope, cities_config.clone(), &dataflow.lifecycle);
+        let (events, dead_letters) = events::decode(records);
+        dataflow.dead_letters(dead_letters);
+        let lists = zones::city_lists(cities);
+        let zoned = zones::zoned(events.clone(), lists.clone());
+        let zone_rows = zone_mart::zone_mart(events.clone(), zoned.clone());
+        let user_rows = user_mart::user_mart(zoned.clone(), lists);
+        let pairs = friends::recommendations(events, zoned);
+        // One worker writes every change of a row's key, in time order.
+        let zone_key = |r: &zone_mart::ZoneRow| {
+            use differential_dataflow::hashable::Hashable;
+            (r.zone, r.week, r.month).hashed()
+        };
+        let user_key = |r: &user_mart::UserRow| {
+            use differential_dataflow::hashable::Hashable;
+            r.user.hashed()
+        };
+        let zone_rows = by_key(zone_rows, zone_key);
+        let user_rows = by_key(user_rows, user_key);
+        let pairs = by_key(pairs, Recommendation::route);
+        dataflow.sink(
+            zone_rows,
+            "ZoneMartSink",
+            vec![writers.zones],
+            Some(zone_key),
+        );
+        dataflow.sink(
+            user_rows,
+            "UserMartSink",
+            vec![writers.users],
+            Some(user_key),
+        );
+        dataflow.sink(
+            pairs,
+            "RecommendationsSink",
+            vec![writers.recommendations],
+            Some(Recommendation::route),
+        );
+        dataflow.replays_everything()
+    })
+}

@@ -1,0 +1,156 @@
+//! Integration tests of `dishflow geo` against real Kafka and Postgres: a small set of
+//! events through a bounded run into the three marts, bad input dead-lettered, and a second
+//! run (which replays the topic) changing nothing. Run via `scripts/test.sh`.
+
+#![cfg(feature = "integration")]
+
+use std::time::Duration;
+
+use dishflow_testkit::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn message(id: i64, from: i64, to: Option<i64>, time: &str, at: Option<(f64, f64)>) -> String {
+    let to = to.map_or("null".to_string(), |t| t.to_string());
+    let (lat, lon) = at.map_or(("null".into(), "null".into()), |(a, b)| {
+        (a.to_string(), b.to_string())
+    });
+    format!(
+        r#"{{"event_type": "message", "event": {{"message_id": {id}, "message_from": {from},
+            "message_to": {to}, "message_channel_to": 10, "datetime": "{time}"}},
+            "lat": {lat}, "lon": {lon}}}"#
+    )
+}
+
+fn subscription(user: i64, channel: i64) -> String {
+    format!(
+        r#"{{"event_type": "subscription", "event": {{"datetime": "2022-05-01 09:00:00",
+            "subscription_channel": {channel}, "user": "{user}"}}, "lat": null, "lon": null}}"#
+    )
+}
+
+/// (user_id, act_city, home_city, travel_count, travel_array, local_time) of mart.geo_users.
+type UserRow = (i64, String, Option<String>, i32, Vec<String>, String);
+
+const SYDNEY: (f64, f64) = (-33.865, 151.2094);
+const NEAR_SYDNEY: (f64, f64) = (-33.8695, 151.2094);
+const MELBOURNE: (f64, f64) = (-37.8136, 144.9631);
+
+#[test]
+fn a_bounded_run_fills_the_three_marts_and_a_second_one_changes_nothing() {
+    let db = database("geo");
+    let prefix = prefix("geo");
+    let (topic, dlq) = (format!("{prefix}.events"), format!("{prefix}.dlq"));
+    let events = [
+        message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
+        message(2, 2, None, "2022-05-03 10:00:00", Some(NEAR_SYDNEY)),
+        message(3, 3, Some(1), "2022-05-04 10:00:00", Some(MELBOURNE)),
+        subscription(1, 10),
+        subscription(2, 10),
+        r#"{"event_type": "reaction", "event": {"datetime": "2022-05-04 11:00:00",
+            "message_id": 2, "reaction_from": 1}, "lat": -33.865, "lon": 151.2094}"#
+            .to_string(),
+        "not json".to_string(),
+    ];
+    produce_values(&topic, 2, &events);
+    let args = [
+        "geo",
+        "--brokers",
+        &brokers(),
+        "--postgres-url",
+        &db,
+        "--event-topic",
+        &topic,
+        "--dead-letter-topic",
+        &dlq,
+        "--stop-at-end",
+    ];
+    assert_success(&dishflow(args, 2 * MINUTE));
+
+    let mut client = pg(&db);
+    let zones: Vec<(i32, String, String, Vec<i64>)> = client
+        .query(
+            "SELECT zone_id, week::text, month::text, ARRAY[week_message, week_reaction,
+                    week_subscription, week_user, month_message, month_reaction,
+                    month_subscription, month_user]
+             FROM mart.geo_zones ORDER BY zone_id, week, month",
+            &[],
+        )
+        .expect("zones")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let week = ("2022-05-02".to_string(), "2022-05-01".to_string());
+    assert_eq!(
+        zones,
+        [
+            (
+                1,
+                week.0.clone(),
+                week.1.clone(),
+                vec![2, 1, 0, 2, 2, 1, 0, 2]
+            ),
+            (
+                2,
+                week.0.clone(),
+                week.1.clone(),
+                vec![1, 0, 0, 1, 1, 0, 0, 1]
+            ),
+        ]
+    );
+    let users: Vec<UserRow> = client
+        .query(
+            "SELECT user_id, act_city, home_city, travel_count, travel_array, local_time::text
+             FROM mart.geo_users ORDER BY user_id",
+            &[],
+        )
+        .expect("users")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect();
+    assert_eq!(users.len(), 3);
+    assert_eq!(
+        users[0],
+        (
+            1,
+            "Sydney".into(),
+            None,
+            1,
+            vec!["Sydney".to_string()],
+            "2022-05-02 20:00:00".into()
+        ),
+        "UTC+10 in Sydney"
+    );
+    assert_eq!(users[2].1, "Melbourne");
+    let pairs = || -> Vec<(i64, i64, i32, String)> {
+        pg(&db)
+            .query(
+                "SELECT user_left, user_right, zone_id, processed_dttm::text
+                 FROM mart.geo_friend_recommendations ORDER BY 1, 2",
+                &[],
+            )
+            .expect("recommendations")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    };
+    let first = pairs();
+    assert_eq!(
+        first.iter().map(|p| (p.0, p.1, p.2)).collect::<Vec<_>>(),
+        [(1, 2, 1)],
+        "users 1 and 2: 0.5 km apart, channel 10, no direct message"
+    );
+    let dead = consume(&dlq);
+    assert_eq!(dead.len(), 1);
+
+    // A second run replays the topic: the same marts, the pair keeps its processed_dttm,
+    // nothing dead-lettered again.
+    assert_success(&dishflow(args, 2 * MINUTE));
+    assert_eq!(pairs(), first);
+    assert_eq!(consume(&dlq).len(), 1);
+    let rows: i64 = pg(&db)
+        .query_one("SELECT count(*) FROM mart.geo_zones", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 2);
+}
