@@ -1,6 +1,7 @@
 //! Integration tests of `dishflow geo` against real Kafka and Postgres: a small set of
-//! events through a bounded run into the three marts, bad input dead-lettered, and a second
-//! run (which replays the topic) changing nothing. Run via `scripts/test.sh`.
+//! events through a bounded run into the three marts, bad input dead-lettered, a second run
+//! (which replays the topic) changing nothing; and a running job following new events and
+//! edits of geo.cities. Run via `scripts/test.sh`.
 
 #![cfg(feature = "integration")]
 
@@ -153,4 +154,82 @@ fn a_bounded_run_fills_the_three_marts_and_a_second_one_changes_nothing() {
         .expect("count")
         .get(0);
     assert_eq!(rows, 2);
+}
+
+/// Each user's act_city in mart.geo_users (nothing while the job has not created it).
+fn act_cities(db: &str) -> Vec<(i64, String)> {
+    (pg(db).query(
+        "SELECT user_id, act_city FROM mart.geo_users ORDER BY 1",
+        &[],
+    ))
+    .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    .unwrap_or_default()
+}
+
+/// The recommended pairs (nothing while the job has not created the table).
+fn recommended(db: &str) -> Vec<(i64, i64)> {
+    let sql = "SELECT user_left, user_right FROM mart.geo_friend_recommendations ORDER BY 1, 2";
+    (pg(db).query(sql, &[]))
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_running_job_follows_new_events_and_edits_of_the_cities() {
+    let db = database("geo_live");
+    let prefix = prefix("geo_live");
+    let (topic, dlq) = (format!("{prefix}.events"), format!("{prefix}.dlq"));
+    produce_values(
+        &topic,
+        2,
+        &[
+            message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
+            message(2, 2, None, "2022-05-03 10:00:00", Some(NEAR_SYDNEY)),
+            subscription(1, 10),
+            subscription(2, 10),
+        ],
+    );
+    let job = spawn([
+        "geo",
+        "--brokers",
+        &brokers(),
+        "--postgres-url",
+        &db,
+        "--event-topic",
+        &topic,
+        "--dead-letter-topic",
+        &dlq,
+        "--cdc-poll-ms",
+        "20",
+    ]);
+    wait_until(MINUTE, "the first recommendation", || {
+        (recommended(&db) == [(1, 2)]).then_some(())
+    });
+    // A new city nearer to user 2 (0.28 km) than Sydney's centre (0.5 km): user 2's events
+    // are re-attributed to it; user 1 writes at Sydney's centre and stays there.
+    pg(&db)
+        .execute(
+            "INSERT INTO geo.cities VALUES (99, 'Harbour', -33.867, 151.2094, 'Australia/Sydney')",
+            &[],
+        )
+        .expect("a new city");
+    wait_until(MINUTE, "re-attribution to the new city", || {
+        (act_cities(&db) == [(1, "Sydney".to_string()), (2, "Harbour".to_string())]).then_some(())
+    });
+    // User 2 writes to user 1: no longer a recommendation.
+    produce_values(
+        &topic,
+        2,
+        &[message(
+            3,
+            2,
+            Some(1),
+            "2022-05-05 10:00:00",
+            Some(NEAR_SYDNEY),
+        )],
+    );
+    wait_until(MINUTE, "the recommendation to go", || {
+        recommended(&db).is_empty().then_some(())
+    });
+    terminate(job);
 }
