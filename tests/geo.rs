@@ -42,6 +42,7 @@ fn a_bounded_run_fills_the_three_marts_and_a_second_one_changes_nothing() {
     let db = database("geo");
     let prefix = prefix("geo");
     let (topic, dlq) = (format!("{prefix}.events"), format!("{prefix}.dlq"));
+    let published = format!("{prefix}.recommendations");
     let events = [
         message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
         message(2, 2, None, "2022-05-03 10:00:00", Some(NEAR_SYDNEY)),
@@ -64,6 +65,8 @@ fn a_bounded_run_fills_the_three_marts_and_a_second_one_changes_nothing() {
         &topic,
         "--dead-letter-topic",
         &dlq,
+        "--recommendation-topic",
+        &published,
         "--stop-at-end",
     ];
     assert_success(&dishflow(args, 2 * MINUTE));
@@ -149,6 +152,15 @@ fn a_bounded_run_fills_the_three_marts_and_a_second_one_changes_nothing() {
     assert_success(&dishflow(args, 2 * MINUTE));
     assert_eq!(pairs(), first);
     assert_eq!(consume(&dlq).len(), 1);
+    let sent = history(&published);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let value: serde_json::Value =
+        serde_json::from_str(sent["1:2"][0].as_deref().expect("a row")).expect("JSON");
+    assert_eq!(sent["1:2"].len(), 1, "sent once over two runs");
+    assert_eq!(
+        (value["user_left"].as_i64(), value["zone_id"].as_i64()),
+        (Some(1), Some(1))
+    );
     let rows: i64 = pg(&db)
         .query_one("SELECT count(*) FROM mart.geo_zones", &[])
         .expect("count")
@@ -179,6 +191,7 @@ fn a_running_job_follows_new_events_and_edits_of_the_cities() {
     let db = database("geo_live");
     let prefix = prefix("geo_live");
     let (topic, dlq) = (format!("{prefix}.events"), format!("{prefix}.dlq"));
+    let published = format!("{prefix}.recommendations");
     produce_values(
         &topic,
         2,
@@ -201,6 +214,8 @@ fn a_running_job_follows_new_events_and_edits_of_the_cities() {
         &dlq,
         "--cdc-poll-ms",
         "20",
+        "--recommendation-topic",
+        &published,
     ]);
     wait_until(MINUTE, "the first recommendation", || {
         (recommended(&db) == [(1, 2)]).then_some(())
@@ -232,4 +247,6 @@ fn a_running_job_follows_new_events_and_edits_of_the_cities() {
         recommended(&db).is_empty().then_some(())
     });
     terminate(job);
+    // The topic saw the pair appear and go (the new city did not change user 1's zone).
+    assert_eq!(shapes(&published)["1:2"], [true, false]);
 }

@@ -32,6 +32,12 @@ pub struct GeoArgs {
     )]
     pub dead_letter_topic: String,
 
+    /// Also publish the friend recommendations' changes to this topic (created if missing):
+    /// key `<user_left>:<user_right>`, value the row as JSON, a tombstone when the row is
+    /// deleted. Exactly once, like the tables.
+    #[arg(long, env = "DISHFLOW_RECOMMENDATION_TOPIC")]
+    pub recommendation_topic: Option<String>,
+
     /// Where to start reading the event topic: `resume` (the marts depend on every event:
     /// replay the topic from its first retained offset to rebuild them, then continue after
     /// the last event processed), `earliest`, `latest`, or `TOPIC:PARTITION:OFFSET,...`.

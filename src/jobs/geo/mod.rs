@@ -32,11 +32,15 @@ use self::tables::{RecommendationBatch, UserBatch, ZoneBatch};
 use super::kafka_job::KafkaJob;
 use crate::pg;
 use crate::sinks::by_key;
+use crate::sinks::outbox::{Outbox, recover_retired};
 use crate::sinks::postgres::TableWriter;
 use crate::sources::postgres::{FollowConfig, followed_table};
 
 /// The job's name in dishflow's bookkeeping tables (positions).
 pub const JOB: &str = "geo";
+
+/// The outbox name of the `--recommendation-topic` publisher.
+pub const RECOMMENDATION_PUBLISHER: &str = "geo/recommendation-topic";
 
 /// One worker's table writers.
 struct Writers {
@@ -60,7 +64,17 @@ pub fn run(args: GeoArgs) -> Result<()> {
         ops: args.ops.clone(),
     };
     let started = job.start(|| pg::setup_geo(&args.postgres_url, None))?;
-    info!(event_topic = %args.event_topic, "geo inputs");
+    if let Some(topic) = &args.recommendation_topic {
+        crate::kafka::ensure_topic(&args.kafka, topic, started.partitions)?;
+    }
+    let publishers = [RECOMMENDATION_PUBLISHER];
+    recover_retired(
+        &args.kafka,
+        &args.postgres_url,
+        &publishers,
+        args.cluster.peers(),
+    )?;
+    info!(event_topic = %args.event_topic, recommendation_topic = ?args.recommendation_topic, "geo inputs and outputs");
     let source = job.source(&started, started.run.backlog());
     let cities_config = FollowConfig {
         url: args.postgres_url.clone(),
@@ -68,15 +82,27 @@ pub fn run(args: GeoArgs) -> Result<()> {
         follow: !args.stop_at_end,
         poll: Duration::from_millis(args.cdc_poll_ms),
     };
-    let url = args.postgres_url.clone();
-    let open = move |_worker: usize| -> Result<Writers> {
+    let (url, kafka, topic) = (
+        args.postgres_url.clone(),
+        args.kafka.clone(),
+        args.recommendation_topic.clone(),
+    );
+    let open = move |worker: usize| -> Result<Writers> {
+        let outbox = match topic.as_deref() {
+            Some(topic) => Some((
+                Outbox::new(&kafka, RECOMMENDATION_PUBLISHER, worker, &[topic])?,
+                topic,
+            )),
+            None => None,
+        };
+        let publish = outbox.is_some();
         Ok(Writers {
             zones: TableWriter::new(&url, ZoneBatch, None, "zone mart sink")?,
             users: TableWriter::new(&url, UserBatch, None, "user mart sink")?,
             recommendations: TableWriter::new(
                 &url,
-                RecommendationBatch,
-                None,
+                RecommendationBatch { publish },
+                outbox,
                 "recommendations sink",
             )?,
         })

@@ -171,8 +171,13 @@ impl TableBatch<UserRow> for UserBatch {
     }
 }
 
-/// `mart.geo_friend_recommendations`.
-pub struct RecommendationBatch;
+/// `mart.geo_friend_recommendations`; with `publish`, every row inserted or changed is also
+/// a message (key `<user_left>:<user_right>`, value the row as JSON) and every row deleted a
+/// tombstone, sent through the writer's outbox.
+pub struct RecommendationBatch {
+    /// Whether the changes go to the recommendation topic.
+    pub publish: bool,
+}
 
 const RECOMMENDATIONS_UPSERT: &str = "
 INSERT INTO mart.geo_friend_recommendations AS r (user_left, user_right, processed_dttm,
@@ -184,12 +189,15 @@ ON CONFLICT (user_left, user_right) DO UPDATE SET
     zone_id = excluded.zone_id,
     local_time = r.processed_dttm AT TIME ZONE
         (SELECT timezone FROM geo.cities WHERE id = excluded.zone_id)
-WHERE r.zone_id IS DISTINCT FROM excluded.zone_id";
+WHERE r.zone_id IS DISTINCT FROM excluded.zone_id
+RETURNING user_left, user_right, to_char(processed_dttm AT TIME ZONE 'UTC',
+    'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), zone_id, local_time::text";
 
 const RECOMMENDATIONS_DELETE: &str = "
 DELETE FROM mart.geo_friend_recommendations r
 USING unnest($1::int8[], $2::int8[]) AS d(l, rr)
-WHERE r.user_left = d.l AND r.user_right = d.rr";
+WHERE r.user_left = d.l AND r.user_right = d.rr
+RETURNING r.user_left, r.user_right";
 
 impl TableBatch<Recommendation> for RecommendationBatch {
     fn name(&self) -> &'static str {
@@ -202,17 +210,20 @@ impl TableBatch<Recommendation> for RecommendationBatch {
         updates: &[(Recommendation, Time, Diff)],
     ) -> Result<Vec<KafkaMessage>> {
         let (puts, deletes) = puts_and_deletes(updates, |r| (r.left, r.right));
+        let mut messages = Vec::new();
+        let key = |left: i64, right: i64| Some(format!("{left}:{right}").into_bytes());
         for chunk in deletes.chunks(CHUNK) {
             let columns = [
                 Column::BigInt(chunk.iter().map(|r| r.left).collect()),
                 Column::BigInt(chunk.iter().map(|r| r.right).collect()),
             ];
-            execute(
-                tx,
-                RECOMMENDATIONS_DELETE,
-                &columns,
-                "mart.geo_friend_recommendations",
-            )?;
+            for row in query(tx, RECOMMENDATIONS_DELETE, &columns, RECOMMENDATIONS)? {
+                messages.push(KafkaMessage {
+                    key: key(row.try_get(0)?, row.try_get(1)?),
+                    value: None,
+                    headers: Vec::new(),
+                });
+            }
         }
         for chunk in puts.chunks(CHUNK) {
             let columns = [
@@ -221,13 +232,39 @@ impl TableBatch<Recommendation> for RecommendationBatch {
                 Column::Timestamp(chunk.iter().map(|(_, t)| crate::clock::utc(*t)).collect()),
                 Column::Int(chunk.iter().map(|(r, _)| r.zone).collect()),
             ];
-            execute(
-                tx,
-                RECOMMENDATIONS_UPSERT,
-                &columns,
-                "mart.geo_friend_recommendations",
-            )?;
+            for row in query(tx, RECOMMENDATIONS_UPSERT, &columns, RECOMMENDATIONS)? {
+                let (left, right): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                let value = serde_json::json!({
+                    "user_left": left,
+                    "user_right": right,
+                    "processed_dttm": row.try_get::<_, String>(2)?,
+                    "zone_id": row.try_get::<_, i32>(3)?,
+                    "local_time": row.try_get::<_, Option<String>>(4)?,
+                });
+                messages.push(KafkaMessage {
+                    key: key(left, right),
+                    value: Some(serde_json::to_vec(&value)?),
+                    headers: Vec::new(),
+                });
+            }
         }
-        Ok(Vec::new())
+        Ok(if self.publish { messages } else { Vec::new() })
     }
+}
+
+/// The table of [`RecommendationBatch`], for errors.
+const RECOMMENDATIONS: &str = "mart.geo_friend_recommendations";
+
+/// Runs `sql` with `columns` as its array parameters; the rows it returns.
+fn query(
+    tx: &mut Transaction<'_>,
+    sql: &str,
+    columns: &[Column],
+    what: &str,
+) -> Result<Vec<postgres::Row>> {
+    use anyhow::Context;
+    let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        columns.iter().map(Column::param).collect();
+    tx.query(sql, &params)
+        .with_context(|| format!("cannot write {what}"))
 }
