@@ -39,6 +39,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Geo(args) => dishflow::jobs::geo::run(args),
         Command::Produce(ProduceCommand::Promos(args)) => dishflow::produce::promos(&args),
         Command::Produce(ProduceCommand::Orders(args)) => dishflow::produce::orders(&args),
+        Command::Produce(ProduceCommand::Events(args)) => dishflow::produce::events(&args),
         Command::Consume(args) => {
             let messages = dishflow::kafka::consumer::read_to_end(
                 &args.kafka,

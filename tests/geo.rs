@@ -250,3 +250,96 @@ fn a_running_job_follows_new_events_and_edits_of_the_cities() {
     // The topic saw the pair appear and go (the new city did not change user 1's zone).
     assert_eq!(shapes(&published)["1:2"], [true, false]);
 }
+
+#[test]
+fn a_produced_data_set_gives_marts_that_agree_with_the_events() {
+    use dataflows::geo::events::{Action, parse_event};
+    let db = database("geo_produced");
+    let prefix = prefix("geo_produced");
+    let topic = format!("{prefix}.events");
+    let file = std::env::temp_dir().join(format!("{}.jsonl", unique("geo_events")));
+    let file_arg = file.to_string_lossy().into_owned();
+    assert_success(&dishflow(
+        [
+            "produce",
+            "events",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topic,
+            "--users",
+            "300",
+            "--days",
+            "35",
+            "--out",
+            &file_arg,
+        ],
+        2 * MINUTE,
+    ));
+    assert_success(&dishflow(
+        [
+            "geo",
+            "--brokers",
+            &brokers(),
+            "--postgres-url",
+            &db,
+            "--event-topic",
+            &topic,
+            "--dead-letter-topic",
+            &format!("{prefix}.dlq"),
+            "--stop-at-end",
+        ],
+        3 * MINUTE,
+    ));
+    // What the events say, independently of the job.
+    let text = std::fs::read_to_string(&file).expect("the events file");
+    std::fs::remove_file(&file).ok();
+    let events: Vec<_> = (text.lines())
+        .map(|line| parse_event(Some(line.as_bytes())).expect("a valid event"))
+        .collect();
+    let located_messages = (events.iter())
+        .filter(|e| matches!(e.action, Action::Message { .. }) && e.point.is_some())
+        .count() as i64;
+    let mut first: std::collections::HashMap<i64, (chrono::NaiveDateTime, i64, bool)> =
+        Default::default();
+    for e in &events {
+        if let Action::Message { id, .. } = e.action {
+            let candidate = (e.time, id, e.point.is_some());
+            let entry = first.entry(e.user).or_insert(candidate);
+            if (candidate.0, candidate.1) < (entry.0, entry.1) {
+                *entry = candidate;
+            }
+        }
+    }
+    let registrations = first.values().filter(|f| f.2).count() as i64;
+    let users_with_position = (events.iter())
+        .filter(|e| matches!(e.action, Action::Message { .. }) && e.point.is_some())
+        .map(|e| e.user)
+        .collect::<std::collections::HashSet<_>>()
+        .len() as i64;
+
+    let mut client = pg(&db);
+    let sums = client
+        .query_one(
+            "SELECT sum(week_message)::int8, sum(week_user)::int8
+             FROM (SELECT DISTINCT zone_id, week, week_message, week_user FROM mart.geo_zones) w",
+            &[],
+        )
+        .expect("week sums");
+    assert_eq!(
+        sums.get::<_, i64>(0),
+        located_messages,
+        "messages with coordinates"
+    );
+    assert_eq!(sums.get::<_, i64>(1), registrations, "registrations");
+    let users: i64 = client
+        .query_one("SELECT count(*) FROM mart.geo_users", &[])
+        .expect("users")
+        .get(0);
+    assert_eq!(users, users_with_position);
+    let pairs: i64 = client
+        .query_one("SELECT count(*) FROM mart.geo_friend_recommendations", &[])
+        .expect("pairs")
+        .get(0);
+    assert!(pairs > 0, "the data set's groups give recommendations");
+}

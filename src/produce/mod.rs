@@ -1,5 +1,9 @@
 //! `dishflow produce`: valid test data for the jobs.
 
+mod geo;
+
+pub use geo::{ProduceEventsArgs, event_data, events};
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -16,6 +20,9 @@ use crate::sources::redis::DEFAULT_URL as DEFAULT_REDIS_URL;
 /// What `dishflow produce` generates.
 #[derive(Debug, Subcommand)]
 pub enum ProduceCommand {
+    /// A reproducible data set of the messaging app's events for the geo job (Kafka and/or
+    /// a JSON-lines file).
+    Events(ProduceEventsArgs),
     /// Valid campaign messages for the promos job.
     Promos(ProducePromosArgs),
     /// A reproducible order history (Kafka) with its restaurants, menus and users (Redis).
