@@ -157,12 +157,12 @@ pub fn event_data(args: &ProduceEventsArgs) -> Vec<(String, String)> {
             contacts: Vec::new(),
         });
     }
-    for i in 0..users.len() {
-        let contacts = (0..rng.random_range(0..3))
+    for user in users.iter_mut() {
+        let own = user.id;
+        user.contacts = (0..rng.random_range(0..3))
             .map(|_| first_id + rng.random_range(0..n) as i64)
-            .filter(|&c| c != users[i].id)
+            .filter(|&c| c != own)
             .collect();
-        users[i].contacts = contacts;
     }
     let start = args.start.and_hms_opt(0, 0, 0).unwrap_or_default();
     let stamp = |t: NaiveDateTime| t.format("%Y-%m-%d %H:%M:%S").to_string();
