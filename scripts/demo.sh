@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: scripts/demo.sh [promos|orders]   (default: promos)
+# Usage: scripts/demo.sh [promos|orders|geo]   (default: promos)
 #
 # promos: the promos job end to end on local services with the SPEC's seed example:
 # builds dishflow, starts PostgreSQL/Redis/Tansu if needed, loads the seed subscribers into
@@ -10,11 +10,15 @@
 # users, seed 1; dictionaries in Redis under keys demo_*, orders in Kafka topic
 # order-service_orders), in bounded mode into database `de`; prints the rows per layer and
 # the top counters. Running it again re-delivers the same data: no table changes.
+#
+# geo: the geo job on a generated data set (500 users, 35 days, seed 1; Kafka topic
+# geo_events), in bounded mode into database `de`; prints a few rows of each mart. Running it
+# again re-delivers the same events: the marts do not change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "demo: cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
 JOB="${1:-promos}"
-case "$JOB" in promos|orders) ;; *) echo "usage: scripts/demo.sh [promos|orders]" >&2; exit 2;; esac
+case "$JOB" in promos|orders|geo) ;; *) echo "usage: scripts/demo.sh [promos|orders|geo]" >&2; exit 2;; esac
 
 scripts/services.sh
 echo "demo: building dishflow (release)" >&2
@@ -24,6 +28,31 @@ export DISHFLOW_POSTGRES_URL="${DISHFLOW_POSTGRES_URL:-postgres://postgres@127.0
 export DISHFLOW_BROKERS="${DISHFLOW_BROKERS:-127.0.0.1:9092}"
 export RUST_LOG="${RUST_LOG:-warn,dishflow=info}"
 PSQL=(psql "$DISHFLOW_POSTGRES_URL" -v ON_ERROR_STOP=1 -q)
+
+if [ "$JOB" = geo ]; then
+  "$BIN" setup --job geo
+  echo "demo: producing 35 days of events of 500 users (Kafka geo_events)" >&2
+  "$BIN" produce events --users 500 --days 35 --seed 1
+  echo "demo: running the geo job to the end of the topic" >&2
+  "$BIN" geo --stop-at-end
+  echo
+  echo "== mart.geo_zones: the busiest zone-weeks =="
+  "${PSQL[@]}" -c "
+    SELECT c.city, z.week, z.month, z.week_message, z.week_reaction, z.week_subscription,
+           z.week_user, z.month_message
+    FROM mart.geo_zones z JOIN geo.cities c ON c.id = z.zone_id
+    ORDER BY z.week_message DESC, c.city LIMIT 5"
+  echo "== mart.geo_users: travellers =="
+  "${PSQL[@]}" -c "
+    SELECT user_id, act_city, home_city, travel_count, travel_array, local_time
+    FROM mart.geo_users ORDER BY travel_count DESC, user_id LIMIT 5"
+  echo "== mart.geo_friend_recommendations =="
+  "${PSQL[@]}" -c "
+    SELECT r.user_left, r.user_right, c.city, r.processed_dttm, r.local_time
+    FROM mart.geo_friend_recommendations r JOIN geo.cities c ON c.id = r.zone_id
+    ORDER BY 1, 2 LIMIT 5"
+  exit 0
+fi
 
 if [ "$JOB" = orders ]; then
   "$BIN" setup --job orders

@@ -45,6 +45,8 @@ fn a_bounded_run_fills_the_three_marts_and_a_second_one_changes_nothing() {
     let published = format!("{prefix}.recommendations");
     let events = [
         message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
+        // Delivered twice: counted once.
+        message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
         message(2, 2, None, "2022-05-03 10:00:00", Some(NEAR_SYDNEY)),
         message(3, 3, Some(1), "2022-05-04 10:00:00", Some(MELBOURNE)),
         subscription(1, 10),

@@ -112,6 +112,8 @@ pub fn run(args: GeoArgs) -> Result<()> {
             followed_table::<City>(dataflow.scope, cities_config.clone(), &dataflow.lifecycle);
         let (events, dead_letters) = events::decode(records);
         dataflow.dead_letters(dead_letters);
+        // An event delivered twice (a producer's retry, a topic written twice) counts once.
+        let events = events.distinct();
         let lists = zones::city_lists(cities);
         let zoned = zones::zoned(events.clone(), lists.clone());
         let zone_rows = zone_mart::zone_mart(events.clone(), zoned.clone());
