@@ -343,27 +343,31 @@ pub fn setup_geo(url: &str, cities: Option<Vec<City>>) -> Result<()> {
         }
         None => Vec::new(),
     };
-    for city in &cities {
-        let known = tx
-            .query_opt(
-                "SELECT 1 FROM pg_timezone_names WHERE name = $1",
-                &[&city.timezone],
-            )?
-            .is_some();
-        if !known {
+    if !cities.is_empty() {
+        let zones: Vec<&str> = cities.iter().map(|c| c.timezone.as_str()).collect();
+        let unknown = tx.query(
+            "SELECT DISTINCT zone FROM unnest($1::text[]) AS zone \
+             WHERE zone NOT IN (SELECT name FROM pg_timezone_names)",
+            &[&zones],
+        )?;
+        if let Some(row) = unknown.first() {
+            let zone: String = row.get(0);
+            let city = cities.iter().find(|c| c.timezone == zone);
             bail!(
-                "city {} ({}): unknown time zone {:?}",
-                city.id,
-                city.name,
-                city.timezone
+                "city {} ({}): unknown time zone {zone:?}",
+                city.map_or(0, |c| c.id),
+                city.map_or("", |c| c.name.as_str()),
             );
         }
-        let (lat, lng) = city.centre.degrees();
+        let ids: Vec<i32> = cities.iter().map(|c| c.id).collect();
+        let names: Vec<&str> = cities.iter().map(|c| c.name.as_str()).collect();
+        let (lats, lngs): (Vec<f64>, Vec<f64>) = cities.iter().map(|c| c.centre.degrees()).unzip();
         tx.execute(
-            "INSERT INTO geo.cities (id, city, lat, lng, timezone) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO geo.cities (id, city, lat, lng, timezone) \
+             SELECT * FROM unnest($1::int4[], $2::text[], $3::float8[], $4::float8[], $5::text[]) \
              ON CONFLICT (id) DO UPDATE SET city = excluded.city, lat = excluded.lat, \
              lng = excluded.lng, timezone = excluded.timezone",
-            &[&city.id, &city.name, &lat, &lng, &city.timezone],
+            &[&ids, &names, &lats, &lngs, &zones],
         )
         .context("cannot write geo.cities")?;
     }

@@ -33,6 +33,25 @@ fn subscription(user: i64, channel: i64) -> String {
 /// (user_id, act_city, home_city, travel_count, travel_array, local_time) of mart.geo_users.
 type UserRow = (i64, String, Option<String>, i32, Vec<String>, String);
 
+/// A geo run on `db` reading `<prefix>.events`, dead letters to `<prefix>.dlq`, plus `extra`.
+fn geo_args(db: &str, prefix: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "geo",
+        "--brokers",
+        &brokers(),
+        "--postgres-url",
+        db,
+        "--event-topic",
+        &format!("{prefix}.events"),
+        "--dead-letter-topic",
+        &format!("{prefix}.dlq"),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 const SYDNEY: (f64, f64) = (-33.865, 151.2094);
 const NEAR_SYDNEY: (f64, f64) = (-33.8695, 151.2094);
 const MELBOURNE: (f64, f64) = (-37.8136, 144.9631);
@@ -57,21 +76,12 @@ fn a_bounded_run_fills_the_three_marts_and_a_second_one_changes_nothing() {
         "not json".to_string(),
     ];
     produce_values(&topic, 2, &events);
-    let args = [
-        "geo",
-        "--brokers",
-        &brokers(),
-        "--postgres-url",
+    let args = geo_args(
         &db,
-        "--event-topic",
-        &topic,
-        "--dead-letter-topic",
-        &dlq,
-        "--recommendation-topic",
-        &published,
-        "--stop-at-end",
-    ];
-    assert_success(&dishflow(args, 2 * MINUTE));
+        &prefix,
+        &["--recommendation-topic", &published, "--stop-at-end"],
+    );
+    assert_success(&dishflow(&args, 2 * MINUTE));
 
     let mut client = pg(&db);
     let zones: Vec<(i32, String, String, Vec<i64>)> = client
@@ -151,7 +161,7 @@ fn a_bounded_run_fills_the_three_marts_and_a_second_one_changes_nothing() {
 
     // A second run replays the topic: the same marts, the pair keeps its processed_dttm,
     // nothing dead-lettered again.
-    assert_success(&dishflow(args, 2 * MINUTE));
+    assert_success(&dishflow(&args, 2 * MINUTE));
     assert_eq!(pairs(), first);
     assert_eq!(consume(&dlq).len(), 1);
     let sent = history(&published);
@@ -192,7 +202,7 @@ fn recommended(db: &str) -> Vec<(i64, i64)> {
 fn a_running_job_follows_new_events_and_edits_of_the_cities() {
     let db = database("geo_live");
     let prefix = prefix("geo_live");
-    let (topic, dlq) = (format!("{prefix}.events"), format!("{prefix}.dlq"));
+    let topic = format!("{prefix}.events");
     let published = format!("{prefix}.recommendations");
     produce_values(
         &topic,
@@ -204,21 +214,11 @@ fn a_running_job_follows_new_events_and_edits_of_the_cities() {
             subscription(2, 10),
         ],
     );
-    let job = spawn([
-        "geo",
-        "--brokers",
-        &brokers(),
-        "--postgres-url",
+    let job = spawn(geo_args(
         &db,
-        "--event-topic",
-        &topic,
-        "--dead-letter-topic",
-        &dlq,
-        "--cdc-poll-ms",
-        "20",
-        "--recommendation-topic",
-        &published,
-    ]);
+        &prefix,
+        &["--cdc-poll-ms", "20", "--recommendation-topic", &published],
+    ));
     wait_until(MINUTE, "the first recommendation", || {
         (recommended(&db) == [(1, 2)]).then_some(())
     });
@@ -279,18 +279,7 @@ fn a_produced_data_set_gives_marts_that_agree_with_the_events() {
         2 * MINUTE,
     ));
     assert_success(&dishflow(
-        [
-            "geo",
-            "--brokers",
-            &brokers(),
-            "--postgres-url",
-            &db,
-            "--event-topic",
-            &topic,
-            "--dead-letter-topic",
-            &format!("{prefix}.dlq"),
-            "--stop-at-end",
-        ],
+        geo_args(&db, &prefix, &["--stop-at-end"]),
         3 * MINUTE,
     ));
     // What the events say, independently of the job.

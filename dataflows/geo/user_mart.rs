@@ -112,6 +112,14 @@ pub struct UserRow {
     pub local_time: Option<NaiveDateTime>,
 }
 
+impl UserRow {
+    /// The identity of its row (the user), hashed.
+    pub fn route(&self) -> u64 {
+        use differential_dataflow::hashable::Hashable;
+        self.user.hashed()
+    }
+}
+
 /// The row of `user` with `travels`, the zones named from `cities`; none while a zone is not
 /// among them.
 pub fn user_row(user: i64, travels: &Travels, cities: &[City]) -> Option<UserRow> {

@@ -54,6 +54,14 @@ pub struct ZoneRow {
     pub month_counts: Counts,
 }
 
+impl ZoneRow {
+    /// The identity of its row (zone, week, month), hashed.
+    pub fn route(&self) -> u64 {
+        use differential_dataflow::hashable::Hashable;
+        (self.zone, self.week, self.month).hashed()
+    }
+}
+
 /// The Monday of `time`'s ISO week.
 pub fn week_of(time: NaiveDateTime) -> NaiveDate {
     let date = time.date();

@@ -88,8 +88,9 @@ fn around(rng: &mut StdRng, at: (f64, f64), km: f64) -> (f64, f64) {
     (at.0 + dlat, at.1 + dlon)
 }
 
-/// A channel by a heavy-tailed law: rank r has weight 1 / (r + 1)^1.2.
-fn channel(rng: &mut StdRng, weights: &[f64], total: f64) -> u64 {
+/// An index drawn with probability `weights[i] / total` (cities by size, channels by a
+/// heavy-tailed law).
+fn weighted(rng: &mut StdRng, weights: &[f64], total: f64) -> u64 {
     let mut x = rng.random_range(0.0..total);
     for (rank, w) in weights.iter().enumerate() {
         if x < *w {
@@ -108,6 +109,7 @@ pub fn event_data(args: &ProduceEventsArgs) -> Vec<(String, String)> {
     let city_weights: Vec<f64> = (0..cities.len()).map(|i| 1.0 / (i as f64 + 1.0)).collect();
     let city_total: f64 = city_weights.iter().sum();
     let channels = args.channels.max(1) as usize;
+    // Channel rank r has weight 1 / (r + 1)^1.2.
     let channel_weights: Vec<f64> = (0..channels)
         .map(|r| 1.0 / ((r + 1) as f64).powf(1.2))
         .collect();
@@ -124,7 +126,7 @@ pub fn event_data(args: &ProduceEventsArgs) -> Vec<(String, String)> {
                 around(&mut rng, at, 0.3)
             }
             _ => {
-                let c = channel(&mut rng, &city_weights, city_total) as usize;
+                let c = weighted(&mut rng, &city_weights, city_total) as usize;
                 let centre = cities[c].centre.degrees();
                 let at = around(&mut rng, centre, 8.0);
                 if rng.random_range(0..10) == 0 {
@@ -145,7 +147,7 @@ pub fn event_data(args: &ProduceEventsArgs) -> Vec<(String, String)> {
         });
         let subscriptions = rng.random_range(1..=4);
         let mut own: Vec<u64> = (0..subscriptions)
-            .map(|_| channel(&mut rng, &channel_weights, channel_total))
+            .map(|_| weighted(&mut rng, &channel_weights, channel_total))
             .collect();
         own.sort_unstable();
         own.dedup();

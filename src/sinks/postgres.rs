@@ -349,19 +349,66 @@ impl Column {
     }
 }
 
-/// Runs `sql` with `columns` as its array parameters.
+/// Runs `sql` with `columns` as its array parameters; `what` names the table in errors.
 pub fn execute(tx: &mut Transaction<'_>, sql: &str, columns: &[Column], what: &str) -> Result<u64> {
     let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(Column::param).collect();
     tx.execute(sql, &params)
         .with_context(|| format!("cannot write {what}"))
 }
 
+/// [`execute`] for a statement with `RETURNING`: the rows it returns.
+pub fn query(
+    tx: &mut Transaction<'_>,
+    sql: &str,
+    columns: &[Column],
+    what: &str,
+) -> Result<Vec<postgres::Row>> {
+    let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(Column::param).collect();
+    tx.query(sql, &params)
+        .with_context(|| format!("cannot write {what}"))
+}
+
+const LEDGER_UPSERT: &str = "
+INSERT INTO public.dishflow_published AS p (job, key, digest)
+SELECT $1, * FROM unnest($2::text[], $3::uuid[])
+ON CONFLICT (job, key) DO UPDATE SET digest = excluded.digest
+WHERE p.digest IS DISTINCT FROM excluded.digest
+RETURNING key";
+
+/// Records `(key, digest)` pairs in the ledger `public.dishflow_published` under `job`
+/// (keys distinct); returns the keys whose digest is new or changed — what is to be sent.
+/// A replay or re-delivery of the same content therefore sends nothing twice.
+pub fn ledger_changed<K: AsRef<str>>(
+    tx: &mut Transaction<'_>,
+    job: &str,
+    keys: &[K],
+    digests: &[Uuid],
+) -> Result<std::collections::HashSet<String>> {
+    let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+    let rows = tx
+        .query(LEDGER_UPSERT, &[&job, &keys, &digests])
+        .context("cannot write public.dishflow_published")?;
+    rows.iter()
+        .map(|r| r.try_get(0).map_err(Into::into))
+        .collect()
+}
+
 /// The last change of every key in `updates`, in first-seen order: `(record, put)`, where
 /// `put` is false when the key's last change at its last time was only a retraction.
-pub fn last_per_key<'a, D, K: std::hash::Hash + Eq>(
+pub fn last_per_key<D, K: std::hash::Hash + Eq>(
+    updates: &[(D, Time, Diff)],
+    key: impl Fn(&D) -> K,
+) -> Vec<(&D, bool)> {
+    (last_per_key_at(updates, key).into_iter())
+        .map(|(d, _, put)| (d, put))
+        .collect()
+}
+
+/// [`last_per_key`] with the time of each key's last change: `(record, time, put)`.
+pub fn last_per_key_at<'a, D, K: std::hash::Hash + Eq>(
     updates: &'a [(D, Time, Diff)],
     key: impl Fn(&D) -> K,
-) -> Vec<(&'a D, bool)> {
+) -> Vec<(&'a D, Time, bool)> {
     let mut at: HashMap<K, usize> = HashMap::new();
     let mut last: Vec<(&'a D, Time, bool)> = Vec::new();
     for (record, time, diff) in updates {
@@ -376,7 +423,7 @@ pub fn last_per_key<'a, D, K: std::hash::Hash + Eq>(
             }
         }
     }
-    last.into_iter().map(|(d, _, put)| (d, put)).collect()
+    last
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use dataflows::{Diff, Time};
 use postgres::Transaction;
 use uuid::Uuid;
@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::SinkWriter;
 use super::kafka::KafkaMessage;
 use super::outbox::Outbox;
-use super::postgres::{TableBatch, TableWriter};
+use super::postgres::{TableBatch, TableWriter, ledger_changed};
 use crate::kafka::KafkaArgs;
 
 /// One dead letter and its identity in the ledger.
@@ -51,13 +51,6 @@ struct RejectionBatch {
     job: String,
 }
 
-const LEDGER_UPSERT: &str = "
-INSERT INTO public.dishflow_published AS p (job, key, digest)
-SELECT $1, * FROM unnest($2::text[], $3::uuid[])
-ON CONFLICT (job, key) DO UPDATE SET digest = excluded.digest
-WHERE p.digest IS DISTINCT FROM excluded.digest
-RETURNING key";
-
 impl TableBatch<Rejection> for RejectionBatch {
     fn name(&self) -> &'static str {
         "dead-letter ledger"
@@ -79,13 +72,7 @@ impl TableBatch<Rejection> for RejectionBatch {
         last.reverse();
         let keys: Vec<&str> = last.iter().map(|r| r.key.as_str()).collect();
         let digests: Vec<Uuid> = last.iter().map(|r| r.digest).collect();
-        let rows = tx
-            .query(LEDGER_UPSERT, &[&self.job, &keys, &digests])
-            .context("cannot write public.dishflow_published")?;
-        let new: HashSet<String> = rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let new = ledger_changed(tx, &self.job, &keys, &digests)?;
         Ok(last
             .into_iter()
             .filter(|r| new.contains(&r.key))

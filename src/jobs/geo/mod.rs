@@ -25,6 +25,8 @@ use std::time::Duration;
 use anyhow::Result;
 use dataflows::geo::cities::City;
 use dataflows::geo::friends::Recommendation;
+use dataflows::geo::user_mart::UserRow;
+use dataflows::geo::zone_mart::ZoneRow;
 use dataflows::geo::{events, friends, user_mart, zone_mart, zones};
 use tracing::info;
 
@@ -120,28 +122,20 @@ pub fn run(args: GeoArgs) -> Result<()> {
         let user_rows = user_mart::user_mart(zoned.clone(), lists);
         let pairs = friends::recommendations(events, zoned);
         // One worker writes every change of a row's key, in time order.
-        let zone_key = |r: &zone_mart::ZoneRow| {
-            use differential_dataflow::hashable::Hashable;
-            (r.zone, r.week, r.month).hashed()
-        };
-        let user_key = |r: &user_mart::UserRow| {
-            use differential_dataflow::hashable::Hashable;
-            r.user.hashed()
-        };
-        let zone_rows = by_key(zone_rows, zone_key);
-        let user_rows = by_key(user_rows, user_key);
+        let zone_rows = by_key(zone_rows, ZoneRow::route);
+        let user_rows = by_key(user_rows, UserRow::route);
         let pairs = by_key(pairs, Recommendation::route);
         dataflow.sink(
             zone_rows,
             "ZoneMartSink",
             vec![writers.zones],
-            Some(zone_key),
+            Some(ZoneRow::route),
         );
         dataflow.sink(
             user_rows,
             "UserMartSink",
             vec![writers.users],
-            Some(user_key),
+            Some(UserRow::route),
         );
         dataflow.sink(
             pairs,

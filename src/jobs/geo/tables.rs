@@ -16,22 +16,18 @@ use dataflows::{Diff, Time};
 use postgres::Transaction;
 
 use crate::sinks::kafka::KafkaMessage;
-use crate::sinks::postgres::{CHUNK, Column, TableBatch, execute, last_per_key};
+use crate::sinks::postgres::{CHUNK, Column, TableBatch, execute, last_per_key_at, query};
 
-/// Splits `updates` into the rows to upsert and the keys to delete (the last change of each
-/// key decides).
+/// Splits `updates` into the rows to upsert, with the time of their last change, and the
+/// rows whose key is to be deleted (the last change of each key decides).
 fn puts_and_deletes<D, K: std::hash::Hash + Eq>(
     updates: &[(D, Time, Diff)],
     key: impl Fn(&D) -> K,
 ) -> (Vec<(&D, Time)>, Vec<&D>) {
-    let mut last_time = std::collections::HashMap::new();
-    for (row, time, _) in updates {
-        last_time.insert(key(row), *time);
-    }
     let (mut puts, mut deletes) = (Vec::new(), Vec::new());
-    for (row, put) in last_per_key(updates, &key) {
+    for (row, time, put) in last_per_key_at(updates, key) {
         if put {
-            puts.push((row, last_time.get(&key(row)).copied().unwrap_or_default()));
+            puts.push((row, time));
         } else {
             deletes.push(row);
         }
@@ -254,17 +250,3 @@ impl TableBatch<Recommendation> for RecommendationBatch {
 
 /// The table of [`RecommendationBatch`], for errors.
 const RECOMMENDATIONS: &str = "mart.geo_friend_recommendations";
-
-/// Runs `sql` with `columns` as its array parameters; the rows it returns.
-fn query(
-    tx: &mut Transaction<'_>,
-    sql: &str,
-    columns: &[Column],
-    what: &str,
-) -> Result<Vec<postgres::Row>> {
-    use anyhow::Context;
-    let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
-        columns.iter().map(Column::param).collect();
-    tx.query(sql, &params)
-        .with_context(|| format!("cannot write {what}"))
-}

@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 use crate::pg;
 use crate::sinks::kafka::KafkaMessage;
-use crate::sinks::postgres::{CHUNK, Column, TableBatch, execute, last_per_key};
+use crate::sinks::postgres::{CHUNK, Column, TableBatch, execute, last_per_key, ledger_changed};
 
 /// `load_src` of every DDS row dishflow writes.
 pub const LOAD_SRC: &str = "orders-system-kafka";
@@ -512,13 +512,6 @@ pub struct PublishedBatch {
     pub job: String,
 }
 
-const LEDGER_UPSERT: &str = "
-INSERT INTO public.dishflow_published AS p (job, key, digest)
-SELECT $1, * FROM unnest($2::text[], $3::uuid[])
-ON CONFLICT (job, key) DO UPDATE SET digest = excluded.digest
-WHERE p.digest IS DISTINCT FROM excluded.digest
-RETURNING key";
-
 impl TableBatch<EnrichedOrder> for PublishedBatch {
     fn name(&self) -> &'static str {
         "stg-service-orders sink"
@@ -541,13 +534,7 @@ impl TableBatch<EnrichedOrder> for PublishedBatch {
                 .collect::<Result<_, _>>()?;
             let keys: Vec<String> = chunk.iter().map(|o| o.id.to_string()).collect();
             let digests: Vec<Uuid> = values.iter().map(|v| Uuid::new_v5(&NAMESPACE, v)).collect();
-            let rows = tx
-                .query(LEDGER_UPSERT, &[&self.job, &keys, &digests])
-                .context("cannot write public.dishflow_published")?;
-            let changed: HashSet<String> = rows
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
+            let changed = ledger_changed(tx, &self.job, &keys, &digests)?;
             for (key, value) in keys.into_iter().zip(values) {
                 if changed.contains(&key) {
                     messages.push(KafkaMessage {
