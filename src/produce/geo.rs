@@ -170,18 +170,29 @@ pub fn event_data(args: &ProduceEventsArgs) -> Vec<(String, String)> {
     let stamp = |t: NaiveDateTime| t.format("%Y-%m-%d %H:%M:%S").to_string();
     let mut events: Vec<(String, String)> = Vec::new();
     let mut late: Vec<(String, String)> = Vec::new();
-    let mut message_id = 1_000_000i64;
     for user in &users {
         for channel in &user.channels {
             let t = start + TimeDelta::seconds(rng.random_range(0..86_400));
+            // Half of the subscriptions are made at home, the others without coordinates.
+            let (lat, lon) = if rng.random_range(0..2) == 0 {
+                let (lat, lon) = around(&mut rng, user.home, 0.2);
+                (json!(lat), json!(lon))
+            } else {
+                (Value::Null, Value::Null)
+            };
             let value = json!({"event_type": "subscription",
                 "event": {"datetime": stamp(t), "subscription_channel": channel,
                           "user": user.id.to_string()},
-                "lat": Value::Null, "lon": Value::Null});
+                "lat": lat, "lon": lon});
             events.push((user.id.to_string(), value.to_string()));
         }
     }
     for day in 0..args.days {
+        // Message ids: the day's number since 1970 times 10⁷, plus a counter — data sets of
+        // different days (`--start`) never share an id.
+        let date = args.start + TimeDelta::days(i64::from(day));
+        let mut message_id =
+            (date - chrono::DateTime::UNIX_EPOCH.date_naive()).num_days() * 10_000_000;
         for user in &users {
             let at = match user.trip {
                 Some((first, days, place)) if day >= first && day < first + days => place,

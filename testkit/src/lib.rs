@@ -12,10 +12,12 @@
 //! | `redis_data` | the test Redis |
 //! | `process` | the binary as a child process: run, spawn, signal, metrics, clusters |
 //! | `promos`, `orders` | each job's fixtures |
+//! | `geo` | the geo marts recomputed in SQL (ground truth), and the differences |
 //! | `certs` | certificates for the TLS tests |
 
 pub mod certs;
 mod databases;
+mod geo;
 mod names;
 mod orders;
 mod process;
@@ -25,6 +27,7 @@ mod services;
 mod topics;
 
 pub use self::databases::*;
+pub use self::geo::*;
 pub use self::names::*;
 pub use self::orders::*;
 pub use self::process::*;

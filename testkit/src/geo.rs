@@ -1,0 +1,220 @@
+//! The geo job's ground truth: the three marts recomputed in SQL from the raw events of a
+//! topic and `geo.cities` (haversine in SQL, window functions for registrations, positions
+//! and stays), and the rows in which the job's tables differ from it.
+//!
+//! Only the validity of an event is taken from the job's decoder (which events count); every
+//! rule of the marts is written again here, in SQL, from `../shared/SPEC.md`.
+
+use std::io::Write;
+
+use crate::*;
+
+/// The ground truth's schema in the test database.
+const SCHEMA: &str = "geo_truth";
+
+const TRUTH: &str = "
+CREATE FUNCTION geo_truth.km(float8, float8, float8, float8) RETURNS float8
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT 2 * 6371 * asin(sqrt(power(sin(radians($3 - $1) / 2), 2)
+       + cos(radians($1)) * cos(radians($3)) * power(sin(radians($4 - $2) / 2), 2)))
+$$;
+-- Every event once (a record delivered twice is one event).
+CREATE TABLE geo_truth.events AS
+SELECT row_number() OVER () AS eid, e->>'event_type' AS kind,
+       (CASE e->>'event_type'
+          WHEN 'message' THEN e->'event'->>'message_from'
+          WHEN 'reaction' THEN e->'event'->>'reaction_from'
+          ELSE coalesce(e->'event'->>'user', e->'event'->>'subscription_user') END)::int8 AS user_id,
+       coalesce(e->'event'->>'message_ts', e->'event'->>'datetime')::timestamp AS ts,
+       (e->'event'->>'message_id')::int8 AS message_id,
+       (e->'event'->>'message_to')::int8 AS message_to,
+       (e->'event'->>'subscription_channel')::int8 AS channel,
+       (e->>'lat')::float8 AS lat, (e->>'lon')::float8 AS lon
+FROM (SELECT DISTINCT value::jsonb AS e FROM geo_truth.raw) r;
+-- Each event with coordinates and its zone: the nearest city, ties to the smaller id.
+CREATE TABLE geo_truth.zoned AS
+SELECT DISTINCT ON (e.eid) e.*, c.id AS zone_id, c.city, c.timezone
+FROM geo_truth.events e CROSS JOIN geo.cities c
+WHERE e.lat IS NOT NULL
+ORDER BY e.eid, geo_truth.km(e.lat, e.lon, c.lat, c.lng), c.id;
+
+CREATE TABLE geo_truth.zones AS
+WITH registrations AS (
+  SELECT DISTINCT ON (user_id) user_id, eid FROM geo_truth.events
+  WHERE kind = 'message' ORDER BY user_id, ts, message_id
+), z AS (
+  SELECT zone_id, date_trunc('week', ts)::date AS week, date_trunc('month', ts)::date AS month,
+         kind, eid IN (SELECT eid FROM registrations) AS registration
+  FROM geo_truth.zoned
+), weeks AS (
+  SELECT zone_id, week, count(*) FILTER (WHERE kind = 'message') AS m,
+         count(*) FILTER (WHERE kind = 'reaction') AS r,
+         count(*) FILTER (WHERE kind = 'subscription') AS s,
+         count(*) FILTER (WHERE registration) AS u
+  FROM z GROUP BY 1, 2
+), months AS (
+  SELECT zone_id, month, count(*) FILTER (WHERE kind = 'message') AS m,
+         count(*) FILTER (WHERE kind = 'reaction') AS r,
+         count(*) FILTER (WHERE kind = 'subscription') AS s,
+         count(*) FILTER (WHERE registration) AS u
+  FROM z GROUP BY 1, 2
+)
+SELECT k.month, k.week, k.zone_id, w.m AS week_message, w.r AS week_reaction,
+       w.s AS week_subscription, w.u AS week_user, m.m AS month_message,
+       m.r AS month_reaction, m.s AS month_subscription, m.u AS month_user
+FROM (SELECT DISTINCT zone_id, week, month FROM z) k
+JOIN weeks w USING (zone_id, week) JOIN months m USING (zone_id, month);
+
+CREATE TABLE geo_truth.users AS
+WITH m AS (
+  SELECT user_id, ts, message_id, zone_id, city, timezone,
+         lag(zone_id) OVER w IS DISTINCT FROM zone_id AS starts,
+         max(ts) OVER (PARTITION BY user_id) AS last_ts,
+         row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, message_id DESC) AS from_end
+  FROM geo_truth.zoned WHERE kind = 'message'
+  WINDOW w AS (PARTITION BY user_id ORDER BY ts, message_id)
+), numbered AS (
+  SELECT *, sum(starts::int) OVER (PARTITION BY user_id ORDER BY ts, message_id) AS stay FROM m
+), stays AS (
+  SELECT user_id, stay, min(city) AS city, min(ts) AS since, max(last_ts) AS last_ts
+  FROM numbered GROUP BY user_id, stay
+), lasting AS (
+  SELECT user_id, stay, city,
+         coalesce(lead(since) OVER (PARTITION BY user_id ORDER BY stay), last_ts) - since
+           >= interval '27 days' AS home
+  FROM stays
+)
+SELECT a.user_id, a.city AS act_city,
+       (SELECT city FROM lasting h WHERE h.user_id = a.user_id AND h.home
+        ORDER BY stay DESC LIMIT 1) AS home_city,
+       (SELECT count(*)::int FROM lasting t WHERE t.user_id = a.user_id) AS travel_count,
+       (SELECT array_agg(city ORDER BY stay) FROM lasting t WHERE t.user_id = a.user_id)
+         AS travel_array,
+       (a.ts AT TIME ZONE 'UTC') AT TIME ZONE a.timezone AS local_time
+FROM numbered a WHERE a.from_end = 1;
+
+CREATE TABLE geo_truth.recommendations AS
+WITH positions AS (
+  SELECT DISTINCT ON (user_id) user_id, lat, lon, zone_id FROM geo_truth.zoned
+  WHERE kind = 'message' ORDER BY user_id, ts DESC, message_id DESC
+), subscriptions AS (
+  SELECT DISTINCT user_id, channel FROM geo_truth.events WHERE kind = 'subscription'
+), direct AS (
+  SELECT DISTINCT least(user_id, message_to) AS a, greatest(user_id, message_to) AS b
+  FROM geo_truth.events WHERE kind = 'message' AND message_to IS NOT NULL
+)
+SELECT l.user_id AS user_left, r.user_id AS user_right, l.zone_id
+FROM positions l JOIN positions r ON l.user_id < r.user_id
+WHERE geo_truth.km(l.lat, l.lon, r.lat, r.lon) <= 1
+  AND EXISTS (SELECT 1 FROM subscriptions a JOIN subscriptions b USING (channel)
+              WHERE a.user_id = l.user_id AND b.user_id = r.user_id)
+  AND NOT EXISTS (SELECT 1 FROM direct d WHERE d.a = l.user_id AND d.b = r.user_id);
+";
+
+/// Each mart's rows in the job's table but not in the ground truth, or the other way round,
+/// as text (`+` only in the table, `-` only in the truth).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MartDifferences {
+    pub zones: Vec<String>,
+    pub users: Vec<String>,
+    pub recommendations: Vec<String>,
+}
+
+impl MartDifferences {
+    pub fn is_empty(&self) -> bool {
+        self.zones.is_empty() && self.users.is_empty() && self.recommendations.is_empty()
+    }
+}
+
+/// Recomputes the three marts of `db` in SQL from every valid event of `topics` (and the
+/// cities in `db`), into schema `geo_truth`, replacing an earlier recomputation.
+pub fn geo_ground_truth(db: &str, topics: &[&str]) {
+    let mut client = pg(db);
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA};
+             CREATE TABLE {SCHEMA}.raw (value text);"
+        ))
+        .expect("ground truth schema");
+    {
+        // CSV: the JSON text quoted, quotes doubled.
+        let mut copy = client
+            .copy_in(&format!(
+                "COPY {SCHEMA}.raw (value) FROM STDIN (FORMAT csv)"
+            ))
+            .expect("copy");
+        for topic in topics {
+            for message in consume(topic) {
+                let value = message.value.unwrap_or_default();
+                if dataflows::geo::events::parse_event(Some(value.as_bytes())).is_ok() {
+                    let line = format!("\"{}\"\n", value.replace('"', "\"\""));
+                    copy.write_all(line.as_bytes()).expect("an event");
+                }
+            }
+        }
+        copy.finish().expect("copy the events");
+    }
+    client.batch_execute(TRUTH).expect("the ground truth");
+}
+
+/// The rows in which the marts of `db` differ from the last [`geo_ground_truth`] (at most
+/// 20 per mart). `processed_dttm` is the job's own time: only `local_time` = it in the
+/// zone's time zone is checked.
+pub fn geo_differences(db: &str) -> MartDifferences {
+    let mut client = pg(db);
+    let mut differ = |table: &str, truth: &str, columns: &str| -> Vec<String> {
+        let sql = format!(
+            "SELECT * FROM (
+               (SELECT '+' AS side, {columns} FROM {table} EXCEPT ALL SELECT '+', {columns} FROM {truth})
+               UNION ALL
+               (SELECT '-', {columns} FROM {truth} EXCEPT ALL SELECT '-', {columns} FROM {table})
+             ) d ORDER BY 2, 3, 1 LIMIT 20"
+        );
+        let text = format!("SELECT d::text FROM ({sql}) d");
+        client
+            .query(&text, &[])
+            .unwrap_or_else(|e| panic!("compare {table}: {e}"))
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let zones = differ(
+        "mart.geo_zones",
+        "geo_truth.zones",
+        "zone_id, week, month, week_message, week_reaction, week_subscription, week_user, \
+         month_message, month_reaction, month_subscription, month_user",
+    );
+    let users = differ(
+        "mart.geo_users",
+        "geo_truth.users",
+        "user_id, act_city, home_city, travel_count, travel_array, local_time",
+    );
+    let recommendations = differ(
+        "mart.geo_friend_recommendations",
+        "geo_truth.recommendations",
+        "user_left, user_right, zone_id",
+    );
+    let mut differences = MartDifferences {
+        zones,
+        users,
+        recommendations,
+    };
+    let wrong_local_time: Vec<String> = client
+        .query(
+            "SELECT r::text FROM mart.geo_friend_recommendations r JOIN geo.cities c ON c.id = r.zone_id
+             WHERE r.local_time IS DISTINCT FROM r.processed_dttm AT TIME ZONE c.timezone LIMIT 20",
+            &[],
+        )
+        .expect("recommendations' local times")
+        .iter()
+        .map(|r| format!("local_time: {}", r.get::<_, String>(0)))
+        .collect();
+    differences.recommendations.extend(wrong_local_time);
+    differences
+}
+
+/// Recomputes the ground truth of `db` from `topics` and returns where the marts differ.
+pub fn geo_check(db: &str, topics: &[&str]) -> MartDifferences {
+    geo_ground_truth(db, topics);
+    geo_differences(db)
+}
