@@ -253,3 +253,40 @@ fn a_running_job_keeps_every_mart_equal_to_the_sql_ground_truth() {
         .collect();
     assert_eq!(folded, recommendations(&db));
 }
+
+#[test]
+fn a_restart_removes_the_rows_that_cities_edited_while_the_job_was_down_no_longer_give() {
+    let db = database("geo_truth_restart");
+    let prefix = prefix("geo_truth_restart");
+    let topic = format!("{prefix}.events");
+    produce(&topic, 150, 10, "2022-05-01");
+    let stop = ["--stop-at-end".to_string()];
+    assert_success(&dishflow(geo_args(&db, &topic, &stop), 3 * MINUTE));
+    assert_equal_to_truth(&db, &topic, "the first run");
+    // While the job is down: Sydney goes (its events move to the nearest other city) and
+    // Melbourne moves 50 km.
+    let mut client = pg(&db);
+    let sydney: i32 = client
+        .query_one(
+            "DELETE FROM geo.cities WHERE city = 'Sydney' RETURNING id",
+            &[],
+        )
+        .expect("Sydney")
+        .get(0);
+    client
+        .execute(
+            "UPDATE geo.cities SET lat = lat + 0.45 WHERE city = 'Melbourne'",
+            &[],
+        )
+        .expect("Melbourne");
+    assert_success(&dishflow(geo_args(&db, &topic, &stop), 3 * MINUTE));
+    assert_equal_to_truth(&db, &topic, "after the restart");
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM mart.geo_zones WHERE zone_id = $1",
+            &[&sydney],
+        )
+        .expect("Sydney's rows")
+        .get(0);
+    assert_eq!(left, 0, "no row of a deleted city");
+}

@@ -38,6 +38,7 @@ use crate::sinks::outbox::recover_retired;
 use crate::sinks::rejects::{Rejects, ledger_job};
 use crate::sinks::{SinkWriter, sink};
 use crate::sources::kafka::{KafkaSourceConfig, kafka_source};
+use crate::sources::snapshot::snapshot;
 use crate::{cluster, kafka};
 
 /// What every Kafka-driven job is configured with (its own flags aside).
@@ -205,6 +206,7 @@ impl KafkaJob {
                     dead_letter_writer: Some(dead_letter_writer),
                     written: Vec::new(),
                     replay_all: false,
+                    follow: !job.stop_at_end,
                 };
                 let retention = build(&mut dataflow, records, writers);
                 let progress = positions::ProgressConfig {
@@ -243,6 +245,8 @@ pub struct Dataflow<'s> {
     dead_letter_writer: Option<KafkaWriter<DeadLetterEncoder>>,
     written: Vec<Stream<'s, Time, Vec<()>>>,
     replay_all: bool,
+    /// An unbounded run: one-time sources stay open (empty) instead of finishing.
+    follow: bool,
 }
 
 impl<'s> Dataflow<'s> {
@@ -276,6 +280,26 @@ impl<'s> Dataflow<'s> {
     pub fn replays_everything(&mut self) -> Stream<'s, Time, Vec<Retention>> {
         self.replay_all = true;
         timely::dataflow::operators::generic::operator::empty(self.scope)
+    }
+
+    /// `collection` minus the rows its table holds when the run starts (`existing`, read
+    /// once, by worker 0, at the start time), for a run that rebuilds the job's whole state
+    /// at its start time (see [`positions::rebuilds_everything`]): the sink then writes the
+    /// difference — an unchanged row costs nothing, and a row the state no longer produces
+    /// (its input changed while the job was down) is deleted.
+    pub fn reconciled<D>(
+        &self,
+        collection: VecCollection<'s, Time, D, Diff>,
+        name: &str,
+        existing: impl FnOnce() -> Result<Vec<D>> + 'static,
+    ) -> VecCollection<'s, Time, D, Diff>
+    where
+        D: Clone + 'static,
+    {
+        let rows = snapshot(self.scope, name, self.follow, &self.lifecycle, move || {
+            Ok(existing()?.into_iter().map(|row| (row, -1)).collect())
+        });
+        collection.concat(rows)
     }
 
     /// Sends the records the job could not decode to the dead-letter topic, except those of

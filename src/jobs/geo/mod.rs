@@ -32,11 +32,11 @@ use tracing::info;
 
 use self::tables::{RecommendationBatch, UserBatch, ZoneBatch};
 use super::kafka_job::KafkaJob;
-use crate::pg;
 use crate::sinks::by_key;
 use crate::sinks::outbox::{Outbox, recover_retired};
 use crate::sinks::postgres::TableWriter;
 use crate::sources::postgres::{FollowConfig, followed_table};
+use crate::{pg, positions};
 
 /// The job's name in dishflow's bookkeeping tables (positions).
 pub const JOB: &str = "geo";
@@ -84,6 +84,16 @@ pub fn run(args: GeoArgs) -> Result<()> {
         follow: !args.stop_at_end,
         poll: Duration::from_millis(args.cdc_poll_ms),
     };
+    // Whether the replay rebuilds the marts from every event (none deleted by retention).
+    let reconcile =
+        positions::rebuilds_everything(&args.from, &started.run.watermarks, &started.run.committed);
+    if !reconcile {
+        info!(
+            "this start does not replay every event (--from, or events deleted by retention): \
+             mart rows are updated, none is removed for events not read"
+        );
+    }
+    let mart_url = args.postgres_url.clone();
     let (url, kafka, topic) = (
         args.postgres_url.clone(),
         args.kafka.clone(),
@@ -118,9 +128,23 @@ pub fn run(args: GeoArgs) -> Result<()> {
         let events = events.distinct();
         let lists = zones::city_lists(cities);
         let zoned = zones::zoned(events.clone(), lists.clone());
-        let zone_rows = zone_mart::zone_mart(events.clone(), zoned.clone());
-        let user_rows = user_mart::user_mart(zoned.clone(), lists);
-        let pairs = friends::recommendations(events, zoned);
+        let mut zone_rows = zone_mart::zone_mart(events.clone(), zoned.clone());
+        let mut user_rows = user_mart::user_mart(zoned.clone(), lists);
+        let mut pairs = friends::recommendations(events, zoned);
+        if reconcile {
+            // The marts as the tables hold them, subtracted: unchanged rows cost nothing, and
+            // a row the events no longer give (a city edited while the job was down) goes.
+            let (a, b, c) = (mart_url.clone(), mart_url.clone(), mart_url.clone());
+            zone_rows = dataflow.reconciled(zone_rows, "ExistingZones", move || {
+                tables::existing_zones(&a)
+            });
+            user_rows = dataflow.reconciled(user_rows, "ExistingUsers", move || {
+                tables::existing_users(&b)
+            });
+            pairs = dataflow.reconciled(pairs, "ExistingRecommendations", move || {
+                tables::existing_recommendations(&c)
+            });
+        }
         // One worker writes every change of a row's key, in time order.
         let zone_rows = by_key(zone_rows, ZoneRow::route);
         let user_rows = by_key(user_rows, UserRow::route);

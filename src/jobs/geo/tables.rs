@@ -8,7 +8,7 @@
 //!   logical time of the insertion (when the pair became a recommendation) and stays while
 //!   the pair stays one; `local_time` is it in the time zone of the row's zone.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use dataflows::geo::friends::Recommendation;
 use dataflows::geo::user_mart::UserRow;
 use dataflows::geo::zone_mart::ZoneRow;
@@ -250,3 +250,73 @@ impl TableBatch<Recommendation> for RecommendationBatch {
 
 /// The table of [`RecommendationBatch`], for errors.
 const RECOMMENDATIONS: &str = "mart.geo_friend_recommendations";
+
+/// Every row of `mart.geo_zones` (what a run that rebuilds the marts is compared with).
+pub fn existing_zones(url: &str) -> Result<Vec<ZoneRow>> {
+    let rows = crate::pg::connect(url)?
+        .query(
+            "SELECT zone_id, week, month, ARRAY[week_message, week_reaction, week_subscription,
+                    week_user], ARRAY[month_message, month_reaction, month_subscription, month_user]
+             FROM mart.geo_zones",
+            &[],
+        )
+        .context("cannot read mart.geo_zones")?;
+    let counts = |values: Vec<i64>| -> Result<[i64; 4]> {
+        values
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("four counts"))
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(ZoneRow {
+                zone: r.try_get(0)?,
+                week: r.try_get(1)?,
+                month: r.try_get(2)?,
+                week_counts: counts(r.try_get(3)?)?,
+                month_counts: counts(r.try_get(4)?)?,
+            })
+        })
+        .collect()
+}
+
+/// Every row of `mart.geo_users`.
+pub fn existing_users(url: &str) -> Result<Vec<UserRow>> {
+    let rows = crate::pg::connect(url)?
+        .query(
+            "SELECT user_id, act_city, home_city, travel_count, travel_array, local_time
+             FROM mart.geo_users",
+            &[],
+        )
+        .context("cannot read mart.geo_users")?;
+    rows.iter()
+        .map(|r| {
+            Ok(UserRow {
+                user: r.try_get(0)?,
+                act_city: r.try_get(1)?,
+                home_city: r.try_get(2)?,
+                travel_count: r.try_get(3)?,
+                travel_array: r.try_get(4)?,
+                local_time: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+/// Every row of `mart.geo_friend_recommendations`.
+pub fn existing_recommendations(url: &str) -> Result<Vec<Recommendation>> {
+    let rows = crate::pg::connect(url)?
+        .query(
+            "SELECT user_left, user_right, zone_id FROM mart.geo_friend_recommendations",
+            &[],
+        )
+        .context("cannot read mart.geo_friend_recommendations")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Recommendation {
+                left: r.try_get(0)?,
+                right: r.try_get(1)?,
+                zone: r.try_get(2)?,
+            })
+        })
+        .collect()
+}

@@ -31,7 +31,7 @@ use anyhow::Result;
 use dataflows::orders;
 use tracing::info;
 
-use self::sinks::{Writers, reconciled};
+use self::sinks::Writers;
 use super::kafka_job::KafkaJob;
 use crate::positions;
 use crate::sinks::outbox::recover_retired;
@@ -99,7 +99,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     }
     let ignored = Arc::new(AtomicU64::new(0));
     let ignored_total = ignored.clone();
-    let (url, follow) = (args.postgres_url.clone(), !args.stop_at_end);
+    let url = args.postgres_url.clone();
     let open = move |worker: usize| Writers::open(&args, worker);
     job.run(started, source, open, move |dataflow, records, writers| {
         let rejects = dataflow.refusals.rejects.clone();
@@ -116,7 +116,12 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         dataflow.dead_letters(dead_letters);
         let out = orders::orders(messages, entries);
         let counters = if reconcile {
-            reconciled(dataflow, out.counters, &url, follow)
+            // Unchanged counters cost nothing; a counter whose order's dictionary entry
+            // vanished while the job was down is deleted.
+            let url = url.clone();
+            dataflow.reconciled(out.counters, "ExistingCounters", move || {
+                tables::existing_counters(&url)
+            })
         } else {
             out.counters
         };

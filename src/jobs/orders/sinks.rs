@@ -5,14 +5,13 @@ use dataflows::orders::{Counter, EnrichedOrder, OrderEvent, VaultRow};
 use dataflows::{Diff, Time};
 use differential_dataflow::VecCollection;
 
-use super::tables::{CounterBatch, PublishedBatch, StgBatch, VaultBatch, existing_counters};
+use super::tables::{CounterBatch, PublishedBatch, StgBatch, VaultBatch};
 use super::{DDS_PUBLISHER, OrdersArgs, STG_PUBLISHER};
 use crate::jobs::kafka_job::Dataflow;
 use crate::kafka::KafkaArgs;
 use crate::sinks::by_key;
 use crate::sinks::outbox::Outbox;
 use crate::sinks::postgres::TableWriter;
-use crate::sources::snapshot::snapshot;
 
 /// An update stream of the orders dataflow.
 type Updates<'s, D> = VecCollection<'s, Time, D, Diff>;
@@ -99,30 +98,4 @@ impl Writers {
             );
         }
     }
-}
-
-/// `counters` for a run that rebuilds the whole state at its start time: minus the counters
-/// in the tables then, so that the sink writes the difference — unchanged counters cost
-/// nothing, and a counter that should no longer exist (its order's dictionary entry
-/// vanished while the job was down) is deleted.
-pub(super) fn reconciled<'s>(
-    dataflow: &Dataflow<'s>,
-    counters: Updates<'s, Counter>,
-    url: &str,
-    follow: bool,
-) -> Updates<'s, Counter> {
-    let url = url.to_string();
-    let existing = snapshot(
-        dataflow.scope,
-        "ExistingCounters",
-        follow,
-        &dataflow.lifecycle,
-        move || {
-            Ok(existing_counters(&url)?
-                .into_iter()
-                .map(|c| (c, -1))
-                .collect())
-        },
-    );
-    counters.concat(existing)
 }
