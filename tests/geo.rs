@@ -334,3 +334,100 @@ fn a_produced_data_set_gives_marts_that_agree_with_the_events() {
         .get(0);
     assert!(pairs > 0, "the data set's groups give recommendations");
 }
+
+#[test]
+fn every_class_of_bad_event_goes_to_the_dead_letter_topic_with_its_reason() {
+    let db = database("geo_dlq");
+    let prefix = prefix("geo_dlq");
+    let (topic, dlq) = (format!("{prefix}.events"), format!("{prefix}.dlq"));
+    let event = |kind: &str, body: &str, at: &str| {
+        format!(r#"{{"event_type": "{kind}", "event": {{{body}}}, {at}}}"#)
+    };
+    let time = r#""datetime": "2022-05-02 10:00:00""#;
+    let here = r#""lat": -33.865, "lon": 151.2094"#;
+    let message = |extra: &str| format!(r#""message_id": 1, "message_from": 1, {extra}"#);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not-utf8", b"\xff\xfe".to_vec(), "not_utf8"),
+        ("not-json", b"{\"event_type\":".to_vec(), "not_json"),
+        ("not-object", b"[1, 2]".to_vec(), "not_object"),
+        (
+            "other-type",
+            event("call", &message(time), here).into_bytes(),
+            "invalid:event_type",
+        ),
+        (
+            "no-user",
+            event("message", &format!(r#""message_id": 1, {time}"#), here).into_bytes(),
+            "missing_field:event.message_from",
+        ),
+        (
+            "bad-user",
+            event(
+                "reaction",
+                &format!(r#""reaction_from": "12a", {time}"#),
+                here,
+            )
+            .into_bytes(),
+            "invalid:event.reaction_from",
+        ),
+        (
+            "no-time",
+            event("message", &message(r#""message": "hi""#), here).into_bytes(),
+            "missing_field:event.datetime",
+        ),
+        (
+            "bad-time",
+            event("message", &message(r#""datetime": "21/05/2022""#), here).into_bytes(),
+            "invalid:event.datetime",
+        ),
+        (
+            "far-north",
+            event("message", &message(time), r#""lat": 91.0, "lon": 0.0"#).into_bytes(),
+            "out_of_range:lat/lon",
+        ),
+        (
+            "no-lon",
+            event("message", &message(time), r#""lat": -33.8, "lon": null"#).into_bytes(),
+            "missing_field:lon",
+        ),
+        (
+            "no-channel",
+            event("subscription", &format!(r#""user": "5", {time}"#), here).into_bytes(),
+            "missing_field:event.subscription_channel",
+        ),
+    ];
+    let good = event("message", &message(time), here);
+    let mut records: Vec<Raw<'_>> = (cases.iter())
+        .map(|(key, value, _)| (Some(key.as_bytes()), Some(value.as_slice())))
+        .collect();
+    records.push((Some(b"good".as_slice()), Some(good.as_bytes())));
+    produce_raw(&topic, 2, &records);
+    assert_success(&dishflow(
+        geo_args(&db, &prefix, &["--stop-at-end"]),
+        2 * MINUTE,
+    ));
+    let mut dead: Vec<(String, String)> = consume(&dlq)
+        .into_iter()
+        .map(|m| {
+            let reason = (m.headers.iter())
+                .find(|(k, _)| k == "dishflow.error.reason")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            (m.key.unwrap_or_default(), reason)
+        })
+        .collect();
+    dead.sort();
+    let mut expected: Vec<(String, String)> = (cases.iter())
+        .map(|(key, _, reason)| (key.to_string(), reason.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(dead, expected);
+    let messages: i64 = pg(&db)
+        .query_one(
+            "SELECT coalesce(sum(month_message), 0)::int8 FROM mart.geo_zones",
+            &[],
+        )
+        .expect("zones")
+        .get(0);
+    assert_eq!(messages, 1, "the good event went through");
+}
