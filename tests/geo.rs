@@ -11,18 +11,6 @@ use dishflow_testkit::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn message(id: i64, from: i64, to: Option<i64>, time: &str, at: Option<(f64, f64)>) -> String {
-    let to = to.map_or("null".to_string(), |t| t.to_string());
-    let (lat, lon) = at.map_or(("null".into(), "null".into()), |(a, b)| {
-        (a.to_string(), b.to_string())
-    });
-    format!(
-        r#"{{"event_type": "message", "event": {{"message_id": {id}, "message_from": {from},
-            "message_to": {to}, "message_channel_to": 10, "datetime": "{time}"}},
-            "lat": {lat}, "lon": {lon}}}"#
-    )
-}
-
 fn subscription(user: i64, channel: i64) -> String {
     format!(
         r#"{{"event_type": "subscription", "event": {{"datetime": "2022-05-01 09:00:00",
@@ -32,25 +20,6 @@ fn subscription(user: i64, channel: i64) -> String {
 
 /// (user_id, act_city, home_city, travel_count, travel_array, local_time) of mart.geo_users.
 type UserRow = (i64, String, Option<String>, i32, Vec<String>, String);
-
-/// A geo run on `db` reading `<prefix>.events`, dead letters to `<prefix>.dlq`, plus `extra`.
-fn geo_args(db: &str, prefix: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "geo",
-        "--brokers",
-        &brokers(),
-        "--postgres-url",
-        db,
-        "--event-topic",
-        &format!("{prefix}.events"),
-        "--dead-letter-topic",
-        &format!("{prefix}.dlq"),
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
 
 const SYDNEY: (f64, f64) = (-33.865, 151.2094);
 const NEAR_SYDNEY: (f64, f64) = (-33.8695, 151.2094);
@@ -63,11 +32,11 @@ fn a_bounded_run_fills_the_three_marts_and_a_second_one_changes_nothing() {
     let (topic, dlq) = (format!("{prefix}.events"), format!("{prefix}.dlq"));
     let published = format!("{prefix}.recommendations");
     let events = [
-        message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
+        geo_message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
         // Delivered twice: counted once.
-        message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
-        message(2, 2, None, "2022-05-03 10:00:00", Some(NEAR_SYDNEY)),
-        message(3, 3, Some(1), "2022-05-04 10:00:00", Some(MELBOURNE)),
+        geo_message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
+        geo_message(2, 2, None, "2022-05-03 10:00:00", Some(NEAR_SYDNEY)),
+        geo_message(3, 3, Some(1), "2022-05-04 10:00:00", Some(MELBOURNE)),
         subscription(1, 10),
         subscription(2, 10),
         r#"{"event_type": "reaction", "event": {"datetime": "2022-05-04 11:00:00",
@@ -190,14 +159,6 @@ fn act_cities(db: &str) -> Vec<(i64, String)> {
     .unwrap_or_default()
 }
 
-/// The recommended pairs (nothing while the job has not created the table).
-fn recommended(db: &str) -> Vec<(i64, i64)> {
-    let sql = "SELECT user_left, user_right FROM mart.geo_friend_recommendations ORDER BY 1, 2";
-    (pg(db).query(sql, &[]))
-        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_running_job_follows_new_events_and_edits_of_the_cities() {
     let db = database("geo_live");
@@ -208,8 +169,8 @@ fn a_running_job_follows_new_events_and_edits_of_the_cities() {
         &topic,
         2,
         &[
-            message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
-            message(2, 2, None, "2022-05-03 10:00:00", Some(NEAR_SYDNEY)),
+            geo_message(1, 1, None, "2022-05-02 10:00:00", Some(SYDNEY)),
+            geo_message(2, 2, None, "2022-05-03 10:00:00", Some(NEAR_SYDNEY)),
             subscription(1, 10),
             subscription(2, 10),
         ],
@@ -220,7 +181,7 @@ fn a_running_job_follows_new_events_and_edits_of_the_cities() {
         &["--cdc-poll-ms", "20", "--recommendation-topic", &published],
     ));
     wait_until(MINUTE, "the first recommendation", || {
-        (recommended(&db) == [(1, 2)]).then_some(())
+        (geo_recommendations(&db) == [(1, 2)]).then_some(())
     });
     // A new city nearer to user 2 (0.28 km) than Sydney's centre (0.5 km): user 2's events
     // are re-attributed to it; user 1 writes at Sydney's centre and stays there.
@@ -237,7 +198,7 @@ fn a_running_job_follows_new_events_and_edits_of_the_cities() {
     produce_values(
         &topic,
         2,
-        &[message(
+        &[geo_message(
             3,
             2,
             Some(1),
@@ -246,7 +207,7 @@ fn a_running_job_follows_new_events_and_edits_of_the_cities() {
         )],
     );
     wait_until(MINUTE, "the recommendation to go", || {
-        recommended(&db).is_empty().then_some(())
+        geo_recommendations(&db).is_empty().then_some(())
     });
     terminate(job);
     // The topic saw the pair appear and go (the new city did not change user 1's zone).
@@ -406,17 +367,7 @@ fn every_class_of_bad_event_goes_to_the_dead_letter_topic_with_its_reason() {
         geo_args(&db, &prefix, &["--stop-at-end"]),
         2 * MINUTE,
     ));
-    let mut dead: Vec<(String, String)> = consume(&dlq)
-        .into_iter()
-        .map(|m| {
-            let reason = (m.headers.iter())
-                .find(|(k, _)| k == "dishflow.error.reason")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            (m.key.unwrap_or_default(), reason)
-        })
-        .collect();
-    dead.sort();
+    let dead = dead_letter_reasons(&dlq);
     let mut expected: Vec<(String, String)> = (cases.iter())
         .map(|(key, _, reason)| (key.to_string(), reason.to_string()))
         .collect();

@@ -34,25 +34,6 @@ fn produce(topic: &str, users: u32, days: u32, start: &str) {
     ));
 }
 
-/// A geo run on `db` reading `topic`, dead letters to `<topic>.dlq`, plus `extra`.
-fn geo_args(db: &str, topic: &str, extra: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "geo",
-        "--brokers",
-        &brokers(),
-        "--postgres-url",
-        db,
-        "--event-topic",
-        topic,
-        "--dead-letter-topic",
-        &format!("{topic}.dlq"),
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().cloned());
-    args
-}
-
 fn assert_equal_to_truth(db: &str, topic: &str, what: &str) {
     let differences = geo_check(db, &[topic]);
     assert!(
@@ -69,7 +50,7 @@ fn every_mart_equals_the_sql_ground_truth_with_one_worker_two_workers_and_two_pr
     let stop = ["--stop-at-end".to_string()];
 
     let one = database("geo_truth_1");
-    assert_success(&dishflow(geo_args(&one, &topic, &stop), 3 * MINUTE));
+    assert_success(&dishflow(geo_args(&one, &prefix, &stop), 3 * MINUTE));
     let truth = geo_check(&one, &[&topic]);
     assert!(truth.is_empty(), "1 worker: {truth:#?}");
     let rows: i64 = pg(&one)
@@ -85,7 +66,7 @@ fn every_mart_equals_the_sql_ground_truth_with_one_worker_two_workers_and_two_pr
     let two = database("geo_truth_2");
     let mut workers = stop.to_vec();
     workers.extend(["--workers".to_string(), "2".to_string()]);
-    assert_success(&dishflow(geo_args(&two, &topic, &workers), 3 * MINUTE));
+    assert_success(&dishflow(geo_args(&two, &prefix, &workers), 3 * MINUTE));
     assert_equal_to_truth(&two, &topic, "2 workers");
 
     let cluster = database("geo_truth_p2");
@@ -94,28 +75,13 @@ fn every_mart_equals_the_sql_ground_truth_with_one_worker_two_workers_and_two_pr
         .map(|flags| {
             let mut extra = stop.to_vec();
             extra.extend(flags);
-            spawn(geo_args(&cluster, &topic, &extra))
+            spawn(geo_args(&cluster, &prefix, &extra))
         })
         .collect();
     for child in children {
         assert_success(&wait(child, 3 * MINUTE));
     }
     assert_equal_to_truth(&cluster, &topic, "2 processes");
-}
-
-fn message(id: i64, from: i64, to: Option<i64>, time: &str, at: Option<(f64, f64)>) -> String {
-    let (lat, lon) = at.map_or(("null".into(), "null".into()), |(a, b)| {
-        (a.to_string(), b.to_string())
-    });
-    let (to, channel) = match to {
-        Some(to) => (to.to_string(), "null".to_string()),
-        None => ("null".to_string(), "0".to_string()),
-    };
-    format!(
-        r#"{{"event_type": "message", "event": {{"message_id": {id}, "message_from": {from},
-            "message_to": {to}, "message_channel_to": {channel}, "datetime": "{time}"}},
-            "lat": {lat}, "lon": {lon}}}"#
-    )
 }
 
 /// Waits until the marts of `db` equal the ground truth over `topic`.
@@ -133,18 +99,6 @@ fn wait_for_truth(db: &str, topic: &str, what: &str) {
     assert!(equal, "{what}: the marts still differ: {last:#?}");
 }
 
-fn recommendations(db: &str) -> Vec<(i64, i64)> {
-    pg(db)
-        .query(
-            "SELECT user_left, user_right FROM mart.geo_friend_recommendations ORDER BY 1, 2",
-            &[],
-        )
-        .expect("recommendations")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
 #[test]
 fn a_running_job_keeps_every_mart_equal_to_the_sql_ground_truth() {
     let db = database("geo_truth_live");
@@ -153,12 +107,12 @@ fn a_running_job_keeps_every_mart_equal_to_the_sql_ground_truth() {
     let published = format!("{prefix}.recommendations");
     produce(&topic, 200, 20, "2022-05-01");
     let extra = ["--cdc-poll-ms", "20", "--recommendation-topic", &published].map(String::from);
-    let job = spawn(geo_args(&db, &topic, &extra));
+    let job = spawn(geo_args(&db, &prefix, &extra));
     wait_for_truth(&db, &topic, "the first part");
 
     // Two recommended pairs without a common user: one will write to each other, in the
     // other the left user moves to Melbourne.
-    let pairs = recommendations(&db);
+    let pairs = geo_recommendations(&db);
     let (a, b) = pairs[0];
     let (c, d) = *pairs
         .iter()
@@ -182,9 +136,9 @@ fn a_running_job_keeps_every_mart_equal_to_the_sql_ground_truth() {
         &topic,
         4,
         &[
-            message(1, a, Some(b), "2022-06-15 10:00:00", None),
-            message(2, c, None, "2022-06-15 11:00:00", Some(melbourne)),
-            message(
+            geo_message(1, a, Some(b), "2022-06-15 10:00:00", None),
+            geo_message(2, c, None, "2022-06-15 11:00:00", Some(melbourne)),
+            geo_message(
                 3,
                 late_user,
                 None,
@@ -198,7 +152,7 @@ fn a_running_job_keeps_every_mart_equal_to_the_sql_ground_truth() {
         &topic,
         "the second part, a message, a move and a late message",
     );
-    let now = recommendations(&db);
+    let now = geo_recommendations(&db);
     assert!(!now.contains(&(a, b)), "a direct message ends ({a}, {b})");
     assert!(!now.contains(&(c, d)), "moving away ends ({c}, {d})");
     let april: i64 = client
@@ -251,7 +205,7 @@ fn a_running_job_keeps_every_mart_equal_to_the_sql_ground_truth() {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(folded, recommendations(&db));
+    assert_eq!(folded, geo_recommendations(&db));
 }
 
 #[test]
@@ -261,7 +215,7 @@ fn a_restart_removes_the_rows_that_cities_edited_while_the_job_was_down_no_longe
     let topic = format!("{prefix}.events");
     produce(&topic, 150, 10, "2022-05-01");
     let stop = ["--stop-at-end".to_string()];
-    assert_success(&dishflow(geo_args(&db, &topic, &stop), 3 * MINUTE));
+    assert_success(&dishflow(geo_args(&db, &prefix, &stop), 3 * MINUTE));
     assert_equal_to_truth(&db, &topic, "the first run");
     // While the job is down: Sydney goes (its events move to the nearest other city) and
     // Melbourne moves 50 km.
@@ -279,7 +233,7 @@ fn a_restart_removes_the_rows_that_cities_edited_while_the_job_was_down_no_longe
             &[],
         )
         .expect("Melbourne");
-    assert_success(&dishflow(geo_args(&db, &topic, &stop), 3 * MINUTE));
+    assert_success(&dishflow(geo_args(&db, &prefix, &stop), 3 * MINUTE));
     assert_equal_to_truth(&db, &topic, "after the restart");
     let left: i64 = client
         .query_one(

@@ -258,19 +258,7 @@ fn malformed_orders_go_to_the_dead_letter_topic_and_other_types_are_ignored() {
     );
     let log = run_bounded(&db, &prefix, &[]);
     assert!(log.contains("other_object_types=1"), "{log}");
-    let mut dead: Vec<(String, String)> = consume(&format!("{prefix}.dlq"))
-        .into_iter()
-        .map(|m| {
-            let reason = m
-                .headers
-                .iter()
-                .find(|(k, _)| k == "dishflow.error.reason")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            (m.key.unwrap_or_default(), reason)
-        })
-        .collect();
-    dead.sort();
+    let dead = dead_letter_reasons(&format!("{prefix}.dlq"));
     assert_eq!(
         dead,
         [

@@ -218,3 +218,50 @@ pub fn geo_check(db: &str, topics: &[&str]) -> MartDifferences {
     geo_ground_truth(db, topics);
     geo_differences(db)
 }
+
+/// A geo run on `db` reading `<prefix>.events`, dead letters to `<prefix>.dlq`, plus `extra`.
+pub fn geo_args(db: &str, prefix: &str, extra: &[impl AsRef<str>]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "geo",
+        "--brokers",
+        &brokers(),
+        "--postgres-url",
+        db,
+        "--event-topic",
+        &format!("{prefix}.events"),
+        "--dead-letter-topic",
+        &format!("{prefix}.dlq"),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.as_ref().to_string()));
+    args
+}
+
+/// A message event of the SPEC's layout: a channel post (channel 10), or a direct message to
+/// `to`; coordinates `at` (lat, lon) or none.
+pub fn geo_message(
+    id: i64,
+    from: i64,
+    to: Option<i64>,
+    time: &str,
+    at: Option<(f64, f64)>,
+) -> String {
+    let to = to.map_or("null".to_string(), |t| t.to_string());
+    let (lat, lon) = at.map_or(("null".into(), "null".into()), |(a, b)| {
+        (a.to_string(), b.to_string())
+    });
+    format!(
+        r#"{{"event_type": "message", "event": {{"message_id": {id}, "message_from": {from},
+            "message_to": {to}, "message_channel_to": 10, "datetime": "{time}"}},
+            "lat": {lat}, "lon": {lon}}}"#
+    )
+}
+
+/// The recommended pairs of `db`, sorted (nothing while the job has not created the table).
+pub fn geo_recommendations(db: &str) -> Vec<(i64, i64)> {
+    let sql = "SELECT user_left, user_right FROM mart.geo_friend_recommendations ORDER BY 1, 2";
+    (pg(db).query(sql, &[]))
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default()
+}

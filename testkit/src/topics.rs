@@ -145,3 +145,19 @@ pub fn shapes(topic: &str) -> std::collections::BTreeMap<String, Vec<bool>> {
         .map(|(k, h)| (k, h.iter().map(Option::is_some).collect()))
         .collect()
 }
+
+/// The dead letters of `topic` as (key, `dishflow.error.reason` header), sorted.
+pub fn dead_letter_reasons(topic: &str) -> Vec<(String, String)> {
+    let mut dead: Vec<(String, String)> = consume(topic)
+        .into_iter()
+        .map(|m| {
+            let reason = (m.headers.iter())
+                .find(|(k, _)| k == "dishflow.error.reason")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            (m.key.unwrap_or_default(), reason)
+        })
+        .collect();
+    dead.sort();
+    dead
+}
