@@ -23,10 +23,17 @@
 //!   Limit: consuming the same messages from Kafka (`--consume`), and a batched upsert of the
 //!   final CDM keys into empty tables. Also reports Postgres write volume (rows per layer, WAL
 //!   bytes per run).
+//! * **W6** geo: N users × D days of social-app events → the three geo marts, against the
+//!   legacy engine (PySpark, `scripts/bench/peers/geo_spark.py`, installed by
+//!   `scripts/bench/peers/setup.sh spark`; skipped without DISHFLOW_SPARK_PYTHON); then one
+//!   more day to a running job (probe latency) and its memory after D, D + 1 and 2 × D days
+//!   (see [`geo`]).
 //!
-//! Usage: `cargo bench --bench suite -- [--quick] [--rounds N] [--only W1,W2,W2skew,S,W3,W4,W5]
-//! [--secs N] [--orders N] [--workers N]` (`--secs`: W3/W4's window per rate or size, default
-//! 60; `--orders`, `--workers`: W5's size and dishflow's workers there)
+//! Usage: `cargo bench --bench suite -- [--quick] [--rounds N]
+//! [--only W1,W2,W2skew,S,W3,W4,W5,W6] [--secs N] [--orders N] [--workers N] [--geo-users N]
+//! [--geo-days D] [--geo-rate R]` (`--secs`: W3/W4's window per rate or size, default 60;
+//! `--orders`, `--workers`: W5's size and dishflow's workers there; `--geo-users` (40,000),
+//! `--geo-days` (30), `--geo-rate` (1,000 events/s of the further day): W6)
 //! (`--quick`: every size ÷ 20, 3 s windows, one round)
 //! (through `scripts/bench.sh`, which starts the services and installs the peer).
 
@@ -34,6 +41,8 @@
 mod arrivals;
 #[path = "suite/checks.rs"]
 mod checks;
+#[path = "suite/geo.rs"]
+mod geo;
 #[path = "suite/latency.rs"]
 mod latency;
 #[path = "suite/orders.rs"]
@@ -170,6 +179,17 @@ fn main() {
                 pathway.as_deref(),
             )
         });
+    }
+    if wanted("W6") {
+        let spark = std::env::var("DISHFLOW_SPARK_PYTHON").ok();
+        let w = geo::GeoWorkload {
+            users: scale(arg_value(&args, "--geo-users", 40_000) as u64),
+            days: arg_value(&args, "--geo-days", 30) as u64,
+            rate: arg_value(&args, "--geo-rate", 1_000) as u64,
+            rounds,
+            spark: spark.as_deref(),
+        };
+        push_timed(&mut results, || geo::w6(&w));
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let machine = format!(

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Benchmarks on the local services (installed and started by scripts/services.sh).
 #
-#   scripts/bench.sh [--quick] [--rounds N] [--only W1,W2,W2skew,S,W3,W4,W5] [--secs N]
+#   scripts/bench.sh [--quick] [--rounds N] [--only W1,W2,W2skew,S,W3,W4,W5,W6] [--secs N]
 #       the suite (benches/suite.rs): every workload interleaved with its hardware limit and
-#       the peer engine (Pathway, installed by scripts/bench/peers/setup.sh; skip it with
-#       DISHFLOW_NO_PEER=1); writes target/bench/report.md and report.json.
+#       the peer engines (Pathway, and PySpark for W6, installed by
+#       scripts/bench/peers/setup.sh; skip them with DISHFLOW_NO_PEER=1); writes
+#       target/bench/report.md and report.json.
 #   scripts/bench.sh latency [--rounds N] [--secs N]   the suite's W3 and W4 alone
 #   scripts/bench.sh expiry [--rounds N]               promos memory with expiring campaigns
 #   scripts/bench.sh orders [--orders N] [--rounds N] [--workers N]  the orders backlog (W5)
 #       alone, with the peer's order counters
+#   scripts/bench.sh geo [--quick] [--rounds N] [--geo-users N] [--geo-days D] [--geo-rate R]
+#       the geo job (W6) alone, against the legacy PySpark batch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -18,8 +21,14 @@ if [ "${1:-}" = expiry ]; then
   exit
 fi
 if [ "${DISHFLOW_NO_PEER:-0}" != 1 ]; then
-  DISHFLOW_PATHWAY_PYTHON="$(scripts/bench/peers/setup.sh)"
-  export DISHFLOW_PATHWAY_PYTHON
+  if [ "${1:-}" != geo ]; then
+    DISHFLOW_PATHWAY_PYTHON="$(scripts/bench/peers/setup.sh pathway)"
+    export DISHFLOW_PATHWAY_PYTHON
+  fi
+  case "${1:-}" in latency|orders) ;; *)
+    DISHFLOW_SPARK_PYTHON="$(scripts/bench/peers/setup.sh spark)"
+    export DISHFLOW_SPARK_PYTHON ;;
+  esac
 fi
 case "${1:-}" in
   latency)
@@ -28,6 +37,9 @@ case "${1:-}" in
   orders)
     shift
     cargo bench --bench suite -- --only W5 "$@" ;;
+  geo)
+    shift
+    cargo bench --bench suite -- --only W6 "$@" ;;
   *)
     cargo bench --bench suite -- "$@" ;;
 esac

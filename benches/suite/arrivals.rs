@@ -114,9 +114,15 @@ pub(crate) fn kafka_arrivals(
 
 /// Records the commit of every feedback row (payload "campaign:client" of the trigger).
 pub(crate) fn feedback_arrivals(db: &str) -> Arrivals {
+    notify_arrivals(db, CHANNEL)
+}
+
+/// Records every notification on `channel` of `db` under its payload (a trigger's
+/// `pg_notify` is delivered when its transaction commits).
+pub(crate) fn notify_arrivals(db: &str, channel: &str) -> Arrivals {
     let mut client = pg(db);
     client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .batch_execute(&format!("LISTEN {channel}"))
         .expect("listen");
     let arrivals = Arrivals::default();
     let sink = arrivals.clone();

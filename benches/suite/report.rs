@@ -54,9 +54,10 @@ pub(crate) fn markdown(results: &[Value], machine: &str) -> String {
             ));
         }
     }
-    md.push_str("\n`vs dishflow` = the engine's median time ÷ dishflow's (below 1: faster than dishflow). `empty run s`: the same engine on an empty input (start, connect, stop), part of every run's time; `records/s beyond the empty run` = records ÷ (median − empty run). Every run's output is checked (each expected draft exactly once in Kafka and in Postgres; W5: the counters equal a SQL GROUP BY of the input); a run that fails the check is INVALID and not in the numbers.\n");
+    md.push_str("\n`vs dishflow` = the engine's median time ÷ dishflow's (below 1: faster than dishflow). `empty run s`: the same engine on an empty input (start, connect, stop), part of every run's time; `records/s beyond the empty run` = records ÷ (median − empty run). Every run's output is checked (each expected draft exactly once in Kafka and in Postgres; W5: the counters equal a SQL GROUP BY of the input; W6: every mart row equal to its SQL recomputation); a run that fails the check is INVALID and not in the numbers.\n");
     for r in results {
         md.push_str(&latency::markdown(r));
+        md.push_str(&geo::markdown(r));
     }
     md
 }

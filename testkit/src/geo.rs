@@ -13,6 +13,7 @@ use crate::*;
 const SCHEMA: &str = "geo_truth";
 
 const TRUTH: &str = "
+SET work_mem = '512MB';
 CREATE FUNCTION geo_truth.km(float8, float8, float8, float8) RETURNS float8
 LANGUAGE sql IMMUTABLE AS $$
   SELECT 2 * 6371 * asin(sqrt(power(sin(radians($3 - $1) / 2), 2)
@@ -31,12 +32,20 @@ SELECT row_number() OVER () AS eid, e->>'event_type' AS kind,
        (e->'event'->>'subscription_channel')::int8 AS channel,
        (e->>'lat')::float8 AS lat, (e->>'lon')::float8 AS lon
 FROM (SELECT DISTINCT value::jsonb AS e FROM geo_truth.raw) r;
+-- Statistics, so that the planner joins millions of events by hash, not by nested loops.
+ANALYZE geo_truth.events;
 -- Each event with coordinates and its zone: the nearest city, ties to the smaller id.
+CREATE TABLE geo_truth.nearest AS
+SELECT e.eid, (n.nearest)[2]::int AS zone_id
+FROM geo_truth.events e CROSS JOIN LATERAL (
+  SELECT min(ARRAY[geo_truth.km(e.lat, e.lon, c.lat, c.lng), c.id]) AS nearest FROM geo.cities c
+) n
+WHERE e.lat IS NOT NULL;
+ANALYZE geo_truth.nearest;
 CREATE TABLE geo_truth.zoned AS
-SELECT DISTINCT ON (e.eid) e.*, c.id AS zone_id, c.city, c.timezone
-FROM geo_truth.events e CROSS JOIN geo.cities c
-WHERE e.lat IS NOT NULL
-ORDER BY e.eid, geo_truth.km(e.lat, e.lon, c.lat, c.lng), c.id;
+SELECT e.*, c.id AS zone_id, c.city, c.timezone
+FROM geo_truth.events e JOIN geo_truth.nearest n USING (eid) JOIN geo.cities c ON c.id = n.zone_id;
+ANALYZE geo_truth.zoned;
 
 CREATE TABLE geo_truth.zones AS
 WITH registrations AS (
@@ -44,8 +53,8 @@ WITH registrations AS (
   WHERE kind = 'message' ORDER BY user_id, ts, message_id
 ), z AS (
   SELECT zone_id, date_trunc('week', ts)::date AS week, date_trunc('month', ts)::date AS month,
-         kind, eid IN (SELECT eid FROM registrations) AS registration
-  FROM geo_truth.zoned
+         kind, r.eid IS NOT NULL AS registration
+  FROM geo_truth.zoned LEFT JOIN registrations r USING (eid)
 ), weeks AS (
   SELECT zone_id, week, count(*) FILTER (WHERE kind = 'message') AS m,
          count(*) FILTER (WHERE kind = 'reaction') AS r,
@@ -83,32 +92,43 @@ WITH m AS (
          coalesce(lead(since) OVER (PARTITION BY user_id ORDER BY stay), last_ts) - since
            >= interval '27 days' AS home
   FROM stays
+), travels AS (
+  SELECT user_id, (array_agg(city ORDER BY stay DESC) FILTER (WHERE home))[1] AS home_city,
+         count(*)::int AS travel_count, array_agg(city ORDER BY stay) AS travel_array
+  FROM lasting GROUP BY user_id
 )
-SELECT a.user_id, a.city AS act_city,
-       (SELECT city FROM lasting h WHERE h.user_id = a.user_id AND h.home
-        ORDER BY stay DESC LIMIT 1) AS home_city,
-       (SELECT count(*)::int FROM lasting t WHERE t.user_id = a.user_id) AS travel_count,
-       (SELECT array_agg(city ORDER BY stay) FROM lasting t WHERE t.user_id = a.user_id)
-         AS travel_array,
+SELECT a.user_id, a.city AS act_city, t.home_city, t.travel_count, t.travel_array,
        (a.ts AT TIME ZONE 'UTC') AT TIME ZONE a.timezone AS local_time
-FROM numbered a WHERE a.from_end = 1;
+FROM numbered a JOIN travels t USING (user_id) WHERE a.from_end = 1;
 
+-- Pairs within 1 km are looked for among positions in the same or a neighbouring band of
+-- 0.01° of latitude (1 km is 0.009°) and 0.02° of longitude (1 km is less than that within
+-- 60° of the equator): a prefilter that keeps the self-join small, the distance decides.
 CREATE TABLE geo_truth.recommendations AS
 WITH positions AS (
-  SELECT DISTINCT ON (user_id) user_id, lat, lon, zone_id FROM geo_truth.zoned
+  SELECT DISTINCT ON (user_id) user_id, lat, lon, zone_id,
+         floor(lat / 0.01)::int8 AS lat_band, floor(lon / 0.02)::int8 AS lon_band
+  FROM geo_truth.zoned
   WHERE kind = 'message' ORDER BY user_id, ts DESC, message_id DESC
 ), subscriptions AS (
   SELECT DISTINCT user_id, channel FROM geo_truth.events WHERE kind = 'subscription'
 ), direct AS (
   SELECT DISTINCT least(user_id, message_to) AS a, greatest(user_id, message_to) AS b
   FROM geo_truth.events WHERE kind = 'message' AND message_to IS NOT NULL
+), near AS MATERIALIZED (
+  SELECT l.user_id AS user_left, r.user_id AS user_right, l.zone_id
+  FROM positions l CROSS JOIN generate_series(-1, 1) AS dlat(d)
+  CROSS JOIN generate_series(-1, 1) AS dlon(d)
+  JOIN positions r ON r.lat_band = l.lat_band + dlat.d AND r.lon_band = l.lon_band + dlon.d
+  WHERE l.user_id < r.user_id AND geo_truth.km(l.lat, l.lon, r.lat, r.lon) <= 1
+), common AS MATERIALIZED (
+  -- Each near pair with a channel of both (never every pair of a channel's subscribers).
+  SELECT DISTINCT n.* FROM near n
+  JOIN subscriptions a ON a.user_id = n.user_left
+  JOIN subscriptions b ON b.user_id = n.user_right AND b.channel = a.channel
 )
-SELECT l.user_id AS user_left, r.user_id AS user_right, l.zone_id
-FROM positions l JOIN positions r ON l.user_id < r.user_id
-WHERE geo_truth.km(l.lat, l.lon, r.lat, r.lon) <= 1
-  AND EXISTS (SELECT 1 FROM subscriptions a JOIN subscriptions b USING (channel)
-              WHERE a.user_id = l.user_id AND b.user_id = r.user_id)
-  AND NOT EXISTS (SELECT 1 FROM direct d WHERE d.a = l.user_id AND d.b = r.user_id);
+SELECT * FROM common c
+WHERE NOT EXISTS (SELECT 1 FROM direct d WHERE d.a = c.user_left AND d.b = c.user_right);
 ";
 
 /// Each mart's rows in the job's table but not in the ground truth, or the other way round,
@@ -129,6 +149,16 @@ impl MartDifferences {
 /// Recomputes the three marts of `db` in SQL from every valid event of `topics` (and the
 /// cities in `db`), into schema `geo_truth`, replacing an earlier recomputation.
 pub fn geo_ground_truth(db: &str, topics: &[&str]) {
+    let values = topics
+        .iter()
+        .flat_map(|topic| consume(topic))
+        .map(|message| message.value.unwrap_or_default());
+    geo_ground_truth_of(db, values);
+}
+
+/// [`geo_ground_truth`] of the events `values` (JSON texts, e.g. the lines of
+/// `dishflow produce events --out`).
+pub fn geo_ground_truth_of(db: &str, values: impl IntoIterator<Item = String>) {
     let mut client = pg(db);
     client
         .batch_execute(&format!(
@@ -143,13 +173,10 @@ pub fn geo_ground_truth(db: &str, topics: &[&str]) {
                 "COPY {SCHEMA}.raw (value) FROM STDIN (FORMAT csv)"
             ))
             .expect("copy");
-        for topic in topics {
-            for message in consume(topic) {
-                let value = message.value.unwrap_or_default();
-                if dataflows::geo::events::parse_event(Some(value.as_bytes())).is_ok() {
-                    let line = format!("\"{}\"\n", value.replace('"', "\"\""));
-                    copy.write_all(line.as_bytes()).expect("an event");
-                }
+        for value in values {
+            if dataflows::geo::events::parse_event(Some(value.as_bytes())).is_ok() {
+                let line = format!("\"{}\"\n", value.replace('"', "\"\""));
+                copy.write_all(line.as_bytes()).expect("an event");
             }
         }
         copy.finish().expect("copy the events");
@@ -157,10 +184,36 @@ pub fn geo_ground_truth(db: &str, topics: &[&str]) {
     client.batch_execute(TRUTH).expect("the ground truth");
 }
 
+/// The geo job's three mart tables.
+pub const GEO_MARTS: [&str; 3] = [
+    "mart.geo_zones",
+    "mart.geo_users",
+    "mart.geo_friend_recommendations",
+];
+
 /// The rows in which the marts of `db` differ from the last [`geo_ground_truth`] (at most
 /// 20 per mart). `processed_dttm` is the job's own time: only `local_time` = it in the
 /// zone's time zone is checked.
 pub fn geo_differences(db: &str) -> MartDifferences {
+    let mut differences = geo_differences_of(db, GEO_MARTS);
+    let wrong_local_time: Vec<String> = pg(db)
+        .query(
+            "SELECT r::text FROM mart.geo_friend_recommendations r JOIN geo.cities c ON c.id = r.zone_id
+             WHERE r.local_time IS DISTINCT FROM r.processed_dttm AT TIME ZONE c.timezone LIMIT 20",
+            &[],
+        )
+        .expect("recommendations' local times")
+        .iter()
+        .map(|r| format!("local_time: {}", r.get::<_, String>(0)))
+        .collect();
+    differences.recommendations.extend(wrong_local_time);
+    differences
+}
+
+/// The rows in which `tables` (zones, users and recommendations, with at least the columns
+/// of the marts; the recommendations' `user_left, user_right, zone_id`) differ from the last
+/// [`geo_ground_truth`] in `db` (at most 20 per mart).
+pub fn geo_differences_of(db: &str, tables: [&str; 3]) -> MartDifferences {
     let mut client = pg(db);
     let mut differ = |table: &str, truth: &str, columns: &str| -> Vec<String> {
         let sql = format!(
@@ -178,39 +231,25 @@ pub fn geo_differences(db: &str) -> MartDifferences {
             .map(|r| r.get(0))
             .collect()
     };
-    let zones = differ(
-        "mart.geo_zones",
-        "geo_truth.zones",
-        "zone_id, week, month, week_message, week_reaction, week_subscription, week_user, \
-         month_message, month_reaction, month_subscription, month_user",
-    );
-    let users = differ(
-        "mart.geo_users",
-        "geo_truth.users",
-        "user_id, act_city, home_city, travel_count, travel_array, local_time",
-    );
-    let recommendations = differ(
-        "mart.geo_friend_recommendations",
-        "geo_truth.recommendations",
-        "user_left, user_right, zone_id",
-    );
-    let mut differences = MartDifferences {
-        zones,
-        users,
-        recommendations,
-    };
-    let wrong_local_time: Vec<String> = client
-        .query(
-            "SELECT r::text FROM mart.geo_friend_recommendations r JOIN geo.cities c ON c.id = r.zone_id
-             WHERE r.local_time IS DISTINCT FROM r.processed_dttm AT TIME ZONE c.timezone LIMIT 20",
-            &[],
-        )
-        .expect("recommendations' local times")
-        .iter()
-        .map(|r| format!("local_time: {}", r.get::<_, String>(0)))
-        .collect();
-    differences.recommendations.extend(wrong_local_time);
-    differences
+    let [zones, users, recommendations] = tables;
+    MartDifferences {
+        zones: differ(
+            zones,
+            "geo_truth.zones",
+            "zone_id, week, month, week_message, week_reaction, week_subscription, week_user, \
+             month_message, month_reaction, month_subscription, month_user",
+        ),
+        users: differ(
+            users,
+            "geo_truth.users",
+            "user_id, act_city, home_city, travel_count, travel_array, local_time",
+        ),
+        recommendations: differ(
+            recommendations,
+            "geo_truth.recommendations",
+            "user_left, user_right, zone_id",
+        ),
+    }
 }
 
 /// Recomputes the ground truth of `db` from `topics` and returns where the marts differ.
