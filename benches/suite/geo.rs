@@ -27,6 +27,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::{Value, json};
 
 use super::arrivals::*;
+use super::latency::FETCH_WAIT;
 use super::*;
 use dishflow_testkit::*;
 
@@ -297,8 +298,11 @@ fn incremental(
         .expect("probe trigger");
     let arrivals = notify_arrivals(&db, PROBE_CHANNEL);
     let started = Instant::now();
+    // Every latency measurement's Kafka readers wait at most FETCH_WAIT for data (Tansu
+    // answers an empty fetch only when that wait expires).
+    let fetch_wait = FETCH_WAIT.replace(':', "=");
     let mut job = spawn_env(
-        geo_args(&db, prefix, &[] as &[&str]),
+        geo_args(&db, prefix, &["--kafka-property", &fetch_wait]),
         &[("RUST_LOG", "warn")],
     );
     let producer = latency_producer();

@@ -17,15 +17,16 @@
 //! the work grows with users per square kilometre, never with a channel's size. A channel of
 //! 100,000 subscribers costs nothing until two of them are within 1 km.
 //!
-//! State: per user, every message with coordinates (the latest decides the position, and a
-//! late message may be the latest), every distinct subscription and direct-message pair.
+//! State: per user, the messages with coordinates are read from the arrangement the user
+//! mart's stays keep anyway (`located.rs`); the position keeps only the latest; every
+//! distinct subscription and direct-message pair.
 //! The grid does not wrap at ±180° of longitude nor handle the poles.
 
-use chrono::NaiveDateTime;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use super::events::{Action, Event};
+use super::located::{LocatedMessages, reduce_located};
 use super::point::{EARTH_RADIUS_KM, Point, distance_km};
 use crate::{Diff, Time};
 
@@ -87,24 +88,18 @@ impl Recommendation {
     }
 }
 
-/// The friend recommendations of `zoned` events (with coordinates and their zones) and all
-/// `events` (subscriptions and direct messages need no coordinates).
+/// The friend recommendations of each user's `located` messages (with coordinates and their
+/// zones, `located::located`) and all `events` (subscriptions and direct messages need no
+/// coordinates).
 pub fn recommendations<'s>(
     events: VecCollection<'s, Time, Event, Diff>,
-    zoned: VecCollection<'s, Time, (Event, i32), Diff>,
+    located: LocatedMessages<'s>,
 ) -> VecCollection<'s, Time, Recommendation, Diff> {
     // Each user's position: the latest message with coordinates, by (time, message_id).
-    let positions = zoned
-        .flat_map(|(event, zone)| match (event.action, event.point) {
-            (Action::Message { id, .. }, Some(point)) => {
-                Some((event.user, (event.time, id, point, zone)))
-            }
-            _ => None,
-        })
-        .reduce_named("Position", |_user, input, output| {
-            let latest: &(NaiveDateTime, i64, Point, i32) = input[input.len() - 1].0;
-            output.push(((latest.2, latest.3), 1 as Diff));
-        });
+    let positions = reduce_located(located, "Position", |_user, input, output| {
+        let &(_, _, zone, point) = input[input.len() - 1].0;
+        output.push(((point, zone), 1 as Diff));
+    });
     let homes = positions
         .clone()
         .map(|(user, (point, _))| (cell_of(point), (user, point)));
@@ -153,6 +148,8 @@ pub fn recommendations<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geo::located::located;
+    use chrono::NaiveDateTime;
     use differential_dataflow::AsCollection;
     use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::{Capture, ToStream};
@@ -221,7 +218,10 @@ mod tests {
                 let zone = e.point.map(|p| if p.degrees().0 > -33.87 { 1 } else { 2 });
                 zone.map(|z| (e, z))
             });
-            recommendations(events, zoned).consolidate().inner.capture()
+            recommendations(events, located(zoned))
+                .consolidate()
+                .inner
+                .capture()
         });
         let mut out: Vec<_> = (captured.extract().into_iter())
             .flat_map(|(_, b)| b)

@@ -17,14 +17,15 @@
 //!   when no stay is that long.
 //! * `travel_count`, `travel_array`: the stays and their cities, in order.
 //!
-//! State: every message with coordinates of every user (a late message can split any stay).
+//! State: every message with coordinates of every user (a late message can split any stay),
+//! in the arrangement the positions of `friends.rs` share (`located.rs`).
 
 use chrono::{NaiveDateTime, TimeDelta, TimeZone};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use super::cities::City;
-use super::events::{Action, Event};
+use super::located::{LocatedMessages, reduce_located};
 use super::zones::shard;
 use crate::{Diff, Time};
 
@@ -147,35 +148,33 @@ pub fn user_row(user: i64, travels: &Travels, cities: &[City]) -> Option<UserRow
     })
 }
 
-/// The user mart of `zoned` events (each event with coordinates and its zone); `lists` is
-/// the sharded list of cities (`zones::city_lists`).
+/// The user mart of each user's `located` messages (with coordinates and their zones,
+/// `located::located`); `lists` is the sharded list of cities (`zones::city_lists`).
 pub fn user_mart<'s>(
-    zoned: VecCollection<'s, Time, (Event, i32), Diff>,
+    located: LocatedMessages<'s>,
     lists: VecCollection<'s, Time, (u64, Vec<City>), Diff>,
 ) -> VecCollection<'s, Time, UserRow, Diff> {
-    zoned
-        .flat_map(|(event, zone)| match event.action {
-            Action::Message { id, .. } => Some((event.user, (event.time, id, zone))),
-            _ => None,
-        })
-        .reduce_named("Travels", |_user, input, output| {
-            // Sorted by (time, message_id, zone); a message delivered twice counts once.
-            let messages: Vec<(NaiveDateTime, i64, i32)> =
-                input.iter().map(|(message, _)| **message).collect();
-            if let Some(travels) = Travels::of(&messages) {
-                output.push((travels, 1));
-            }
-        })
-        .map(|(user, travels)| (shard(user), (user, travels)))
-        .join_map(lists, |_shard, (user, travels), cities| {
-            user_row(*user, travels, cities)
-        })
-        .flat_map(|row| row)
+    reduce_located(located, "Travels", |_user, input, output| {
+        // Sorted by (time, message_id); a message delivered twice counts once.
+        let messages: Vec<(NaiveDateTime, i64, i32)> = (input.iter())
+            .map(|&(&(time, id, zone, _), _)| (time, id, zone))
+            .collect();
+        if let Some(travels) = Travels::of(&messages) {
+            output.push((travels, 1));
+        }
+    })
+    .map(|(user, travels)| (shard(user), (user, travels)))
+    .join_map(lists, |_shard, (user, travels), cities| {
+        user_row(*user, travels, cities)
+    })
+    .flat_map(|row| row)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geo::events::{Action, Event};
+    use crate::geo::located::located;
     use crate::geo::point::Point;
     use crate::geo::zones::city_lists;
     use differential_dataflow::AsCollection;
@@ -298,7 +297,7 @@ mod tests {
         let captured = timely::example(move |scope| {
             let zoned = zoned.into_iter().to_stream(scope).as_collection();
             let cities = cities.into_iter().to_stream(scope).as_collection();
-            user_mart(zoned, city_lists(cities))
+            user_mart(located(zoned), city_lists(cities))
                 .consolidate()
                 .inner
                 .capture()

@@ -27,7 +27,7 @@ use dataflows::geo::cities::City;
 use dataflows::geo::friends::Recommendation;
 use dataflows::geo::user_mart::UserRow;
 use dataflows::geo::zone_mart::ZoneRow;
-use dataflows::geo::{events, friends, user_mart, zone_mart, zones};
+use dataflows::geo::{events, friends, located, user_mart, zone_mart, zones};
 use tracing::info;
 
 use self::tables::{RecommendationBatch, UserBatch, ZoneBatch};
@@ -129,8 +129,9 @@ pub fn run(args: GeoArgs) -> Result<()> {
         let lists = zones::city_lists(cities);
         let zoned = zones::zoned(events.clone(), lists.clone());
         let mut zone_rows = zone_mart::zone_mart(events.clone(), zoned.clone());
-        let mut user_rows = user_mart::user_mart(zoned.clone(), lists);
-        let mut pairs = friends::recommendations(events, zoned);
+        let located = located::located(zoned);
+        let mut user_rows = user_mart::user_mart(located.clone(), lists);
+        let mut pairs = friends::recommendations(events, located);
         if reconcile {
             // The marts as the tables hold them, subtracted: unchanged rows cost nothing, and
             // a row the events no longer give (a city edited while the job was down) goes.
