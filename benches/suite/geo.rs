@@ -190,20 +190,12 @@ pub(crate) fn w6(w: &GeoWorkload<'_>) -> Value {
     let mut rerun_s = Vec::new();
     let timeout = Duration::from_secs(1800);
     let dishflow = |db: &str, topic: &str, dlq: &str, workers: &str| -> Command {
-        dishflow_command([
-            "geo",
-            "--brokers",
-            &brokers(),
-            "--postgres-url",
+        dishflow_command(geo_topic_args(
             db,
-            "--event-topic",
             topic,
-            "--dead-letter-topic",
             dlq,
-            "--stop-at-end",
-            "--workers",
-            workers,
-        ])
+            &["--stop-at-end", "--workers", workers],
+        ))
     };
     for round in 0..w.rounds {
         // The default (1 worker), and 2 workers: the two cores Spark's local[2] uses.

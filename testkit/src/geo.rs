@@ -260,6 +260,12 @@ pub fn geo_check(db: &str, topics: &[&str]) -> MartDifferences {
 
 /// A geo run on `db` reading `<prefix>.events`, dead letters to `<prefix>.dlq`, plus `extra`.
 pub fn geo_args(db: &str, prefix: &str, extra: &[impl AsRef<str>]) -> Vec<String> {
+    let (topic, dlq) = (format!("{prefix}.events"), format!("{prefix}.dlq"));
+    geo_topic_args(db, &topic, &dlq, extra)
+}
+
+/// A geo run on `db` reading `topic`, dead letters to `dlq`, plus `extra`.
+pub fn geo_topic_args(db: &str, topic: &str, dlq: &str, extra: &[impl AsRef<str>]) -> Vec<String> {
     let mut args: Vec<String> = [
         "geo",
         "--brokers",
@@ -267,9 +273,9 @@ pub fn geo_args(db: &str, prefix: &str, extra: &[impl AsRef<str>]) -> Vec<String
         "--postgres-url",
         db,
         "--event-topic",
-        &format!("{prefix}.events"),
+        topic,
         "--dead-letter-topic",
-        &format!("{prefix}.dlq"),
+        dlq,
     ]
     .map(String::from)
     .to_vec();
