@@ -209,6 +209,23 @@ pub(crate) fn paced(rate: u64, secs: u64, mut act: impl FnMut(usize)) -> Vec<Ins
     at
 }
 
+/// The local broker's process (a `tansu` listening on the test brokers' address), if it runs
+/// on this machine: its CPU is part of what a latency costs.
+pub(crate) fn broker_pid() -> Option<u32> {
+    let listener = format!("tcp://{}", dishflow_testkit::brokers());
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let is_tansu = args.first()?.ends_with(b"tansu");
+            let listens = args.contains(&listener.as_bytes());
+            (is_tansu && listens).then_some(pid)
+        })
+}
+
 /// CPU seconds and peak RSS (MB) of a running process, from /proc.
 pub(crate) fn usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -352,7 +352,9 @@ fn incremental(
     let secs = (day_events.len() as u64).div_ceil(w.rate).max(1);
     let every = (w.rate / 10).max(1) as usize;
     let mut expected = Vec::new();
-    let (cpu_before, _) = usage(job.id());
+    let broker = broker_pid();
+    let broker_cpu = || broker.map_or(f64::NAN, |pid| usage(pid).0);
+    let (cpu_before, broker_before) = (usage(job.id()).0, broker_cpu());
     let window = Instant::now();
     let sent = paced(w.rate, secs, |i| {
         if let Some((key, value)) = day_events.get(i) {
@@ -368,7 +370,7 @@ fn incremental(
     let window_s = window.elapsed().as_secs_f64();
     producer.flush(Duration::from_secs(30)).expect("flush");
     let probe_to_row = latencies(&sent, &expected, &arrivals);
-    let (cpu_after, _) = usage(job.id());
+    let (cpu_after, broker_after) = (usage(job.id()).0, broker_cpu());
     let rss_next = rss_mb(job.id());
     // Everything of the day committed (the last probe may precede a few events), then checked.
     catch_up(&mut job, &stamp(w.days));
@@ -388,6 +390,7 @@ fn incremental(
         "rate_per_s": w.rate,
         "probe_to_row": probe_to_row,
         "cpu_s_per_window_s": (cpu_after - cpu_before) / window_s,
+        "broker_cpu_s_per_window_s": (broker_after - broker_before) / window_s,
         "rss_mb": {
             format!("after {} days", w.days): rss_days,
             format!("after {} days", w.days + 1): rss_next,
@@ -410,7 +413,7 @@ pub(crate) fn markdown(result: &Value) -> String {
         "\n### W6 incremental\n\n{}\n\nOne more day ({} events) to a running dishflow job at {} \
          events/s, a probe (a new user's message) every 100 ms: probe handed to the producer → \
          its `mart.geo_users` row committed. p50 {} ms, p95 {} ms, p99 {} ms, max {} ms, {} of \
-         {} missing; the job's CPU {:.2} s/s. Spark's answer to the same day: a re-run of the \
+         {} missing; CPU of the job {:.2} s/s, of the broker (Tansu) {:.2} s/s. Spark's answer to the same day: a re-run of the \
          window, median {} s. Live start (replaying the backlog) to caught up: {:.0} s.\n\n\
          | resident memory of the running job | MB |\n|---|---|\n",
         result["what"].as_str().unwrap_or_default(),
@@ -423,6 +426,7 @@ pub(crate) fn markdown(result: &Value) -> String {
         p["missing"],
         p["samples"].as_u64().unwrap_or(0) + p["missing"].as_u64().unwrap_or(0),
         i["cpu_s_per_window_s"].as_f64().unwrap_or(f64::NAN),
+        i["broker_cpu_s_per_window_s"].as_f64().unwrap_or(f64::NAN),
         result["engines"][SPARK]["rerun_median_s"]
             .as_f64()
             .map_or_else(|| "—".into(), |x| format!("{x:.1}")),

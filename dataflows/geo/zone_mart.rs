@@ -5,7 +5,9 @@
 //!  (event, zone) ──┬─ count per (zone, week, kind) ──► week counts ─┐
 //!                  ├─ count per (zone, month, kind) ─► month counts ┤ join on the row keys
 //!                  └─ distinct (zone, week, month) ── row keys ─────┘ ──► ZoneRow
-//!  messages ── earliest per user (time, message_id) ⋈ its zone ──► registrations (kind "user")
+//!  located messages (shared arrangement) ── earliest per user ─┐
+//!  messages without coordinates ───────────── earliest per user ─┴─ the earlier of the two
+//!                                                                 ──► registrations (kind "user")
 //! ```
 //!
 //! * `week` is the Monday of the event's ISO week, `month` the first day of its month (UTC).
@@ -14,13 +16,16 @@
 //!   the whole month, so a week across two months gives two rows with the same `week_*`.
 //! * A registration is a user's earliest message (event time, then `message_id`), counted in
 //!   that message's zone, week and month; one without coordinates counts nowhere. A late,
-//!   earlier message moves it.
+//!   earlier message moves it. State for it, per user: the earliest message with coordinates
+//!   is read from the arrangement the user mart and the positions share (`located.rs`); of
+//!   the messages without coordinates, their (time, message_id) only.
 
 use chrono::{Datelike, Days, NaiveDate, NaiveDateTime};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use super::events::{Action, Event};
+use super::located::{LocatedMessages, reduce_located};
 use crate::{Diff, Time};
 
 /// What a count counts.
@@ -74,27 +79,39 @@ pub fn month_of(time: NaiveDateTime) -> NaiveDate {
     date.with_day(1).unwrap_or(date)
 }
 
-/// The zone mart of `zoned` events (each event with coordinates and its zone) and all
-/// `events` (for registrations: a user's earliest message, with or without coordinates).
+/// The zone mart of `zoned` events (each event with coordinates and its zone), all `events`
+/// (for registrations: a user's earliest message, with or without coordinates) and the
+/// `located` messages (each user's messages with coordinates, arranged once).
 pub fn zone_mart<'s>(
     events: VecCollection<'s, Time, Event, Diff>,
     zoned: VecCollection<'s, Time, (Event, i32), Diff>,
+    located: LocatedMessages<'s>,
 ) -> VecCollection<'s, Time, ZoneRow, Diff> {
-    // A registration: the user's earliest message, by (time, message_id).
-    let first_messages = events
-        .flat_map(|e| match e.action {
-            Action::Message { id, .. } => Some((e.user, (e.time, id, e))),
+    // A registration: the user's earliest message, by (time, message_id) — the earlier of
+    // their earliest message with coordinates (zone known) and their earliest without.
+    let earliest_located = reduce_located(located, "EarliestLocated", |_user, input, output| {
+        // Sorted by (time, message_id, …): the first is the earliest.
+        let (time, id, zone, _) = *input[0].0;
+        output.push(((time, id, Some(zone)), 1));
+    });
+    let earliest_unlocated = events
+        .flat_map(|e| match (e.action, e.point) {
+            (Action::Message { id, .. }, None) => Some((e.user, (e.time, id, None))),
             _ => None,
         })
+        .reduce_named("EarliestUnlocated", |_user, input, output| {
+            output.push((*input[0].0, 1));
+        });
+    let registrations = earliest_located
+        .concat(earliest_unlocated)
         .reduce_named("Registration", |_user, input, output| {
-            // Sorted by (time, message_id, event): the first is the registration.
-            output.push((input[0].0.2.clone(), 1));
+            output.push((*input[0].0, 1));
         })
-        .map(|(_user, event)| (event, ()));
-    let registrations = zoned
-        .clone()
-        .semijoin(first_messages.map(|(event, ())| event))
-        .map(|(event, zone)| (zone, event.time, Kind::User));
+        .flat_map(
+            |(_user, (time, _id, zone)): (i64, (NaiveDateTime, i64, Option<i32>))| {
+                zone.map(|zone| (zone, time, Kind::User))
+            },
+        );
     let kinds = zoned
         .clone()
         .map(|(event, zone)| {
@@ -156,6 +173,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geo::located::located;
     use crate::geo::point::Point;
     use differential_dataflow::AsCollection;
     use timely::dataflow::operators::capture::Extract;
@@ -193,7 +211,10 @@ mod tests {
             let zoned = events
                 .clone()
                 .flat_map(|e: Event| e.point.map(|_| (e.clone(), (e.user % 10) as i32)));
-            zone_mart(events, zoned).consolidate().inner.capture()
+            zone_mart(events, zoned.clone(), located(zoned))
+                .consolidate()
+                .inner
+                .capture()
         });
         let mut out: Vec<_> = captured
             .extract()
@@ -267,6 +288,21 @@ mod tests {
                 (week20([1, 0, 0, 0], [2, 0, 0, 1]), 7, 1),
                 (week20([1, 0, 0, 1], [1, 0, 0, 1]), 0, 1),
                 (week20([1, 0, 0, 1], [1, 0, 0, 1]), 7, -1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_late_earlier_message_without_coordinates_takes_the_registration_away() {
+        let located = message(4, 5, "2022-05-20 10:00:00", true);
+        let unlocated = message(4, 9, "2022-05-19 10:00:00", false);
+        let week = |w: Counts, m: Counts| row(4, "2022-05-16", "2022-05-01", w, m);
+        assert_eq!(
+            run(vec![(located, 0, 1), (unlocated, 7, 1)]),
+            [
+                (week([1, 0, 0, 0], [1, 0, 0, 0]), 7, 1),
+                (week([1, 0, 0, 1], [1, 0, 0, 1]), 0, 1),
+                (week([1, 0, 0, 1], [1, 0, 0, 1]), 7, -1),
             ]
         );
     }

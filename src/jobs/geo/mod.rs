@@ -128,8 +128,8 @@ pub fn run(args: GeoArgs) -> Result<()> {
         let events = events.distinct();
         let lists = zones::city_lists(cities);
         let zoned = zones::zoned(events.clone(), lists.clone());
-        let mut zone_rows = zone_mart::zone_mart(events.clone(), zoned.clone());
-        let located = located::located(zoned);
+        let located = located::located(zoned.clone());
+        let mut zone_rows = zone_mart::zone_mart(events.clone(), zoned, located.clone());
         let mut user_rows = user_mart::user_mart(located.clone(), lists);
         let mut pairs = friends::recommendations(events, located);
         if reconcile {
