@@ -23,11 +23,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
 
 use super::arrivals::*;
-use super::latency::FETCH_WAIT;
 use super::*;
 use dishflow_testkit::*;
 
@@ -290,14 +289,19 @@ fn incremental(
         .expect("probe trigger");
     let arrivals = notify_arrivals(&db, PROBE_CHANNEL);
     let started = Instant::now();
-    // Every latency measurement's Kafka readers wait at most FETCH_WAIT for data (Tansu
-    // answers an empty fetch only when that wait expires).
-    let fetch_wait = FETCH_WAIT.replace(':', "=");
+    // The job reads with librdkafka's default fetch wait (500 ms), not the 20 ms of W3/W4:
+    // Tansu's cost per fetch grows with the batches a partition holds, and with millions of
+    // events in the topic a 20 ms wait left the job starved (measured 2026-12-02: about 7
+    // fetches/s, each ~150 ms of broker CPU, the day's probes stopped arriving). The day is
+    // produced as an application would, with librdkafka's default linger (5 ms), not one
+    // batch per event.
     let mut job = spawn_env(
-        geo_args(&db, prefix, &["--kafka-property", &fetch_wait]),
+        geo_args(&db, prefix, &[] as &[&str]),
         &[("RUST_LOG", "warn")],
     );
-    let producer = latency_producer();
+    let producer: BaseProducer = dishflow::kafka::client_config(&kafka(), &[("linger.ms", "5")])
+        .create()
+        .expect("producer");
     let partitions = dishflow::kafka::topic_partitions(&kafka(), topic).expect("topic");
     let probes = std::cell::Cell::new(0);
     // Caught up: a probe in every partition, after everything produced so far, is committed

@@ -1,10 +1,13 @@
 //! Each user's messages with coordinates, arranged once by user ([`located`]): the user
-//! mart's stays and the recommendations' positions both read this one arrangement
-//! ([`reduce_located`]), so a message is kept once per user, not once per rule.
+//! mart's stays, the recommendations' positions and the zone mart's registrations all read
+//! this one arrangement ([`reduce_located`]), so a message is kept once per user, not once
+//! per rule.
 //!
 //! ```text
 //!  (event, zone) ── messages with a point ── arrange by user ─┬─► Travels (user_mart.rs)
-//!                                                             └─► Position (friends.rs)
+//!                                                             ├─► Position (friends.rs)
+//!                                                             └─► EarliestLocated
+//!                                                                 (zone_mart.rs)
 //! ```
 
 use chrono::NaiveDateTime;

@@ -6,8 +6,8 @@
 //! * `events.rs`: what a valid event is ([`events::parse_event`]), and the split of raw
 //!   records into events and dead letters ([`events::decode`]).
 //! * `zones.rs`: an event's zone, the nearest city ([`zones::zoned`]).
-//! * `located.rs`: each user's messages with coordinates, arranged once for the stays and the
-//!   positions ([`located::located`]).
+//! * `located.rs`: each user's messages with coordinates, arranged once for the stays, the
+//!   positions and the registrations ([`located::located`]).
 //! * `zone_mart.rs`: `mart.geo_zones`, events and registrations per zone, week and month
 //!   ([`zone_mart::zone_mart`]).
 //! * `user_mart.rs`: `mart.geo_users`, each user's current city, home and travels
