@@ -205,19 +205,43 @@ CREATE TABLE IF NOT EXISTS cdm.user_product_counters (
 CREATE TABLE IF NOT EXISTS cdm.user_category_counters (
     id serial PRIMARY KEY, user_id uuid NOT NULL, category_id uuid NOT NULL,
     category_name varchar NOT NULL, order_cnt int NOT NULL CHECK (order_cnt >= 0),
-    UNIQUE (user_id, category_id))";
+    UNIQUE (user_id, category_id));
+DO $$ BEGIN
+  IF to_regclass('cdm.tag_rules') IS NULL THEN
+    CREATE TABLE cdm.tag_rules (
+        tag text PRIMARY KEY, category_name text, product_name text,
+        min_orders int NOT NULL CHECK (min_orders > 0),
+        CONSTRAINT tag_rules_one_counter
+            CHECK ((category_name IS NULL) <> (product_name IS NULL)));
+    -- Examples over the categories and products `dishflow produce orders` generates.
+    INSERT INTO cdm.tag_rules (tag, category_name, product_name, min_orders) VALUES
+        ('pizza lover', 'Пицца', NULL, 3),
+        ('rolls lover', 'Роллы', NULL, 3),
+        ('sweet tooth', 'Десерты', NULL, 2),
+        ('soup regular', 'Супы', NULL, 5),
+        ('croissant fan', NULL, 'КРУАССАН №1', 2);
+  END IF;
+END $$;
+CREATE TABLE IF NOT EXISTS cdm.user_tags (
+    user_id uuid NOT NULL, tag text NOT NULL, since timestamptz NOT NULL,
+    PRIMARY KEY (user_id, tag))";
 
-/// Creates the orders job's schemas and tables, and the bookkeeping tables, if missing.
+/// The publication through which the orders job follows `cdm.tag_rules`.
+pub const TAG_RULES_PUBLICATION: &str = "dishflow_tag_rules";
+
+/// Creates the orders job's schemas and tables (`cdm.tag_rules` with its example rules when
+/// it is created), the rules' publication, and the bookkeeping tables, if missing.
 pub fn setup_orders(url: &str) -> Result<()> {
     let mut client = connect(url)?;
-    begin_setup(
+    let mut tx = begin_setup(
         &mut client,
         &[(
             ORDERS_DDL,
             "cannot create the orders job's schemas stg, dds, cdm and their tables",
         )],
-    )?
-    .commit()?;
+    )?;
+    ensure_publication(&mut tx, TAG_RULES_PUBLICATION, "cdm.tag_rules")?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -399,7 +423,11 @@ pub fn drop_change_capture(url: &str) -> Result<()> {
             .with_context(|| format!("cannot drop replication slot {slot}"))?;
         tracing::info!(slot, retained_bytes = retained, "dropped replication slot");
     }
-    for publication in [SUBSCRIBERS_PUBLICATION, CITIES_PUBLICATION] {
+    for publication in [
+        SUBSCRIBERS_PUBLICATION,
+        CITIES_PUBLICATION,
+        TAG_RULES_PUBLICATION,
+    ] {
         client
             .batch_execute(&format!("DROP PUBLICATION IF EXISTS {publication}"))
             .with_context(|| format!("cannot drop publication {publication}"))?;

@@ -71,7 +71,7 @@ fn produce(prefix: &str, orders: &str) {
     assert_success(&dishflow(&args, MINUTE));
 }
 
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "stg.order_events",
     "dds.h_user",
     "dds.h_product",
@@ -89,10 +89,11 @@ const TABLES: [&str; 17] = [
     "dds.s_order_status",
     "cdm.user_product_counters",
     "cdm.user_category_counters",
+    "cdm.user_tags",
 ];
 
 /// Every row of every table as text, sorted; with `exact`, every column, else without the
-/// columns that depend on when and in which order rows were written (`id`, `load_dt`).
+/// columns that depend on when and in which order rows were written (`id`, `load_dt`, `since`).
 fn dump(db: &str, exact: bool) -> Vec<(String, Vec<String>)> {
     let mut client = pg(db);
     TABLES
@@ -101,7 +102,7 @@ fn dump(db: &str, exact: bool) -> Vec<(String, Vec<String>)> {
             let row = if exact {
                 "t::text".to_string()
             } else {
-                "(to_jsonb(t) - 'id' - 'load_dt')::text".to_string()
+                "(to_jsonb(t) - 'id' - 'load_dt' - 'since')::text".to_string()
             };
             let rows = client
                 .query(&format!("SELECT {row} FROM {table} t ORDER BY 1"), &[])
@@ -151,8 +152,21 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     let prefix = prefix("ordtruth");
     produce(&prefix, "1500");
     let (stg_topic, dds_topic) = (format!("{prefix}.stg"), format!("{prefix}.dds"));
-    let topics = ["--stg-topic", &stg_topic, "--dds-topic", &dds_topic];
+    let tag_topic = format!("{prefix}.tags");
+    let topics = [
+        "--stg-topic",
+        &stg_topic,
+        "--dds-topic",
+        &dds_topic,
+        "--tag-topic",
+        &tag_topic,
+    ];
     run_bounded(&db, &prefix, &topics);
+    // The example rules of `setup` tag some users; one message per tag.
+    let (tags, truth) = tags_and_truth(&db);
+    assert!(!tags.is_empty());
+    assert_eq!(tags, truth);
+    assert_eq!(consume(&tag_topic).len(), tags.len());
     let products = counters(
         &db,
         "cdm.user_product_counters",
@@ -200,6 +214,18 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     assert_eq!(dump(&db, true), before);
     assert_eq!(consume(&stg_topic).len(), 1500);
     assert_eq!(consume(&dds_topic).len(), dds_messages);
+    assert_eq!(consume(&tag_topic).len(), tags.len());
+
+    // A rule deleted while the job is down: on restart, its tags go.
+    let rule = &tags[0].1;
+    pg(&db)
+        .execute("DELETE FROM cdm.tag_rules WHERE tag = $1", &[rule])
+        .expect("delete a rule");
+    run_bounded(&db, &prefix, &topics);
+    let (without_rule, truth) = tags_and_truth(&db);
+    assert_eq!(without_rule, truth);
+    assert!(without_rule.iter().all(|(_, tag)| tag != rule));
+    assert!(without_rule.len() < tags.len());
 
     // A user disappears from Redis while the job is down: on restart, the rebuilt state
     // holds that user's orders, and their counters are removed from the tables.
@@ -233,6 +259,14 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
         ground_truth(&db, &format!("{prefix}.orders"), &format!("{prefix}*"))
     );
     assert_eq!(counters_from_topic(&dds_topic), (products, categories));
+    // The user's tags went with their counters: a tombstone each.
+    let (after, truth) = tags_and_truth(&db);
+    assert_eq!(after, truth);
+    let tombstones = consume(&tag_topic)
+        .iter()
+        .filter(|m| m.value.is_none())
+        .count();
+    assert_eq!(tombstones, tags.len() - after.len());
 }
 
 #[test]
@@ -313,6 +347,7 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
     let topic = format!("{prefix}.orders");
     dishflow::kafka::ensure_topic(&kafka(), &topic, 2).expect("topic");
     let (stg_topic, dds_topic) = (format!("{prefix}.stg"), format!("{prefix}.dds"));
+    let tag_topic = format!("{prefix}.tags");
     let mut args = orders_args(&db, &prefix);
     // Two workers: the ones that read no source must not hold the others back.
     args.extend(
@@ -325,6 +360,8 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
             &stg_topic,
             "--dds-topic",
             &dds_topic,
+            "--tag-topic",
+            &tag_topic,
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -357,6 +394,37 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
         1
     );
 
+    // Tag rules edited while the job runs re-tag the user at once; the tags always equal
+    // what the counters and rules say.
+    let rules = |sql: &str| pg(&db).batch_execute(sql).expect("rules");
+    let wait_tags = |what: &str, expected: &[&str]| {
+        wait_until(WAIT, what, || {
+            let (tags, truth) = tags_and_truth(&db);
+            let names: Vec<&str> = tags.iter().map(|(_, tag)| tag.as_str()).collect();
+            (tags == truth && names == expected).then_some(())
+        })
+    };
+    rules(
+        "INSERT INTO cdm.tag_rules VALUES ('bakery', 'Bakery', NULL, 1), ('roll fan', NULL, 'Roll', 1)",
+    );
+    wait_tags("the new rules' tags", &["bakery", "roll fan"]);
+    rules("UPDATE cdm.tag_rules SET min_orders = 2 WHERE tag = 'bakery'");
+    wait_tags("the raised rule's tag to go", &["roll fan"]);
+    rules(
+        "UPDATE cdm.tag_rules SET min_orders = 1 WHERE tag = 'bakery';
+         DELETE FROM cdm.tag_rules WHERE tag = 'roll fan'",
+    );
+    wait_tags(
+        "the lowered rule's tag back, the deleted one's gone",
+        &["bakery"],
+    );
+    // A rule must name exactly one of a category and a product.
+    assert!(
+        pg(&db)
+            .batch_execute("INSERT INTO cdm.tag_rules VALUES ('neither', NULL, NULL, 1)")
+            .is_err()
+    );
+
     // A renamed product: a new satellite row, and the counter's name follows.
     let _: () = con.set(&r, menu("Big roll")).expect("rename");
     wait_until(WAIT, "the renamed product", || {
@@ -379,6 +447,7 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
             + count(&db, "SELECT count(*) FROM cdm.user_category_counters");
         (n == 0).then_some(())
     });
+    wait_tags("the cancelled order's tag to go", &[]);
     let marks = produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
     wait_for_progress(&db, "orders", &topic, &marks, WAIT);
     assert_eq!(
@@ -422,6 +491,18 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
     );
     assert_eq!(counters_from_topic(&dds_topic), (Vec::new(), Vec::new()));
     assert_eq!(consume(&dds_topic).len(), 3);
+    // Each tag's changes in order (a key's messages share a partition): the row, then a
+    // tombstone when it went.
+    let changes = |tag: &str| -> Vec<bool> {
+        let suffix = format!(":{tag}");
+        consume(&tag_topic)
+            .into_iter()
+            .filter(|m| m.key.as_deref().is_some_and(|k| k.ends_with(&suffix)))
+            .map(|m| m.value.is_some())
+            .collect()
+    };
+    assert_eq!(changes("bakery"), [true, false, true, false]);
+    assert_eq!(changes("roll fan"), [true, false]);
 }
 
 const WAIT: Duration = Duration::from_secs(40);

@@ -16,6 +16,9 @@
 //!                                           ├─ satellites (one value per key) ► DDS
 //!                                           └─ CLOSED: distinct orders per
 //!                                              (user, product) and (user, category) ► CDM
+//!                                                  │ ⋈ tag rules (Postgres): count ≥ min
+//!                                                  ▼
+//!                                              user tags ──────────────────────► CDM
 //! ```
 //!
 //! The rules, by file and name:
@@ -31,12 +34,15 @@
 //!   [`link_key`]); a satellite's hashdiff is a UUID v5 of its hub key and attribute values.
 //! * `counters.rs`, [`counters`]: `order_cnt` = distinct CLOSED orders of the user containing the product
 //!   (or any product of the category); a key whose count drops to 0 leaves the collection.
+//! * `tags.rs`, [`user_tags`]: a user has a rule's tag while their counter for the rule's category
+//!   (or a product of its name) is at least `min_orders`.
 
 mod counters;
 mod current;
 mod dictionaries;
 mod enrich;
 mod messages;
+mod tags;
 #[cfg(test)]
 mod tests;
 mod vault;
@@ -46,6 +52,7 @@ pub use self::current::*;
 pub use self::dictionaries::*;
 pub use self::enrich::*;
 pub use self::messages::*;
+pub use self::tags::*;
 pub use self::vault::*;
 pub use crate::decode::Reject;
 
@@ -70,22 +77,27 @@ pub struct Outputs<'s> {
     pub vault: VecCollection<'s, Time, VaultRow, Diff>,
     /// The CDM counters.
     pub counters: VecCollection<'s, Time, Counter, Diff>,
+    /// `cdm.user_tags`: the tags the rules give the users.
+    pub tags: VecCollection<'s, Time, UserTag, Diff>,
     /// What the state retains (for progress).
     pub retention: Stream<'s, Time, Vec<Retention>>,
 }
 
-/// The whole job: decoded order messages and dictionary entries → every output.
+/// The whole job: decoded order messages, dictionary entries and tag rules → every output.
 pub fn orders<'s>(
     messages: VecCollection<'s, Time, OrderMessage, Diff>,
     dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
+    rules: VecCollection<'s, Time, TagRule, Diff>,
 ) -> Outputs<'s> {
     let (versions, retention) = current_orders(messages);
     let stg = versions.clone().map(|v| v.event);
     let enriched = enriched_orders(versions, dictionaries);
+    let counters = counters(enriched.clone());
     Outputs {
         stg,
         vault: vault(enriched.clone()),
-        counters: counters(enriched.clone()),
+        tags: user_tags(counters.clone(), rules),
+        counters,
         enriched,
         retention,
     }

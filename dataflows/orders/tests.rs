@@ -85,7 +85,8 @@ fn run(orders: Vec<(OrderVersion, Time)>, dictionaries: Vec<(Dictionary, Time, D
     let (counters, vault) = timely::example(move |scope| {
         let m = messages.into_iter().to_stream(scope).as_collection();
         let d = dictionaries.into_iter().to_stream(scope).as_collection();
-        let out = super::orders(m, d);
+        let rules = Vec::<(TagRule, Time, Diff)>::new();
+        let out = super::orders(m, d, rules.into_iter().to_stream(scope).as_collection());
         (
             out.counters.consolidate().inner.capture(),
             out.vault.consolidate().inner.capture(),

@@ -404,6 +404,23 @@ pub fn last_per_key<D, K: std::hash::Hash + Eq>(
         .collect()
 }
 
+/// Splits `updates` into the rows to upsert, with the time of their last change, and the
+/// rows whose key is to be deleted (the last change of each key decides).
+pub fn puts_and_deletes<D, K: std::hash::Hash + Eq>(
+    updates: &[(D, Time, Diff)],
+    key: impl Fn(&D) -> K,
+) -> (Vec<(&D, Time)>, Vec<&D>) {
+    let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+    for (row, time, put) in last_per_key_at(updates, key) {
+        if put {
+            puts.push((row, time));
+        } else {
+            deletes.push(row);
+        }
+    }
+    (puts, deletes)
+}
+
 /// [`last_per_key`] with the time of each key's last change: `(record, time, put)`.
 pub fn last_per_key_at<'a, D, K: std::hash::Hash + Eq>(
     updates: &'a [(D, Time, Diff)],

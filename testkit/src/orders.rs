@@ -20,6 +20,35 @@ pub fn counters(db: &str, table: &str, item: &str, name: &str) -> Counters {
         .collect()
 }
 
+/// The user tags as (user, tag), sorted.
+pub type Tags = Vec<(uuid::Uuid, String)>;
+
+/// `cdm.user_tags` of `db`, and what the counters and rules of `db` say it must be: a
+/// counter of the rule's category (or a product of its name) with `order_cnt >= min_orders`.
+pub fn tags_and_truth(db: &str) -> (Tags, Tags) {
+    let mut client = pg(db);
+    let mut rows = |sql: &str| -> Tags {
+        client
+            .query(sql, &[])
+            .expect("tags")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let tags = rows("SELECT user_id, tag FROM cdm.user_tags ORDER BY 1, 2");
+    let truth = rows(
+        "SELECT c.user_id, r.tag FROM cdm.user_category_counters c
+           JOIN cdm.tag_rules r ON r.category_name = c.category_name AND r.product_name IS NULL
+          WHERE c.order_cnt >= r.min_orders
+         UNION
+         SELECT c.user_id, r.tag FROM cdm.user_product_counters c
+           JOIN cdm.tag_rules r ON r.product_name = c.product_name AND r.category_name IS NULL
+          WHERE c.order_cnt >= r.min_orders
+         ORDER BY 1, 2",
+    );
+    (tags, truth)
+}
+
 /// The counters computed in SQL from the raw messages of `topic` and the Redis entries of
 /// the keys matching `keys`: latest update_ts per object_id, CLOSED, distinct orders per
 /// (user, product / category) — what the CDM tables must equal.

@@ -16,24 +16,7 @@ use dataflows::{Diff, Time};
 use postgres::Transaction;
 
 use crate::sinks::kafka::KafkaMessage;
-use crate::sinks::postgres::{CHUNK, Column, TableBatch, execute, last_per_key_at, query};
-
-/// Splits `updates` into the rows to upsert, with the time of their last change, and the
-/// rows whose key is to be deleted (the last change of each key decides).
-fn puts_and_deletes<D, K: std::hash::Hash + Eq>(
-    updates: &[(D, Time, Diff)],
-    key: impl Fn(&D) -> K,
-) -> (Vec<(&D, Time)>, Vec<&D>) {
-    let (mut puts, mut deletes) = (Vec::new(), Vec::new());
-    for (row, time, put) in last_per_key_at(updates, key) {
-        if put {
-            puts.push((row, time));
-        } else {
-            deletes.push(row);
-        }
-    }
-    (puts, deletes)
-}
+use crate::sinks::postgres::{CHUNK, Column, TableBatch, execute, puts_and_deletes, query};
 
 /// `mart.geo_zones`.
 pub struct ZoneBatch;

@@ -65,6 +65,18 @@ pub struct OrdersArgs {
     #[arg(long, env = "DISHFLOW_DDS_TOPIC")]
     pub dds_topic: Option<String>,
 
+    /// Also publish the changes of cdm.user_tags to this topic (key `<user_id>:<tag>`, the
+    /// row as JSON, a tombstone when the user loses the tag). Exactly once; created if
+    /// missing.
+    #[arg(long, env = "DISHFLOW_TAG_TOPIC")]
+    pub tag_topic: Option<String>,
+
+    /// How often (milliseconds) cdm.tag_rules' replication slot is polled for changes: the
+    /// most an edited rule waits before users are re-tagged.
+    #[arg(long, env = "DISHFLOW_CDC_POLL_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub cdc_poll_ms: u64,
+
     /// Where to start reading the order topic: `resume` (the job's committed progress:
     /// replay the current version of every order to rebuild the state, then continue after
     /// the last message processed; earliest where there is no progress yet), `earliest`,

@@ -5,9 +5,11 @@
 //!                                                                ├─► other types (counted)
 //!                                                                └─► order messages ─┐
 //!  Redis restaurants/users ─► dictionaries (snapshot + keyspace notifications) ──────┤
+//!  Postgres cdm.tag_rules ─► followed table (worker 0) ──────────────────────────────┤
 //!                                                                  orders::orders    ▼
 //!     stg ─► stg.order_events    vault ─► dds.h_* / l_* / s_*    counters ─► cdm.*_counters
 //!     enriched ─► (--stg-topic) ledger + outbox              (--dds-topic) outbox of changed
+//!     tags ─► cdm.user_tags (--tag-topic: outbox, tombstones)
 //! ```
 //!
 //! Startup checks run before any worker starts, so that a bad URL or an unreachable server
@@ -18,6 +20,7 @@
 //! time, like a snapshot; messages that arrive later get their own arrival times.
 
 mod args;
+mod rules;
 mod sinks;
 mod tables;
 
@@ -28,13 +31,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use dataflows::orders;
+use dataflows::orders::{self, TagRule};
 use tracing::info;
 
 use self::sinks::Writers;
 use super::kafka_job::KafkaJob;
 use crate::positions;
 use crate::sinks::outbox::recover_retired;
+use crate::sources::postgres::{FollowConfig, followed_table};
 use crate::sources::redis::{RedisSourceConfig, dictionaries};
 use crate::{kafka, pg};
 
@@ -46,6 +50,9 @@ pub const STG_PUBLISHER: &str = "orders/stg-topic";
 
 /// The outbox name of the `--dds-topic` publisher.
 pub const DDS_PUBLISHER: &str = "orders/dds-topic";
+
+/// The outbox name of the `--tag-topic` publisher.
+pub const TAG_PUBLISHER: &str = "orders/tag-topic";
 
 /// Runs the orders job until its input ends (`--stop-at-end`) or a signal asks it to stop.
 pub fn run(args: OrdersArgs) -> Result<()> {
@@ -65,10 +72,13 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         pg::setup_orders(&args.postgres_url)?;
         crate::sources::redis::check(&args.redis_url)
     })?;
-    for topic in [&args.stg_topic, &args.dds_topic].into_iter().flatten() {
+    for topic in [&args.stg_topic, &args.dds_topic, &args.tag_topic]
+        .into_iter()
+        .flatten()
+    {
         kafka::ensure_topic(&args.kafka, topic, started.partitions)?;
     }
-    let publishers = [STG_PUBLISHER, DDS_PUBLISHER];
+    let publishers = [STG_PUBLISHER, DDS_PUBLISHER, TAG_PUBLISHER];
     recover_retired(
         &args.kafka,
         &args.postgres_url,
@@ -88,6 +98,12 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         follow: !args.stop_at_end,
         rescan: Duration::from_secs(args.redis_rescan_secs),
         poll: tick * 10,
+    };
+    let rules_config = FollowConfig {
+        url: args.postgres_url.clone(),
+        publication: pg::TAG_RULES_PUBLICATION.to_string(),
+        follow: !args.stop_at_end,
+        poll: Duration::from_millis(args.cdc_poll_ms),
     };
     // Whether the start time rebuilds the whole state (every current order version).
     let reconcile = positions::rebuilds_everything(&args.from, &run.watermarks, &run.committed);
@@ -114,18 +130,24 @@ pub fn run(args: OrdersArgs) -> Result<()> {
             ignored.fetch_add(1, Ordering::Relaxed);
         });
         dataflow.dead_letters(dead_letters);
-        let out = orders::orders(messages, entries);
-        let counters = if reconcile {
-            // Unchanged counters cost nothing; a counter whose order's dictionary entry
-            // vanished while the job was down is deleted.
-            let url = url.clone();
-            dataflow.reconciled(out.counters, "ExistingCounters", move || {
-                tables::existing_counters(&url)
-            })
+        let rules =
+            followed_table::<TagRule>(dataflow.scope, rules_config.clone(), &dataflow.lifecycle);
+        let out = orders::orders(messages, entries, rules);
+        let (counters, tags) = if reconcile {
+            // Unchanged counters and tags cost nothing; a counter whose order's dictionary
+            // entry vanished, or a tag whose rule was deleted, while the job was down is
+            // deleted.
+            let (a, b) = (url.clone(), url.clone());
+            (
+                dataflow.reconciled(out.counters, "ExistingCounters", move || {
+                    tables::existing_counters(&a)
+                }),
+                dataflow.reconciled(out.tags, "ExistingTags", move || tables::existing_tags(&b)),
+            )
         } else {
-            out.counters
+            (out.counters, out.tags)
         };
-        writers.attach(dataflow, out.stg, out.vault, counters, out.enriched);
+        writers.attach(dataflow, out.stg, out.vault, counters, tags, out.enriched);
         out.retention
     })?;
     let ignored = ignored_total.load(Ordering::Relaxed);

@@ -1,12 +1,12 @@
 //! The orders job's sinks: one worker's table writers, and which output each one writes.
 
 use anyhow::Result;
-use dataflows::orders::{Counter, EnrichedOrder, OrderEvent, VaultRow};
+use dataflows::orders::{Counter, EnrichedOrder, OrderEvent, UserTag, VaultRow};
 use dataflows::{Diff, Time};
 use differential_dataflow::VecCollection;
 
-use super::tables::{CounterBatch, PublishedBatch, StgBatch, VaultBatch};
-use super::{DDS_PUBLISHER, OrdersArgs, STG_PUBLISHER};
+use super::tables::{CounterBatch, PublishedBatch, StgBatch, UserTagBatch, VaultBatch};
+use super::{DDS_PUBLISHER, OrdersArgs, STG_PUBLISHER, TAG_PUBLISHER};
 use crate::jobs::kafka_job::Dataflow;
 use crate::kafka::KafkaArgs;
 use crate::sinks::by_key;
@@ -33,6 +33,7 @@ pub(super) struct Writers {
     stg: TableWriter<StgBatch>,
     vault: TableWriter<VaultBatch>,
     counters: TableWriter<CounterBatch>,
+    tags: TableWriter<UserTagBatch>,
     published: Option<TableWriter<PublishedBatch>>,
 }
 
@@ -52,6 +53,19 @@ impl Writers {
                 outbox_for(&args.kafka, DDS_PUBLISHER, worker, dds_topic)?,
                 "cdm sink",
             )?,
+            tags: TableWriter::new(
+                url,
+                UserTagBatch {
+                    publish: args.tag_topic.is_some(),
+                },
+                outbox_for(
+                    &args.kafka,
+                    TAG_PUBLISHER,
+                    worker,
+                    args.tag_topic.as_deref(),
+                )?,
+                "tag sink",
+            )?,
             published: match &args.stg_topic {
                 Some(_) => Some(TableWriter::new(
                     url,
@@ -66,20 +80,23 @@ impl Writers {
         })
     }
 
-    /// Writes the job's outputs: STG events, Data Vault rows, counters, and (with
-    /// `--stg-topic`) the enriched orders.
+    /// Writes the job's outputs: STG events, Data Vault rows, counters, user tags, and
+    /// (with `--stg-topic`) the enriched orders.
     pub(super) fn attach<'s>(
         self,
         dataflow: &mut Dataflow<'s>,
         stg: Updates<'s, OrderEvent>,
         vault: Updates<'s, VaultRow>,
         counters: Updates<'s, Counter>,
+        tags: Updates<'s, UserTag>,
         enriched: Updates<'s, EnrichedOrder>,
     ) {
         // One worker owns every row of a hub, link or satellite key, every change of a
-        // user's counters (one message per user and batch) and of an order's version.
+        // user's counters (one message per user and batch) and tags, and of an order's
+        // version.
         let vault = by_key(vault, VaultRow::route);
         let counters = by_key(counters, Counter::route);
+        let tags = by_key(tags, UserTag::route);
         dataflow.sink(stg, "StgSink", vec![self.stg], Some(OrderEvent::route));
         dataflow.sink(vault, "DdsSink", vec![self.vault], Some(VaultRow::route));
         dataflow.sink(
@@ -88,6 +105,7 @@ impl Writers {
             vec![self.counters],
             Some(Counter::route),
         );
+        dataflow.sink(tags, "TagSink", vec![self.tags], Some(UserTag::route));
         if let Some(writer) = self.published {
             let enriched = by_key(enriched, EnrichedOrder::route);
             dataflow.sink(

@@ -8,6 +8,7 @@
 //!       dds.h_* / dds.l_*  INSERT … ON CONFLICT DO NOTHING          (inserted once)
 //!       dds.s_*            INSERT … WHERE hashdiff ≠ the key's latest row's hashdiff
 //!       cdm.*_counters     INSERT … ON CONFLICT DO UPDATE … WHERE changed;  DELETE at 0
+//!       cdm.user_tags      INSERT … ON CONFLICT DO NOTHING (since kept);    DELETE when lost
 //! ```
 //!
 //! Rows go in bulk, as arrays (`unnest`), one statement per table and chunk. Because every
@@ -28,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use chrono::NaiveDateTime;
 use dataflows::orders::{
     BusinessId, Counter, CounterKind, EnrichedOrder, HubKind, LinkKind, NAMESPACE, OrderEvent,
-    SatelliteKind, VaultRow, dds_message, hashdiff,
+    SatelliteKind, UserTag, VaultRow, dds_message, hashdiff,
 };
 use dataflows::{Diff, Time};
 use postgres::Transaction;
@@ -37,7 +38,9 @@ use uuid::Uuid;
 
 use crate::pg;
 use crate::sinks::kafka::KafkaMessage;
-use crate::sinks::postgres::{CHUNK, Column, TableBatch, execute, last_per_key, ledger_changed};
+use crate::sinks::postgres::{
+    CHUNK, Column, TableBatch, execute, last_per_key, ledger_changed, puts_and_deletes, query,
+};
 
 /// `load_src` of every DDS row dishflow writes.
 pub const LOAD_SRC: &str = "orders-system-kafka";
@@ -501,6 +504,97 @@ pub fn existing_counters(url: &str) -> Result<Vec<Counter>> {
         }
     }
     Ok(counters)
+}
+
+/// `cdm.user_tags`: a tag gained is inserted with `since` = the logical time it was gained
+/// (a row already there keeps its `since`: a replay changes nothing), a tag lost is deleted.
+/// With `publish`, a message per row inserted (the row as JSON) or deleted (a tombstone),
+/// key `<user_id>:<tag>`.
+pub struct UserTagBatch {
+    /// Whether the changes go to the tag topic.
+    pub publish: bool,
+}
+
+const TAGS_INSERT: &str = "
+INSERT INTO cdm.user_tags (user_id, tag, since)
+SELECT n.u, n.tag, n.at AT TIME ZONE 'UTC'
+FROM unnest($1::uuid[], $2::text[], $3::timestamp[]) AS n(u, tag, at)
+ON CONFLICT (user_id, tag) DO NOTHING
+RETURNING user_id, tag, to_char(since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+const TAGS_DELETE: &str = "
+DELETE FROM cdm.user_tags t
+USING unnest($1::uuid[], $2::text[]) AS d(u, tag)
+WHERE t.user_id = d.u AND t.tag = d.tag
+RETURNING t.user_id, t.tag";
+
+/// The table of [`UserTagBatch`], for errors.
+const USER_TAGS: &str = "cdm.user_tags";
+
+impl TableBatch<UserTag> for UserTagBatch {
+    fn name(&self) -> &'static str {
+        "tag sink"
+    }
+
+    fn write(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        updates: &[(UserTag, Time, Diff)],
+    ) -> Result<Vec<KafkaMessage>> {
+        let (puts, deletes) = puts_and_deletes(updates, |t| (t.user, t.tag.clone()));
+        let key = |user: Uuid, tag: &str| Some(format!("{user}:{tag}").into_bytes());
+        let mut messages = Vec::new();
+        for chunk in deletes.chunks(CHUNK) {
+            let columns = [
+                Column::Uuid(chunk.iter().map(|t| t.user).collect()),
+                Column::Text(chunk.iter().map(|t| t.tag.clone()).collect()),
+            ];
+            for row in query(tx, TAGS_DELETE, &columns, USER_TAGS)? {
+                let (user, tag): (Uuid, String) = (row.try_get(0)?, row.try_get(1)?);
+                messages.push(KafkaMessage {
+                    key: key(user, &tag),
+                    value: None,
+                    headers: Vec::new(),
+                });
+            }
+        }
+        for chunk in puts.chunks(CHUNK) {
+            let columns = [
+                Column::Uuid(chunk.iter().map(|(t, _)| t.user).collect()),
+                Column::Text(chunk.iter().map(|(t, _)| t.tag.clone()).collect()),
+                Column::Timestamp(chunk.iter().map(|(_, at)| crate::clock::utc(*at)).collect()),
+            ];
+            for row in query(tx, TAGS_INSERT, &columns, USER_TAGS)? {
+                let (user, tag): (Uuid, String) = (row.try_get(0)?, row.try_get(1)?);
+                let value = serde_json::json!({
+                    "user_id": user.to_string(),
+                    "tag": tag,
+                    "since": row.try_get::<_, String>(2)?,
+                });
+                messages.push(KafkaMessage {
+                    key: key(user, &tag),
+                    value: Some(serde_json::to_vec(&value)?),
+                    headers: Vec::new(),
+                });
+            }
+        }
+        Ok(if self.publish { messages } else { Vec::new() })
+    }
+}
+
+/// Every row of `cdm.user_tags` (what a run's tags are compared with).
+pub fn existing_tags(url: &str) -> Result<Vec<UserTag>> {
+    let rows = pg::connect(url)?
+        .query("SELECT user_id, tag FROM cdm.user_tags", &[])
+        .context("cannot read cdm.user_tags")?;
+    rows.iter()
+        .map(|r| {
+            Ok(UserTag {
+                user: r.try_get(0)?,
+                tag: r.try_get(1)?,
+            })
+        })
+        .collect()
 }
 
 /// The `stg-service-orders` messages: one per enriched order version, decided by the ledger
