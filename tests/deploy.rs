@@ -150,7 +150,10 @@ fn docker_compose_uses_only_flags_and_variables_that_exist() {
             ));
         }
     }
-    assert_eq!(dishflow_services, 4, "setup, promos-0, promos-1, orders");
+    assert_eq!(
+        dishflow_services, 5,
+        "setup, promos-0, promos-1, orders, geo"
+    );
     let hosts = doc["configs"]["hostfile"]["content"]
         .as_str()
         .expect("hostfile");
@@ -211,4 +214,126 @@ fn the_kubernetes_example_uses_only_flags_and_variables_that_exist() {
     }
     assert_eq!(containers, 2);
     assert_eq!(hosts, 2, "the hostfile lists both processes");
+}
+
+/// The metric families dishflow exposes, from its own text exposition: `(name, type)`.
+/// A family with labels is exposed once it has a series, so one of each is recorded first,
+/// as a running job would.
+fn exposed_metrics() -> Vec<(String, String)> {
+    use differential_dataflow::logging::BatchEvent;
+    let m = dishflow::metrics::metrics();
+    let partition = m.partition("topic", 0);
+    partition.read(1);
+    partition.position(1);
+    partition.end(2);
+    m.source("source").emitted(1, false);
+    let sink = m.sink("sink");
+    sink.written(1, std::time::Duration::from_millis(1));
+    sink.flushed(std::time::Duration::from_millis(1));
+    m.dead_lettered("reason");
+    m.delivered("topic").inc();
+    m.expect_workers(1);
+    m.beat(0);
+    m.output_frontier(Some(0));
+    let mut log = dishflow::metrics::ArrangementLog::default();
+    log.operator(1, "Arrange");
+    log.event(
+        &BatchEvent {
+            operator: 1,
+            length: 1,
+        }
+        .into(),
+    );
+    let text = m.render("deploy-test", 10_000);
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| {
+            let (name, kind) = rest.split_once(' ')?;
+            Some((name.to_string(), kind.to_string()))
+        })
+        .collect()
+}
+
+/// Whether `series` (a name in a PromQL expression) is a series of one of `families`: the
+/// family itself, a counter's `_total`, a histogram's `_bucket`, `_sum` or `_count`.
+fn is_exposed(series: &str, families: &[(String, String)]) -> bool {
+    families.iter().any(|(name, kind)| {
+        let suffixes: &[&str] = match kind.as_str() {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        suffixes.iter().any(|s| series == format!("{name}{s}"))
+    })
+}
+
+#[test]
+fn the_grafana_dashboard_names_only_metrics_that_exist() {
+    let families = exposed_metrics();
+    assert!(families.len() >= 15, "{families:?}");
+    let path = "scripts/deploy/grafana/dashboards/dishflow.json";
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let mut named = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for series in series_in(expr) {
+                assert!(
+                    is_exposed(&series, &families),
+                    "panel {:?} names {series}, which dishflow does not expose",
+                    panel["title"]
+                );
+                named += 1;
+            }
+        }
+    }
+    assert!(named >= 9, "{named} series named");
+    // The example of a name that does not exist is refused.
+    assert!(!is_exposed("dishflow_records_read_total", &families));
+}
+
+/// The `dishflow_*` names in a PromQL expression.
+fn series_in(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("dishflow_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn prometheus_scrapes_every_dishflow_job_of_docker_compose() {
+    let doc = merged(&load("docker-compose.yml")[0]);
+    let services = doc["services"].as_hash().expect("services");
+    let mut jobs: Vec<String> = services
+        .iter()
+        .filter(|(_, s)| s["image"].as_str() == Some("dishflow:latest"))
+        .filter(|(_, s)| strings(&s["command"]).first().map(String::as_str) != Some("setup"))
+        .map(|(name, _)| format!("{}:9464", name.as_str().expect("name")))
+        .collect();
+    jobs.sort();
+    let prometheus = load("scripts/deploy/prometheus/prometheus.yml");
+    let mut targets: Vec<String> = prometheus[0]["scrape_configs"]
+        .as_vec()
+        .expect("scrape_configs")
+        .iter()
+        .flat_map(|c| c["static_configs"].as_vec().cloned().unwrap_or_default())
+        .flat_map(|c| strings(&c["targets"]))
+        .collect();
+    targets.sort();
+    assert_eq!(targets, jobs);
+    for tool in ["prometheus", "grafana"] {
+        assert!(
+            !services[&Yaml::String(tool.into())].is_badvalue(),
+            "{tool} in docker-compose.yml"
+        );
+    }
 }
