@@ -224,7 +224,11 @@ DO $$ BEGIN
 END $$;
 CREATE TABLE IF NOT EXISTS cdm.user_tags (
     user_id uuid NOT NULL, tag text NOT NULL, since timestamptz NOT NULL,
-    PRIMARY KEY (user_id, tag))";
+    PRIMARY KEY (user_id, tag));
+CREATE TABLE IF NOT EXISTS cdm.orders_summary (
+    kind text NOT NULL CHECK (kind IN ('category', 'product', 'tag')), name text NOT NULL,
+    users bigint NOT NULL, orders bigint NOT NULL, changed_at timestamptz NOT NULL,
+    PRIMARY KEY (kind, name))";
 
 /// The publication through which the orders job follows `cdm.tag_rules`.
 pub const TAG_RULES_PUBLICATION: &str = "dishflow_tag_rules";

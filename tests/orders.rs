@@ -71,7 +71,7 @@ fn produce(prefix: &str, orders: &str) {
     assert_success(&dishflow(&args, MINUTE));
 }
 
-const TABLES: [&str; 18] = [
+const TABLES: [&str; 19] = [
     "stg.order_events",
     "dds.h_user",
     "dds.h_product",
@@ -90,10 +90,12 @@ const TABLES: [&str; 18] = [
     "cdm.user_product_counters",
     "cdm.user_category_counters",
     "cdm.user_tags",
+    "cdm.orders_summary",
 ];
 
 /// Every row of every table as text, sorted; with `exact`, every column, else without the
-/// columns that depend on when and in which order rows were written (`id`, `load_dt`, `since`).
+/// columns that depend on when and in which order rows were written (`id`, `load_dt`, `since`,
+/// `changed_at`).
 fn dump(db: &str, exact: bool) -> Vec<(String, Vec<String>)> {
     let mut client = pg(db);
     TABLES
@@ -102,7 +104,7 @@ fn dump(db: &str, exact: bool) -> Vec<(String, Vec<String>)> {
             let row = if exact {
                 "t::text".to_string()
             } else {
-                "(to_jsonb(t) - 'id' - 'load_dt' - 'since')::text".to_string()
+                "(to_jsonb(t) - 'id' - 'load_dt' - 'since' - 'changed_at')::text".to_string()
             };
             let rows = client
                 .query(&format!("SELECT {row} FROM {table} t ORDER BY 1"), &[])
@@ -167,6 +169,9 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     assert!(!tags.is_empty());
     assert_eq!(tags, truth);
     assert_eq!(consume(&tag_topic).len(), tags.len());
+    let (summary, truth) = summary_and_truth(&db);
+    assert!(summary.len() > 10, "{summary:?}");
+    assert_eq!(summary, truth);
     let products = counters(
         &db,
         "cdm.user_product_counters",
@@ -262,6 +267,8 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     // The user's tags went with their counters: a tombstone each.
     let (after, truth) = tags_and_truth(&db);
     assert_eq!(after, truth);
+    let (summary, truth) = summary_and_truth(&db);
+    assert_eq!(summary, truth);
     let tombstones = consume(&tag_topic)
         .iter()
         .filter(|m| m.value.is_none())
@@ -448,6 +455,10 @@ fn a_late_user_completes_the_order_renames_flow_and_cancelling_decrements() {
         (n == 0).then_some(())
     });
     wait_tags("the cancelled order's tag to go", &[]);
+    wait_until(WAIT, "the summary without the cancelled order", || {
+        let (summary, truth) = summary_and_truth(&db);
+        (summary.is_empty() && truth.is_empty()).then_some(())
+    });
     let marks = produce_raw(&topic, 2, &[(Some(b"1"), Some(closed.as_bytes()))]);
     wait_for_progress(&db, "orders", &topic, &marks, WAIT);
     assert_eq!(

@@ -36,12 +36,15 @@
 //!   (or any product of the category); a key whose count drops to 0 leaves the collection.
 //! * `tags.rs`, [`user_tags`]: a user has a rule's tag while their counter for the rule's category
 //!   (or a product of its name) is at least `min_orders`.
+//! * `summary.rs`, [`summary`]: users and closed orders per category, product name and tag, for
+//!   dashboards.
 
 mod counters;
 mod current;
 mod dictionaries;
 mod enrich;
 mod messages;
+mod summary;
 mod tags;
 #[cfg(test)]
 mod tests;
@@ -52,6 +55,7 @@ pub use self::current::*;
 pub use self::dictionaries::*;
 pub use self::enrich::*;
 pub use self::messages::*;
+pub use self::summary::*;
 pub use self::tags::*;
 pub use self::vault::*;
 pub use crate::decode::Reject;
@@ -79,6 +83,8 @@ pub struct Outputs<'s> {
     pub counters: VecCollection<'s, Time, Counter, Diff>,
     /// `cdm.user_tags`: the tags the rules give the users.
     pub tags: VecCollection<'s, Time, UserTag, Diff>,
+    /// `cdm.orders_summary`: users and orders per category, product name and tag.
+    pub summary: VecCollection<'s, Time, SummaryRow, Diff>,
     /// What the state retains (for progress).
     pub retention: Stream<'s, Time, Vec<Retention>>,
 }
@@ -93,10 +99,12 @@ pub fn orders<'s>(
     let stg = versions.clone().map(|v| v.event);
     let enriched = enriched_orders(versions, dictionaries);
     let counters = counters(enriched.clone());
+    let tags = user_tags(counters.clone(), rules);
     Outputs {
         stg,
         vault: vault(enriched.clone()),
-        tags: user_tags(counters.clone(), rules),
+        summary: summary(counters.clone(), tags.clone()),
+        tags,
         counters,
         enriched,
         retention,

@@ -49,6 +49,35 @@ pub fn tags_and_truth(db: &str) -> (Tags, Tags) {
     (tags, truth)
 }
 
+/// The rows of the orders summary as (kind, name, users, orders), sorted.
+pub type Summary = Vec<(String, String, i64, i64)>;
+
+/// `cdm.orders_summary` of `db`, and what its counters and tags say it must be: per
+/// category, product name and tag, the number of counters (tags) and the sum of `order_cnt`.
+pub fn summary_and_truth(db: &str) -> (Summary, Summary) {
+    let mut client = pg(db);
+    let mut rows = |sql: &str| -> Summary {
+        client
+            .query(sql, &[])
+            .expect("summary")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    };
+    let summary = rows("SELECT kind, name, users, orders FROM cdm.orders_summary ORDER BY 1, 2");
+    let truth = rows(
+        "SELECT 'category', category_name::text, count(*), sum(order_cnt)::int8
+           FROM cdm.user_category_counters GROUP BY 2
+         UNION ALL
+         SELECT 'product', product_name::text, count(*), sum(order_cnt)::int8
+           FROM cdm.user_product_counters GROUP BY 2
+         UNION ALL
+         SELECT 'tag', tag, count(*), 0 FROM cdm.user_tags GROUP BY 2
+         ORDER BY 1, 2",
+    );
+    (summary, truth)
+}
+
 /// The counters computed in SQL from the raw messages of `topic` and the Redis entries of
 /// the keys matching `keys`: latest update_ts per object_id, CLOSED, distinct orders per
 /// (user, product / category) — what the CDM tables must equal.

@@ -10,6 +10,7 @@
 //!     stg ─► stg.order_events    vault ─► dds.h_* / l_* / s_*    counters ─► cdm.*_counters
 //!     enriched ─► (--stg-topic) ledger + outbox              (--dds-topic) outbox of changed
 //!     tags ─► cdm.user_tags (--tag-topic: outbox, tombstones)
+//!     summary ─► cdm.orders_summary (users and orders per category, product, tag)
 //! ```
 //!
 //! Startup checks run before any worker starts, so that a bad URL or an unreachable server
@@ -132,23 +133,22 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         dataflow.dead_letters(dead_letters);
         let rules =
             followed_table::<TagRule>(dataflow.scope, rules_config.clone(), &dataflow.lifecycle);
-        let out = orders::orders(messages, entries, rules);
-        let (counters, tags) = if reconcile {
-            // Unchanged counters and tags cost nothing; a counter whose order's dictionary
-            // entry vanished, or a tag whose rule was deleted, while the job was down is
-            // deleted.
-            let (a, b) = (url.clone(), url.clone());
-            (
-                dataflow.reconciled(out.counters, "ExistingCounters", move || {
-                    tables::existing_counters(&a)
-                }),
-                dataflow.reconciled(out.tags, "ExistingTags", move || tables::existing_tags(&b)),
-            )
-        } else {
-            (out.counters, out.tags)
-        };
-        writers.attach(dataflow, out.stg, out.vault, counters, tags, out.enriched);
-        out.retention
+        let mut out = orders::orders(messages, entries, rules);
+        if reconcile {
+            // Unchanged counters, tags and summary rows cost nothing; a counter whose
+            // order's dictionary entry vanished, or a tag whose rule was deleted, while the
+            // job was down is deleted.
+            let (a, b, c) = (url.clone(), url.clone(), url.clone());
+            out.counters = dataflow.reconciled(out.counters, "ExistingCounters", move || {
+                tables::existing_counters(&a)
+            });
+            out.tags =
+                dataflow.reconciled(out.tags, "ExistingTags", move || tables::existing_tags(&b));
+            out.summary = dataflow.reconciled(out.summary, "ExistingSummary", move || {
+                tables::existing_summary(&c)
+            });
+        }
+        writers.attach(dataflow, out)
     })?;
     let ignored = ignored_total.load(Ordering::Relaxed);
     if ignored > 0 {

@@ -1,20 +1,21 @@
 //! The orders job's sinks: one worker's table writers, and which output each one writes.
 
 use anyhow::Result;
-use dataflows::orders::{Counter, EnrichedOrder, OrderEvent, UserTag, VaultRow};
-use dataflows::{Diff, Time};
-use differential_dataflow::VecCollection;
+use dataflows::orders::{
+    Counter, EnrichedOrder, OrderEvent, Outputs, SummaryRow, UserTag, VaultRow,
+};
+use dataflows::{Retention, Time};
+use timely::dataflow::Stream;
 
-use super::tables::{CounterBatch, PublishedBatch, StgBatch, UserTagBatch, VaultBatch};
+use super::tables::{
+    CounterBatch, PublishedBatch, StgBatch, SummaryBatch, UserTagBatch, VaultBatch,
+};
 use super::{DDS_PUBLISHER, OrdersArgs, STG_PUBLISHER, TAG_PUBLISHER};
 use crate::jobs::kafka_job::Dataflow;
 use crate::kafka::KafkaArgs;
 use crate::sinks::by_key;
 use crate::sinks::outbox::Outbox;
 use crate::sinks::postgres::TableWriter;
-
-/// An update stream of the orders dataflow.
-type Updates<'s, D> = VecCollection<'s, Time, D, Diff>;
 
 /// The outbox of writer `worker` of `job` for `topic`, if there is a topic.
 fn outbox_for<'t>(
@@ -34,6 +35,7 @@ pub(super) struct Writers {
     vault: TableWriter<VaultBatch>,
     counters: TableWriter<CounterBatch>,
     tags: TableWriter<UserTagBatch>,
+    summary: TableWriter<SummaryBatch>,
     published: Option<TableWriter<PublishedBatch>>,
 }
 
@@ -66,6 +68,7 @@ impl Writers {
                 )?,
                 "tag sink",
             )?,
+            summary: TableWriter::new(url, SummaryBatch, None, "orders summary sink")?,
             published: match &args.stg_topic {
                 Some(_) => Some(TableWriter::new(
                     url,
@@ -80,17 +83,23 @@ impl Writers {
         })
     }
 
-    /// Writes the job's outputs: STG events, Data Vault rows, counters, user tags, and
-    /// (with `--stg-topic`) the enriched orders.
+    /// Writes the job's outputs: STG events, Data Vault rows, counters, user tags, the
+    /// summary, and (with `--stg-topic`) the enriched orders; returns what the state
+    /// retains (for progress).
     pub(super) fn attach<'s>(
         self,
         dataflow: &mut Dataflow<'s>,
-        stg: Updates<'s, OrderEvent>,
-        vault: Updates<'s, VaultRow>,
-        counters: Updates<'s, Counter>,
-        tags: Updates<'s, UserTag>,
-        enriched: Updates<'s, EnrichedOrder>,
-    ) {
+        out: Outputs<'s>,
+    ) -> Stream<'s, Time, Vec<Retention>> {
+        let Outputs {
+            stg,
+            enriched,
+            vault,
+            counters,
+            tags,
+            summary,
+            retention,
+        } = out;
         // One worker owns every row of a hub, link or satellite key, every change of a
         // user's counters (one message per user and batch) and tags, and of an order's
         // version.
@@ -106,6 +115,13 @@ impl Writers {
             Some(Counter::route),
         );
         dataflow.sink(tags, "TagSink", vec![self.tags], Some(UserTag::route));
+        let summary = by_key(summary, SummaryRow::route);
+        dataflow.sink(
+            summary,
+            "SummarySink",
+            vec![self.summary],
+            Some(SummaryRow::route),
+        );
         if let Some(writer) = self.published {
             let enriched = by_key(enriched, EnrichedOrder::route);
             dataflow.sink(
@@ -115,5 +131,6 @@ impl Writers {
                 Some(EnrichedOrder::route),
             );
         }
+        retention
     }
 }

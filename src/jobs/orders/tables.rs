@@ -9,6 +9,7 @@
 //!       dds.s_*            INSERT … WHERE hashdiff ≠ the key's latest row's hashdiff
 //!       cdm.*_counters     INSERT … ON CONFLICT DO UPDATE … WHERE changed;  DELETE at 0
 //!       cdm.user_tags      INSERT … ON CONFLICT DO NOTHING (since kept);    DELETE when lost
+//!       cdm.orders_summary INSERT … ON CONFLICT DO UPDATE … WHERE changed;  DELETE when gone
 //! ```
 //!
 //! Rows go in bulk, as arrays (`unnest`), one statement per table and chunk. Because every
@@ -29,7 +30,7 @@ use anyhow::{Context, Result, bail};
 use chrono::NaiveDateTime;
 use dataflows::orders::{
     BusinessId, Counter, CounterKind, EnrichedOrder, HubKind, LinkKind, NAMESPACE, OrderEvent,
-    SatelliteKind, UserTag, VaultRow, dds_message, hashdiff,
+    SatelliteKind, SummaryRow, UserTag, VaultRow, dds_message, hashdiff,
 };
 use dataflows::{Diff, Time};
 use postgres::Transaction;
@@ -580,6 +581,91 @@ impl TableBatch<UserTag> for UserTagBatch {
         }
         Ok(if self.publish { messages } else { Vec::new() })
     }
+}
+
+/// `cdm.orders_summary`: the changed rows upserted with `changed_at` = the logical time of
+/// the change (an unchanged row is not touched), a key gone deleted.
+pub struct SummaryBatch;
+
+const SUMMARY_UPSERT: &str = "
+INSERT INTO cdm.orders_summary AS s (kind, name, users, orders, changed_at)
+SELECT n.kind, n.name, n.users, n.orders, n.at AT TIME ZONE 'UTC'
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamp[])
+    AS n(kind, name, users, orders, at)
+ON CONFLICT (kind, name) DO UPDATE SET
+    users = excluded.users, orders = excluded.orders, changed_at = excluded.changed_at
+WHERE (s.users, s.orders) IS DISTINCT FROM (excluded.users, excluded.orders)";
+
+const SUMMARY_DELETE: &str = "
+DELETE FROM cdm.orders_summary s
+USING unnest($1::text[], $2::text[]) AS d(kind, name)
+WHERE s.kind = d.kind AND s.name = d.name";
+
+/// The table of [`SummaryBatch`], for errors.
+const SUMMARY: &str = "cdm.orders_summary";
+
+impl TableBatch<SummaryRow> for SummaryBatch {
+    fn name(&self) -> &'static str {
+        "orders summary sink"
+    }
+
+    fn write(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        updates: &[(SummaryRow, Time, Diff)],
+    ) -> Result<Vec<KafkaMessage>> {
+        let (puts, deletes) = puts_and_deletes(updates, |r| (r.kind, r.name.clone()));
+        for chunk in deletes.chunks(CHUNK) {
+            let columns = [
+                Column::Text(chunk.iter().map(|r| r.kind.as_str().to_string()).collect()),
+                Column::Text(chunk.iter().map(|r| r.name.clone()).collect()),
+            ];
+            execute(tx, SUMMARY_DELETE, &columns, SUMMARY)?;
+        }
+        for chunk in puts.chunks(CHUNK) {
+            let columns = [
+                Column::Text(
+                    chunk
+                        .iter()
+                        .map(|(r, _)| r.kind.as_str().to_string())
+                        .collect(),
+                ),
+                Column::Text(chunk.iter().map(|(r, _)| r.name.clone()).collect()),
+                Column::BigInt(chunk.iter().map(|(r, _)| r.users).collect()),
+                Column::BigInt(chunk.iter().map(|(r, _)| r.orders).collect()),
+                Column::Timestamp(chunk.iter().map(|(_, at)| crate::clock::utc(*at)).collect()),
+            ];
+            execute(tx, SUMMARY_UPSERT, &columns, SUMMARY)?;
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// Every row of `cdm.orders_summary` (what a run's summary is compared with).
+pub fn existing_summary(url: &str) -> Result<Vec<SummaryRow>> {
+    use dataflows::orders::SummaryKind;
+    let rows = pg::connect(url)?
+        .query(
+            "SELECT kind, name, users, orders FROM cdm.orders_summary",
+            &[],
+        )
+        .context("cannot read cdm.orders_summary")?;
+    rows.iter()
+        .map(|r| {
+            let kind = match r.try_get::<_, &str>(0)? {
+                "category" => SummaryKind::Category,
+                "product" => SummaryKind::Product,
+                "tag" => SummaryKind::Tag,
+                other => bail!("cdm.orders_summary: unknown kind {other:?}"),
+            };
+            Ok(SummaryRow {
+                kind,
+                name: r.try_get(1)?,
+                users: r.try_get(2)?,
+                orders: r.try_get(3)?,
+            })
+        })
+        .collect()
 }
 
 /// Every row of `cdm.user_tags` (what a run's tags are compared with).
