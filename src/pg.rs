@@ -344,7 +344,11 @@ CREATE TABLE IF NOT EXISTS mart.geo_users (
     travel_array text[], local_time timestamp);
 CREATE TABLE IF NOT EXISTS mart.geo_friend_recommendations (
     user_left bigint, user_right bigint, processed_dttm timestamptz, zone_id int,
-    local_time timestamp, PRIMARY KEY (user_left, user_right))";
+    local_time timestamp, PRIMARY KEY (user_left, user_right));
+CREATE TABLE IF NOT EXISTS mart.geo_city_summary (
+    city text PRIMARY KEY, users_now bigint NOT NULL, users_home bigint NOT NULL,
+    users_at_home bigint NOT NULL, recommendations bigint NOT NULL,
+    changed_at timestamptz NOT NULL)";
 
 /// Creates the geo job's schemas `geo` and `mart`, their tables and the publication of
 /// `geo.cities`, if missing. `cities` (read from a `--cities` file) are upserted by id;

@@ -14,12 +14,15 @@
 //!   ([`user_mart::user_mart`]).
 //! * `friends.rs`: `mart.geo_friend_recommendations`, pairs within 1 km found through a grid
 //!   of cells, then a common channel and no direct message ([`friends::recommendations`]).
+//! * `summary.rs`: `mart.geo_city_summary`, per city the users there now, at home, and the
+//!   recommendations, for dashboards ([`summary::city_summary`]).
 
 pub mod cities;
 pub mod events;
 pub mod friends;
 pub mod located;
 pub mod point;
+pub mod summary;
 pub mod user_mart;
 pub mod zone_mart;
 pub mod zones;

@@ -138,12 +138,49 @@ pub struct MartDifferences {
     pub zones: Vec<String>,
     pub users: Vec<String>,
     pub recommendations: Vec<String>,
+    /// dishflow's `mart.geo_city_summary` against the same counts over its marts.
+    pub city_summary: Vec<String>,
 }
 
 impl MartDifferences {
     pub fn is_empty(&self) -> bool {
-        self.zones.is_empty() && self.users.is_empty() && self.recommendations.is_empty()
+        self.zones.is_empty()
+            && self.users.is_empty()
+            && self.recommendations.is_empty()
+            && self.city_summary.is_empty()
     }
+}
+
+/// Where `mart.geo_city_summary` differs from its recomputation over `mart.geo_users` and
+/// `mart.geo_friend_recommendations` (at most 20 rows).
+fn city_summary_differences(db: &str) -> Vec<String> {
+    let sql = "
+        WITH truth AS (
+          SELECT city, sum(now)::int8 AS users_now, sum(home)::int8 AS users_home,
+                 sum(at_home)::int8 AS users_at_home, sum(recs)::int8 AS recommendations
+          FROM (SELECT act_city AS city, 1 AS now, 0 AS home, 0 AS at_home, 0 AS recs
+                FROM mart.geo_users
+                UNION ALL
+                SELECT home_city, 0, 1, (home_city = act_city)::int, 0
+                FROM mart.geo_users WHERE home_city IS NOT NULL
+                UNION ALL
+                SELECT c.city, 0, 0, 0, 1
+                FROM mart.geo_friend_recommendations r JOIN geo.cities c ON c.id = r.zone_id) m
+          GROUP BY city),
+        summary AS (
+          SELECT city, users_now, users_home, users_at_home, recommendations
+          FROM mart.geo_city_summary)
+        SELECT d::text FROM (
+          (SELECT '+' AS side, * FROM summary EXCEPT SELECT '+', * FROM truth)
+          UNION ALL
+          (SELECT '-', * FROM truth EXCEPT SELECT '-', * FROM summary)) d
+        ORDER BY 1 LIMIT 20";
+    pg(db)
+        .query(sql, &[])
+        .expect("the city summary")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// Recomputes the three marts of `db` in SQL from every valid event of `topics` (and the
@@ -207,6 +244,7 @@ pub fn geo_differences(db: &str) -> MartDifferences {
         .map(|r| format!("local_time: {}", r.get::<_, String>(0)))
         .collect();
     differences.recommendations.extend(wrong_local_time);
+    differences.city_summary = city_summary_differences(db);
     differences
 }
 
@@ -249,6 +287,7 @@ pub fn geo_differences_of(db: &str, tables: [&str; 3]) -> MartDifferences {
             "geo_truth.recommendations",
             "user_left, user_right, zone_id",
         ),
+        city_summary: Vec::new(),
     }
 }
 

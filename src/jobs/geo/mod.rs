@@ -8,6 +8,7 @@
 //!                                                                       ▼
 //!        zone_mart ─► mart.geo_zones   user_mart ─► mart.geo_users   recommendations ─►
 //!                                                          mart.geo_friend_recommendations
+//!        users + recommendations ─► city_summary ─► mart.geo_city_summary (for dashboards)
 //! ```
 //!
 //! The marts depend on every event ever read (a late message can move a registration, split
@@ -25,12 +26,13 @@ use std::time::Duration;
 use anyhow::Result;
 use dataflows::geo::cities::City;
 use dataflows::geo::friends::Recommendation;
+use dataflows::geo::summary::{CitySummary, city_summary};
 use dataflows::geo::user_mart::UserRow;
 use dataflows::geo::zone_mart::ZoneRow;
 use dataflows::geo::{events, friends, located, user_mart, zone_mart, zones};
 use tracing::info;
 
-use self::tables::{RecommendationBatch, UserBatch, ZoneBatch};
+use self::tables::{CitySummaryBatch, RecommendationBatch, UserBatch, ZoneBatch};
 use super::kafka_job::KafkaJob;
 use crate::sinks::by_key;
 use crate::sinks::outbox::{Outbox, recover_retired};
@@ -49,6 +51,7 @@ struct Writers {
     zones: TableWriter<ZoneBatch>,
     users: TableWriter<UserBatch>,
     recommendations: TableWriter<RecommendationBatch>,
+    summary: TableWriter<CitySummaryBatch>,
 }
 
 /// Runs the geo job until its input ends (`--stop-at-end`) or a signal asks it to stop.
@@ -117,6 +120,7 @@ pub fn run(args: GeoArgs) -> Result<()> {
                 outbox,
                 "recommendations sink",
             )?,
+            summary: TableWriter::new(&url, CitySummaryBatch, None, "city summary sink")?,
         })
     };
     job.run(started, source, open, move |dataflow, records, writers| {
@@ -126,16 +130,25 @@ pub fn run(args: GeoArgs) -> Result<()> {
         dataflow.dead_letters(dead_letters);
         // An event delivered twice (a producer's retry, a topic written twice) counts once.
         let events = events.distinct();
-        let lists = zones::city_lists(cities);
+        let lists = zones::city_lists(cities.clone());
         let zoned = zones::zoned(events.clone(), lists.clone());
         let located = located::located(zoned.clone());
         let mut zone_rows = zone_mart::zone_mart(events.clone(), zoned, located.clone());
         let mut user_rows = user_mart::user_mart(located.clone(), lists);
         let mut pairs = friends::recommendations(events, located);
+        let mut summary = city_summary(user_rows.clone(), pairs.clone(), cities);
         if reconcile {
             // The marts as the tables hold them, subtracted: unchanged rows cost nothing, and
             // a row the events no longer give (a city edited while the job was down) goes.
-            let (a, b, c) = (mart_url.clone(), mart_url.clone(), mart_url.clone());
+            let (a, b, c, d) = (
+                mart_url.clone(),
+                mart_url.clone(),
+                mart_url.clone(),
+                mart_url.clone(),
+            );
+            summary = dataflow.reconciled(summary, "ExistingCitySummary", move || {
+                tables::existing_city_summary(&d)
+            });
             zone_rows = dataflow.reconciled(zone_rows, "ExistingZones", move || {
                 tables::existing_zones(&a)
             });
@@ -167,6 +180,13 @@ pub fn run(args: GeoArgs) -> Result<()> {
             "RecommendationsSink",
             vec![writers.recommendations],
             Some(Recommendation::route),
+        );
+        let summary = by_key(summary, CitySummary::route);
+        dataflow.sink(
+            summary,
+            "CitySummarySink",
+            vec![writers.summary],
+            Some(CitySummary::route),
         );
         dataflow.replays_everything()
     })

@@ -10,6 +10,7 @@
 
 use anyhow::{Context, Result};
 use dataflows::geo::friends::Recommendation;
+use dataflows::geo::summary::CitySummary;
 use dataflows::geo::user_mart::UserRow;
 use dataflows::geo::zone_mart::ZoneRow;
 use dataflows::{Diff, Time};
@@ -233,6 +234,85 @@ impl TableBatch<Recommendation> for RecommendationBatch {
 
 /// The table of [`RecommendationBatch`], for errors.
 const RECOMMENDATIONS: &str = "mart.geo_friend_recommendations";
+
+/// `mart.geo_city_summary`: the changed rows upserted with `changed_at` = the logical time
+/// of the change (an unchanged row is not touched), a city gone deleted.
+pub struct CitySummaryBatch;
+
+const CITY_SUMMARY_UPSERT: &str = "
+INSERT INTO mart.geo_city_summary AS s (city, users_now, users_home, users_at_home,
+    recommendations, changed_at)
+SELECT n.city, n.now, n.home, n.at_home, n.recs, n.at AT TIME ZONE 'UTC'
+FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::timestamp[])
+    AS n(city, now, home, at_home, recs, at)
+ON CONFLICT (city) DO UPDATE SET
+    users_now = excluded.users_now, users_home = excluded.users_home,
+    users_at_home = excluded.users_at_home, recommendations = excluded.recommendations,
+    changed_at = excluded.changed_at
+WHERE (s.users_now, s.users_home, s.users_at_home, s.recommendations) IS DISTINCT FROM
+    (excluded.users_now, excluded.users_home, excluded.users_at_home, excluded.recommendations)";
+
+const CITY_SUMMARY_DELETE: &str = "
+DELETE FROM mart.geo_city_summary WHERE city = ANY($1::text[])";
+
+/// The table of [`CitySummaryBatch`], for errors.
+const CITY_SUMMARY: &str = "mart.geo_city_summary";
+
+impl TableBatch<CitySummary> for CitySummaryBatch {
+    fn name(&self) -> &'static str {
+        "city summary sink"
+    }
+
+    fn write(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        updates: &[(CitySummary, Time, Diff)],
+    ) -> Result<Vec<KafkaMessage>> {
+        let (puts, deletes) = puts_and_deletes(updates, |r| r.city.clone());
+        for chunk in deletes.chunks(CHUNK) {
+            let columns = [Column::Text(chunk.iter().map(|r| r.city.clone()).collect())];
+            execute(tx, CITY_SUMMARY_DELETE, &columns, CITY_SUMMARY)?;
+        }
+        for chunk in puts.chunks(CHUNK) {
+            let column = |f: fn(&CitySummary) -> i64| {
+                Column::BigInt(chunk.iter().map(|(r, _)| f(r)).collect())
+            };
+            let columns = [
+                Column::Text(chunk.iter().map(|(r, _)| r.city.clone()).collect()),
+                column(|r| r.users_now),
+                column(|r| r.users_home),
+                column(|r| r.users_at_home),
+                column(|r| r.recommendations),
+                Column::Timestamp(chunk.iter().map(|(_, t)| crate::clock::utc(*t)).collect()),
+            ];
+            execute(tx, CITY_SUMMARY_UPSERT, &columns, CITY_SUMMARY)?;
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// Every row of `mart.geo_city_summary` (what a run that rebuilds the marts is compared
+/// with).
+pub fn existing_city_summary(url: &str) -> Result<Vec<CitySummary>> {
+    let rows = crate::pg::connect(url)?
+        .query(
+            "SELECT city, users_now, users_home, users_at_home, recommendations
+             FROM mart.geo_city_summary",
+            &[],
+        )
+        .context("cannot read mart.geo_city_summary")?;
+    rows.iter()
+        .map(|r| {
+            Ok(CitySummary {
+                city: r.try_get(0)?,
+                users_now: r.try_get(1)?,
+                users_home: r.try_get(2)?,
+                users_at_home: r.try_get(3)?,
+                recommendations: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
 
 /// Every row of `mart.geo_zones` (what a run that rebuilds the marts is compared with).
 pub fn existing_zones(url: &str) -> Result<Vec<ZoneRow>> {
