@@ -8,8 +8,9 @@
 #
 # orders: the orders job on a generated data set (2,000 orders of 100 restaurants and 1,000
 # users, seed 1; dictionaries in Redis under keys demo_*, orders in Kafka topic
-# order-service_orders), in bounded mode into database `de`; prints the rows per layer and
-# the top counters. Running it again re-delivers the same data: no table changes.
+# order-service_orders), in bounded mode into database `de`; prints the rows per layer, the
+# top counters, and the users per tag of the example rules (cdm.tag_rules). Running it again
+# re-delivers the same data: no table changes.
 #
 # geo: the geo job on a generated data set (500 users, 35 days, seed 1; Kafka topic
 # geo_events), in bounded mode into database `de`; prints a few rows of each mart. Running it
@@ -80,6 +81,13 @@ if [ "$JOB" = orders ]; then
     JOIN LATERAL (SELECT username FROM dds.s_user_names s WHERE s.h_user_pk = c.user_id
                   ORDER BY load_dt DESC LIMIT 1) n ON true
     ORDER BY c.order_cnt DESC, n.username, c.category_name LIMIT 5"
+  echo "== user tags: the rules of cdm.tag_rules and the users who have each tag =="
+  "${PSQL[@]}" -c "
+    SELECT r.tag, coalesce(r.category_name, r.product_name) AS counts, r.min_orders,
+           coalesce(s.users, 0) AS users
+    FROM cdm.tag_rules r
+    LEFT JOIN cdm.orders_summary s ON s.kind = 'tag' AND s.name = r.tag
+    ORDER BY users DESC, r.tag"
   exit 0
 fi
 
