@@ -320,6 +320,19 @@ pub fn replay_state<'s, S: Replayable>(
     (records.as_collection(), retention)
 }
 
+/// The updates a test captured from a dataflow (`.consolidate().inner.capture()`), sorted:
+/// what the rules' tests compare with exact `(data, time, diff)`.
+#[cfg(test)]
+pub(crate) fn sorted_updates<D: Ord>(
+    captured: impl timely::dataflow::operators::capture::Extract<Time, Vec<(D, Time, Diff)>>,
+) -> Vec<(D, Time, Diff)> {
+    let mut updates: Vec<_> = (captured.extract().into_iter())
+        .flat_map(|(_, batch)| batch)
+        .collect();
+    updates.sort();
+    updates
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,7 +76,12 @@ pub(crate) fn latency_consumer(topic: &str) -> BaseConsumer {
 }
 
 pub(crate) fn latency_producer() -> BaseProducer {
-    dishflow::kafka::client_config(&kafka(), &[("linger.ms", "0")])
+    producer_lingering("0")
+}
+
+/// A producer that waits up to `linger_ms` to batch messages (librdkafka's default is 5).
+pub(crate) fn producer_lingering(linger_ms: &str) -> BaseProducer {
+    dishflow::kafka::client_config(&kafka(), &[("linger.ms", linger_ms)])
         .create()
         .expect("producer")
 }

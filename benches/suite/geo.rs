@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::{Value, json};
 
 use super::arrivals::*;
@@ -299,9 +299,7 @@ fn incremental(
         geo_args(&db, prefix, &[] as &[&str]),
         &[("RUST_LOG", "warn")],
     );
-    let producer: BaseProducer = dishflow::kafka::client_config(&kafka(), &[("linger.ms", "5")])
-        .create()
-        .expect("producer");
+    let producer = producer_lingering("5");
     let partitions = dishflow::kafka::topic_partitions(&kafka(), topic).expect("topic");
     let probes = std::cell::Cell::new(0);
     // Caught up: a probe in every partition, after everything produced so far, is committed

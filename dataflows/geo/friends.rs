@@ -151,7 +151,6 @@ mod tests {
     use crate::geo::located::located;
     use chrono::NaiveDateTime;
     use differential_dataflow::AsCollection;
-    use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::{Capture, ToStream};
 
     fn at(minute: u32) -> NaiveDateTime {
@@ -223,8 +222,7 @@ mod tests {
                 .inner
                 .capture()
         });
-        let mut out: Vec<_> = (captured.extract().into_iter())
-            .flat_map(|(_, b)| b)
+        let mut out: Vec<_> = (crate::sorted_updates(captured).into_iter())
             .map(|(r, t, d)| ((r.left, r.right, r.zone), t, d))
             .collect();
         out.sort();

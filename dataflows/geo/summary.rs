@@ -108,7 +108,6 @@ mod tests {
     use super::*;
     use crate::geo::point::Point;
     use differential_dataflow::AsCollection;
-    use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::{Capture, ToStream};
 
     fn user(id: i64, act: &str, home: Option<&str>) -> UserRow {
@@ -164,12 +163,8 @@ mod tests {
                 .inner
                 .capture()
         });
-        let mut out: Vec<_> = (captured.extract().into_iter())
-            .flat_map(|(_, batch)| batch)
-            .collect();
-        out.sort();
         assert_eq!(
-            out,
+            crate::sorted_updates(captured),
             [
                 (summary("Perth", [0, 1, 0, 0]), 5, 1),
                 (summary("Perth", [1, 1, 0, 0]), 0, 1),

@@ -64,7 +64,6 @@ mod tests {
     use crate::geo::point::Point;
     use chrono::NaiveDateTime;
     use differential_dataflow::AsCollection;
-    use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::{Capture, ToStream};
 
     fn city(id: i32, lat: f64, lng: f64) -> City {
@@ -99,8 +98,7 @@ mod tests {
                 .inner
                 .capture()
         });
-        let mut out: Vec<_> = (captured.extract().into_iter())
-            .flat_map(|(_, batch)| batch)
+        let mut out: Vec<_> = (crate::sorted_updates(captured).into_iter())
             .map(|((event, zone), time, diff)| (event.user, zone, time, diff))
             .collect();
         out.sort();

@@ -109,7 +109,6 @@ pub fn summary<'s>(
 mod tests {
     use super::*;
     use differential_dataflow::AsCollection;
-    use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::{Capture, ToStream};
     use uuid::Uuid;
 
@@ -161,12 +160,8 @@ mod tests {
             let tags = tags.into_iter().to_stream(scope).as_collection();
             summary(counters, tags).consolidate().inner.capture()
         });
-        let mut out: Vec<_> = (captured.extract().into_iter())
-            .flat_map(|(_, batch)| batch)
-            .collect();
-        out.sort();
         assert_eq!(
-            out,
+            crate::sorted_updates(captured),
             [
                 (row(K::Category, "Пицца", 1, 3), 5, 1),
                 (row(K::Category, "Пицца", 2, 4), 0, 1),

@@ -91,7 +91,6 @@ pub fn user_tags<'s>(
 mod tests {
     use super::*;
     use differential_dataflow::AsCollection;
-    use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::{Capture, ToStream};
 
     fn user(n: u128) -> Uuid {
@@ -127,8 +126,7 @@ mod tests {
             let rules = rules.into_iter().to_stream(scope).as_collection();
             user_tags(counters, rules).consolidate().inner.capture()
         });
-        let mut out: Vec<_> = (captured.extract().into_iter())
-            .flat_map(|(_, batch)| batch)
+        let mut out: Vec<_> = (crate::sorted_updates(captured).into_iter())
             .map(|(t, time, diff)| (t.user.as_u128(), t.tag, time, diff))
             .collect();
         out.sort();
