@@ -372,6 +372,10 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         (expected, expected, 0, 0),
         "subscribers_feedback"
     );
+    let (summary, truth) = promo_summary_and_truth(&db);
+    let counted: i64 = summary.iter().map(|r| r.3).sum();
+    println!("chaos: mart.promo_drafts counts {counted} drafts");
+    assert_eq!(summary, truth, "mart.promo_drafts counts every draft once");
 }
 
 /// Kills the job while it starts: after its startup checks (it logged [`STARTING`]) and

@@ -133,11 +133,31 @@ fn seed_example_gives_eight_plus_one_drafts_and_a_second_run_adds_nothing() {
         .expect("count")
         .get(0);
     assert_eq!(feedback_null, 9);
+    let (summary, truth) = promo_summary_and_truth(&db);
+    assert_eq!(summary, truth);
+    assert_eq!(summary.iter().map(|r| r.3).sum::<i64>(), 9);
+
+    // Feedback the app fills (and takes back) is counted by the summary's trigger.
+    pg(&db)
+        .batch_execute(
+            "UPDATE subscribers_feedback SET feedback = 'liked' WHERE id IN
+                 (SELECT id FROM subscribers_feedback ORDER BY id LIMIT 3);
+             UPDATE subscribers_feedback SET feedback = 'loved' WHERE feedback = 'liked';
+             UPDATE subscribers_feedback SET feedback = NULL WHERE id IN
+                 (SELECT id FROM subscribers_feedback WHERE feedback IS NOT NULL
+                  ORDER BY id LIMIT 1)",
+        )
+        .expect("feedback");
+    let (summary, truth) = promo_summary_and_truth(&db);
+    assert_eq!(summary, truth);
+    assert_eq!(summary.iter().map(|r| r.4).sum::<i64>(), 2);
 
     // A second bounded run over the same topic writes nothing new anywhere.
     run_bounded(&args, &["--from", "earliest"]);
     assert_eq!(consume(&format!("{prefix}.out")).len(), 9);
     assert_eq!(feedback_rows(&db), rows);
+    let (summary, truth) = promo_summary_and_truth(&db);
+    assert_eq!(summary, truth, "a replay counts no draft twice");
 }
 
 #[test]
@@ -356,6 +376,8 @@ fn outputs(db: &str, prefix: &str) -> (BTreeSet<String>, BTreeSet<(String, Strin
         .into_iter()
         .map(|(c, k, _)| (c, k))
         .collect();
+    let (summary, truth) = promo_summary_and_truth(db);
+    assert_eq!(summary, truth, "mart.promo_drafts counts every draft once");
     (unique, rows)
 }
 

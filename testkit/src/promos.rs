@@ -129,6 +129,33 @@ pub fn feedback_rows(db: &str) -> Vec<(String, String, i32)> {
     rows
 }
 
+/// `mart.promo_drafts` (campaign, hour as unix seconds, restaurant, drafts, feedback),
+/// sorted, and the same counted over `subscribers_feedback`: the two must be equal.
+pub type PromoSummary = Vec<(String, i64, String, i64, i64)>;
+
+/// The promos summary as the job keeps it, and as `subscribers_feedback` says it should be.
+pub fn promo_summary_and_truth(db: &str) -> (PromoSummary, PromoSummary) {
+    let mut client = pg(db);
+    let mut read = |sql: &str| -> PromoSummary {
+        client
+            .query(sql, &[])
+            .expect("query")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect()
+    };
+    let summary = read(
+        "SELECT adv_campaign_id, extract(epoch FROM hour)::int8, restaurant_id, drafts, feedback
+         FROM mart.promo_drafts ORDER BY 1, 2",
+    );
+    let truth = read(
+        "SELECT adv_campaign_id, (trigger_datetime_created - trigger_datetime_created % 3600)::int8,
+                max(restaurant_id), count(*), count(feedback)
+         FROM subscribers_feedback GROUP BY 1, 2 ORDER BY 1, 2",
+    );
+    (summary, truth)
+}
+
 /// Unix seconds now.
 pub fn now_secs() -> i64 {
     SystemTime::now()

@@ -10,7 +10,8 @@
 //!         INSERT INTO subscribers_feedback (...) SELECT * FROM unnest($1, ..., $10)
 //!         ON CONFLICT (adv_campaign_id, client_id) DO UPDATE SET <campaign columns>
 //!           WHERE <campaign columns differ>
-//!         RETURNING adv_campaign_id, client_id        ← rows inserted or changed
+//!         RETURNING adv_campaign_id, client_id, …     ← rows inserted or changed
+//!       the inserted rows counted per (campaign, hour) → mart.promo_drafts (the dashboard's)
 //!       messages for the puts returned (+ retractions, by the envelope) → dishflow_outbox
 //!     COMMIT, then the outbox produces them and confirms (see `sinks::outbox`)
 //! ```
@@ -35,7 +36,7 @@
 //! constraint of its own) is isolated and dead-lettered by the sink (`sinks::isolate`);
 //! other errors that a retry cannot fix (a permission error) are fatal.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
@@ -68,7 +69,25 @@ WHERE (f.restaurant_id, f.adv_campaign_content, f.adv_campaign_owner,
       (excluded.restaurant_id, excluded.adv_campaign_content, excluded.adv_campaign_owner,
        excluded.adv_campaign_owner_contact, excluded.adv_campaign_datetime_start,
        excluded.adv_campaign_datetime_end, excluded.datetime_created)
-RETURNING adv_campaign_id, client_id";
+RETURNING adv_campaign_id, client_id, restaurant_id, trigger_datetime_created, xmax = 0";
+
+/// Adds the drafts whose rows a batch inserted to `mart.promo_drafts` (per campaign and
+/// hour; rows sorted by key so that concurrent writers lock them in one order).
+const COUNT_DRAFTS: &str = "
+INSERT INTO mart.promo_drafts AS p (
+    adv_campaign_id, hour, restaurant_id, drafts, feedback, changed_at)
+SELECT c, to_timestamp(h), r, n, 0, now()
+FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[]) AS u(c, h, r, n)
+ON CONFLICT (adv_campaign_id, hour) DO UPDATE SET
+    drafts = p.drafts + excluded.drafts,
+    restaurant_id = excluded.restaurant_id,
+    changed_at = excluded.changed_at";
+
+/// A replaced campaign's restaurant, on its summary rows.
+const MOVE_CAMPAIGNS: &str = "
+UPDATE mart.promo_drafts AS p SET restaurant_id = u.r, changed_at = now()
+FROM unnest($1::text[], $2::text[]) AS u(c, r)
+WHERE p.adv_campaign_id = u.c AND p.restaurant_id <> u.r";
 
 /// How retractions (campaign ended, client unsubscribed) appear in the notification topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -109,8 +128,8 @@ impl Encoder<Draft> for DraftEncoder {
 /// [`TableBatch`].
 pub struct FeedbackBatch<E> {
     encoder: E,
-    /// The upsert, prepared on the writer's connection.
-    upsert: Option<Statement>,
+    /// The upsert and the summary's statements, prepared on the writer's connection.
+    statements: Option<Statements>,
     /// Send every draft of this run, even those whose row was already there (--republish).
     republish: bool,
     /// With the upsert envelope: the keys retracted in this run.
@@ -127,7 +146,7 @@ impl<E> FeedbackBatch<E> {
     pub fn new(encoder: E, resend_after_retraction: bool, republish: bool) -> Self {
         FeedbackBatch {
             encoder,
-            upsert: None,
+            statements: None,
             republish,
             retractions: resend_after_retraction.then(Retractions::default),
             pending: None,
@@ -144,7 +163,17 @@ impl<E: Encoder<Draft>> TableBatch<Draft> for FeedbackBatch<E> {
         let upsert = client
             .prepare(UPSERT)
             .context("cannot prepare the upsert into public.subscribers_feedback")?;
-        self.upsert = Some(upsert);
+        let count = client
+            .prepare(COUNT_DRAFTS)
+            .context("cannot prepare the upsert into mart.promo_drafts")?;
+        let moved = client
+            .prepare(MOVE_CAMPAIGNS)
+            .context("cannot prepare the update of mart.promo_drafts")?;
+        self.statements = Some(Statements {
+            upsert,
+            count,
+            moved,
+        });
         Ok(())
     }
 
@@ -153,9 +182,13 @@ impl<E: Encoder<Draft>> TableBatch<Draft> for FeedbackBatch<E> {
         tx: &mut Transaction<'_>,
         updates: &[(Draft, Time, Diff)],
     ) -> Result<Vec<KafkaMessage>> {
-        let upsert = self.upsert.as_ref().context("the upsert is not prepared")?;
+        let statements = self
+            .statements
+            .as_ref()
+            .context("the upsert is not prepared")?;
         let mut events = events(updates);
-        upsert_rows(tx, upsert, &mut events)?;
+        let summary = upsert_rows(tx, &statements.upsert, &mut events)?;
+        summary.write(tx, statements)?;
         if self.republish {
             events.iter_mut().for_each(|e| e.forward |= e.put);
         }
@@ -340,13 +373,74 @@ fn messages<E: Encoder<Draft>>(
     Ok((messages, changes))
 }
 
+/// The statements of a writer's connection.
+struct Statements {
+    upsert: Statement,
+    count: Statement,
+    moved: Statement,
+}
+
+/// What a batch's upserts change in `mart.promo_drafts`.
+#[derive(Default)]
+struct Summary {
+    /// (campaign, hour) → (restaurant, drafts whose rows were inserted).
+    drafted: BTreeMap<(String, i64), (String, i64)>,
+    /// Campaign → restaurant, of rows changed by a replaced campaign.
+    changed: BTreeMap<String, String>,
+}
+
+impl Summary {
+    /// Counts a row the upsert returned.
+    fn returned(&mut self, row: &postgres::Row) -> Result<()> {
+        let campaign: String = row.try_get(0)?;
+        let restaurant: String = row.try_get(2)?;
+        let trigger = i64::from(row.try_get::<_, i32>(3)?);
+        if row.try_get(4)? {
+            let hour = trigger - trigger.rem_euclid(3600);
+            let entry = self.drafted.entry((campaign, hour)).or_default();
+            entry.0 = restaurant;
+            entry.1 += 1;
+        } else {
+            self.changed.insert(campaign, restaurant);
+        }
+        Ok(())
+    }
+
+    /// Writes the counts (in key order) and moves replaced campaigns to their restaurant.
+    fn write(self, tx: &mut Transaction<'_>, statements: &Statements) -> Result<()> {
+        if !self.drafted.is_empty() {
+            let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((campaign, hour), (restaurant, drafts)) in self.drafted {
+                columns.0.push(campaign);
+                columns.1.push(hour);
+                columns.2.push(restaurant);
+                columns.3.push(drafts);
+            }
+            tx.execute(
+                &statements.count,
+                &[&columns.0, &columns.1, &columns.2, &columns.3],
+            )
+            .context("cannot count drafts in mart.promo_drafts")?;
+        }
+        if !self.changed.is_empty() {
+            let (campaigns, restaurants): (Vec<String>, Vec<String>) =
+                self.changed.into_iter().unzip();
+            tx.execute(&statements.moved, &[&campaigns, &restaurants])
+                .context("cannot update mart.promo_drafts")?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes the rows of the put events inside `tx`, a key at most once per statement; marks
-/// the events whose row was inserted or changed as to be forwarded.
+/// the events whose row was inserted or changed as to be forwarded. Returns what the rows
+/// inserted or changed mean for the summary.
 fn upsert_rows(
     tx: &mut postgres::Transaction<'_>,
     upsert: &postgres::Statement,
     events: &mut [Event<'_>],
-) -> Result<()> {
+) -> Result<Summary> {
+    let mut summary = Summary::default();
     let puts: Vec<usize> = (0..events.len()).filter(|&i| events[i].put).collect();
     let mut chunk: Vec<usize> = Vec::new();
     let mut keys: HashSet<(&str, &str)> = HashSet::new();
@@ -357,7 +451,7 @@ fn upsert_rows(
             draft.client_id.as_str(),
         );
         if chunk.len() == CHUNK || keys.contains(&key) {
-            write_chunk(tx, upsert, events, &chunk)?;
+            write_chunk(tx, upsert, events, &chunk, &mut summary)?;
             chunk.clear();
             keys.clear();
         }
@@ -365,17 +459,19 @@ fn upsert_rows(
         chunk.push(i);
     }
     if !chunk.is_empty() {
-        write_chunk(tx, upsert, events, &chunk)?;
+        write_chunk(tx, upsert, events, &chunk, &mut summary)?;
     }
-    Ok(())
+    Ok(summary)
 }
 
-/// Runs the upsert for the put events `chunk` (distinct keys); sets their `forward`.
+/// Runs the upsert for the put events `chunk` (distinct keys); sets their `forward` and
+/// adds the returned rows to `summary`.
 fn write_chunk(
     tx: &mut postgres::Transaction<'_>,
     upsert: &postgres::Statement,
     events: &mut [Event<'_>],
     chunk: &[usize],
+    summary: &mut Summary,
 ) -> Result<()> {
     let mut c = Columns::default();
     for &i in chunk {
@@ -401,6 +497,7 @@ fn write_chunk(
     let mut changed: HashSet<(&str, &str)> = HashSet::with_capacity(rows.len());
     for row in &rows {
         changed.insert((row.try_get(0)?, row.try_get(1)?));
+        summary.returned(row)?;
     }
     for &i in chunk {
         let d = events[i].draft;
