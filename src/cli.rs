@@ -7,6 +7,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataflows::geo::cities::{City, parse_file};
 
+use crate::dashboard::DashboardArgs;
 use crate::jobs::geo::GeoArgs;
 use crate::jobs::orders::OrdersArgs;
 use crate::jobs::promos::PromosArgs;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Job 3: a messaging app's events (Kafka) + geo.cities → zone and user marts and friend
     /// recommendations (Postgres).
     Geo(GeoArgs),
+    /// Serve one web page over the marts the jobs keep (promos, orders, geo), updating itself
+    /// while they run.
+    Dashboard(DashboardArgs),
     /// Produce valid test data to Kafka.
     #[command(subcommand)]
     Produce(ProduceCommand),

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod control;
+pub mod dashboard;
 pub mod jobs;
 pub mod kafka;
 pub mod logs;

@@ -37,6 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Promos(args) => dishflow::jobs::promos::run(args),
         Command::Orders(args) => dishflow::jobs::orders::run(args),
         Command::Geo(args) => dishflow::jobs::geo::run(args),
+        Command::Dashboard(args) => dishflow::dashboard::run(args),
         Command::Produce(ProduceCommand::Promos(args)) => dishflow::produce::promos(&args),
         Command::Produce(ProduceCommand::Orders(args)) => dishflow::produce::orders(&args),
         Command::Produce(ProduceCommand::Events(args)) => dishflow::produce::events(&args),

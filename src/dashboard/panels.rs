@@ -1,0 +1,443 @@
+//! The dashboard's panels: each reads one small aggregate table that a job keeps current
+//! (never the millions of rows behind it) with a constant query and bound parameters, and
+//! draws it as SVG.
+//!
+//! | panel | table (kept by) |
+//! |---|---|
+//! | promos: totals, per hour, per restaurant, per campaign | `mart.promo_drafts` (promos sink + trigger) |
+//! | orders: top products, top categories, users per tag | `cdm.orders_summary` (orders) |
+//! | geo: zone mart per week | `mart.geo_zones` (geo) |
+//! | geo: map, home vs actual city, recommendations | `mart.geo_city_summary` ⋈ `geo.cities` (geo) |
+//!
+//! A panel whose table is missing (that job was never set up) or not readable (the role
+//! lacks a grant) shows why instead of numbers; the other panels are unaffected.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use postgres::Client;
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+
+use super::svg::{self, Place, count, escape};
+
+/// One panel, rendered.
+pub struct Panel {
+    /// Its element id in the page.
+    pub id: &'static str,
+    /// Its section: promos, orders or geo.
+    pub section: &'static str,
+    /// Its heading.
+    pub title: &'static str,
+    /// The chart (or the reason there is none), HTML.
+    pub body: String,
+    /// When its data last changed, as its table says; `None`: the table has no such column
+    /// (the dashboard then reports when it saw the data change) or no rows.
+    pub changed: Option<DateTime<Utc>>,
+    /// The table has no `changed_at`: the dashboard watches the body for changes.
+    pub watched: bool,
+}
+
+/// How many rows a top-N panel shows, and how many hours or weeks a time panel covers.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Rows of a top-N panel.
+    pub top: i64,
+    /// Hours of the drafts-per-hour panel.
+    pub hours: i64,
+    /// Weeks of the zone-mart panel.
+    pub weeks: i64,
+}
+
+/// Every panel, in page order.
+pub fn all(client: &mut Client, limits: Limits) -> Vec<Panel> {
+    let mut reader = Reader { client };
+    vec![
+        promo_totals(&mut reader),
+        promo_hours(&mut reader, limits.hours),
+        promo_top(
+            &mut reader,
+            limits.top,
+            "promos-restaurants",
+            "Drafts per restaurant",
+            "restaurant_id",
+        ),
+        promo_top(
+            &mut reader,
+            limits.top,
+            "promos-campaigns",
+            "Drafts per campaign",
+            "adv_campaign_id",
+        ),
+        orders_top(
+            &mut reader,
+            limits.top,
+            "orders-products",
+            "Top products",
+            "product",
+        ),
+        orders_top(
+            &mut reader,
+            limits.top,
+            "orders-categories",
+            "Top categories",
+            "category",
+        ),
+        orders_top(
+            &mut reader,
+            limits.top,
+            "orders-tags",
+            "Users per tag",
+            "tag",
+        ),
+        geo_weeks(&mut reader, limits.weeks),
+        geo_map(&mut reader),
+        geo_home(&mut reader, limits.top),
+        geo_recommendations(&mut reader, limits.top),
+    ]
+}
+
+/// Runs the panels' queries; turns a failure into the text a panel shows.
+struct Reader<'c> {
+    client: &'c mut Client,
+}
+
+impl Reader<'_> {
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        job: &str,
+    ) -> Result<Vec<postgres::Row>, String> {
+        self.client.query(sql, params).map_err(|e| {
+            let Some(db) = e.as_db_error() else {
+                return format!("Cannot read the table: {e}");
+            };
+            if *db.code() == SqlState::UNDEFINED_TABLE {
+                format!(
+                    "No data yet: {} (`dishflow setup --job {job}` creates it).",
+                    db.message()
+                )
+            } else if *db.code() == SqlState::INSUFFICIENT_PRIVILEGE {
+                format!(
+                    "Not readable: {} (the dashboard's role needs SELECT on it).",
+                    db.message()
+                )
+            } else {
+                format!("Cannot read the table: {}", db.message())
+            }
+        })
+    }
+
+    /// `max(changed_at)` of the rows `sql` selects.
+    fn changed(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Option<DateTime<Utc>> {
+        let rows = self.client.query(sql, params).ok()?;
+        rows.first()?.try_get(0).ok()?
+    }
+}
+
+fn panel(
+    (id, section, title): (&'static str, &'static str, &'static str),
+    body: Result<String, String>,
+    changed: Option<DateTime<Utc>>,
+) -> Panel {
+    let body = body.unwrap_or_else(|reason| format!("<p class=\"empty\">{}</p>", escape(&reason)));
+    Panel {
+        id,
+        section,
+        title,
+        body,
+        changed,
+        watched: false,
+    }
+}
+
+fn empty(what: &str) -> String {
+    format!("<p class=\"empty\">{}</p>", escape(what))
+}
+
+const PROMOS_CHANGED: &str = "SELECT max(changed_at) FROM mart.promo_drafts";
+
+fn promo_totals(r: &mut Reader<'_>) -> Panel {
+    let body = r
+        .query(
+            "SELECT coalesce(sum(drafts), 0)::int8, coalesce(sum(feedback), 0)::int8,
+                    count(DISTINCT adv_campaign_id), count(DISTINCT restaurant_id)
+             FROM mart.promo_drafts",
+            &[],
+            "promos",
+        )
+        .map(|rows| {
+            let row = &rows[0];
+            let (drafts, feedback): (i64, i64) = (row.get(0), row.get(1));
+            let share = if drafts > 0 {
+                format!("{:.1} %", feedback as f64 * 100.0 / drafts as f64)
+            } else {
+                "–".to_string()
+            };
+            let tile = |label: &str, value: String, id: &str| {
+                format!(
+                    "<div class=\"tile\"><span class=\"number\" data-stat=\"{id}\">{}</span>\
+                     <span class=\"what\">{}</span></div>",
+                    escape(&value),
+                    escape(label)
+                )
+            };
+            [
+                tile("drafts sent", count(drafts), "drafts"),
+                tile("with feedback", count(feedback), "feedback"),
+                tile("share with feedback", share, "share"),
+                tile("campaigns", count(row.get(2)), "campaigns"),
+                tile("restaurants", count(row.get(3)), "restaurants"),
+            ]
+            .concat()
+        })
+        .map(|tiles| format!("<div class=\"tiles\">{tiles}</div>"));
+    let changed = r.changed(PROMOS_CHANGED, &[]);
+    panel(
+        ("promos-totals", "promos", "Drafts and feedback"),
+        body,
+        changed,
+    )
+}
+
+fn promo_hours(r: &mut Reader<'_>, hours: i64) -> Panel {
+    let body = r
+        .query(
+            "SELECT hour, sum(drafts)::int8, sum(feedback)::int8 FROM mart.promo_drafts
+             GROUP BY hour ORDER BY hour DESC LIMIT $1",
+            &[&hours],
+            "promos",
+        )
+        .map(|rows| {
+            if rows.is_empty() {
+                return empty("No drafts yet.");
+            }
+            let points: Vec<(String, Vec<i64>)> = rows
+                .iter()
+                .rev()
+                .map(|row| {
+                    let hour: DateTime<Utc> = row.get(0);
+                    (
+                        hour.format("%m-%d %Hh").to_string(),
+                        vec![row.get(1), row.get(2)],
+                    )
+                })
+                .collect();
+            svg::columns(&["drafts", "with feedback"], &points)
+        });
+    let changed = r.changed(PROMOS_CHANGED, &[]);
+    panel(
+        (
+            "promos-hours",
+            "promos",
+            "Drafts per hour (UTC, of the trigger time)",
+        ),
+        body,
+        changed,
+    )
+}
+
+fn promo_top(
+    r: &mut Reader<'_>,
+    top: i64,
+    id: &'static str,
+    title: &'static str,
+    column: &str,
+) -> Panel {
+    // `column` is one of two constants: the statement is fixed text either way.
+    let sql = format!(
+        "SELECT {column}, sum(drafts)::int8, sum(feedback)::int8 FROM mart.promo_drafts
+         GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $1"
+    );
+    let body = r.query(&sql, &[&top], "promos").map(|rows| {
+        if rows.is_empty() {
+            return empty("No drafts yet.");
+        }
+        let rows: Vec<(String, Vec<i64>)> = rows
+            .iter()
+            .map(|row| (row.get(0), vec![row.get(1), row.get(2)]))
+            .collect();
+        svg::bars(&["drafts", "with feedback"], &rows)
+    });
+    let changed = r.changed(PROMOS_CHANGED, &[]);
+    panel((id, "promos", title), body, changed)
+}
+
+fn orders_top(
+    r: &mut Reader<'_>,
+    top: i64,
+    id: &'static str,
+    title: &'static str,
+    kind: &str,
+) -> Panel {
+    let tags = kind == "tag";
+    let sql = if tags {
+        "SELECT name, users, orders FROM cdm.orders_summary WHERE kind = $1
+         ORDER BY users DESC, name LIMIT $2"
+    } else {
+        "SELECT name, orders, users FROM cdm.orders_summary WHERE kind = $1
+         ORDER BY orders DESC, name LIMIT $2"
+    };
+    let body = r.query(sql, &[&kind, &top], "orders").map(|rows| {
+        if rows.is_empty() {
+            return empty(if tags {
+                "No user has a tag yet."
+            } else {
+                "No closed orders yet."
+            });
+        }
+        let rows: Vec<(String, Vec<i64>)> = rows
+            .iter()
+            .map(|row| {
+                let first: i64 = row.get(1);
+                (
+                    row.get(0),
+                    if tags {
+                        vec![first]
+                    } else {
+                        vec![first, row.get(2)]
+                    },
+                )
+            })
+            .collect();
+        if tags {
+            svg::bars(&["users"], &rows)
+        } else {
+            svg::bars(&["orders", "users"], &rows)
+        }
+    });
+    let changed = r.changed(
+        "SELECT max(changed_at) FROM cdm.orders_summary WHERE kind = $1",
+        &[&kind],
+    );
+    panel((id, "orders", title), body, changed)
+}
+
+fn geo_weeks(r: &mut Reader<'_>, weeks: i64) -> Panel {
+    // A week across two months has a row per month with the same week counts: one per
+    // (zone, week) is summed.
+    let body = r
+        .query(
+            "SELECT week, sum(m)::int8, sum(r)::int8, sum(s)::int8, sum(u)::int8
+             FROM (SELECT DISTINCT ON (zone_id, week) week,
+                          coalesce(week_message, 0) AS m, coalesce(week_reaction, 0) AS r,
+                          coalesce(week_subscription, 0) AS s, coalesce(week_user, 0) AS u
+                   FROM mart.geo_zones ORDER BY zone_id, week) AS z
+             GROUP BY week ORDER BY week DESC LIMIT $1",
+            &[&weeks],
+            "geo",
+        )
+        .map(|rows| {
+            if rows.is_empty() {
+                return empty("No events yet.");
+            }
+            let points: Vec<(String, Vec<i64>)> = rows
+                .iter()
+                .rev()
+                .map(|row| {
+                    let week: NaiveDate = row.get(0);
+                    (
+                        week.format("%Y-%m-%d").to_string(),
+                        (1..=4).map(|i| row.get(i)).collect(),
+                    )
+                })
+                .collect();
+            svg::columns(
+                &["messages", "reactions", "subscriptions", "registrations"],
+                &points,
+            )
+        });
+    let mut panel = panel(
+        ("geo-weeks", "geo", "Zone mart per week (all zones)"),
+        body,
+        None,
+    );
+    panel.watched = true;
+    panel
+}
+
+const CITY_CHANGED: &str = "SELECT max(changed_at) FROM mart.geo_city_summary";
+
+fn geo_map(r: &mut Reader<'_>) -> Panel {
+    let body = r
+        .query(
+            "SELECT c.city, c.lat, c.lng, coalesce(s.users_now, 0)
+             FROM geo.cities AS c LEFT JOIN mart.geo_city_summary AS s ON s.city = c.city
+             ORDER BY c.id",
+            &[],
+            "geo",
+        )
+        .map(|rows| {
+            if rows.is_empty() {
+                return empty("No cities yet.");
+            }
+            let places: Vec<Place> = rows
+                .iter()
+                .map(|row| Place {
+                    name: row.get(0),
+                    lat: row.get(1),
+                    lng: row.get(2),
+                    value: row.get(3),
+                })
+                .collect();
+            svg::map(&places)
+        });
+    let changed = r.changed(CITY_CHANGED, &[]);
+    panel(
+        ("geo-map", "geo", "Cities by users there now"),
+        body,
+        changed,
+    )
+}
+
+fn geo_home(r: &mut Reader<'_>, top: i64) -> Panel {
+    let body = r
+        .query(
+            "SELECT city, users_now, users_home, users_at_home FROM mart.geo_city_summary
+             WHERE users_now > 0 OR users_home > 0
+             ORDER BY users_now + users_home DESC, city LIMIT $1",
+            &[&top],
+            "geo",
+        )
+        .map(|rows| {
+            if rows.is_empty() {
+                return empty("No users yet.");
+            }
+            let rows: Vec<(String, Vec<i64>)> = rows
+                .iter()
+                .map(|row| (row.get(0), vec![row.get(1), row.get(2), row.get(3)]))
+                .collect();
+            svg::bars(&["there now", "home city", "at home now"], &rows)
+        });
+    let changed = r.changed(CITY_CHANGED, &[]);
+    panel(("geo-home", "geo", "Home vs actual city"), body, changed)
+}
+
+fn geo_recommendations(r: &mut Reader<'_>, top: i64) -> Panel {
+    let body = r
+        .query(
+            "SELECT city, recommendations FROM mart.geo_city_summary WHERE recommendations > 0
+             ORDER BY recommendations DESC, city LIMIT $1",
+            &[&top],
+            "geo",
+        )
+        .map(|rows| {
+            if rows.is_empty() {
+                return empty("No recommendations yet.");
+            }
+            let rows: Vec<(String, Vec<i64>)> = rows
+                .iter()
+                .map(|row| (row.get(0), vec![row.get(1)]))
+                .collect();
+            svg::bars(&["recommendations"], &rows)
+        });
+    let changed = r.changed(CITY_CHANGED, &[]);
+    panel(
+        (
+            "geo-recommendations",
+            "geo",
+            "Friend recommendations per city",
+        ),
+        body,
+        changed,
+    )
+}
