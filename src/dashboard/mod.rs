@@ -24,12 +24,14 @@ mod svg;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use clap::Args;
+use signal_hook::consts::{SIGINT, SIGTERM};
 use tiny_http::{Header, Method, Request, Response, Server};
 use tracing::{debug, info, warn};
 
@@ -70,8 +72,14 @@ pub struct DashboardArgs {
     pub threads: u16,
 }
 
-/// Serves the dashboard until the process is stopped.
+/// Serves the dashboard until SIGTERM or SIGINT (then exits 0 once the requests in flight
+/// are answered; a second signal exits at once).
 pub fn run(args: DashboardArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
     let token = args
         .auth_token_file
         .as_deref()
@@ -100,6 +108,7 @@ pub fn run(args: DashboardArgs) -> Result<()> {
         refresh_ms: args.refresh_ms,
         started: Utc::now(),
         watched: Mutex::new(HashMap::new()),
+        stop,
     });
     info!(address = %format!("http://{bound}/"), auth = shared.token.is_some(), "dashboard ready");
     let threads: Vec<_> = (0..args.threads)
@@ -115,6 +124,7 @@ pub fn run(args: DashboardArgs) -> Result<()> {
             .join()
             .map_err(|_| anyhow!("a dashboard thread panicked"))?;
     }
+    info!("dashboard stopped");
     Ok(())
 }
 
@@ -160,6 +170,8 @@ struct Shared {
     started: DateTime<Utc>,
     /// Panels without a `changed_at`: (their body, when the dashboard saw it first).
     watched: Mutex<HashMap<&'static str, (String, DateTime<Utc>)>>,
+    /// Set by SIGTERM or SIGINT.
+    stop: Arc<AtomicBool>,
 }
 
 /// A response with a body in memory.
@@ -170,12 +182,13 @@ const PAGE_JS: &str = include_str!("assets/dashboard.js");
 const COOKIE: &str = "dishflow_token";
 
 impl Shared {
-    /// Answers requests until the server closes; reconnects to Postgres after an error.
+    /// Answers requests until asked to stop; reconnects to Postgres after an error.
     fn serve(&self) {
         let mut client: Option<postgres::Client> = None;
-        loop {
-            let request = match self.server.recv() {
-                Ok(request) => request,
+        while !self.stop.load(Ordering::Relaxed) {
+            let request = match self.server.recv_timeout(Duration::from_millis(200)) {
+                Ok(Some(request)) => request,
+                Ok(None) => continue,
                 Err(error) => {
                     warn!(%error, "dashboard: cannot receive a request");
                     continue;

@@ -28,7 +28,7 @@ pub fn count(n: i64) -> String {
         out.push('-');
     }
     for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push('\u{2009}');
         }
         out.push(d);
@@ -158,7 +158,7 @@ pub fn columns(series: &[&str], points: &[(String, Vec<i64>)]) -> String {
                 count(*value)
             );
         }
-        if p % every == 0 {
+        if p.is_multiple_of(every) {
             let _ = write!(
                 out,
                 "<text class=\"tick\" x=\"{:.1}\" y=\"{:.0}\" text-anchor=\"middle\">{}</text>",

@@ -182,17 +182,28 @@ pub fn free_port() -> u16 {
 
 /// `GET path` on 127.0.0.1:`port`: (status, body); `None` while nothing listens there.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_with(port, path, &[]).map(|(status, _, body)| (status, body))
+}
+
+/// `GET path` on 127.0.0.1:`port` with extra header lines (`"Name: value"`): (status, the
+/// response's header lines, body); `None` while nothing listens there.
+pub fn http_get_with(port: u16, path: &str, headers: &[&str]) -> Option<(u16, String, String)> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
+    Some((status, head.to_string(), body.to_string()))
 }
 
 /// Sum of the samples of metric `name` in a Prometheus text exposition whose labels
