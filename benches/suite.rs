@@ -41,6 +41,8 @@
 mod arrivals;
 #[path = "suite/checks.rs"]
 mod checks;
+#[path = "suite/dashboard.rs"]
+mod dashboard;
 #[path = "suite/geo.rs"]
 mod geo;
 #[path = "suite/latency.rs"]
@@ -190,6 +192,11 @@ fn main() {
             spark: spark.as_deref(),
         };
         push_timed(&mut results, || geo::w6(&w));
+    }
+    if wanted("D") {
+        push_timed(&mut results, || {
+            dashboard::d(&dashboard::sizes(quick), arg_value(&args, "--requests", 50))
+        });
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let machine = format!(

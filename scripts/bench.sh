@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks on the local services (installed and started by scripts/services.sh).
 #
-#   scripts/bench.sh [--quick] [--rounds N] [--only W1,W2,W2skew,S,W3,W4,W5,W6] [--secs N]
+#   scripts/bench.sh [--quick] [--rounds N] [--only W1,W2,W2skew,S,W3,W4,W5,W6,D] [--secs N]
 #       the suite (benches/suite.rs): every workload interleaved with its hardware limit and
 #       the peer engines (Pathway, and PySpark for W6, installed by
 #       scripts/bench/peers/setup.sh; skip them with DISHFLOW_NO_PEER=1); writes
@@ -12,6 +12,8 @@
 #       alone, with the peer's order counters
 #   scripts/bench.sh geo [--quick] [--rounds N] [--geo-users N] [--geo-days D] [--geo-rate R]
 #       the geo job (W6) alone, against the legacy PySpark batch
+#   scripts/bench.sh dashboard [--quick] [--requests N]
+#       the dashboard's server time (D) at 0 and at 1M feedback + 3M counter rows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -21,11 +23,11 @@ if [ "${1:-}" = expiry ]; then
   exit
 fi
 if [ "${DISHFLOW_NO_PEER:-0}" != 1 ]; then
-  if [ "${1:-}" != geo ]; then
+  if [ "${1:-}" != geo ] && [ "${1:-}" != dashboard ]; then
     DISHFLOW_PATHWAY_PYTHON="$(scripts/bench/peers/setup.sh pathway)"
     export DISHFLOW_PATHWAY_PYTHON
   fi
-  case "${1:-}" in latency|orders) ;; *)
+  case "${1:-}" in latency|orders|dashboard) ;; *)
     DISHFLOW_SPARK_PYTHON="$(scripts/bench/peers/setup.sh spark)"
     export DISHFLOW_SPARK_PYTHON ;;
   esac
@@ -40,6 +42,9 @@ case "${1:-}" in
   geo)
     shift
     cargo bench --bench suite -- --only W6 "$@" ;;
+  dashboard)
+    shift
+    cargo bench --bench suite -- --only D "$@" ;;
   *)
     cargo bench --bench suite -- "$@" ;;
 esac

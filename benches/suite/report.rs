@@ -58,6 +58,7 @@ pub(crate) fn markdown(results: &[Value], machine: &str) -> String {
     for r in results {
         md.push_str(&latency::markdown(r));
         md.push_str(&geo::markdown(r));
+        md.push_str(&crate::dashboard::markdown(r));
     }
     md
 }
