@@ -89,48 +89,58 @@ CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
 CREATE UNIQUE INDEX IF NOT EXISTS subscribers_feedback_campaign_client_uq
     ON public.subscribers_feedback (adv_campaign_id COLLATE \"C\", client_id COLLATE \"C\")";
 
-/// The promos job's summary for the dashboard: per campaign and hour of
-/// `trigger_datetime_created`, the drafts sent (counted by the feedback sink in the
-/// transaction that inserts their rows) and how many of their rows have `feedback` (kept by
-/// a trigger on the feedback column, which the app fills). Created with the counts of the
-/// rows already in `public.subscribers_feedback`. The trigger function runs as its owner, so
-/// the app that fills `feedback` needs no grant on `mart`.
+/// The promos job's summaries for the dashboard: per campaign (`mart.promo_campaigns`) and
+/// per hour of `trigger_datetime_created` (`mart.promo_hours`), the drafts sent (counted by
+/// the feedback sink in the transaction that inserts their rows) and how many of their rows
+/// have `feedback` (kept by a trigger on the feedback column, which the app fills). Each is
+/// created with the counts of the rows already in `public.subscribers_feedback`. The
+/// trigger function runs as its owner, so the app that fills `feedback` needs no grant on
+/// `mart`.
 pub const PROMO_SUMMARY_DDL: &str = "
 CREATE SCHEMA IF NOT EXISTS mart;
 DO $$
 BEGIN
-    IF to_regclass('mart.promo_drafts') IS NULL THEN
-        CREATE TABLE mart.promo_drafts (
-            adv_campaign_id text NOT NULL, hour timestamptz NOT NULL,
-            restaurant_id text NOT NULL, drafts bigint NOT NULL, feedback bigint NOT NULL,
-            changed_at timestamptz NOT NULL, PRIMARY KEY (adv_campaign_id, hour));
-        INSERT INTO mart.promo_drafts
+    IF to_regclass('mart.promo_campaigns') IS NULL THEN
+        CREATE TABLE mart.promo_campaigns (
+            adv_campaign_id text PRIMARY KEY, restaurant_id text NOT NULL,
+            drafts bigint NOT NULL, feedback bigint NOT NULL, changed_at timestamptz NOT NULL);
+        INSERT INTO mart.promo_campaigns
         SELECT adv_campaign_id,
-               to_timestamp(trigger_datetime_created - trigger_datetime_created % 3600),
-               max(restaurant_id), count(*), count(feedback), now()
-        FROM public.subscribers_feedback GROUP BY 1, 2;
+               (array_agg(restaurant_id ORDER BY datetime_created DESC, id DESC))[1],
+               count(*), count(feedback), now()
+        FROM public.subscribers_feedback GROUP BY 1;
+    END IF;
+    IF to_regclass('mart.promo_hours') IS NULL THEN
+        CREATE TABLE mart.promo_hours (
+            hour timestamptz PRIMARY KEY, drafts bigint NOT NULL, feedback bigint NOT NULL,
+            changed_at timestamptz NOT NULL);
+        INSERT INTO mart.promo_hours
+        SELECT to_timestamp(trigger_datetime_created - trigger_datetime_created % 3600),
+               count(*), count(feedback), now()
+        FROM public.subscribers_feedback GROUP BY 1;
     END IF;
 END $$;
-CREATE OR REPLACE FUNCTION mart.promo_drafts_feedback() RETURNS trigger
+CREATE OR REPLACE FUNCTION mart.promo_feedback_counts() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    change int := CASE WHEN NEW.feedback IS NULL THEN -1 ELSE 1 END;
 BEGIN
-    UPDATE mart.promo_drafts
-    SET feedback = feedback + CASE WHEN NEW.feedback IS NULL THEN -1 ELSE 1 END,
-        changed_at = now()
-    WHERE adv_campaign_id = NEW.adv_campaign_id
-      AND hour = to_timestamp(NEW.trigger_datetime_created
+    UPDATE mart.promo_campaigns SET feedback = feedback + change, changed_at = now()
+    WHERE adv_campaign_id = NEW.adv_campaign_id;
+    UPDATE mart.promo_hours SET feedback = feedback + change, changed_at = now()
+    WHERE hour = to_timestamp(NEW.trigger_datetime_created
                               - NEW.trigger_datetime_created % 3600);
     RETURN NULL;
 END $$;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                   WHERE tgname = 'dishflow_promo_drafts_feedback'
+                   WHERE tgname = 'dishflow_promo_feedback_counts'
                      AND tgrelid = 'public.subscribers_feedback'::regclass) THEN
-        CREATE TRIGGER dishflow_promo_drafts_feedback
+        CREATE TRIGGER dishflow_promo_feedback_counts
             AFTER UPDATE OF feedback ON public.subscribers_feedback FOR EACH ROW
             WHEN ((OLD.feedback IS NULL) <> (NEW.feedback IS NULL))
-            EXECUTE FUNCTION mart.promo_drafts_feedback();
+            EXECUTE FUNCTION mart.promo_feedback_counts();
     END IF;
 END $$";
 
@@ -337,7 +347,8 @@ pub fn setup_promos(url: &str) -> Result<()> {
             ),
             (
                 PROMO_SUMMARY_DDL,
-                "cannot create mart.promo_drafts or its trigger on public.subscribers_feedback",
+                "cannot create mart.promo_campaigns, mart.promo_hours or their trigger on \
+                 public.subscribers_feedback",
             ),
         ],
     )?;

@@ -25,9 +25,12 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// What the test writes into the marts (as the jobs would).
 const MARTS: &str = "
-INSERT INTO mart.promo_drafts VALUES
-    ('campaign-a', '2026-12-01 10:00+00', 'restaurant-1', 120, 30, '2026-12-01 10:59+00'),
-    ('campaign-b', '2026-12-01 11:00+00', 'restaurant-2', 80, 10, '2026-12-01 11:30+00');
+INSERT INTO mart.promo_campaigns VALUES
+    ('campaign-a', 'restaurant-1', 120, 30, '2026-12-01 10:59+00'),
+    ('campaign-b', 'restaurant-2', 80, 10, '2026-12-01 11:30+00');
+INSERT INTO mart.promo_hours VALUES
+    ('2026-12-01 10:00+00', 120, 30, '2026-12-01 10:59+00'),
+    ('2026-12-01 11:00+00', 80, 10, '2026-12-01 11:30+00');
 INSERT INTO cdm.orders_summary VALUES
     ('product', 'Пицца Маргарита', 40, 77, now()), ('category', 'Пицца', 41, 90, now()),
     ('tag', 'pizza lover', 12, 0, now());
@@ -45,8 +48,8 @@ fn reader_role(db: &str, role: &str) -> String {
             "CREATE ROLE {role} LOGIN;
              GRANT CONNECT ON DATABASE {name} TO {role};
              GRANT USAGE ON SCHEMA mart, cdm, geo TO {role};
-             GRANT SELECT ON mart.promo_drafts, cdm.orders_summary, mart.geo_city_summary,
-                             geo.cities TO {role};"
+             GRANT SELECT ON mart.promo_campaigns, mart.promo_hours, cdm.orders_summary,
+                             mart.geo_city_summary, geo.cities TO {role};"
         ))
         .expect("role");
     db.replacen("postgres@", &format!("{role}@"), 1)
@@ -247,7 +250,7 @@ fn the_page_shows_the_marts_updates_itself_and_needs_its_token() {
         .expect("mark");
     pg(&db)
         .batch_execute(
-            "UPDATE mart.promo_drafts SET drafts = drafts + 1000, changed_at = now()
+            "UPDATE mart.promo_campaigns SET drafts = drafts + 1000, changed_at = now()
              WHERE adv_campaign_id = 'campaign-a';
              UPDATE cdm.orders_summary SET orders = 4321 WHERE kind = 'product'",
         )

@@ -135,7 +135,7 @@ fn seed_example_gives_eight_plus_one_drafts_and_a_second_run_adds_nothing() {
     assert_eq!(feedback_null, 9);
     let (summary, truth) = promo_summary_and_truth(&db);
     assert_eq!(summary, truth);
-    assert_eq!(summary.iter().map(|r| r.3).sum::<i64>(), 9);
+    assert_eq!(summary.drafts(), 9);
 
     // Feedback the app fills (and takes back) is counted by the summary's trigger.
     pg(&db)
@@ -150,7 +150,7 @@ fn seed_example_gives_eight_plus_one_drafts_and_a_second_run_adds_nothing() {
         .expect("feedback");
     let (summary, truth) = promo_summary_and_truth(&db);
     assert_eq!(summary, truth);
-    assert_eq!(summary.iter().map(|r| r.4).sum::<i64>(), 2);
+    assert_eq!(summary.feedback(), 2);
 
     // A second bounded run over the same topic writes nothing new anywhere.
     run_bounded(&args, &["--from", "earliest"]);
@@ -377,7 +377,10 @@ fn outputs(db: &str, prefix: &str) -> (BTreeSet<String>, BTreeSet<(String, Strin
         .map(|(c, k, _)| (c, k))
         .collect();
     let (summary, truth) = promo_summary_and_truth(db);
-    assert_eq!(summary, truth, "mart.promo_drafts counts every draft once");
+    assert_eq!(
+        summary, truth,
+        "the promos summaries count every draft once"
+    );
     (unique, rows)
 }
 

@@ -215,6 +215,10 @@ fn a_newer_version_replaces_the_campaign_and_older_or_identical_ones_change_noth
         .map(|r| r.get(0))
         .collect();
     assert_eq!(contents, ["second", "second"]);
+    // Two drafts sent (a replacement is not a new draft), one with feedback.
+    let (summary, truth) = promo_summary_and_truth(&db);
+    assert_eq!(summary, truth);
+    assert_eq!((summary.drafts(), summary.feedback()), (2, 1));
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! Per size (feedback rows, counter rows): a database whose `subscribers_feedback` holds
 //! that many drafts (2,000 campaigns' worth per million, each over 24 hours, a fifth with
 //! feedback) and whose counter tables hold that many rows (100,000 users per 3M rows); then
-//! `dishflow setup` (which builds `mart.promo_drafts` from the existing rows — timed), the
+//! `dishflow setup` (which builds `mart.promo_campaigns` and `mart.promo_hours` from the
+//! existing rows — timed), the
 //! orders summary as the orders job keeps it, and `dishflow dashboard`, asked for `/panels`
 //! (what the page polls) and `/` many times. Reported: the server's own time per request
 //! (its `Server-Timing`), and for contrast what the same promos and orders numbers cost when
@@ -103,7 +104,8 @@ fn one_size(feedback: u64, counters: u64, requests: usize) -> Value {
     };
     let counter_rows = count(&mut client, "cdm.user_product_counters")
         + count(&mut client, "cdm.user_category_counters");
-    let summary_rows = count(&mut client, "mart.promo_drafts");
+    let summary_rows =
+        count(&mut client, "mart.promo_campaigns") + count(&mut client, "mart.promo_hours");
 
     // What a page would cost that scanned the big tables for the same numbers.
     let scan = |client: &mut postgres::Client| -> f64 {
@@ -150,7 +152,9 @@ fn one_size(feedback: u64, counters: u64, requests: usize) -> Value {
     let p95 = |v: &[f64]| {
         let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
-        v[((v.len() as f64 * 0.95).ceil() as usize).saturating_sub(1).min(v.len() - 1)]
+        v[((v.len() as f64 * 0.95).ceil() as usize)
+            .saturating_sub(1)
+            .min(v.len() - 1)]
     };
     println!(
         "D: {feedback} feedback rows, {counter_rows} counter rows: /panels server {:.1} ms \
@@ -162,7 +166,7 @@ fn one_size(feedback: u64, counters: u64, requests: usize) -> Value {
     json!({
         "feedback_rows": feedback,
         "counter_rows": counter_rows,
-        "promo_drafts_rows": summary_rows,
+        "promo_summary_rows": summary_rows,
         "fill_s": fill_s,
         "setup_s": setup_s,
         "requests": requests,
@@ -181,7 +185,7 @@ pub(crate) fn markdown(result: &Value) -> String {
         return String::new();
     }
     let mut md = String::from(
-        "\n## D: the dashboard's server time\n\n| feedback rows | counter rows | mart.promo_drafts rows | setup s (builds it) | /panels server ms median (p95) | /panels wall ms | / server ms | scanning the big tables instead, ms |\n|---|---|---|---|---|---|---|---|\n",
+        "\n## D: the dashboard's server time\n\n| feedback rows | counter rows | promos summary rows | setup s (builds it) | /panels server ms median (p95) | /panels wall ms | / server ms | scanning the big tables instead, ms |\n|---|---|---|---|---|---|---|---|\n",
     );
     for s in result["sizes"].as_array().into_iter().flatten() {
         let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
@@ -189,7 +193,7 @@ pub(crate) fn markdown(result: &Value) -> String {
             "| {} | {} | {} | {:.1} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.0} |\n",
             s["feedback_rows"],
             s["counter_rows"],
-            s["promo_drafts_rows"],
+            s["promo_summary_rows"],
             f("setup_s"),
             f("panels_server_ms"),
             f("panels_server_p95_ms"),
@@ -201,7 +205,8 @@ pub(crate) fn markdown(result: &Value) -> String {
     md.push_str(
         "\nServer ms: the dashboard's own time to read every panel (its `Server-Timing` header), \
          median of the requests; the page reads only the small tables the jobs keep \
-         (`mart.promo_drafts`, `cdm.orders_summary`, `mart.geo_city_summary`, `mart.geo_zones`). \
+         (`mart.promo_campaigns`, `mart.promo_hours`, `cdm.orders_summary`, \
+         `mart.geo_city_summary`, `mart.geo_zones`). \
          The last column runs the GROUP BYs a page would need without them.\n",
     );
     md

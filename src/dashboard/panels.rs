@@ -4,13 +4,16 @@
 //!
 //! | panel | table (kept by) |
 //! |---|---|
-//! | promos: totals, per hour, per restaurant, per campaign | `mart.promo_drafts` (promos sink + trigger) |
+//! | promos: totals, per restaurant, per campaign | `mart.promo_campaigns` (promos sink + trigger) |
+//! | promos: per hour | `mart.promo_hours` (promos sink + trigger) |
 //! | orders: top products, top categories, users per tag | `cdm.orders_summary` (orders) |
 //! | geo: zone mart per week | `mart.geo_zones` (geo) |
 //! | geo: map, home vs actual city, recommendations | `mart.geo_city_summary` ⋈ `geo.cities` (geo) |
 //!
 //! A panel whose table is missing (that job was never set up) or not readable (the role
 //! lacks a grant) shows why instead of numbers; the other panels are unaffected.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use postgres::Client;
@@ -49,7 +52,10 @@ pub struct Limits {
 
 /// Every panel, in page order.
 pub fn all(client: &mut Client, limits: Limits) -> Vec<Panel> {
-    let mut reader = Reader { client };
+    let mut reader = Reader {
+        client,
+        changed: HashMap::new(),
+    };
     vec![
         promo_totals(&mut reader),
         promo_hours(&mut reader, limits.hours),
@@ -98,6 +104,9 @@ pub fn all(client: &mut Client, limits: Limits) -> Vec<Panel> {
 /// Runs the panels' queries; turns a failure into the text a panel shows.
 struct Reader<'c> {
     client: &'c mut Client,
+    /// `changed` queries without parameters already run for this request (several panels
+    /// share a table).
+    changed: HashMap<&'static str, Option<DateTime<Utc>>>,
 }
 
 impl Reader<'_> {
@@ -128,9 +137,25 @@ impl Reader<'_> {
     }
 
     /// `max(changed_at)` of the rows `sql` selects.
-    fn changed(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Option<DateTime<Utc>> {
-        let rows = self.client.query(sql, params).ok()?;
-        rows.first()?.try_get(0).ok()?
+    fn changed(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Option<DateTime<Utc>> {
+        if params.is_empty()
+            && let Some(known) = self.changed.get(sql)
+        {
+            return *known;
+        }
+        let changed = self
+            .client
+            .query(sql, params)
+            .ok()
+            .and_then(|rows| rows.first()?.try_get(0).ok()?);
+        if params.is_empty() {
+            self.changed.insert(sql, changed);
+        }
+        changed
     }
 }
 
@@ -154,14 +179,17 @@ fn empty(what: &str) -> String {
     format!("<p class=\"empty\">{}</p>", escape(what))
 }
 
-const PROMOS_CHANGED: &str = "SELECT max(changed_at) FROM mart.promo_drafts";
+/// When the promos summaries last changed (a count changes both; a campaign that moved to
+/// another restaurant, only its row).
+const PROMOS_CHANGED: &str = "SELECT greatest((SELECT max(changed_at) FROM mart.promo_campaigns),
+                                             (SELECT max(changed_at) FROM mart.promo_hours))";
 
 fn promo_totals(r: &mut Reader<'_>) -> Panel {
     let body = r
         .query(
             "SELECT coalesce(sum(drafts), 0)::int8, coalesce(sum(feedback), 0)::int8,
-                    count(DISTINCT adv_campaign_id), count(DISTINCT restaurant_id)
-             FROM mart.promo_drafts",
+                    count(*), count(DISTINCT restaurant_id)
+             FROM mart.promo_campaigns",
             &[],
             "promos",
         )
@@ -202,8 +230,7 @@ fn promo_totals(r: &mut Reader<'_>) -> Panel {
 fn promo_hours(r: &mut Reader<'_>, hours: i64) -> Panel {
     let body = r
         .query(
-            "SELECT hour, sum(drafts)::int8, sum(feedback)::int8 FROM mart.promo_drafts
-             GROUP BY hour ORDER BY hour DESC LIMIT $1",
+            "SELECT hour, drafts, feedback FROM mart.promo_hours ORDER BY hour DESC LIMIT $1",
             &[&hours],
             "promos",
         )
@@ -245,7 +272,7 @@ fn promo_top(
 ) -> Panel {
     // `column` is one of two constants: the statement is fixed text either way.
     let sql = format!(
-        "SELECT {column}, sum(drafts)::int8, sum(feedback)::int8 FROM mart.promo_drafts
+        "SELECT {column}, sum(drafts)::int8, sum(feedback)::int8 FROM mart.promo_campaigns
          GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $1"
     );
     let body = r.query(&sql, &[&top], "promos").map(|rows| {

@@ -36,15 +36,19 @@ pub fn count(n: i64) -> String {
     out
 }
 
-/// Shortens `text` to at most `max` characters, with an ellipsis.
+/// Shortens `text` to at most `max` characters with an ellipsis in the middle, keeping the
+/// start and the end (ids that share a prefix stay apart: "123e4567…426614174003").
 fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let mut short: String = text.chars().take(max.saturating_sub(1)).collect();
-        short.push('…');
-        short
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= max {
+        return text.to_string();
     }
+    let head = (max / 2).max(1);
+    let tail = max.saturating_sub(head + 1);
+    let mut short: String = chars[..head].iter().collect();
+    short.push('…');
+    short.extend(&chars[chars.len() - tail..]);
+    short
 }
 
 /// The legend of `series` (nothing for a single series).
@@ -280,6 +284,16 @@ mod tests {
         );
         let svg = bars(&["drafts"], &[("<b>".into(), vec![3])]);
         assert!(!svg.contains("<b>") && svg.contains("&lt;b&gt;"));
+    }
+
+    #[test]
+    fn long_labels_keep_their_start_and_end() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(
+            clip("123e4567-e89b-12d3-a456-426614174003", 21),
+            "123e4567-e…6614174003"
+        );
+        assert_eq!(clip("Пицца Маргарита большая", 9), "Пицц…ьшая");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!     attempt:
 //!       connect, if not connected: lock the outbox, deliver what it holds, batch.connected()
 //!       unless this batch committed already:
-//!         BEGIN; batch.write(tx, updates) → messages; outbox.stage(tx, messages); COMMIT
+//!         BEGIN; batch.write(tx, updates) → messages; outbox.stage(tx, messages);
+//!         batch.before_commit(tx); COMMIT
 //!         batch.committed()
 //!       outbox.settle (the previous batch's messages), outbox.send (this batch's)
 //!     a transient error: drop the connection, back off, attempt again
@@ -149,6 +150,12 @@ pub trait TableBatch<D>: Send + 'static {
         tx: &mut Transaction<'_>,
         updates: &[(D, Time, Diff)],
     ) -> Result<Vec<KafkaMessage>>;
+    /// Last statements of the batch's transaction, after the outbox rows, right before
+    /// COMMIT: where rows that every writer updates (counts) are locked for the shortest
+    /// time.
+    fn before_commit(&mut self, _tx: &mut Transaction<'_>) -> Result<()> {
+        Ok(())
+    }
     /// The transaction of the last [`write`](TableBatch::write) committed (a write whose
     /// transaction failed is written again, from the same state).
     fn committed(&mut self) {}
@@ -248,6 +255,9 @@ impl<B> TableWriter<B> {
                         .map_err(WriteError::statement)?,
                     None => Vec::new(),
                 };
+                (self.batch)
+                    .before_commit(&mut tx)
+                    .map_err(WriteError::statement)?;
                 tx.commit()
                     .with_context(|| format!("cannot commit the {name}"))
                     .map_err(WriteError::statement)?;

@@ -129,29 +129,59 @@ pub fn feedback_rows(db: &str) -> Vec<(String, String, i32)> {
     rows
 }
 
-/// `mart.promo_drafts` (campaign, hour as unix seconds, restaurant, drafts, feedback),
-/// sorted, and the same counted over `subscribers_feedback`: the two must be equal.
-pub type PromoSummary = Vec<(String, i64, String, i64, i64)>;
+/// The promos summaries: `mart.promo_campaigns` (campaign, restaurant, drafts, feedback)
+/// and `mart.promo_hours` (hour as unix seconds, drafts, feedback), sorted.
+#[derive(Debug, PartialEq)]
+pub struct PromoSummary {
+    pub campaigns: Vec<(String, String, i64, i64)>,
+    pub hours: Vec<(i64, i64, i64)>,
+}
 
-/// The promos summary as the job keeps it, and as `subscribers_feedback` says it should be.
+impl PromoSummary {
+    /// Drafts counted, over all hours.
+    pub fn drafts(&self) -> i64 {
+        self.hours.iter().map(|h| h.1).sum()
+    }
+
+    /// Rows with feedback counted, over all hours.
+    pub fn feedback(&self) -> i64 {
+        self.hours.iter().map(|h| h.2).sum()
+    }
+}
+
+/// The promos summaries as the job keeps them, and as `subscribers_feedback` says they
+/// should be: the two must be equal.
 pub fn promo_summary_and_truth(db: &str) -> (PromoSummary, PromoSummary) {
     let mut client = pg(db);
-    let mut read = |sql: &str| -> PromoSummary {
-        client
-            .query(sql, &[])
-            .expect("query")
+    let mut read = |campaigns: &str, hours: &str| PromoSummary {
+        campaigns: client
+            .query(campaigns, &[])
+            .expect("campaigns")
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-            .collect()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect(),
+        hours: client
+            .query(hours, &[])
+            .expect("hours")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect(),
     };
     let summary = read(
-        "SELECT adv_campaign_id, extract(epoch FROM hour)::int8, restaurant_id, drafts, feedback
-         FROM mart.promo_drafts ORDER BY 1, 2",
+        "SELECT adv_campaign_id, restaurant_id, drafts, feedback FROM mart.promo_campaigns
+         ORDER BY 1",
+        "SELECT extract(epoch FROM hour)::int8, drafts, feedback FROM mart.promo_hours
+         ORDER BY 1",
     );
     let truth = read(
-        "SELECT adv_campaign_id, (trigger_datetime_created - trigger_datetime_created % 3600)::int8,
-                max(restaurant_id), count(*), count(feedback)
-         FROM subscribers_feedback GROUP BY 1, 2 ORDER BY 1, 2",
+        // The restaurant of the campaign's latest version.
+        "SELECT adv_campaign_id,
+                (array_agg(restaurant_id ORDER BY datetime_created DESC, id DESC))[1],
+                count(*), count(feedback)
+         FROM subscribers_feedback GROUP BY 1 ORDER BY 1",
+        "SELECT (trigger_datetime_created - trigger_datetime_created % 3600)::int8, count(*),
+                count(feedback)
+         FROM subscribers_feedback GROUP BY 1 ORDER BY 1",
     );
     (summary, truth)
 }

@@ -11,7 +11,8 @@
 //!         ON CONFLICT (adv_campaign_id, client_id) DO UPDATE SET <campaign columns>
 //!           WHERE <campaign columns differ>
 //!         RETURNING adv_campaign_id, client_id, …     ← rows inserted or changed
-//!       the inserted rows counted per (campaign, hour) → mart.promo_drafts (the dashboard's)
+//!       outbox rows, then the inserted rows counted per campaign and per hour →
+//!         mart.promo_campaigns, mart.promo_hours (the dashboard's; locked just before COMMIT)
 //!       messages for the puts returned (+ retractions, by the envelope) → dishflow_outbox
 //!     COMMIT, then the outbox produces them and confirms (see `sinks::outbox`)
 //! ```
@@ -71,23 +72,23 @@ WHERE (f.restaurant_id, f.adv_campaign_content, f.adv_campaign_owner,
        excluded.adv_campaign_datetime_end, excluded.datetime_created)
 RETURNING adv_campaign_id, client_id, restaurant_id, trigger_datetime_created, xmax = 0";
 
-/// Adds the drafts whose rows a batch inserted to `mart.promo_drafts` (per campaign and
-/// hour; rows sorted by key so that concurrent writers lock them in one order).
-const COUNT_DRAFTS: &str = "
-INSERT INTO mart.promo_drafts AS p (
-    adv_campaign_id, hour, restaurant_id, drafts, feedback, changed_at)
-SELECT c, to_timestamp(h), r, n, 0, now()
-FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[]) AS u(c, h, r, n)
-ON CONFLICT (adv_campaign_id, hour) DO UPDATE SET
+/// Adds the drafts whose rows a batch inserted to `mart.promo_campaigns`, and moves a
+/// replaced campaign to its (new) restaurant.
+const COUNT_CAMPAIGNS: &str = "
+INSERT INTO mart.promo_campaigns AS p (adv_campaign_id, restaurant_id, drafts, feedback, changed_at)
+SELECT c, r, n, 0, now() FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(c, r, n)
+ON CONFLICT (adv_campaign_id) DO UPDATE SET
     drafts = p.drafts + excluded.drafts,
     restaurant_id = excluded.restaurant_id,
-    changed_at = excluded.changed_at";
+    changed_at = excluded.changed_at
+WHERE excluded.drafts > 0 OR p.restaurant_id <> excluded.restaurant_id";
 
-/// A replaced campaign's restaurant, on its summary rows.
-const MOVE_CAMPAIGNS: &str = "
-UPDATE mart.promo_drafts AS p SET restaurant_id = u.r, changed_at = now()
-FROM unnest($1::text[], $2::text[]) AS u(c, r)
-WHERE p.adv_campaign_id = u.c AND p.restaurant_id <> u.r";
+/// Adds the drafts whose rows a batch inserted to `mart.promo_hours`.
+const COUNT_HOURS: &str = "
+INSERT INTO mart.promo_hours AS p (hour, drafts, feedback, changed_at)
+SELECT to_timestamp(h), n, 0, now() FROM unnest($1::int8[], $2::int8[]) AS u(h, n)
+ON CONFLICT (hour) DO UPDATE SET
+    drafts = p.drafts + excluded.drafts, changed_at = excluded.changed_at";
 
 /// How retractions (campaign ended, client unsubscribed) appear in the notification topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -136,6 +137,8 @@ pub struct FeedbackBatch<E> {
     retractions: Option<Retractions>,
     /// What the last written batch changes in `retractions`, once it commits.
     pending: Option<(Option<Time>, RetractionChanges)>,
+    /// What the last written batch adds to the summaries, written before it commits.
+    summary: Summary,
 }
 
 impl<E> FeedbackBatch<E> {
@@ -150,6 +153,7 @@ impl<E> FeedbackBatch<E> {
             republish,
             retractions: resend_after_retraction.then(Retractions::default),
             pending: None,
+            summary: Summary::default(),
         }
     }
 }
@@ -163,16 +167,16 @@ impl<E: Encoder<Draft>> TableBatch<Draft> for FeedbackBatch<E> {
         let upsert = client
             .prepare(UPSERT)
             .context("cannot prepare the upsert into public.subscribers_feedback")?;
-        let count = client
-            .prepare(COUNT_DRAFTS)
-            .context("cannot prepare the upsert into mart.promo_drafts")?;
-        let moved = client
-            .prepare(MOVE_CAMPAIGNS)
-            .context("cannot prepare the update of mart.promo_drafts")?;
+        let campaigns = client
+            .prepare(COUNT_CAMPAIGNS)
+            .context("cannot prepare the upsert into mart.promo_campaigns")?;
+        let hours = client
+            .prepare(COUNT_HOURS)
+            .context("cannot prepare the upsert into mart.promo_hours")?;
         self.statements = Some(Statements {
             upsert,
-            count,
-            moved,
+            campaigns,
+            hours,
         });
         Ok(())
     }
@@ -187,14 +191,21 @@ impl<E: Encoder<Draft>> TableBatch<Draft> for FeedbackBatch<E> {
             .as_ref()
             .context("the upsert is not prepared")?;
         let mut events = events(updates);
-        let summary = upsert_rows(tx, &statements.upsert, &mut events)?;
-        summary.write(tx, statements)?;
+        self.summary = upsert_rows(tx, &statements.upsert, &mut events)?;
         if self.republish {
             events.iter_mut().for_each(|e| e.forward |= e.put);
         }
         let (messages, changes) = messages(&self.encoder, self.retractions.as_ref(), &events)?;
         self.pending = Some((events.first().map(|e| e.time), changes));
         Ok(messages)
+    }
+
+    fn before_commit(&mut self, tx: &mut Transaction<'_>) -> Result<()> {
+        let statements = self
+            .statements
+            .as_ref()
+            .context("the upsert is not prepared")?;
+        std::mem::take(&mut self.summary).write(tx, statements)
     }
 
     fn committed(&mut self) {
@@ -376,17 +387,18 @@ fn messages<E: Encoder<Draft>>(
 /// The statements of a writer's connection.
 struct Statements {
     upsert: Statement,
-    count: Statement,
-    moved: Statement,
+    campaigns: Statement,
+    hours: Statement,
 }
 
-/// What a batch's upserts change in `mart.promo_drafts`.
+/// What a batch's upserts add to `mart.promo_campaigns` and `mart.promo_hours`.
 #[derive(Default)]
 struct Summary {
-    /// (campaign, hour) → (restaurant, drafts whose rows were inserted).
-    drafted: BTreeMap<(String, i64), (String, i64)>,
-    /// Campaign → restaurant, of rows changed by a replaced campaign.
-    changed: BTreeMap<String, String>,
+    /// Campaign → (its restaurant, drafts whose rows were inserted); a campaign whose rows
+    /// only changed (a replacement) is here with 0, to follow a change of restaurant.
+    campaigns: BTreeMap<String, (String, i64)>,
+    /// Hour (unix seconds) → drafts whose rows were inserted.
+    hours: BTreeMap<i64, i64>,
 }
 
 impl Summary {
@@ -395,38 +407,36 @@ impl Summary {
         let campaign: String = row.try_get(0)?;
         let restaurant: String = row.try_get(2)?;
         let trigger = i64::from(row.try_get::<_, i32>(3)?);
-        if row.try_get(4)? {
-            let hour = trigger - trigger.rem_euclid(3600);
-            let entry = self.drafted.entry((campaign, hour)).or_default();
-            entry.0 = restaurant;
+        let inserted: bool = row.try_get(4)?;
+        let entry = self.campaigns.entry(campaign).or_default();
+        entry.0 = restaurant;
+        if inserted {
             entry.1 += 1;
-        } else {
-            self.changed.insert(campaign, restaurant);
+            *self
+                .hours
+                .entry(trigger - trigger.rem_euclid(3600))
+                .or_default() += 1;
         }
         Ok(())
     }
 
-    /// Writes the counts (in key order) and moves replaced campaigns to their restaurant.
+    /// Writes the counts, in key order (every writer locks the rows it updates in one
+    /// order: campaigns, then hours, each sorted).
     fn write(self, tx: &mut Transaction<'_>, statements: &Statements) -> Result<()> {
-        if !self.drafted.is_empty() {
-            let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for ((campaign, hour), (restaurant, drafts)) in self.drafted {
+        if !self.campaigns.is_empty() {
+            let mut columns = (Vec::new(), Vec::new(), Vec::new());
+            for (campaign, (restaurant, drafts)) in self.campaigns {
                 columns.0.push(campaign);
-                columns.1.push(hour);
-                columns.2.push(restaurant);
-                columns.3.push(drafts);
+                columns.1.push(restaurant);
+                columns.2.push(drafts);
             }
-            tx.execute(
-                &statements.count,
-                &[&columns.0, &columns.1, &columns.2, &columns.3],
-            )
-            .context("cannot count drafts in mart.promo_drafts")?;
+            tx.execute(&statements.campaigns, &[&columns.0, &columns.1, &columns.2])
+                .context("cannot count drafts in mart.promo_campaigns")?;
         }
-        if !self.changed.is_empty() {
-            let (campaigns, restaurants): (Vec<String>, Vec<String>) =
-                self.changed.into_iter().unzip();
-            tx.execute(&statements.moved, &[&campaigns, &restaurants])
-                .context("cannot update mart.promo_drafts")?;
+        if !self.hours.is_empty() {
+            let (hours, drafts): (Vec<i64>, Vec<i64>) = self.hours.into_iter().unzip();
+            tx.execute(&statements.hours, &[&hours, &drafts])
+                .context("cannot count drafts in mart.promo_hours")?;
         }
         Ok(())
     }
