@@ -127,8 +127,19 @@ fn docker_compose_uses_only_flags_and_variables_that_exist() {
         if command[0] != "setup" {
             assert!(
                 !service["healthcheck"].is_badvalue(),
-                "{name}: a long-running job needs a healthcheck"
+                "{name}: a long-running service needs a healthcheck"
             );
+        }
+        if command[0] == "dashboard" {
+            // Its healthcheck asks its own port, and the token is a secret, not a value.
+            assert_eq!(env["DISHFLOW_LISTEN"].as_deref(), Some("0.0.0.0:8080"));
+            assert!(
+                strings(&service["secrets"]).contains(&"dashboard_token".to_string())
+                    && env["DISHFLOW_AUTH_TOKEN_FILE"].as_deref()
+                        == Some("/run/secrets/dashboard_token"),
+                "{name}: beyond loopback only with a token"
+            );
+        } else if command[0] != "setup" {
             assert!(
                 env.contains_key("DISHFLOW_METRICS_ADDR"),
                 "{name}: /healthz is served"
@@ -151,8 +162,8 @@ fn docker_compose_uses_only_flags_and_variables_that_exist() {
         }
     }
     assert_eq!(
-        dishflow_services, 5,
-        "setup, promos-0, promos-1, orders, geo"
+        dishflow_services, 6,
+        "setup, promos-0, promos-1, orders, geo, dashboard"
     );
     let hosts = doc["configs"]["hostfile"]["content"]
         .as_str()
@@ -316,7 +327,13 @@ fn prometheus_scrapes_every_dishflow_job_of_docker_compose() {
     let mut jobs: Vec<String> = services
         .iter()
         .filter(|(_, s)| s["image"].as_str() == Some("dishflow:latest"))
-        .filter(|(_, s)| strings(&s["command"]).first().map(String::as_str) != Some("setup"))
+        .filter(|(_, s)| {
+            let command = strings(&s["command"]);
+            !matches!(
+                command.first().map(String::as_str),
+                Some("setup" | "dashboard")
+            )
+        })
         .map(|(name, _)| format!("{}:9464", name.as_str().expect("name")))
         .collect();
     jobs.sort();

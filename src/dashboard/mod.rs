@@ -12,7 +12,7 @@
 //!   page costs the same at any data size; the time it took is in the `Server-Timing`
 //!   header and the page's footer.
 //! * Safe by default: it listens on loopback unless `--listen` says otherwise; with
-//!   `--auth-token-file` every request needs the token (`Authorization: Bearer …`, or once
+//!   `--auth-token-file` every request but `/healthz` needs the token (`Authorization: Bearer …`, or once
 //!   `/?token=…`, which sets a cookie), else 401. Sessions are read-only
 //!   (`default_transaction_read_only`), statements are constants with bound parameters, and
 //!   a role with only SELECT on the marts is enough (docs/operations.md).
@@ -206,7 +206,8 @@ impl Shared {
         if *request.method() != Method::Get && *request.method() != Method::Head {
             return text(405, "only GET\n", "text/plain; charset=utf-8");
         }
-        if let Some(token) = &self.token {
+        // Health checks need no token (the answer says nothing).
+        if let Some(token) = self.token.as_ref().filter(|_| path != "/healthz") {
             let offered = url::form_urlencoded::parse(query.as_bytes())
                 .find(|(k, _)| k == "token")
                 .map(|(_, v)| v.into_owned());
