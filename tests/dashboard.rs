@@ -23,19 +23,27 @@ use headless_chrome::{Browser, LaunchOptions, Tab};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// What the test writes into the marts (as the jobs would).
+/// Feedback rows the promos job would have written before the dashboard's tables existed
+/// (`setup` builds `mart.promo_campaigns` and `mart.promo_hours` from them): campaign a, 120
+/// drafts at 10:00 of which 30 have feedback; campaign b, 80 at 11:00, 10 with feedback.
+const FEEDBACK: &str = "
+INSERT INTO public.subscribers_feedback (restaurant_id, adv_campaign_id, adv_campaign_content,
+    adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start,
+    adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created, feedback)
+SELECT r, c, 'content', 'owner', 'owner@example.com', 1764583200, 1764669600, 1764583200,
+       'client-' || i, t, CASE WHEN i < f THEN 'liked' END
+FROM (VALUES ('restaurant-1', 'campaign-a', 120, 30, 1764583200),
+             ('restaurant-2', 'campaign-b', 80, 10, 1764586800)) AS v(r, c, n, f, t),
+     generate_series(0, 199) AS i
+WHERE i < n";
+
+/// What the orders and geo jobs would have written.
 const MARTS: &str = "
-INSERT INTO mart.promo_campaigns VALUES
-    ('campaign-a', 'restaurant-1', 120, 30, '2026-12-01 10:59+00'),
-    ('campaign-b', 'restaurant-2', 80, 10, '2026-12-01 11:30+00');
-INSERT INTO mart.promo_hours VALUES
-    ('2026-12-01 10:00+00', 120, 30, '2026-12-01 10:59+00'),
-    ('2026-12-01 11:00+00', 80, 10, '2026-12-01 11:30+00');
 INSERT INTO cdm.orders_summary VALUES
     ('product', 'Пицца Маргарита', 40, 77, now()), ('category', 'Пицца', 41, 90, now()),
     ('tag', 'pizza lover', 12, 0, now());
 INSERT INTO mart.geo_city_summary VALUES
-    ('Sydney', 500, 450, 400, 33, now()), ('Perth', 100, 120, 90, 5, now());
+    ('Sydney', 500, 450, 400, 33, now()), ('Perth', 100, 120, 90, 5, '2026-12-01 11:30+00');
 INSERT INTO mart.geo_zones VALUES
     ('2022-05-01', '2022-04-25', 1, 10, 5, 2, 1, 10, 5, 2, 1)";
 
@@ -160,6 +168,10 @@ fn screenshot(tab: &Tab, name: &str) {
 fn the_page_shows_the_marts_updates_itself_and_needs_its_token() {
     let role = Role(unique("dash"));
     let db = database("dash");
+    pg(&db)
+        .batch_execute(dishflow::pg::FEEDBACK_DDL)
+        .and_then(|()| pg(&db).batch_execute(FEEDBACK))
+        .expect("feedback rows");
     assert_success(&dishflow(
         ["setup", "--job", "all", "--postgres-url", &db],
         MINUTE,
@@ -233,10 +245,25 @@ fn the_page_shows_the_marts_updates_itself_and_needs_its_token() {
     assert!(text(&tab, "#geo-home").contains("Sydney"));
     assert!(text(&tab, "#geo-recommendations").contains("33"));
     assert!(text(&tab, "#geo-map").contains("Sydney 500"));
+    let hours = text(&tab, "#promos-hours");
     assert!(
-        text(&tab, "#promos-totals-changed").contains("2026-12-01 11:30:00 UTC"),
-        "each panel says when its data last changed"
+        hours.contains("12-01 10h") && hours.contains("12-01 11h"),
+        "{hours}"
     );
+    assert!(text(&tab, "#promos-restaurants").contains("restaurant-2"));
+    // Each panel says when its data last changed (the summaries were written just now).
+    let today = chrono::Utc::now()
+        .format("Last changed %Y-%m-%d")
+        .to_string();
+    for panel in [
+        "promos-totals",
+        "promos-hours",
+        "orders-products",
+        "geo-home",
+    ] {
+        let changed = text(&tab, &format!("#{panel}-changed"));
+        assert!(changed.starts_with(&today), "{panel}: {changed}");
+    }
     // The role has no SELECT on mart.geo_zones: that panel says so, the others work.
     let weeks = text(&tab, "#geo-weeks");
     assert!(weeks.contains("Not readable"), "{weeks}");
@@ -254,15 +281,16 @@ fn the_page_shows_the_marts_updates_itself_and_needs_its_token() {
         .expect("mark");
     pg(&db)
         .batch_execute(
-            "UPDATE mart.promo_campaigns SET drafts = drafts + 1000, changed_at = now()
-             WHERE adv_campaign_id = 'campaign-a';
+            // The app fills feedback (the trigger counts it); the orders job updates a count.
+            "UPDATE subscribers_feedback SET feedback = 'loved'
+             WHERE adv_campaign_id = 'campaign-b' AND feedback IS NULL;
              UPDATE cdm.orders_summary SET orders = 4321 WHERE kind = 'product'",
         )
         .expect("change");
     wait_until(MINUTE, "the page shows the changed rows", || {
-        let drafts = text(&tab, "[data-stat=drafts]");
+        let feedback = text(&tab, "[data-stat=feedback]");
         let products = text(&tab, "#orders-products");
-        (drafts == "1\u{2009}200" && products.contains("4\u{2009}321")).then_some(())
+        (feedback == "110" && products.contains("4\u{2009}321")).then_some(())
     });
     assert_eq!(
         eval(&tab, "window.notReloaded === true"),
@@ -299,7 +327,7 @@ fn the_page_shows_the_marts_updates_itself_and_needs_its_token() {
     tab.navigate_to(&format!("http://{listen}/?token={token}"))
         .and_then(|t| t.wait_until_navigated())
         .expect("page");
-    assert_eq!(text(&tab, "[data-stat=drafts]"), "1\u{2009}200");
+    assert_eq!(text(&tab, "[data-stat=share]"), "55.0 %");
     assert_eq!(eval(&tab, "window.innerWidth"), "390");
     assert_eq!(
         eval(
