@@ -70,7 +70,7 @@ WHERE (f.restaurant_id, f.adv_campaign_content, f.adv_campaign_owner,
       (excluded.restaurant_id, excluded.adv_campaign_content, excluded.adv_campaign_owner,
        excluded.adv_campaign_owner_contact, excluded.adv_campaign_datetime_start,
        excluded.adv_campaign_datetime_end, excluded.datetime_created)
-RETURNING adv_campaign_id, client_id, restaurant_id, trigger_datetime_created, xmax = 0";
+RETURNING adv_campaign_id, client_id, xmax = 0";
 
 /// Adds the drafts whose rows a batch inserted to `mart.promo_campaigns`, and moves a
 /// replaced campaign to its (new) restaurant.
@@ -402,22 +402,28 @@ struct Summary {
 }
 
 impl Summary {
-    /// Counts a row the upsert returned.
-    fn returned(&mut self, row: &postgres::Row) -> Result<()> {
-        let campaign: String = row.try_get(0)?;
-        let restaurant: String = row.try_get(2)?;
-        let trigger = i64::from(row.try_get::<_, i32>(3)?);
-        let inserted: bool = row.try_get(4)?;
-        let entry = self.campaigns.entry(campaign).or_default();
-        entry.0 = restaurant;
+    /// Counts a row the upsert inserted or changed: the draft's campaign, restaurant and
+    /// `trigger_datetime_created`.
+    fn add(&mut self, campaign: &str, restaurant: &str, trigger: i64, inserted: bool) {
+        let drafts = i64::from(inserted);
+        match self.campaigns.get_mut(campaign) {
+            Some(entry) => {
+                if entry.0 != restaurant {
+                    entry.0 = restaurant.to_string();
+                }
+                entry.1 += drafts;
+            }
+            None => {
+                self.campaigns
+                    .insert(campaign.to_string(), (restaurant.to_string(), drafts));
+            }
+        }
         if inserted {
-            entry.1 += 1;
             *self
                 .hours
                 .entry(trigger - trigger.rem_euclid(3600))
                 .or_default() += 1;
         }
-        Ok(())
     }
 
     /// Writes the counts, in key order (every writer locks the rows it updates in one
@@ -504,15 +510,20 @@ fn write_chunk(
             ],
         )
         .context("cannot write to public.subscribers_feedback")?;
-    let mut changed: HashSet<(&str, &str)> = HashSet::with_capacity(rows.len());
+    // Rows inserted or changed → whether inserted (a new draft, counted in the summary).
+    let mut changed: HashMap<(&str, &str), bool> = HashMap::with_capacity(rows.len());
     for row in &rows {
-        changed.insert((row.try_get(0)?, row.try_get(1)?));
-        summary.returned(row)?;
+        changed.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
     }
-    for &i in chunk {
+    for (&i, trigger) in chunk.iter().zip(&c.trigger) {
         let d = events[i].draft;
-        events[i].forward =
-            changed.contains(&(d.campaign.adv_campaign_id.as_str(), d.client_id.as_str()));
+        let campaign = d.campaign.adv_campaign_id.as_str();
+        let inserted = changed.get(&(campaign, d.client_id.as_str())).copied();
+        events[i].forward = inserted.is_some();
+        if let Some(inserted) = inserted {
+            let restaurant = d.campaign.restaurant_id.as_str();
+            summary.add(campaign, restaurant, i64::from(*trigger), inserted);
+        }
     }
     Ok(())
 }
