@@ -257,9 +257,13 @@ impl Shared {
         reply: impl FnOnce(Vec<Panel>, Duration) -> Reply,
     ) -> Reply {
         let started = Instant::now();
-        if client.as_mut().is_none_or(|c| c.is_closed()) {
-            match connect(&self.url) {
-                Ok(c) => *client = Some(c),
+        if client.as_ref().is_some_and(|c| c.is_closed()) {
+            *client = None;
+        }
+        let c = match client {
+            Some(c) => c,
+            None => match connect(&self.url) {
+                Ok(c) => client.insert(c),
                 Err(error) => {
                     warn!(error = format!("{error:#}"), "dashboard: no database");
                     return text(
@@ -268,10 +272,7 @@ impl Shared {
                         "text/plain; charset=utf-8",
                     );
                 }
-            }
-        }
-        let Some(c) = client.as_mut() else {
-            return text(503, "no database\n", "text/plain; charset=utf-8");
+            },
         };
         let mut panels = panels::all(c, self.limits);
         self.watch(&mut panels);

@@ -179,6 +179,23 @@ fn empty(what: &str) -> String {
     format!("<p class=\"empty\">{}</p>", escape(what))
 }
 
+/// A chart's points: (label, one value per series).
+type Points = Vec<(String, Vec<i64>)>;
+
+/// `rows` as points (`point` of each row, in order) drawn by `draw`, or `none` when there
+/// are no rows.
+fn chart(
+    rows: &[postgres::Row],
+    none: &str,
+    point: impl Fn(&postgres::Row) -> (String, Vec<i64>),
+    draw: impl FnOnce(&Points) -> String,
+) -> String {
+    if rows.is_empty() {
+        return empty(none);
+    }
+    draw(&rows.iter().map(point).collect())
+}
+
 /// When the promos summaries last changed (a count changes both; a campaign that moved to
 /// another restaurant, only its row).
 const PROMOS_CHANGED: &str = "SELECT greatest((SELECT max(changed_at) FROM mart.promo_campaigns),
@@ -234,22 +251,16 @@ fn promo_hours(r: &mut Reader<'_>, hours: i64) -> Panel {
             &[&hours],
             "promos",
         )
-        .map(|rows| {
-            if rows.is_empty() {
-                return empty("No drafts yet.");
-            }
-            let points: Vec<(String, Vec<i64>)> = rows
-                .iter()
-                .rev()
-                .map(|row| {
-                    let hour: DateTime<Utc> = row.get(0);
-                    (
-                        hour.format("%m-%d %Hh").to_string(),
-                        vec![row.get(1), row.get(2)],
-                    )
-                })
-                .collect();
-            svg::columns(&["drafts", "with feedback"], &points)
+        .map(|mut rows| {
+            rows.reverse();
+            let point = |row: &postgres::Row| {
+                let hour: DateTime<Utc> = row.get(0);
+                let label = hour.format("%m-%d %Hh").to_string();
+                (label, vec![row.get(1), row.get(2)])
+            };
+            chart(&rows, "No drafts yet.", point, |points| {
+                svg::columns(&["drafts", "with feedback"], points)
+            })
         });
     let changed = r.changed(PROMOS_CHANGED, &[]);
     panel(
@@ -276,14 +287,10 @@ fn promo_top(
          GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $1"
     );
     let body = r.query(&sql, &[&top], "promos").map(|rows| {
-        if rows.is_empty() {
-            return empty("No drafts yet.");
-        }
-        let rows: Vec<(String, Vec<i64>)> = rows
-            .iter()
-            .map(|row| (row.get(0), vec![row.get(1), row.get(2)]))
-            .collect();
-        svg::bars(&["drafts", "with feedback"], &rows)
+        let point = |row: &postgres::Row| (row.get(0), vec![row.get(1), row.get(2)]);
+        chart(&rows, "No drafts yet.", point, |points| {
+            svg::bars(&["drafts", "with feedback"], points)
+        })
     });
     let changed = r.changed(PROMOS_CHANGED, &[]);
     panel((id, "promos", title), body, changed)
@@ -304,33 +311,17 @@ fn orders_top(
         "SELECT name, orders, users FROM cdm.orders_summary WHERE kind = $1
          ORDER BY orders DESC, name LIMIT $2"
     };
+    let (none, series): (&str, &[&str]) = if tags {
+        ("No user has a tag yet.", &["users"])
+    } else {
+        ("No closed orders yet.", &["orders", "users"])
+    };
     let body = r.query(sql, &[&kind, &top], "orders").map(|rows| {
-        if rows.is_empty() {
-            return empty(if tags {
-                "No user has a tag yet."
-            } else {
-                "No closed orders yet."
-            });
-        }
-        let rows: Vec<(String, Vec<i64>)> = rows
-            .iter()
-            .map(|row| {
-                let first: i64 = row.get(1);
-                (
-                    row.get(0),
-                    if tags {
-                        vec![first]
-                    } else {
-                        vec![first, row.get(2)]
-                    },
-                )
-            })
-            .collect();
-        if tags {
-            svg::bars(&["users"], &rows)
-        } else {
-            svg::bars(&["orders", "users"], &rows)
-        }
+        let point = |row: &postgres::Row| {
+            let values = (1..=series.len()).map(|i| row.get(i)).collect();
+            (row.get(0), values)
+        };
+        chart(&rows, none, point, |points| svg::bars(series, points))
     });
     let changed = r.changed(
         "SELECT max(changed_at) FROM cdm.orders_summary WHERE kind = $1",
@@ -353,25 +344,19 @@ fn geo_weeks(r: &mut Reader<'_>, weeks: i64) -> Panel {
             &[&weeks],
             "geo",
         )
-        .map(|rows| {
-            if rows.is_empty() {
-                return empty("No events yet.");
-            }
-            let points: Vec<(String, Vec<i64>)> = rows
-                .iter()
-                .rev()
-                .map(|row| {
-                    let week: NaiveDate = row.get(0);
-                    (
-                        week.format("%Y-%m-%d").to_string(),
-                        (1..=4).map(|i| row.get(i)).collect(),
-                    )
-                })
-                .collect();
-            svg::columns(
-                &["messages", "reactions", "subscriptions", "registrations"],
-                &points,
-            )
+        .map(|mut rows| {
+            rows.reverse();
+            let point = |row: &postgres::Row| {
+                let week: NaiveDate = row.get(0);
+                let label = week.format("%Y-%m-%d").to_string();
+                (label, (1..=4).map(|i| row.get(i)).collect())
+            };
+            chart(&rows, "No events yet.", point, |points| {
+                svg::columns(
+                    &["messages", "reactions", "subscriptions", "registrations"],
+                    points,
+                )
+            })
         });
     let mut panel = panel(
         ("geo-weeks", "geo", "Zone mart per week (all zones)"),
@@ -426,14 +411,11 @@ fn geo_home(r: &mut Reader<'_>, top: i64) -> Panel {
             "geo",
         )
         .map(|rows| {
-            if rows.is_empty() {
-                return empty("No users yet.");
-            }
-            let rows: Vec<(String, Vec<i64>)> = rows
-                .iter()
-                .map(|row| (row.get(0), vec![row.get(1), row.get(2), row.get(3)]))
-                .collect();
-            svg::bars(&["there now", "home city", "at home now"], &rows)
+            let point =
+                |row: &postgres::Row| (row.get(0), vec![row.get(1), row.get(2), row.get(3)]);
+            chart(&rows, "No users yet.", point, |points| {
+                svg::bars(&["there now", "home city", "at home now"], points)
+            })
         });
     let changed = r.changed(CITY_CHANGED, &[]);
     panel(("geo-home", "geo", "Home vs actual city"), body, changed)
@@ -448,14 +430,10 @@ fn geo_recommendations(r: &mut Reader<'_>, top: i64) -> Panel {
             "geo",
         )
         .map(|rows| {
-            if rows.is_empty() {
-                return empty("No recommendations yet.");
-            }
-            let rows: Vec<(String, Vec<i64>)> = rows
-                .iter()
-                .map(|row| (row.get(0), vec![row.get(1)]))
-                .collect();
-            svg::bars(&["recommendations"], &rows)
+            let point = |row: &postgres::Row| (row.get(0), vec![row.get(1)]);
+            chart(&rows, "No recommendations yet.", point, |points| {
+                svg::bars(&["recommendations"], points)
+            })
         });
     let changed = r.changed(CITY_CHANGED, &[]);
     panel(

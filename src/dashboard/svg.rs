@@ -64,6 +64,15 @@ fn legend(series: &[&str]) -> String {
     out
 }
 
+/// The largest value of any series (at least 1: the scale of a chart).
+fn largest(rows: &[(String, Vec<i64>)]) -> f64 {
+    rows.iter()
+        .flat_map(|(_, values)| values.iter().copied())
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64
+}
+
 /// Horizontal bars, one group per row: `rows` are (label, one value per series). Each bar
 /// is labelled with its value; the longest bar spans the chart.
 pub fn bars(series: &[&str], rows: &[(String, Vec<i64>)]) -> String {
@@ -72,12 +81,7 @@ pub fn bars(series: &[&str], rows: &[(String, Vec<i64>)]) -> String {
     const BAR: f64 = 14.0;
     let per_row = BAR * series.len() as f64 + 10.0;
     let height = per_row * rows.len() as f64 + 4.0;
-    let max = rows
-        .iter()
-        .flat_map(|(_, values)| values.iter().copied())
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
+    let max = largest(rows);
     let span = WIDTH - LABEL - 70.0;
     let mut out = legend(series);
     let _ = write!(
@@ -122,12 +126,7 @@ pub fn columns(series: &[&str], points: &[(String, Vec<i64>)]) -> String {
     const HEIGHT: f64 = 220.0;
     const LEFT: f64 = 56.0;
     const BOTTOM: f64 = 28.0;
-    let max = points
-        .iter()
-        .flat_map(|(_, values)| values.iter().copied())
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
+    let max = largest(points);
     let plot = HEIGHT - BOTTOM - 8.0;
     let slot = (WIDTH - LEFT - 4.0) / points.len().max(1) as f64;
     let column = (slot * 0.8 / series.len().max(1) as f64).max(1.0);
