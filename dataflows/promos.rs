@@ -205,7 +205,7 @@ pub fn decode<'s>(
 /// The version of one campaign currently in force.
 #[derive(Clone, Debug)]
 struct Current {
-    campaign: Campaign,
+    campaign: Arc<Campaign>,
     /// (datetime_created, arrival time, partition, offset) of the version in force.
     order: (i64, Time, i32, i64),
     /// When every version seen so far has ended: the state can be forgotten then.
@@ -242,18 +242,23 @@ pub struct Lifecycle {
 
 /// Emits the validity of `campaign` as seen from logical time `t`: `diff` at
 /// `max(t, start)`, `-diff` at `max(t, end)`; nothing if that interval is empty.
-fn validity(campaign: &Campaign, t: Time, diff: Diff, emit: &mut impl FnMut(Campaign, Time, Diff)) {
+fn validity(
+    campaign: &Arc<Campaign>,
+    t: Time,
+    diff: Diff,
+    emit: &mut impl FnMut(Arc<Campaign>, Time, Diff),
+) {
     let start = secs_to_time(campaign.adv_campaign_datetime_start).max(t);
     let end = secs_to_time(campaign.adv_campaign_datetime_end).max(t);
     if start < end {
-        emit(campaign.clone(), start, diff);
-        emit(campaign.clone(), end, -diff);
+        emit(Arc::clone(campaign), start, diff);
+        emit(Arc::clone(campaign), end, -diff);
     }
 }
 
 impl Replayable for Lifecycle {
     type Message = CampaignMessage;
-    type Output = Campaign;
+    type Output = Arc<Campaign>;
 
     fn route(message: &CampaignMessage) -> u64 {
         message.campaign.adv_campaign_id.hashed()
@@ -263,7 +268,7 @@ impl Replayable for Lifecycle {
         &mut self,
         time: Time,
         messages: Vec<CampaignMessage>,
-        emit: &mut impl FnMut(Campaign, Time, Diff),
+        emit: &mut impl FnMut(Arc<Campaign>, Time, Diff),
     ) {
         self.arrive(time, messages, emit);
     }
@@ -284,7 +289,7 @@ impl Lifecycle {
         &mut self,
         t: Time,
         mut messages: Vec<CampaignMessage>,
-        emit: &mut impl FnMut(Campaign, Time, Diff),
+        emit: &mut impl FnMut(Arc<Campaign>, Time, Diff),
     ) {
         let order = |m: &CampaignMessage| (m.campaign.datetime_created, t, m.partition, m.offset);
         messages.sort_by_key(order);
@@ -296,12 +301,13 @@ impl Lifecycle {
             let forget_at = match self.current.get_mut(&id) {
                 None if end <= t => continue, // ended before it arrived: nothing to remember
                 None => {
-                    validity(&message.campaign, t, 1, emit);
+                    let campaign = Arc::new(message.campaign);
+                    validity(&campaign, t, 1, emit);
                     self.positions.insert(position);
                     self.current.insert(
                         id.clone(),
                         Current {
-                            campaign: message.campaign,
+                            campaign,
                             order,
                             forget_at: end,
                             first: vec![position],
@@ -323,10 +329,11 @@ impl Lifecycle {
                         }
                     }
                     if order > current.order {
-                        if current.campaign != message.campaign {
+                        if *current.campaign != message.campaign {
+                            let campaign = Arc::new(message.campaign);
                             validity(&current.campaign, t, -1, emit);
-                            validity(&message.campaign, t, 1, emit);
-                            current.campaign = message.campaign;
+                            validity(&campaign, t, 1, emit);
+                            current.campaign = campaign;
                         }
                         current.order = order;
                     }
@@ -379,7 +386,7 @@ impl Lifecycle {
 /// frontier has passed their time.
 pub fn campaigns_in_force<'s>(
     messages: VecCollection<'s, Time, CampaignMessage, Diff>,
-) -> VecCollection<'s, Time, Campaign, Diff> {
+) -> VecCollection<'s, Time, Arc<Campaign>, Diff> {
     campaigns_and_retention(messages).0
 }
 
@@ -387,7 +394,7 @@ pub fn campaigns_in_force<'s>(
 pub fn campaigns_and_retention<'s>(
     messages: VecCollection<'s, Time, CampaignMessage, Diff>,
 ) -> (
-    VecCollection<'s, Time, Campaign, Diff>,
+    VecCollection<'s, Time, Arc<Campaign>, Diff>,
     Stream<'s, Time, Vec<Retention>>,
 ) {
     replay_state(messages, "CampaignLifecycle", Lifecycle::default())
@@ -412,7 +419,7 @@ pub fn drafts_and_retention<'s>(
 ) {
     let (campaigns, retention) = campaigns_and_retention(messages);
     let campaigns = campaigns
-        .map(|campaign| (campaign.restaurant_id.clone(), Arc::new(campaign)))
+        .map(|campaign| (campaign.restaurant_id.clone(), campaign))
         .arrange_by_key_named("CampaignsByRestaurant");
     let drafts = subscriptions
         .map(|s| (s.restaurant_id, s.client_id))
@@ -476,7 +483,7 @@ mod tests {
             lifecycle.arrive(
                 t,
                 vec![message(campaign, offset as i64)],
-                &mut |c, at, d| out.push(((c, at), d)),
+                &mut |c, at, d| out.push((((*c).clone(), at), d)),
             );
         }
         lifecycle.expire(until);
@@ -542,7 +549,7 @@ mod tests {
         lifecycle.arrive(
             11_000,
             vec![message(v2.clone(), 8), message(v1, 7)],
-            &mut |c, t, d| out.push(((c, t), d)),
+            &mut |c, t, d| out.push((((*c).clone(), t), d)),
         );
         differential_dataflow::consolidation::consolidate(&mut out);
         assert_eq!(out, vec![((v2.clone(), 11_000), 1), ((v2, 20_000), -1)]);
