@@ -25,11 +25,12 @@
 //! * [`Draft::notification`]: the exact output format, with `trigger_datetime_created` being
 //!   the logical second at which the draft came into existence.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 
@@ -206,13 +207,21 @@ pub fn decode<'s>(
 #[derive(Clone, Debug)]
 struct Current {
     campaign: Arc<Campaign>,
-    /// (datetime_created, arrival time, partition, offset) of the version in force.
-    order: (i64, Time, i32, i64),
+    /// (arrival time, partition, offset) of the version in force: with its
+    /// `datetime_created`, the order in which versions replace each other.
+    arrival: (Time, i32, i64),
     /// When every version seen so far has ended: the state can be forgotten then.
     forget_at: Time,
     /// Per partition, the first offset of a version seen: replaying from there rebuilds
     /// this state.
     first: Vec<(i32, i64)>,
+}
+
+impl Current {
+    fn order(&self) -> (i64, Time, i32, i64) {
+        let (t, partition, offset) = self.arrival;
+        (self.campaign.datetime_created, t, partition, offset)
+    }
 }
 
 /// The lifecycle of campaigns, keyed by `adv_campaign_id`: which version is in force, and
@@ -231,11 +240,18 @@ struct Current {
 /// replaying the topic from there, all at one logical time, rebuilds the same state.
 ///
 /// [`retained`]: Lifecycle::retained
+///
+/// Memory per remembered campaign is its body (shared with the collection downstream) and
+/// one table entry: the table finds a campaign by the id inside its version in force, so
+/// the id is not stored again as a key.
 #[derive(Default)]
 pub struct Lifecycle {
-    current: HashMap<String, Current>,
-    /// Ids to look at when the frontier reaches a time (their `forget_at` when scheduled).
-    expiry: Schedule<String>,
+    current: HashTable<Current>,
+    hasher: DefaultHashBuilder,
+    /// Campaigns (by their id) to look at when the frontier reaches a time (their
+    /// `forget_at` when scheduled). The version scheduled is kept until then, even if a
+    /// newer one replaced it: at most until that version has ended.
+    expiry: Schedule<Arc<Campaign>>,
     /// The `first` positions of every remembered campaign.
     positions: Retained,
 }
@@ -293,27 +309,33 @@ impl Lifecycle {
     ) {
         let order = |m: &CampaignMessage| (m.campaign.datetime_created, t, m.partition, m.offset);
         messages.sort_by_key(order);
+        let hasher = &self.hasher;
+        let hash = |id: &str| hasher.hash_one(id);
         for message in messages {
             let order = order(&message);
             let end = secs_to_time(message.campaign.adv_campaign_datetime_end);
-            let id = message.campaign.adv_campaign_id.clone();
             let position = (message.partition, message.offset);
-            let forget_at = match self.current.get_mut(&id) {
+            let id = &message.campaign.adv_campaign_id;
+            let found = self
+                .current
+                .find_mut(hash(id), |c| c.campaign.adv_campaign_id == *id);
+            let (forget_at, campaign) = match found {
                 None if end <= t => continue, // ended before it arrived: nothing to remember
                 None => {
                     let campaign = Arc::new(message.campaign);
                     validity(&campaign, t, 1, emit);
                     self.positions.insert(position);
-                    self.current.insert(
-                        id.clone(),
+                    self.current.insert_unique(
+                        hash(&campaign.adv_campaign_id),
                         Current {
-                            campaign,
-                            order,
+                            campaign: Arc::clone(&campaign),
+                            arrival: (t, message.partition, message.offset),
                             forget_at: end,
                             first: vec![position],
                         },
+                        |c| hash(&c.campaign.adv_campaign_id),
                     );
-                    end
+                    (end, campaign)
                 }
                 Some(current) => {
                     match current.first.iter_mut().find(|(p, _)| *p == position.0) {
@@ -328,23 +350,23 @@ impl Lifecycle {
                             current.first.push(position);
                         }
                     }
-                    if order > current.order {
+                    if order > current.order() {
                         if *current.campaign != message.campaign {
                             let campaign = Arc::new(message.campaign);
                             validity(&current.campaign, t, -1, emit);
                             validity(&campaign, t, 1, emit);
                             current.campaign = campaign;
                         }
-                        current.order = order;
+                        current.arrival = (t, message.partition, message.offset);
                     }
                     if end <= current.forget_at {
                         continue;
                     }
                     current.forget_at = end;
-                    end
+                    (end, Arc::clone(&current.campaign))
                 }
             };
-            self.expiry.add(forget_at, id);
+            self.expiry.add(forget_at, campaign);
         }
     }
 
@@ -353,10 +375,14 @@ impl Lifecycle {
     pub fn expire(&mut self, time: Time) {
         let current = &mut self.current;
         let positions = &mut self.positions;
-        self.expiry.take_until(time, |_, id| {
-            if current.get(&id).is_some_and(|c| c.forget_at <= time)
-                && let Some(gone) = current.remove(&id)
+        let hasher = &self.hasher;
+        self.expiry.take_until(time, |_, scheduled| {
+            let id = &scheduled.adv_campaign_id;
+            if let Ok(entry) =
+                current.find_entry(hasher.hash_one(id), |c| c.campaign.adv_campaign_id == *id)
+                && entry.get().forget_at <= time
             {
+                let (gone, _) = entry.remove();
                 for position in &gone.first {
                     positions.remove(position);
                 }

@@ -9,6 +9,9 @@ use dishflow::produce::ProduceCommand;
 
 /// mimalloc instead of glibc malloc: differential's batches allocate and free many
 /// short-lived vectors, where glibc spent most of the CPU time (scripts/bench.sh orders).
+/// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc
+/// (`heaptrack`; see docs/performance.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
