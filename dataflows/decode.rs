@@ -3,8 +3,10 @@
 //! those reasons, and the split of decoded records into messages and dead letters.
 
 use chrono::NaiveDateTime;
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
 use serde_json::{Map, Value};
+
+use timely::dataflow::operators::core::OkErr;
 
 use crate::{DeadLetter, Diff, RawRecord, Time};
 
@@ -19,8 +21,15 @@ where
     A: differential_dataflow::Data,
     B: differential_dataflow::Data,
 {
-    let oks = results.clone().flat_map(Result::ok);
-    (oks, results.flat_map(Result::err))
+    // One operator with two outputs: each record is moved to its side. (Two `flat_map`s
+    // over a cloned collection would copy every record, a whole decoded message, once more.)
+    let (oks, errs) = results
+        .inner
+        .ok_err::<Vec<_>, _, Vec<_>, _, _>(|(result, time, diff)| match result {
+            Ok(ok) => Ok((ok, time, diff)),
+            Err(err) => Err((err, time, diff)),
+        });
+    (oks.as_collection(), errs.as_collection())
 }
 
 /// Decodes every record with `parse`: what it accepts, and a dead letter (the record and the

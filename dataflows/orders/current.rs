@@ -1,6 +1,7 @@
 //! The rule *latest `update_ts` wins* per `object_id` ([`CurrentOrders`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
@@ -11,15 +12,17 @@ use crate::{Diff, Replayable, Retained, Retention, Time, replay_state};
 
 /// The current version of every order, keyed by `object_id` (see the module rules), and the
 /// positions of those versions in the topic: replaying from the oldest rebuilds the state.
+/// A version is kept and emitted behind one `Arc`: the state, the collection and what is
+/// derived from it share its payload instead of copying it.
 #[derive(Default)]
 pub struct CurrentOrders {
-    current: HashMap<i32, (OrderVersion, (i32, i64))>,
+    current: HashMap<i32, (Arc<OrderVersion>, (i32, i64))>,
     positions: Retained,
 }
 
 impl Replayable for CurrentOrders {
     type Message = OrderMessage;
-    type Output = OrderVersion;
+    type Output = Arc<OrderVersion>;
 
     fn route(message: &OrderMessage) -> u64 {
         message.version.event.object_id.hashed()
@@ -29,7 +32,7 @@ impl Replayable for CurrentOrders {
         &mut self,
         time: Time,
         mut messages: Vec<OrderMessage>,
-        emit: &mut impl FnMut(OrderVersion, Time, Diff),
+        emit: &mut impl FnMut(Arc<OrderVersion>, Time, Diff),
     ) {
         messages.sort_by(|a, b| a.version.rank().cmp(&b.version.rank()));
         for message in messages {
@@ -37,16 +40,18 @@ impl Replayable for CurrentOrders {
             let id = message.version.event.object_id;
             match self.current.get_mut(&id) {
                 None => {
-                    emit(message.version.clone(), time, 1);
+                    let version = Arc::new(message.version);
+                    emit(Arc::clone(&version), time, 1);
                     self.positions.insert(position);
-                    self.current.insert(id, (message.version, position));
+                    self.current.insert(id, (version, position));
                 }
                 Some((current, at)) if message.version.rank() > current.rank() => {
-                    emit(current.clone(), time, -1);
-                    emit(message.version.clone(), time, 1);
+                    let version = Arc::new(message.version);
+                    emit(Arc::clone(current), time, -1);
+                    emit(Arc::clone(&version), time, 1);
                     self.positions.remove(at);
                     self.positions.insert(position);
-                    *current = message.version;
+                    *current = version;
                     *at = position;
                 }
                 Some(_) => {} // the same or an older version: nothing changes
@@ -63,7 +68,7 @@ impl Replayable for CurrentOrders {
 pub fn current_orders<'s>(
     messages: VecCollection<'s, Time, OrderMessage, Diff>,
 ) -> (
-    VecCollection<'s, Time, OrderVersion, Diff>,
+    VecCollection<'s, Time, Arc<OrderVersion>, Diff>,
     Stream<'s, Time, Vec<Retention>>,
 ) {
     replay_state(messages, "CurrentOrders", CurrentOrders::default())
@@ -85,7 +90,7 @@ mod tests {
             partition: 0,
             offset,
         };
-        let mut emit = |v: OrderVersion, t, d| out.push((v.order.status, t, d));
+        let mut emit = |v: Arc<OrderVersion>, t, d| out.push((v.order.status.clone(), t, d));
         state.apply(10, vec![at(&open, 0)], &mut emit);
         state.apply(20, vec![at(&closed, 1), at(&open, 2)], &mut emit);
         state.apply(30, vec![at(&closed, 3), at(&open, 4)], &mut emit);

@@ -1,6 +1,8 @@
 //! Orders enriched from the dictionaries ([`enriched_orders`]): held until every id is
 //! known, following every later dictionary change; and their STG message.
 
+use std::sync::Arc;
+
 use chrono::NaiveDateTime;
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
@@ -55,10 +57,12 @@ pub struct EnrichedOrder {
 /// Orders with every id resolved: an order appears once its restaurant, user and every
 /// product are in the dictionaries, and changes with them (see the module rules).
 pub fn enriched_orders<'s>(
-    orders: VecCollection<'s, Time, OrderVersion, Diff>,
+    orders: VecCollection<'s, Time, Arc<OrderVersion>, Diff>,
     dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
 ) -> VecCollection<'s, Time, EnrichedOrder, Diff> {
-    let orders = orders.map(|v| (v.order.id, v.order));
+    // The version is shared (`Arc`) by the arrangements below: an order's payload and
+    // items are not copied into each of them.
+    let orders = orders.map(|v| (v.order.id, v));
     let menu = dictionaries.clone().flat_map(|d| match d {
         Dictionary::Restaurant { id, menu, .. } => menu
             .into_iter()
@@ -82,18 +86,16 @@ pub fn enriched_orders<'s>(
     // Each line, resolved through the menu: (order id, (line, product)).
     let lines = orders
         .clone()
-        .flat_map(|(id, order)| {
-            let restaurant = order.restaurant_id;
-            order
-                .items
-                .into_iter()
-                .enumerate()
-                .map(move |(line, item)| {
+        .flat_map(|(id, version)| {
+            let order = &version.order;
+            (order.items.iter().enumerate())
+                .map(|(line, item)| {
                     (
-                        (restaurant.clone(), item.id.clone()),
-                        (id, line, item.price, item.quantity),
+                        (order.restaurant_id.clone(), item.id.clone()),
+                        (id, line, item.price.clone(), item.quantity),
                     )
                 })
+                .collect::<Vec<_>>()
         })
         .arrange_by_key_named("OrderLines")
         .join_core(
@@ -122,26 +124,35 @@ pub fn enriched_orders<'s>(
         .arrange_by_key_named("ResolvedLinesByOrder");
     orders
         .arrange_by_key_named("OrdersById")
-        .join_core(lines, |_id, order, products| {
+        .join_core(lines, |_id, version, products| {
             // Complete when every line resolved: lines 0..n, each exactly once.
-            let complete = products.len() == order.items.len()
+            let complete = products.len() == version.order.items.len()
                 && products.iter().enumerate().all(|(i, (line, _))| *line == i);
             complete.then(|| {
                 let products: Vec<Product> = products.iter().map(|(_, p)| p.clone()).collect();
-                (order.user_id.clone(), (order.clone(), products))
+                (
+                    version.order.user_id.clone(),
+                    (Arc::clone(version), products),
+                )
             })
         })
         .arrange_by_key_named("ResolvedOrdersByUser")
-        .join_core(users, |_user, (order, products), (name, login)| {
+        .join_core(users, |_user, (version, products), (name, login)| {
             Some((
-                order.restaurant_id.clone(),
-                (order.clone(), products.clone(), name.clone(), login.clone()),
+                version.order.restaurant_id.clone(),
+                (
+                    Arc::clone(version),
+                    products.clone(),
+                    name.clone(),
+                    login.clone(),
+                ),
             ))
         })
         .arrange_by_key_named("ResolvedOrdersByRestaurant")
         .join_core(
             restaurants,
-            |_restaurant, (order, products, user_name, user_login), restaurant_name| {
+            |_restaurant, (version, products, user_name, user_login), restaurant_name| {
+                let order = &version.order;
                 Some(EnrichedOrder {
                     id: order.id,
                     date: order.date,

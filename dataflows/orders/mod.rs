@@ -96,7 +96,7 @@ pub fn orders<'s>(
     rules: VecCollection<'s, Time, TagRule, Diff>,
 ) -> Outputs<'s> {
     let (versions, retention) = current_orders(messages);
-    let stg = versions.clone().map(|v| v.event);
+    let stg = versions.clone().map(|v| v.event.clone());
     let enriched = enriched_orders(versions, dictionaries);
     let counters = counters(enriched.clone());
     let tags = user_tags(counters.clone(), rules);
