@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::*;
+use crate::decode::split;
 use crate::{Diff, Pick, Time, one_per_key};
 
 /// The namespace of every dishflow Data Vault key: UUID v5 of the URL
@@ -240,15 +241,15 @@ pub fn vault_rows(order: &EnrichedOrder) -> Vec<VaultRow> {
 pub fn vault<'s>(
     orders: VecCollection<'s, Time, EnrichedOrder, Diff>,
 ) -> VecCollection<'s, Time, VaultRow, Diff> {
-    let rows = orders.flat_map(|order| vault_rows(&order));
-    let keys = rows
-        .clone()
-        .filter(|row| !matches!(row, VaultRow::Satellite { .. }))
-        .distinct();
-    let satellites = rows.flat_map(|row| match row {
-        VaultRow::Satellite { kind, hub, values } => Some(((kind, hub), values)),
-        _ => None,
-    });
+    // Each row goes to one side (hubs and links, or satellites) without a copy of the
+    // whole set for each: a backlog of orders derives millions of rows at once.
+    let (keys, satellites) = split(orders.flat_map(|order| {
+        vault_rows(&order).into_iter().map(|row| match row {
+            VaultRow::Satellite { kind, hub, values } => Err(((kind, hub), values)),
+            key => Ok(key),
+        })
+    }));
+    let keys = keys.distinct();
     // A satellite key's current values: the greatest of those present at a time (versions
     // that arrive together collapse deterministically).
     let satellites = one_per_key("SatelliteValue", satellites, Pick::Greatest)
