@@ -419,10 +419,7 @@ pub fn campaigns_in_force<'s>(
 /// [`campaigns_in_force`], and each worker's [`Retention`] as a stream.
 pub fn campaigns_and_retention<'s>(
     messages: VecCollection<'s, Time, CampaignMessage, Diff>,
-) -> (
-    VecCollection<'s, Time, Arc<Campaign>, Diff>,
-    Stream<'s, Time, Vec<Retention>>,
-) {
+) -> crate::WithRetention<'s, Arc<Campaign>> {
     replay_state(messages, "CampaignLifecycle", Lifecycle::default())
 }
 

@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
-use timely::dataflow::Stream;
 
 use super::*;
-use crate::{Diff, Replayable, Retained, Retention, Time, replay_state};
+use crate::{Diff, Replayable, Retained, Time, replay_state};
 
 /// The current version of every order, keyed by `object_id` (see the module rules), and the
 /// positions of those versions in the topic: replaying from the oldest rebuilds the state.
@@ -67,10 +66,7 @@ impl Replayable for CurrentOrders {
 /// The current order versions ([`CurrentOrders`]) and the workers' [`Retention`].
 pub fn current_orders<'s>(
     messages: VecCollection<'s, Time, OrderMessage, Diff>,
-) -> (
-    VecCollection<'s, Time, Arc<OrderVersion>, Diff>,
-    Stream<'s, Time, Vec<Retention>>,
-) {
+) -> crate::WithRetention<'s, Arc<OrderVersion>> {
     replay_state(messages, "CurrentOrders", CurrentOrders::default())
 }
 
