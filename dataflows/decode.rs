@@ -5,7 +5,6 @@
 use chrono::NaiveDateTime;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde_json::{Map, Value};
-
 use timely::dataflow::operators::core::OkErr;
 
 use crate::{DeadLetter, Diff, RawRecord, Time};

@@ -329,7 +329,7 @@ impl Lifecycle {
                         hash(&campaign.adv_campaign_id),
                         Current {
                             campaign: Arc::clone(&campaign),
-                            arrival: (t, message.partition, message.offset),
+                            arrival: (t, position.0, position.1),
                             forget_at: end,
                             first: vec![position],
                         },
@@ -357,7 +357,7 @@ impl Lifecycle {
                             validity(&campaign, t, 1, emit);
                             current.campaign = campaign;
                         }
-                        current.arrival = (t, message.partition, message.offset);
+                        current.arrival = (t, position.0, position.1);
                     }
                     if end <= current.forget_at {
                         continue;

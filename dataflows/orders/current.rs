@@ -63,7 +63,7 @@ impl Replayable for CurrentOrders {
     }
 }
 
-/// The current order versions ([`CurrentOrders`]) and the workers' [`Retention`].
+/// The current order versions ([`CurrentOrders`]) and the workers' [`crate::Retention`].
 pub fn current_orders<'s>(
     messages: VecCollection<'s, Time, OrderMessage, Diff>,
 ) -> crate::WithRetention<'s, Arc<OrderVersion>> {
