@@ -367,6 +367,39 @@ fn a_missing_mart_is_explained_and_a_bad_database_is_one_line() {
     let geo = panels["panels"]["geo-map"].as_str().expect("panel");
     assert!(geo.contains("dishflow setup --job geo"), "{geo}");
     assert_eq!(panels["changed"]["orders-tags"], "No data yet.");
+
+    // Without a token on loopback, only requests naming this host are answered: a page
+    // elsewhere cannot read it through DNS rebinding.
+    let host = |name: &str| {
+        let line = format!("Host: {name}");
+        http_get_with(port, "/panels", &[&line]).map(|(status, ..)| status)
+    };
+    assert_eq!(host(&format!("attacker.example:{port}")), Some(421));
+    assert_eq!(host(&format!("localhost:{port}")), Some(200));
+    assert_eq!(host(&format!("127.0.0.1:{port}")), Some(200));
+    terminate(dashboard);
+
+    // A mart created by someone else with other column types: that panel says so, the
+    // others are drawn.
+    pg(&db)
+        .batch_execute(
+            "CREATE SCHEMA geo; CREATE TABLE geo.cities (id int PRIMARY KEY, city text,
+                 lat numeric, lng numeric, timezone text);
+             INSERT INTO geo.cities VALUES (1, 'Sydney', -33.865, 151.2094, 'Australia/Sydney');
+             CREATE SCHEMA mart; CREATE TABLE mart.geo_city_summary (city text PRIMARY KEY,
+                 users_now bigint, users_home bigint, users_at_home bigint,
+                 recommendations bigint, changed_at timestamptz);",
+        )
+        .expect("tables of other types");
+    let dashboard = spawn(["dashboard", "--postgres-url", &db, "--listen", &listen]);
+    let (_, body) = wait_until(MINUTE, "the dashboard answers again", || {
+        http_get(port, "/panels").filter(|(status, _)| *status == 200)
+    });
+    let panels: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let map = panels["panels"]["geo-map"].as_str().expect("panel");
+    assert!(map.contains("Unexpected data in the table"), "{map}");
+    // The same thread answers the next request.
+    assert_eq!(http_get(port, "/panels").map(|(s, _)| s), Some(200));
     terminate(dashboard);
 
     // A database that cannot be reached ends the program with one line.

@@ -66,6 +66,18 @@ pub struct DashboardArgs {
           value_parser = clap::value_parser!(i64).range(1..=100))]
     pub top: i64,
 
+    /// Host names the page may be requested by (repeatable, or comma separated), besides
+    /// IP addresses and, when listening on loopback, `localhost`: e.g. the name a reverse
+    /// proxy forwards. A request naming another host gets 421, so that a web page the user
+    /// visits cannot read the dashboard through DNS rebinding.
+    #[arg(
+        long = "allowed-host",
+        env = "DISHFLOW_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allowed_hosts: Vec<String>,
+
     /// Threads answering requests (each with its own Postgres session).
     #[arg(long, env = "DISHFLOW_DASHBOARD_THREADS", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -96,9 +108,17 @@ pub fn run(args: DashboardArgs) -> Result<()> {
     if token.is_none() && !bound.ip().is_loopback() {
         warn!(%bound, "the dashboard listens beyond loopback without --auth-token-file");
     }
+    let mut allowed_hosts: Vec<String> = (args.allowed_hosts.iter())
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if bound.ip().is_loopback() {
+        allowed_hosts.push("localhost".to_string());
+    }
     let shared = Arc::new(Shared {
         server,
         token,
+        allowed_hosts,
         url: args.postgres_url.clone(),
         limits: Limits {
             top: args.top,
@@ -148,6 +168,17 @@ fn read_token(path: &std::path::Path) -> Result<String> {
     Ok(token.to_string())
 }
 
+/// Whether a request whose `Host` header is `host` may be answered: an IP address (DNS
+/// rebinding needs a name), or a name in `allowed` (any port).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.parse::<std::net::IpAddr>().is_ok() || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
 /// A read-only session for the panels' queries.
 fn connect(url: &str) -> Result<postgres::Client> {
     let mut client = crate::pg::connect(url)?;
@@ -164,6 +195,8 @@ fn connect(url: &str) -> Result<postgres::Client> {
 struct Shared {
     server: Server,
     token: Option<String>,
+    /// Host names requests may name besides IP addresses (lower case).
+    allowed_hosts: Vec<String>,
     url: String,
     limits: Limits,
     refresh_ms: u64,
@@ -194,7 +227,19 @@ impl Shared {
                     continue;
                 }
             };
-            let reply = self.answer(&request, &mut client);
+            // A panic answers this request with 500 and starts a new session; the thread
+            // goes on serving.
+            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.answer(&request, &mut client)
+            }));
+            let reply = answered.unwrap_or_else(|_| {
+                client = None;
+                text(
+                    500,
+                    "dashboard: internal error (logged)\n",
+                    "text/plain; charset=utf-8",
+                )
+            });
             if let Err(error) = request.respond(reply) {
                 debug!(%error, "dashboard: cannot answer a request");
             }
@@ -205,6 +250,17 @@ impl Shared {
         let (path, query) = request.url().split_once('?').unwrap_or((request.url(), ""));
         if *request.method() != Method::Get && *request.method() != Method::Head {
             return text(405, "only GET\n", "text/plain; charset=utf-8");
+        }
+        let host = (request.headers().iter())
+            .find(|h| h.field.equiv("Host"))
+            .map(|h| h.value.as_str());
+        if let Some(host) = host.filter(|h| !host_allowed(h, &self.allowed_hosts)) {
+            debug!(host, "dashboard: request for another host refused");
+            return text(
+                421,
+                "dashboard: this host name is not served here (see --allowed-host)\n",
+                "text/plain; charset=utf-8",
+            );
         }
         // Health checks need no token (the answer says nothing).
         if let Some(token) = self.token.as_ref().filter(|_| path != "/healthz") {
@@ -412,6 +468,28 @@ fn unauthorized() -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_and_allowed_names_are_served() {
+        let allowed = ["localhost".to_string(), "dash.example.com".to_string()];
+        for host in [
+            "127.0.0.1:8080",
+            "10.0.0.7",
+            "[::1]:8080",
+            "localhost:8080",
+            "DASH.example.com",
+        ] {
+            assert!(host_allowed(host, &allowed), "{host}");
+        }
+        for host in [
+            "attacker.example:8080",
+            "localhost.attacker.example",
+            "[evil]:1",
+            "",
+        ] {
+            assert!(!host_allowed(host, &allowed), "{host}");
+        }
+    }
 
     #[test]
     fn secrets_compare_equal_only_when_equal() {

@@ -183,17 +183,29 @@ fn empty(what: &str) -> String {
 type Points = Vec<(String, Vec<i64>)>;
 
 /// `rows` as points (`point` of each row, in order) drawn by `draw`, or `none` when there
-/// are no rows.
+/// are no rows; a column of an unexpected type is the panel's error.
 fn chart(
     rows: &[postgres::Row],
     none: &str,
-    point: impl Fn(&postgres::Row) -> (String, Vec<i64>),
+    point: impl Fn(&postgres::Row) -> Result<(String, Vec<i64>), postgres::Error>,
     draw: impl FnOnce(&Points) -> String,
-) -> String {
+) -> Result<String, String> {
     if rows.is_empty() {
-        return empty(none);
+        return Ok(empty(none));
     }
-    draw(&rows.iter().map(point).collect())
+    let points = rows.iter().map(point).collect::<Result<_, _>>();
+    Ok(draw(&points.map_err(unexpected)?))
+}
+
+/// The text a panel shows when a column is not of the type it reads (a table created by
+/// someone else, with other types).
+fn unexpected(error: postgres::Error) -> String {
+    format!("Unexpected data in the table: {error} (see the SPEC's DDL).")
+}
+
+/// Columns `from..=to` of `row`, as numbers.
+fn numbers(row: &postgres::Row, from: usize, to: usize) -> Result<Vec<i64>, postgres::Error> {
+    (from..=to).map(|i| row.try_get(i)).collect()
 }
 
 /// When the promos summaries last changed (a count changes both; a campaign that moved to
@@ -210,9 +222,17 @@ fn promo_totals(r: &mut Reader<'_>) -> Panel {
             &[],
             "promos",
         )
-        .map(|rows| {
-            let row = &rows[0];
-            let (drafts, feedback): (i64, i64) = (row.get(0), row.get(1));
+        .and_then(|rows| {
+            let row = rows.first().ok_or_else(|| "No row.".to_string())?;
+            let cells = (|| -> Result<[i64; 4], postgres::Error> {
+                Ok([
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ])
+            })();
+            let [drafts, feedback, campaigns, restaurants] = cells.map_err(unexpected)?;
             let share = if drafts > 0 {
                 format!("{:.1} %", feedback as f64 * 100.0 / drafts as f64)
             } else {
@@ -226,14 +246,14 @@ fn promo_totals(r: &mut Reader<'_>) -> Panel {
                     escape(label)
                 )
             };
-            [
+            Ok([
                 tile("drafts sent", count(drafts), "drafts"),
                 tile("with feedback", count(feedback), "feedback"),
                 tile("share with feedback", share, "share"),
-                tile("campaigns", count(row.get(2)), "campaigns"),
-                tile("restaurants", count(row.get(3)), "restaurants"),
+                tile("campaigns", count(campaigns), "campaigns"),
+                tile("restaurants", count(restaurants), "restaurants"),
             ]
-            .concat()
+            .concat())
         })
         .map(|tiles| format!("<div class=\"tiles\">{tiles}</div>"));
     let changed = r.changed(PROMOS_CHANGED, &[]);
@@ -251,12 +271,12 @@ fn promo_hours(r: &mut Reader<'_>, hours: i64) -> Panel {
             &[&hours],
             "promos",
         )
-        .map(|mut rows| {
+        .and_then(|mut rows| {
             rows.reverse();
             let point = |row: &postgres::Row| {
-                let hour: DateTime<Utc> = row.get(0);
+                let hour: DateTime<Utc> = row.try_get(0)?;
                 let label = hour.format("%m-%d %Hh").to_string();
-                (label, vec![row.get(1), row.get(2)])
+                Ok((label, numbers(row, 1, 2)?))
             };
             chart(&rows, "No drafts yet.", point, |points| {
                 svg::columns(&["drafts", "with feedback"], points)
@@ -286,8 +306,8 @@ fn promo_top(
         "SELECT {column}, sum(drafts)::int8, sum(feedback)::int8 FROM mart.promo_campaigns
          GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $1"
     );
-    let body = r.query(&sql, &[&top], "promos").map(|rows| {
-        let point = |row: &postgres::Row| (row.get(0), vec![row.get(1), row.get(2)]);
+    let body = r.query(&sql, &[&top], "promos").and_then(|rows| {
+        let point = |row: &postgres::Row| Ok((row.try_get(0)?, numbers(row, 1, 2)?));
         chart(&rows, "No drafts yet.", point, |points| {
             svg::bars(&["drafts", "with feedback"], points)
         })
@@ -316,11 +336,8 @@ fn orders_top(
     } else {
         ("No closed orders yet.", &["orders", "users"])
     };
-    let body = r.query(sql, &[&kind, &top], "orders").map(|rows| {
-        let point = |row: &postgres::Row| {
-            let values = (1..=series.len()).map(|i| row.get(i)).collect();
-            (row.get(0), values)
-        };
+    let body = r.query(sql, &[&kind, &top], "orders").and_then(|rows| {
+        let point = |row: &postgres::Row| Ok((row.try_get(0)?, numbers(row, 1, series.len())?));
         chart(&rows, none, point, |points| svg::bars(series, points))
     });
     let changed = r.changed(
@@ -344,12 +361,12 @@ fn geo_weeks(r: &mut Reader<'_>, weeks: i64) -> Panel {
             &[&weeks],
             "geo",
         )
-        .map(|mut rows| {
+        .and_then(|mut rows| {
             rows.reverse();
             let point = |row: &postgres::Row| {
-                let week: NaiveDate = row.get(0);
+                let week: NaiveDate = row.try_get(0)?;
                 let label = week.format("%Y-%m-%d").to_string();
-                (label, (1..=4).map(|i| row.get(i)).collect())
+                Ok((label, numbers(row, 1, 4)?))
             };
             chart(&rows, "No events yet.", point, |points| {
                 svg::columns(
@@ -378,20 +395,21 @@ fn geo_map(r: &mut Reader<'_>) -> Panel {
             &[],
             "geo",
         )
-        .map(|rows| {
+        .and_then(|rows| {
             if rows.is_empty() {
-                return empty("No cities yet.");
+                return Ok(empty("No cities yet."));
             }
-            let places: Vec<Place> = rows
-                .iter()
-                .map(|row| Place {
-                    name: row.get(0),
-                    lat: row.get(1),
-                    lng: row.get(2),
-                    value: row.get(3),
+            let places = (rows.iter())
+                .map(|row| {
+                    Ok(Place {
+                        name: row.try_get(0)?,
+                        lat: row.try_get(1)?,
+                        lng: row.try_get(2)?,
+                        value: row.try_get(3)?,
+                    })
                 })
-                .collect();
-            svg::map(&places)
+                .collect::<Result<Vec<Place>, postgres::Error>>();
+            Ok(svg::map(&places.map_err(unexpected)?))
         });
     let changed = r.changed(CITY_CHANGED, &[]);
     panel(
@@ -410,9 +428,8 @@ fn geo_home(r: &mut Reader<'_>, top: i64) -> Panel {
             &[&top],
             "geo",
         )
-        .map(|rows| {
-            let point =
-                |row: &postgres::Row| (row.get(0), vec![row.get(1), row.get(2), row.get(3)]);
+        .and_then(|rows| {
+            let point = |row: &postgres::Row| Ok((row.try_get(0)?, numbers(row, 1, 3)?));
             chart(&rows, "No users yet.", point, |points| {
                 svg::bars(&["there now", "home city", "at home now"], points)
             })
@@ -429,8 +446,8 @@ fn geo_recommendations(r: &mut Reader<'_>, top: i64) -> Panel {
             &[&top],
             "geo",
         )
-        .map(|rows| {
-            let point = |row: &postgres::Row| (row.get(0), vec![row.get(1)]);
+        .and_then(|rows| {
+            let point = |row: &postgres::Row| Ok((row.try_get(0)?, numbers(row, 1, 1)?));
             chart(&rows, "No recommendations yet.", point, |points| {
                 svg::bars(&["recommendations"], points)
             })

@@ -185,20 +185,23 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     http_get_with(port, path, &[]).map(|(status, _, body)| (status, body))
 }
 
-/// `GET path` on 127.0.0.1:`port` with extra header lines (`"Name: value"`): (status, the
-/// response's header lines, body); `None` while nothing listens there.
+/// `GET path` on 127.0.0.1:`port` with extra header lines (`"Name: value"`; `Host:
+/// 127.0.0.1` unless one of them is a `Host`): (status, the response's header lines, body);
+/// `None` while nothing listens there.
 pub fn http_get_with(port: u16, path: &str, headers: &[&str]) -> Option<(u16, String, String)> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}\r\n"
-    )
-    .ok()?;
+    let mut extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        extra.push_str("Host: 127.0.0.1\r\n");
+    }
+    write!(stream, "GET {path} HTTP/1.0\r\n{extra}\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
