@@ -6,6 +6,7 @@ pub mod orders;
 pub mod promos;
 
 use std::sync::mpsc::channel;
+use std::sync::{Mutex, Once};
 
 use anyhow::{Result, anyhow};
 use timely::worker::Worker;
@@ -23,6 +24,7 @@ pub fn run_workers<F>(
 where
     F: Fn(&mut Worker, Control) + Send + Sync + 'static,
 {
+    record_panics();
     let (tx, rx) = channel::<Outcome>();
     let control = Control::new(tx.clone(), shutdown);
     let threads = control.clone();
@@ -39,7 +41,16 @@ where
         // supervisor restarts the cluster) instead of waiting forever.
         let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()));
         let failures: Vec<String> = match joined {
-            Ok(results) => results.into_iter().filter_map(|r| r.err()).collect(),
+            Ok(results) => {
+                let failed: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+                // timely reports a worker's panic as `Any { .. }`: say what and where.
+                let panics = std::mem::take(&mut *PANICS.lock().unwrap_or_else(|e| e.into_inner()));
+                if failed.is_empty() || panics.is_empty() {
+                    failed
+                } else {
+                    panics
+                }
+            }
             Err(_) => vec![
                 "the cluster's communication failed (a peer process is gone?); restart every \
                  process of the cluster"
@@ -57,4 +68,64 @@ where
     });
     rx.recv()
         .map_err(|_| anyhow!("workers ended without reporting"))?
+}
+
+/// The panics of this process's threads since the cluster started, each as "thread 'name'
+/// panicked at file:line: message".
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Installs (once) a panic hook that records each panic's message and location in
+/// [`PANICS`] before the usual report on stderr.
+fn record_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(panic_line(info));
+            report(info);
+        }));
+    });
+}
+
+/// One line for a panic: the thread, where, and the message.
+fn panic_line(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    let message = (payload.downcast_ref::<&str>().copied())
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let thread = std::thread::current();
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    format!(
+        "thread '{}' panicked{at}: {message}",
+        thread.name().unwrap_or("unnamed")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_panic_is_reported_with_its_message_and_location() {
+        let config = timely::Config::thread();
+        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let error = run_workers(config, shutdown, |worker, _control| {
+            let week = chrono::NaiveDate::MIN
+                .checked_sub_days(chrono::Days::new(worker.index() as u64 + 1));
+            week.expect("no Monday before the calendar's first day");
+        })
+        .expect_err("the worker panicked");
+        let line = format!("{error:#}");
+        assert!(
+            line.contains("no Monday before the calendar's first day")
+                && line.contains("src/jobs/mod.rs:"),
+            "{line}"
+        );
+    }
 }
