@@ -78,6 +78,8 @@ pub enum Reject {
     NulCharacter(&'static str),
     /// `adv_campaign_datetime_end <= adv_campaign_datetime_start`: the campaign is never valid.
     EndNotAfterStart,
+    /// What the record makes (a draft) is larger than its output topic takes.
+    TooLarge(&'static str),
 }
 
 impl Reject {
@@ -96,6 +98,7 @@ impl Reject {
             Reject::Invalid(f) => format!("invalid:{f}"),
             Reject::NulCharacter(f) => format!("invalid:nul_character:{f}"),
             Reject::EndNotAfterStart => "end_not_after_start".into(),
+            Reject::TooLarge(f) => format!("too_large:{f}"),
         }
     }
 }
@@ -162,13 +165,19 @@ pub fn nested<'v>(
         .ok_or(Reject::WrongType(name))
 }
 
-/// A required non-negative number, kept as its JSON text (exact: `300`, `180.5`).
+/// The bound of an amount: the Data Vault's columns are `numeric(19, 5)`, 14 digits before
+/// the decimal point.
+pub const AMOUNT_LIMIT: f64 = 1e14;
+
+/// A required non-negative number below [`AMOUNT_LIMIT`], kept as its JSON text (exact:
+/// `300`, `180.5`). A negative one is invalid, a larger one out of range.
 pub fn amount(obj: &Map<String, Value>, key: &str, name: &'static str) -> Result<String, Reject> {
     match field(obj, key, name)? {
-        Value::Number(n) if n.as_f64().is_some_and(|f| f >= 0.0 && f.is_finite()) => {
-            Ok(n.to_string())
-        }
-        Value::Number(_) => Err(Reject::Invalid(name)),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if (0.0..AMOUNT_LIMIT).contains(&f) => Ok(n.to_string()),
+            Some(f) if f >= AMOUNT_LIMIT => Err(Reject::OutOfRange(name)),
+            _ => Err(Reject::Invalid(name)),
+        },
         _ => Err(Reject::WrongType(name)),
     }
 }
@@ -182,22 +191,30 @@ pub fn datetime(
     key: &str,
     name: &'static str,
 ) -> Result<NaiveDateTime, Reject> {
-    let text = string(obj, key, name)?;
+    timestamp(&string(obj, key, name)?, name)
+}
+
+/// `text` as a datetime (`YYYY-MM-DD HH:MM:SS[.fraction]`) that a Postgres `timestamp` can
+/// hold; `name` is how a rejection names the field. A year beyond chrono's ±262,143 does
+/// not parse (invalid); one before [`EARLIEST_TIMESTAMP`] is out of range.
+pub fn timestamp(text: &str, name: &'static str) -> Result<NaiveDateTime, Reject> {
     let parsed =
-        NaiveDateTime::parse_from_str(&text, DATETIME).map_err(|_| Reject::Invalid(name))?;
+        NaiveDateTime::parse_from_str(text, DATETIME).map_err(|_| Reject::Invalid(name))?;
     if parsed < *EARLIEST_TIMESTAMP {
         return Err(Reject::OutOfRange(name));
     }
     Ok(parsed)
 }
 
-/// The earliest value of a Postgres `timestamp`: 4713-11-24 BC (proleptic year −4712).
-/// The latest (294276 AD) is beyond what chrono parses, so only this bound is checked.
-static EARLIEST_TIMESTAMP: std::sync::LazyLock<NaiveDateTime> = std::sync::LazyLock::new(|| {
-    chrono::NaiveDate::from_ymd_opt(-4712, 11, 24)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .unwrap_or(NaiveDateTime::MIN)
-});
+/// The earliest datetime the jobs accept: 4713-11-24 BC (proleptic year −4712), within a
+/// Postgres `timestamp` and `date` (whose first day is a year earlier). The latest a
+/// `timestamp` holds (294276 AD) is beyond what chrono parses, so only this bound is checked.
+pub static EARLIEST_TIMESTAMP: std::sync::LazyLock<NaiveDateTime> =
+    std::sync::LazyLock::new(|| {
+        chrono::NaiveDate::from_ymd_opt(-4712, 11, 24)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .unwrap_or(NaiveDateTime::MIN)
+    });
 
 #[cfg(test)]
 mod tests {
@@ -215,6 +232,12 @@ mod tests {
         assert_eq!(string(&obj, "z", "z"), Err(Reject::MissingField("z")));
         assert_eq!(amount(&obj, "a", "a"), Ok("1".to_string()));
         assert_eq!(amount(&obj, "d", "d"), Err(Reject::Invalid("d")));
+        let big = object(Some(br#"{"max": 99999999999999.98, "over": 1e14}"#)).unwrap_or_default();
+        assert!(amount(&big, "max", "cost").is_ok());
+        assert_eq!(
+            amount(&big, "over", "cost"),
+            Err(Reject::OutOfRange("cost"))
+        );
         assert!(datetime(&obj, "t", "t").is_ok());
         assert_eq!(datetime(&obj, "c", "c"), Err(Reject::Invalid("c")));
         assert_eq!(object(Some(b"[1]")), Err(Reject::NotObject));

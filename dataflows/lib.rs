@@ -32,6 +32,8 @@ use timely::dataflow::operators::CapabilitySet;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+#[cfg(test)]
+mod arbitrary;
 pub mod decode;
 pub mod geo;
 pub mod orders;

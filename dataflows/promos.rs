@@ -15,7 +15,9 @@
 //! ```
 //!
 //! The rules, by name:
-//! * [`parse_campaign`]: what a valid campaign message is; everything else is a [`Reject`].
+//! * [`parse_campaign`]: what a valid campaign message is; everything else is a [`Reject`]
+//!   — including a campaign whose drafts are larger than the notification topic takes
+//!   ([`decode`]).
 //! * [`Lifecycle`]: *insert at start, retract at end*, per `adv_campaign_id` — the version
 //!   in force exists in `[adv_campaign_datetime_start, adv_campaign_datetime_end)`, never
 //!   before its arrival; a newer version replaces it from its arrival on; state is dropped
@@ -187,20 +189,47 @@ pub struct CampaignMessage {
     pub offset: i64,
 }
 
-/// Splits raw promo records into decoded campaign messages and dead letters.
+/// Splits raw promo records into decoded campaign messages and dead letters. `room` is
+/// the most bytes of key and value a notification message may have: a campaign whose
+/// drafts are larger (`too_large:draft`) would never reach the topic.
 pub fn decode<'s>(
     raw: VecCollection<'s, Time, RawRecord, Diff>,
+    room: usize,
 ) -> (
     VecCollection<'s, Time, CampaignMessage, Diff>,
     VecCollection<'s, Time, DeadLetter, Diff>,
 ) {
-    decode_records(raw, |record| {
+    decode_records(raw, move |record| {
+        let campaign = parse_campaign(record.value.as_deref())?;
+        if smallest_draft(&campaign) > room {
+            return Err(Reject::TooLarge("draft"));
+        }
         Ok(CampaignMessage {
-            campaign: parse_campaign(record.value.as_deref())?,
+            campaign,
             partition: record.partition,
             offset: record.offset,
         })
     })
+}
+
+/// The key and value bytes of the campaign's smallest draft (an empty client id), its
+/// trigger time given the most digits an int4 has.
+pub fn smallest_draft(campaign: &Campaign) -> usize {
+    let notification = Notification {
+        restaurant_id: &campaign.restaurant_id,
+        adv_campaign_id: &campaign.adv_campaign_id,
+        adv_campaign_content: &campaign.adv_campaign_content,
+        adv_campaign_owner: &campaign.adv_campaign_owner,
+        adv_campaign_owner_contact: &campaign.adv_campaign_owner_contact,
+        adv_campaign_datetime_start: campaign.adv_campaign_datetime_start,
+        adv_campaign_datetime_end: campaign.adv_campaign_datetime_end,
+        client_id: "",
+        datetime_created: campaign.datetime_created,
+        trigger_datetime_created: i64::from(i32::MIN),
+    };
+    let value = serde_json::to_vec(&notification).map_or(usize::MAX, |v| v.len());
+    // The key: `<adv_campaign_id>:`.
+    value.saturating_add(campaign.adv_campaign_id.len() + 1)
 }
 
 /// The version of one campaign currently in force.
@@ -727,6 +756,27 @@ mod tests {
         assert_eq!(seen.lock().expect("lock").len(), 2);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_number_gives_a_campaign_or_a_dead_letter(
+            start in crate::arbitrary::number_text(),
+            end in crate::arbitrary::number_text(),
+            created in crate::arbitrary::field_text(),
+        ) {
+            let text = VALID
+                .replace(r#""adv_campaign_datetime_start":10"#, &format!(r#""adv_campaign_datetime_start":{start}"#))
+                .replace(r#""adv_campaign_datetime_end":20"#, &format!(r#""adv_campaign_datetime_end":{end}"#))
+                .replace(r#""datetime_created":5"#, &format!(r#""datetime_created":{created}"#));
+            if let Ok(campaign) = parse_campaign(Some(text.as_bytes())) {
+                // Its lifecycle's times and its draft's trigger second are computed.
+                let (start, end) = (campaign.adv_campaign_datetime_start, campaign.adv_campaign_datetime_end);
+                proptest::prop_assert!(crate::secs_to_time(start) <= crate::secs_to_time(end));
+                proptest::prop_assert!(i32::try_from(crate::time_to_secs(crate::secs_to_time(start))).is_ok());
+                proptest::prop_assert!(smallest_draft(&campaign) < usize::MAX);
+            }
+        }
+    }
+
     const VALID: &str = r#"{"restaurant_id":"r","adv_campaign_id":"c","adv_campaign_content":"x",
         "adv_campaign_owner":"o","adv_campaign_owner_contact":"e","adv_campaign_datetime_start":10,
         "adv_campaign_datetime_end":20,"datetime_created":5,"extra":[1,2]}"#;
@@ -822,10 +872,30 @@ mod tests {
             key: Some(b"k".to_vec()),
             value: Some(b"nope".to_vec()),
         };
-        let input = vec![(good, 5u64, 1isize), (bad.clone(), 6, 1)];
+        let big = RawRecord {
+            partition: 1,
+            offset: 3,
+            key: None,
+            value: Some(
+                VALID
+                    .replace(
+                        r#""adv_campaign_content":"x""#,
+                        &format!(r#""adv_campaign_content":"{}""#, "x".repeat(5_000)),
+                    )
+                    .into_bytes(),
+            ),
+        };
+        let valid = parse_campaign(Some(VALID.as_bytes())).expect("valid");
+        let room = smallest_draft(&valid) + 36;
+        assert!(room < 5_000, "the big campaign does not fit");
+        let input = vec![
+            (good, 5u64, 1isize),
+            (bad.clone(), 6, 1),
+            (big.clone(), 6, 1),
+        ];
         let (campaigns, dead) = timely::example(move |scope| {
             let raw = input.into_iter().to_stream(scope).as_collection();
-            let (c, d) = decode(raw);
+            let (c, d) = decode(raw, room);
             (c.inner.capture(), d.inner.capture())
         });
         let campaigns: Vec<_> = campaigns
@@ -833,20 +903,44 @@ mod tests {
             .into_iter()
             .flat_map(|(_, v)| v)
             .collect();
-        let dead: Vec<_> = dead.extract().into_iter().flat_map(|(_, v)| v).collect();
+        let mut dead: Vec<_> = dead.extract().into_iter().flat_map(|(_, v)| v).collect();
+        dead.sort_by_key(|(d, ..)| d.reason.clone());
         assert_eq!(campaigns.len(), 1);
         assert_eq!(campaigns[0].1, 5);
         assert_eq!(
             dead,
-            vec![(
-                DeadLetter {
-                    record: bad,
-                    reason: "not_json".into()
-                },
-                6,
-                1
-            )]
+            vec![
+                (
+                    DeadLetter {
+                        record: bad,
+                        reason: "not_json".into()
+                    },
+                    6,
+                    1
+                ),
+                (
+                    DeadLetter {
+                        record: big,
+                        reason: "too_large:draft".into()
+                    },
+                    6,
+                    1
+                )
+            ]
         );
+    }
+
+    #[test]
+    fn the_smallest_draft_is_the_notification_without_a_client() {
+        let campaign = Arc::new(parse_campaign(Some(VALID.as_bytes())).expect("valid"));
+        let draft = Draft {
+            campaign: campaign.clone(),
+            client_id: String::new(),
+        };
+        let value = serde_json::to_vec(&draft.notification(1_659_304_828_999)).expect("json");
+        let exact = value.len() + draft.key().len();
+        let bound = smallest_draft(&campaign);
+        assert!(bound >= exact && bound <= exact + 1, "{bound} vs {exact}");
     }
 
     #[test]

@@ -392,8 +392,10 @@ const GEO_DDL: &str = "
 CREATE SCHEMA IF NOT EXISTS geo;
 CREATE SCHEMA IF NOT EXISTS mart;
 CREATE TABLE IF NOT EXISTS geo.cities (
-    id int PRIMARY KEY, city text NOT NULL, lat double precision NOT NULL,
-    lng double precision NOT NULL, timezone text NOT NULL);
+    id int PRIMARY KEY, city text NOT NULL CHECK (city <> ''),
+    lat double precision NOT NULL CHECK (lat BETWEEN -90 AND 90),
+    lng double precision NOT NULL CHECK (lng BETWEEN -180 AND 180),
+    timezone text NOT NULL);
 CREATE TABLE IF NOT EXISTS mart.geo_zones (
     month date, week date, zone_id int,
     week_message bigint, week_reaction bigint, week_subscription bigint, week_user bigint,

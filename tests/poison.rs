@@ -377,3 +377,376 @@ fn a_table_no_row_can_be_written_to_stops_the_job_with_what_to_fix() {
     // Nothing was dead-lettered: the data was not the problem.
     assert!(consume(&format!("{prefix}.dlq")).is_empty());
 }
+
+#[test]
+fn a_campaign_too_large_for_the_notification_topic_is_dead_lettered_once() {
+    let db = database("poison_large");
+    seed_subscribers(&db);
+    let prefix = prefix("poisonlarge");
+    let now = now_secs();
+    // 1.5 MB of content: the promo topic takes it, a draft of it is larger than the
+    // producer's message.max.bytes (1 MB).
+    let content = "x".repeat(1_500_000);
+    let big = campaign_version_json("big", R0, (now - 10, now + 3600), now, &content);
+    let good0 = campaign_json("good0", R0, now - 10, now + 3600);
+    let good1 = campaign_json("good1", R1, now - 10, now + 3600);
+    produce_raw(
+        &format!("{prefix}.in"),
+        1,
+        &[
+            (Some(b"a"), Some(good0.as_bytes())),
+            (Some(b"big"), Some(big.as_bytes())),
+            (Some(b"b"), Some(good1.as_bytes())),
+        ],
+    );
+    let args = promos_args(&db, &prefix);
+    run(&args);
+
+    let drafts = draft_keys(&format!("{prefix}.out"));
+    assert_eq!(drafts.len(), 9, "{drafts:?}");
+    assert!(drafts.iter().all(|k| !k.starts_with("big:")));
+    assert_eq!(feedback_rows(&db).len(), 9);
+    let dead = consume(&format!("{prefix}.dlq"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].key.as_deref(), Some("big"));
+    assert_eq!(header(&dead[0], "dishflow.error.reason"), "too_large:draft");
+    // The dead letter itself did not fit: a cut copy, and the original size.
+    assert_eq!(
+        header(&dead[0], "dishflow.truncated"),
+        big.len().to_string()
+    );
+    let kept = dead[0].value.as_deref().expect("value");
+    assert!(kept.len() < 1_000_000 && big.starts_with(kept));
+
+    run(&args);
+    assert_eq!(consume(&format!("{prefix}.dlq")).len(), 1);
+    assert_eq!(draft_keys(&format!("{prefix}.out")), drafts);
+}
+
+#[test]
+fn a_draft_too_large_for_its_topic_is_dead_lettered_and_the_rest_of_its_batch_delivered() {
+    let db = database("poison_bigdraft");
+    seed_subscribers(&db);
+    let prefix = prefix("poisonbigdraft");
+    // A campaign whose drafts just fit a 200 kB limit with the usual 36-character client
+    // ids (about 100 bytes to spare), and two more subscribers of its restaurant: a client
+    // id of 1,000 characters (its draft does not fit the topic) and one of 1.1 MB (its
+    // feedback row does not fit the table's unique index).
+    let limit = 200_000;
+    let now = now_secs();
+    let skeleton = campaign_version_json("big", R0, (now - 10, now + 3600), now, "");
+    let room = limit
+        - 113
+        - "big:".len()
+        - skeleton.len()
+        - r#","client_id":"","trigger_datetime_created":1234567890"#.len();
+    let content = "x".repeat(room - 100);
+    let big = campaign_version_json("big", R0, (now - 10, now + 3600), now, &content);
+    pg(&db)
+        .batch_execute(&format!(
+            "INSERT INTO public.subscribers_restaurants (client_id, restaurant_id) \
+             VALUES (repeat('l', 1000), '{R0}'), (repeat('h', 1100000), '{R0}')"
+        ))
+        .expect("two subscribers");
+    let good1 = campaign_json("good1", R1, now - 10, now + 3600);
+    produce_values(&format!("{prefix}.in"), 1, &[big.as_str(), good1.as_str()]);
+    let mut args = promos_args(&db, &prefix);
+    args.extend([
+        "--kafka-property".into(),
+        format!("message.max.bytes={limit}"),
+    ]);
+    run(&args);
+
+    let drafts = draft_keys(&format!("{prefix}.out"));
+    assert_eq!(drafts.len(), 9, "8 clients of R0 and 1 of R1: {drafts:?}");
+    assert_eq!(
+        feedback_rows(&db).len(),
+        9,
+        "nothing written for the refused drafts"
+    );
+    let mut dead = consume(&format!("{prefix}.dlq"));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    dead.sort_by_key(|m| header(m, "dishflow.error.reason").to_string());
+    assert_eq!(
+        header(&dead[0], "dishflow.error.reason"),
+        "message_too_large"
+    );
+    assert_eq!(
+        header(&dead[1], "dishflow.error.reason"),
+        "sink_refused:54000"
+    );
+    for message in &dead {
+        assert_eq!(header(message, "dishflow.sink"), "DraftsSink");
+        // Each holds the whole campaign: cut to fit the dead-letter topic.
+        assert!(
+            header(message, "dishflow.truncated")
+                .parse::<usize>()
+                .expect("a size")
+                > limit
+        );
+        assert!(message.value.as_deref().expect("a value").len() < limit);
+    }
+
+    run(&args);
+    assert_eq!(consume(&format!("{prefix}.dlq")).len(), 2);
+    assert_eq!(draft_keys(&format!("{prefix}.out")), drafts);
+}
+
+#[test]
+fn events_at_the_ends_of_the_calendar_and_of_their_types_are_dead_lettered_and_replayed() {
+    let db = database("poison_geo");
+    let prefix = prefix("poisongeo");
+    let at = "\"lat\":-33.87,\"lon\":151.21";
+    let reaction = |time: &str| {
+        format!(
+            r#"{{"event_type":"reaction","event":{{"reaction_from":7,"datetime":"{time}"}},{at}}}"#
+        )
+    };
+    let message = |user: &str, id: &str, time: &str, coordinates: &str| {
+        format!(
+            r#"{{"event_type":"message","event":{{"message_id":{id},"message_from":{user},
+                "message_ts":"{time}","message_channel_to":3}},{coordinates}}}"#
+        )
+    };
+    let poison = [
+        (
+            message("7", "2", "-262143-01-01 00:00:00", at),
+            "out_of_range:event.message_ts",
+        ),
+        (
+            reaction("-262143-01-01 00:00:00"),
+            "out_of_range:event.datetime",
+        ),
+        (
+            reaction("+262142-12-31 12:00:00"),
+            "out_of_range:event.datetime",
+        ),
+        (reaction("+262143-12-31 23:59:59"), "invalid:event.datetime"),
+        (
+            reaction("-4713-06-01 00:00:00"),
+            "out_of_range:event.datetime",
+        ),
+        (reaction("2022-02-30 00:00:00"), "invalid:event.datetime"),
+        (
+            message("7", "9223372036854775808", "2022-05-02 10:00:00", at),
+            "invalid:event.message_id",
+        ),
+        (
+            message("\"99999999999999999999\"", "3", "2022-05-02 10:00:00", at),
+            "out_of_range:event.message_from",
+        ),
+        (
+            message("7", "4", "2022-05-02 10:00:00", "\"lat\":1e300,\"lon\":0"),
+            "out_of_range:lat/lon",
+        ),
+    ];
+    // Accepted: one good event, and two at the ends of what the marts can hold.
+    let good = [
+        message("7", "1", "2022-05-02 10:00:00", at),
+        message("8", "5", "+262142-12-30 12:00:00", at),
+        message(
+            "9223372036854775807",
+            "-9223372036854775808",
+            "-4712-12-02 00:00:00",
+            at,
+        ),
+    ];
+    let values: Vec<&str> = (good.iter().map(String::as_str))
+        .chain(poison.iter().map(|(value, _)| value.as_str()))
+        .collect();
+    produce_values(&format!("{prefix}.events"), 2, &values);
+    let args = geo_args(&db, &prefix, &[] as &[&str]);
+    run(&args);
+
+    let users: Vec<i64> = pg(&db)
+        .query("SELECT user_id FROM mart.geo_users ORDER BY 1", &[])
+        .expect("users")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(users, [7, 8, i64::MAX]);
+    let weeks: i64 = pg(&db)
+        .query_one("SELECT count(DISTINCT week) FROM mart.geo_zones", &[])
+        .expect("zones")
+        .get(0);
+    assert_eq!(weeks, 3);
+    let mut reasons: Vec<String> = consume(&format!("{prefix}.dlq"))
+        .iter()
+        .map(|m| header(m, "dishflow.error.reason").to_string())
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<&str> = poison.iter().map(|(_, reason)| *reason).collect();
+    expected.sort();
+    assert_eq!(reasons, expected);
+
+    // The geo job replays its topic at every start: the replay exits 0 too.
+    run(&args);
+    assert_eq!(consume(&format!("{prefix}.dlq")).len(), poison.len());
+}
+
+#[test]
+fn a_city_the_job_cannot_use_is_left_out_and_later_cities_still_applied() {
+    let db = database("poison_cities");
+    let prefix = prefix("poisoncities");
+    assert_success(&dishflow(
+        ["setup", "--job", "geo", "--postgres-url", &db],
+        MINUTE,
+    ));
+    // The table's owner may not have setup's CHECKs: only the job stands between a bad row
+    // and the marts.
+    pg(&db)
+        .batch_execute(
+            "ALTER TABLE geo.cities DROP CONSTRAINT cities_lat_check, \
+             DROP CONSTRAINT cities_lng_check",
+        )
+        .expect("drop the checks");
+    let near_sydney = (-33.8695, 151.2094);
+    produce_values(
+        &format!("{prefix}.events"),
+        1,
+        &[geo_message(
+            1,
+            2,
+            None,
+            "2022-05-03 10:00:00",
+            Some(near_sydney),
+        )],
+    );
+    let job = spawn(geo_args(&db, &prefix, &["--cdc-poll-ms", "20"]));
+    let act_city = |db: &str| -> Option<String> {
+        let rows = pg(db)
+            .query("SELECT act_city FROM mart.geo_users WHERE user_id = 2", &[])
+            .ok()?;
+        rows.first().map(|r| r.get(0))
+    };
+    wait_until(MINUTE, "the user in Sydney", || {
+        (act_city(&db).as_deref() == Some("Sydney")).then_some(())
+    });
+    let mut client = pg(&db);
+    client
+        .execute(
+            "INSERT INTO geo.cities VALUES (97, 'Nowhere', 'NaN', 151.2094, 'Australia/Sydney')",
+            &[],
+        )
+        .expect("a NaN city");
+    client
+        .execute(
+            "INSERT INTO geo.cities VALUES (98, 'Olympus', -33.8695, 151.2094, 'Mars/Olympus_Mons')",
+            &[],
+        )
+        .expect("a city in no time zone");
+    client
+        .execute(
+            "INSERT INTO geo.cities VALUES (99, 'Harbour', -33.867, 151.2094, 'Australia/Sydney')",
+            &[],
+        )
+        .expect("a good city");
+    wait_until(MINUTE, "the good city to be applied", || {
+        (act_city(&db).as_deref() == Some("Harbour")).then_some(())
+    });
+    let out = terminate(job);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let left_out: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("row left out"))
+        .collect();
+    assert_eq!(left_out.len(), 2, "{stderr}");
+    assert!(
+        left_out[0].contains("97") && left_out[1].contains("98"),
+        "{left_out:?}"
+    );
+}
+
+#[test]
+fn orders_at_the_ends_of_their_types_are_written_or_dead_lettered_and_replayed() {
+    let db = database("poison_extreme_orders");
+    let prefix = prefix("poisonextreme");
+    orders_fixture(&prefix, "Bun");
+    let (r, u, p) = (
+        format!("{prefix}_good"),
+        format!("{prefix}_u"),
+        format!("{prefix}_p1"),
+    );
+    let base = order_json(10, &r, &u, &p);
+    let with = |from: &str, to: &str| base.replace(from, to);
+    // Accepted: the ends of what each column holds.
+    let accepted = [
+        with("\"object_id\": 10", "\"object_id\": 2147483647").replace(
+            "\"date\": \"2022-11-19 16:00:00\"",
+            "\"date\": \"-4712-11-24 00:00:00\"",
+        ),
+        with("\"object_id\": 10", "\"object_id\": 11")
+            .replace(
+                "\"update_ts\": \"2022-11-19 16:06:36\"",
+                "\"update_ts\": \"+262142-12-31 23:59:59\"",
+            )
+            .replace("\"cost\": 180", "\"cost\": 99999999999999.98")
+            .replace("\"quantity\": 1", "\"quantity\": 9223372036854775807"),
+    ];
+    let poison = [
+        (
+            with("\"object_id\": 10", "\"object_id\": 2147483648"),
+            "out_of_range:object_id",
+        ),
+        (
+            with("\"object_id\": 10", "\"object_id\": -9223372036854775809"),
+            "wrong_type:object_id",
+        ),
+        (
+            with(
+                "\"date\": \"2022-11-19 16:00:00\"",
+                "\"date\": \"-262143-01-01 00:00:00\"",
+            ),
+            "out_of_range:payload.date",
+        ),
+        (
+            with(
+                "\"date\": \"2022-11-19 16:00:00\"",
+                "\"date\": \"+262143-12-31 23:59:59\"",
+            ),
+            "invalid:payload.date",
+        ),
+        (
+            with("\"quantity\": 1", "\"quantity\": -9223372036854775808"),
+            "invalid:payload.order_items.quantity",
+        ),
+        (
+            with("\"cost\": 180", "\"cost\": -1e300"),
+            "invalid:payload.cost",
+        ),
+        (
+            with("\"cost\": 180", "\"cost\": 1e300"),
+            "out_of_range:payload.cost",
+        ),
+        (
+            with("\"price\": 180", "\"price\": 1e14"),
+            "out_of_range:payload.order_items.price",
+        ),
+    ];
+    let values: Vec<&str> = (accepted.iter().map(String::as_str))
+        .chain(poison.iter().map(|(v, _)| v.as_str()))
+        .collect();
+    produce_values(&format!("{prefix}.orders"), 2, &values);
+    let args = orders_args(&db, &prefix);
+    run(&args);
+
+    let stg: i64 = pg(&db)
+        .query_one("SELECT count(*) FROM stg.order_events", &[])
+        .expect("stg")
+        .get(0);
+    assert_eq!(
+        stg, 4,
+        "the fixture's two orders and the two accepted extremes"
+    );
+    let mut reasons: Vec<String> = consume(&format!("{prefix}.dlq"))
+        .iter()
+        .map(|m| header(m, "dishflow.error.reason").to_string())
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<&str> = poison.iter().map(|(_, reason)| *reason).collect();
+    expected.sort();
+    assert_eq!(reasons, expected);
+
+    run(&args);
+    assert_eq!(consume(&format!("{prefix}.dlq")).len(), poison.len());
+}

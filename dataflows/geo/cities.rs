@@ -26,6 +26,34 @@ pub struct City {
     pub timezone: String,
 }
 
+impl City {
+    /// A city from the values of its columns, if the job can use them: a name, a centre
+    /// within [−90°, 90°] × [−180°, 180°] (not NaN), and an IANA time zone name this build
+    /// knows. The error says which value is wrong.
+    pub fn checked(
+        id: i32,
+        name: &str,
+        lat: f64,
+        lng: f64,
+        timezone: &str,
+    ) -> Result<City, String> {
+        if name.is_empty() {
+            return Err("the city has no name".into());
+        }
+        let centre = Point::from_degrees(lat, lng)
+            .ok_or_else(|| format!("position ({lat}, {lng}) is not in [-90, 90] × [-180, 180]"))?;
+        if timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(format!("time zone {timezone:?} is not an IANA name"));
+        }
+        Ok(City {
+            id,
+            name: name.to_string(),
+            centre,
+            timezone: timezone.to_string(),
+        })
+    }
+}
+
 /// The 24 cities of the legacy `geo.csv`: (id, city, lat, lng, time zone).
 pub const BUILTIN: [(i32, &str, f64, f64, &str); 24] = [
     (1, "Sydney", -33.865, 151.2094, "Australia/Sydney"),
@@ -109,28 +137,20 @@ pub fn parse_file(text: &str) -> Result<Vec<City>, String> {
             .ok_or_else(|| {
                 format!("line {at}: longitude {lng:?} is not a number in [-180, 180]")
             })?;
-        let centre =
-            Point::from_degrees(lat, lng).ok_or_else(|| format!("line {at}: not a position"))?;
-        if name.is_empty() {
-            return Err(format!("line {at}: the city has no name"));
-        }
         let timezone = match rest {
-            [] | [""] => nearest(&builtin, centre)
+            [] | [""] => Point::from_degrees(lat, lng)
+                .and_then(|centre| nearest(&builtin, centre))
                 .map(|c| c.timezone.clone())
                 .unwrap_or_default(),
-            [zone] if zone.contains('/') => zone.to_string(),
-            [zone] => return Err(format!("line {at}: time zone {zone:?} is not an IANA name")),
+            [zone] => zone.to_string(),
             _ => return Err(format!("line {at}: expected id;city;lat;lng[;timezone]")),
         };
+        let city =
+            City::checked(id, name, lat, lng, &timezone).map_err(|e| format!("line {at}: {e}"))?;
         if cities.iter().any(|c| c.id == id) {
             return Err(format!("line {at}: id {id} appears twice"));
         }
-        cities.push(City {
-            id,
-            name: name.to_string(),
-            centre,
-            timezone,
-        });
+        cities.push(city);
     }
     if cities.is_empty() {
         return Err("no city in the file (a header line, then id;city;lat;lng[;timezone])".into());
@@ -140,7 +160,27 @@ pub fn parse_file(text: &str) -> Result<Vec<City>, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::arbitrary::number_text;
+
+    proptest! {
+        #[test]
+        fn any_line_gives_cities_or_an_error(
+            id in number_text(),
+            lat in number_text(),
+            lng in number_text(),
+            zone in prop_oneof![Just(""), Just("Australia/Perth"), Just("Etc/GMT+12"), Just("x/y")],
+        ) {
+            let text = format!("id;city;lat;lng;timezone\n{id};A;{lat};{lng};{zone}\n");
+            for city in parse_file(&text).unwrap_or_default() {
+                let (lat, lng) = city.centre.degrees();
+                assert!(lat.abs() <= 90.0 && lng.abs() <= 180.0);
+                assert!(city.timezone.parse::<chrono_tz::Tz>().is_ok());
+            }
+        }
+    }
 
     #[test]
     fn the_legacy_format_with_commas_and_without_time_zones_is_read() {
@@ -167,6 +207,10 @@ mod tests {
         assert!(error("h\nx;A;1;1\n").contains("id"));
         assert!(error("h\n1;A;1;1\n1;B;2;2\n").contains("twice"));
         assert!(error("h\n1;A;1;1;Sydney\n").contains("IANA"));
+        assert!(error("h\n1;A;1;1;Mars/Olympus_Mons\n").contains("IANA"));
+        assert!(error("h\n1;A;NaN;1\n").contains("latitude"));
+        assert!(error("h\n1;A;1;inf\n").contains("longitude"));
+        assert!(error("h\n99999999999;A;1;1\n").contains("id"));
         assert!(error("h\n1;A;1\n").starts_with("line 2:"));
         assert!(error("id;city;lat;lng\n").contains("no city"));
     }

@@ -3,19 +3,23 @@
 //!
 //! * The acting user: `message_from` (message), `reaction_from` (reaction), `user`, else
 //!   `subscription_user` (subscription): an integer, or a string of decimal digits.
-//! * The event time (UTC): `message_ts`, else `datetime`, `YYYY-MM-DD HH:MM:SS[.fraction]`.
+//! * The event time (UTC): `message_ts`, else `datetime`, `YYYY-MM-DD HH:MM:SS[.fraction]`,
+//!   within [`EARLIEST_EVENT`, `LATEST_EVENT`]: what the marts derive from it (the week's
+//!   Monday, the local time in the city's time zone) must fit chrono and Postgres too.
 //! * A message needs its `message_id`; `message_to` set makes it a direct message,
 //!   `message_channel_to` a channel post. A subscription needs its `subscription_channel`.
 //! * `lat`/`lon`: both numbers in range, or both null/absent (no position: no zone). One of
 //!   them alone, or a value out of range, is a dead letter.
 
-use chrono::NaiveDateTime;
+use chrono::{Days, NaiveDateTime};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::point::Point;
-use crate::decode::{DATETIME, Reject, decode_records, field, nested, object, string};
+use crate::decode::{
+    EARLIEST_TIMESTAMP, Reject, decode_records, field, nested, object, string, timestamp,
+};
 use crate::{DeadLetter, Diff, RawRecord, Time};
 
 /// What a user did.
@@ -82,9 +86,28 @@ fn event_time(event: &Map<String, Value>) -> Result<NaiveDateTime, Reject> {
         Some(v) if !v.is_null() => ("message_ts", "event.message_ts"),
         _ => ("datetime", "event.datetime"),
     };
-    let text = string(event, key, name)?;
-    NaiveDateTime::parse_from_str(&text, DATETIME).map_err(|_| Reject::Invalid(name))
+    let time = timestamp(&string(event, key, name)?, name)?;
+    if time < *EARLIEST_EVENT || time > *LATEST_EVENT {
+        return Err(Reject::OutOfRange(name));
+    }
+    Ok(time)
 }
+
+/// The earliest event time: a week after [`EARLIEST_TIMESTAMP`], so that the Monday of its
+/// week (zone mart) and its local time west of UTC (user mart) are Postgres values too.
+pub static EARLIEST_EVENT: std::sync::LazyLock<NaiveDateTime> = std::sync::LazyLock::new(|| {
+    EARLIEST_TIMESTAMP
+        .checked_add_days(Days::new(7))
+        .unwrap_or(NaiveDateTime::MAX)
+});
+
+/// The latest event time: a day before chrono's last, so that its local time east of UTC
+/// (at most +14 h) is a datetime too. Postgres holds later ones.
+pub static LATEST_EVENT: std::sync::LazyLock<NaiveDateTime> = std::sync::LazyLock::new(|| {
+    NaiveDateTime::MAX
+        .checked_sub_days(Days::new(1))
+        .unwrap_or(NaiveDateTime::MIN)
+});
 
 /// The coordinates: both or neither.
 fn point(obj: &Map<String, Value>) -> Result<Option<Point>, Reject> {
@@ -165,7 +188,14 @@ pub fn decode<'s>(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::arbitrary::{datetime_text, field_text, number_text};
+    use crate::decode::DATETIME;
+    use crate::geo::cities::City;
+    use crate::geo::user_mart::{Travels, user_row};
+    use crate::geo::zone_mart::{month_of, week_of};
 
     fn parse(text: &str) -> Result<Event, String> {
         parse_event(Some(text.as_bytes())).map_err(|r| r.code())
@@ -301,5 +331,97 @@ mod tests {
             parse_event(None).map_err(|r| r.code()),
             Err("tombstone".into())
         );
+    }
+
+    /// What the marts derive from an accepted event's time fits chrono and Postgres: its
+    /// week's Monday and month (zone mart), its local time at both ends of the world's time
+    /// zones (user mart).
+    fn marts_hold(time: NaiveDateTime) {
+        let week = week_of(time).expect("a Monday");
+        assert!(
+            week >= EARLIEST_TIMESTAMP.date(),
+            "{week} before Postgres's first day"
+        );
+        assert!(month_of(time) <= time.date());
+        for (zone, timezone) in [(1, "Pacific/Kiritimati"), (2, "Etc/GMT+12")] {
+            let city = City {
+                id: zone,
+                name: timezone.into(),
+                centre: Point::from_degrees(0.0, 0.0).expect("a point"),
+                timezone: timezone.into(),
+            };
+            let travels = Travels::of(&[(time, 1, zone)]).expect("travels");
+            let row = user_row(7, &travels, &[city]).expect("a row");
+            let local = row.local_time.expect("a local time");
+            assert!(
+                local >= *EARLIEST_TIMESTAMP,
+                "{local} before Postgres's first"
+            );
+        }
+    }
+
+    #[test]
+    fn times_at_the_ends_of_the_calendar_are_dead_letters_not_panics() {
+        let reject = |text: &str| parse(text).expect_err("a dead letter");
+        assert_eq!(
+            reject(
+                r#"{"event_type":"message","event":{"message_id":2,"message_from":7,
+                    "message_ts":"-262143-01-01 00:00:00","message_channel_to":3},
+                    "lat":-33.87,"lon":151.21}"#
+            ),
+            "out_of_range:event.message_ts"
+        );
+        assert_eq!(
+            reject(
+                r#"{"event_type":"reaction","event":{"reaction_from":7,
+                    "datetime":"-262143-01-01 00:00:00"},"lat":-33.8,"lon":151.2}"#
+            ),
+            "out_of_range:event.datetime"
+        );
+        assert_eq!(
+            reject(
+                r#"{"event_type":"reaction","event":{"reaction_from":7,
+                    "datetime":"+262142-12-31 12:00:00"}}"#
+            ),
+            "out_of_range:event.datetime"
+        );
+        for bound in [*EARLIEST_EVENT, *LATEST_EVENT] {
+            let text = format!(
+                r#"{{"event_type":"reaction","event":{{"reaction_from":7,"datetime":"{}"}}}}"#,
+                bound.format(DATETIME)
+            );
+            let event = parse(&text).expect("the bounds are accepted");
+            marts_hold(event.time);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_value_gives_an_event_or_a_dead_letter(
+            time in datetime_text(),
+            user in field_text(),
+            id in field_text(),
+            lat in number_text(),
+            lon in number_text(),
+            kind in 0..3usize,
+        ) {
+            let text = match kind {
+                0 => format!(
+                    r#"{{"event_type":"message","event":{{"message_id":{id},"message_from":{user},
+                        "message_ts":"{time}","message_to":{id}}},"lat":{lat},"lon":{lon}}}"#
+                ),
+                1 => format!(
+                    r#"{{"event_type":"reaction","event":{{"reaction_from":{user},
+                        "datetime":"{time}"}},"lat":{lat},"lon":{lon}}}"#
+                ),
+                _ => format!(
+                    r#"{{"event_type":"subscription","event":{{"user":{user},
+                        "subscription_channel":{id},"datetime":"{time}"}}}}"#
+                ),
+            };
+            if let Ok(event) = parse_event(Some(text.as_bytes())) {
+                marts_hold(event.time);
+            }
+        }
     }
 }

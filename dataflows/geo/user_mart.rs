@@ -20,7 +20,7 @@
 //! State: every message with coordinates of every user (a late message can split any stay),
 //! in the arrangement the positions of `friends.rs` share (`located.rs`).
 
-use chrono::{NaiveDateTime, TimeDelta, TimeZone};
+use chrono::{NaiveDateTime, Offset, TimeDelta, TimeZone};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
@@ -133,11 +133,12 @@ pub fn user_row(user: i64, travels: &Travels, cities: &[City]) -> Option<UserRow
     let travel_array = (travels.travel.iter())
         .map(|&zone| city(zone).map(|c| c.name.clone()))
         .collect::<Option<Vec<_>>>()?;
-    let local_time = act
-        .timezone
-        .parse::<chrono_tz::Tz>()
-        .ok()
-        .map(|tz| tz.from_utc_datetime(&travels.act_time).naive_local());
+    // Checked: a time at chrono's last day has no local time east of UTC (the decoder
+    // accepts none: `events::LATEST_EVENT`).
+    let local_time = act.timezone.parse::<chrono_tz::Tz>().ok().and_then(|tz| {
+        let offset = tz.offset_from_utc_datetime(&travels.act_time).fix();
+        travels.act_time.checked_add_offset(offset)
+    });
     Some(UserRow {
         user,
         act_city: act.name.clone(),

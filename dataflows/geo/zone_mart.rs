@@ -67,10 +67,11 @@ impl ZoneRow {
     }
 }
 
-/// The Monday of `time`'s ISO week.
-pub fn week_of(time: NaiveDateTime) -> NaiveDate {
+/// The Monday of `time`'s ISO week; none before chrono's first day (the decoder accepts no
+/// such time: `events::EARLIEST_EVENT`).
+pub fn week_of(time: NaiveDateTime) -> Option<NaiveDate> {
     let date = time.date();
-    date - Days::new(u64::from(date.weekday().num_days_from_monday()))
+    date.checked_sub_days(Days::new(u64::from(date.weekday().num_days_from_monday())))
 }
 
 /// The first day of `time`'s month.
@@ -127,14 +128,16 @@ pub fn zone_mart<'s>(
         "WeekCounts",
         kinds
             .clone()
-            .map(|(zone, time, kind)| ((zone, week_of(time)), kind)),
+            .flat_map(|(zone, time, kind)| week_of(time).map(|week| ((zone, week), kind))),
     );
     let per_month = totals(
         "MonthCounts",
         kinds.map(|(zone, time, kind)| ((zone, month_of(time)), kind)),
     );
     let keys = zoned
-        .map(|(event, zone)| (zone, week_of(event.time), month_of(event.time)))
+        .flat_map(|(event, zone)| {
+            week_of(event.time).map(|week| (zone, week, month_of(event.time)))
+        })
         .distinct();
     keys.map(|(zone, week, month)| ((zone, week), month))
         .join_map(per_week, |&(zone, week), &month, &week_counts| {
@@ -237,9 +240,14 @@ mod tests {
 
     #[test]
     fn weeks_start_on_monday_and_months_on_the_first() {
-        assert_eq!(week_of(at("2022-05-21 02:15:09")), day("2022-05-16"));
-        assert_eq!(week_of(at("2022-05-16 00:00:00")), day("2022-05-16"));
-        assert_eq!(week_of(at("2022-01-01 12:00:00")), day("2021-12-27"));
+        assert_eq!(week_of(at("2022-05-21 02:15:09")), Some(day("2022-05-16")));
+        assert_eq!(week_of(at("2022-05-16 00:00:00")), Some(day("2022-05-16")));
+        assert_eq!(week_of(at("2022-01-01 12:00:00")), Some(day("2021-12-27")));
+        assert_eq!(
+            week_of(NaiveDateTime::MIN),
+            None,
+            "before chrono's first day"
+        );
         assert_eq!(month_of(at("2022-05-21 02:15:09")), day("2022-05-01"));
     }
 

@@ -76,8 +76,34 @@ pub fn parse_dictionary(key: &str, value: &[u8]) -> Result<Dictionary, Reject> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::arbitrary::field_text;
     use crate::orders::tests::{restaurant, user};
+
+    proptest! {
+        #[test]
+        fn any_field_value_gives_an_entry_or_a_dead_letter(
+            id in field_text(),
+            name in field_text(),
+            price in field_text(),
+            update in field_text(),
+        ) {
+            let restaurant = format!(
+                r#"{{"_id": {id}, "name": {name}, "menu": [{{"_id": {id}, "name": {name},
+                    "price": {price}, "category": {name}}}], "update_ts_utc": {update}}}"#
+            );
+            let user = format!(r#"{{"_id": {id}, "name": {name}, "login": {name}, "update_ts_utc": {update}}}"#);
+            for value in [restaurant, user] {
+                if let Ok(entry) = parse_dictionary("k", value.as_bytes()) {
+                    // No string Postgres cannot store (a NUL is escaped as \u0000).
+                    let text = serde_json::to_string(&entry).unwrap_or_default();
+                    prop_assert!(!text.contains("\\u0000"));
+                }
+            }
+        }
+    }
 
     #[test]
     fn dictionary_entries_are_restaurants_or_users() {

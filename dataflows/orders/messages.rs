@@ -202,8 +202,38 @@ pub fn decode<'s>(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::arbitrary::{datetime_text, field_text, number_text};
     use crate::orders::tests::{message, version};
+
+    proptest! {
+        #[test]
+        fn any_date_or_number_gives_an_order_or_a_dead_letter(
+            date in datetime_text(),
+            update in datetime_text(),
+            id in number_text(),
+            quantity in number_text(),
+            price in field_text(),
+            cost in number_text(),
+        ) {
+            let text = message(1, "CLOSED", &update, &[("p1", 1)])
+                .replace(r#""object_id": 1"#, &format!(r#""object_id": {id}"#))
+                .replace(r#""date": "2022-11-19 16:06:36""#, &format!(r#""date": "{date}""#))
+                .replace(r#""quantity": 1"#, &format!(r#""quantity": {quantity}"#))
+                .replace(r#""price": 180"#, &format!(r#""price": {price}"#))
+                .replace(r#""cost": 300"#, &format!(r#""cost": {cost}"#));
+            if let Ok(Some(v)) = parse_order(Some(text.as_bytes())) {
+                // What Postgres holds: an int4 id, timestamps from 4713 BC, amounts as numeric.
+                let earliest = *crate::decode::EARLIEST_TIMESTAMP;
+                prop_assert!(v.order.date >= earliest && v.order.update_ts >= earliest);
+                prop_assert!(v.order.items.iter().all(|i| i.quantity >= 1));
+                let fits = |amount: &str| amount.parse::<f64>().is_ok_and(|a| (0.0..1e14).contains(&a));
+                prop_assert!(fits(&v.order.cost) && v.order.items.iter().all(|i| fits(&i.price)));
+            }
+        }
+    }
 
     #[test]
     fn parses_the_spec_example_and_keeps_the_payload_text() {

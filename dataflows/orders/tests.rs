@@ -230,3 +230,37 @@ fn compatibility_messages_have_the_spec_shape() {
     );
     assert_eq!(message["products"], Value::Object(Map::new()));
 }
+
+#[test]
+fn an_order_at_the_ends_of_what_the_decoder_accepts_flows_through_every_layer() {
+    let text = message(
+        i64::from(i32::MAX),
+        "CLOSED",
+        "+262142-12-31 23:59:59",
+        &[("p1", 1)],
+    )
+    .replace(
+        r#""date": "2022-11-19 16:06:36""#,
+        r#""date": "-4712-11-24 00:00:00""#,
+    )
+    .replace(r#""quantity": 1"#, &format!(r#""quantity": {}"#, i64::MAX))
+    .replace(r#""cost": 300"#, r#""cost": 99999999999999.98"#)
+    .replace(r#""price": 180"#, r#""price": 99999999999999.98"#);
+    let extreme = match parse_order(Some(text.as_bytes())) {
+        Ok(Some(v)) => v,
+        other => panic!("accepted: {other:?}"),
+    };
+    let enriched_total = extreme.order.items.iter().map(|i| i.quantity).max();
+    assert_eq!(enriched_total, Some(i64::MAX));
+    let dictionaries = vec![
+        (restaurant("Coffee", &[("p1", "Roll", "Bakery")]), 0, 1),
+        (user("Olga"), 0, 1),
+    ];
+    let (counters, vault) = run(vec![(extreme, 10)], dictionaries);
+    assert!(counters.contains(&(counter(CounterKind::Product, "p1", "Roll", 1), 10, 1)));
+    assert!(
+        vault
+            .iter()
+            .any(|(row, _, _)| matches!(row, VaultRow::Hub { .. }))
+    );
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -200,6 +200,54 @@ pub fn ensure_topic(args: &KafkaArgs, topic: &str, partitions: i32) -> Result<()
         }
     }
     Ok(())
+}
+
+/// librdkafka's default `message.max.bytes`: the largest record a producer sends.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The largest record that can be produced to `topic`: the smaller of the producer's
+/// `message.max.bytes` (a `--kafka-property`, else librdkafka's default) and the topic's
+/// `max.message.bytes`, when the broker describes its configuration (a broker that does not
+/// — Tansu — leaves the producer's limit).
+pub fn max_message_bytes(args: &KafkaArgs, topic: &str) -> usize {
+    let producer = (args.settings())
+        .filter(|(key, _)| key == "message.max.bytes")
+        .filter_map(|(_, value)| value.trim().parse().ok())
+        .last()
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+    match topic_max_message_bytes(args, topic) {
+        Ok(Some(limit)) => producer.min(limit),
+        Ok(None) => producer,
+        Err(error) => {
+            tracing::debug!(
+                topic,
+                error = format!("{error:#}"),
+                "no topic configuration: the producer's limit applies"
+            );
+            producer
+        }
+    }
+}
+
+/// The topic's `max.message.bytes`, if the broker says.
+fn topic_max_message_bytes(args: &KafkaArgs, topic: &str) -> Result<Option<usize>> {
+    let admin: AdminClient<DefaultClientContext> = client_config(args, &[])
+        .create()
+        .context("invalid Kafka configuration")?;
+    let options = AdminOptions::new().request_timeout(Some(STARTUP_TIMEOUT));
+    let resources = futures_executor::block_on(
+        admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options),
+    )?;
+    for resource in resources {
+        let resource = resource.map_err(|code| anyhow!("describe {topic}: {code}"))?;
+        if let Some(value) = resource
+            .get("max.message.bytes")
+            .and_then(|e| e.value.as_deref())
+        {
+            return Ok(value.trim().parse().ok());
+        }
+    }
+    Ok(None)
 }
 
 /// (partition, low watermark, high watermark) of every partition of `topic`.

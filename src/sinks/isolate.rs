@@ -4,7 +4,9 @@
 //! ```text
 //!  write(batch) ── ok ──────────────────────────────────────────────► done
 //!       └─ refused (SQLSTATE class 22: a value the column cannot hold; 23: a constraint
-//!          │        of the table, e.g. a CHECK or a varchar(n) the job does not know)
+//!          │        of the table, e.g. a CHECK or a varchar(n) the job does not know;
+//!          │        54000: a value too large for an index entry;
+//!          │        or a Kafka message larger than its topic takes, found before COMMIT)
 //!          ▼ split, write each half the same way, the first half first:
 //!            several keys → by key (each key wholly in one half)
 //!            one key, several times → earlier times | later times
@@ -25,7 +27,7 @@ use dataflows::{Diff, Time};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::kafka::{KafkaMessage, header};
+use super::kafka::{KafkaMessage, MessageTooLarge, header};
 use super::rejects::{Rejection, Rejects};
 
 /// One update of a batch.
@@ -100,13 +102,34 @@ fn sqlstate(error: &Error) -> Option<String> {
         .map(|code| code.code().to_string())
 }
 
-/// Whether Postgres refused the data of a statement: SQLSTATE class 22 (data exception: a
-/// value the column cannot hold) or 23 (a constraint of the table), except 23502 (a NOT NULL
-/// column: the job never writes NULL, so the table has a column the job does not fill — a
-/// schema problem, not one of the data).
+/// The message too large for its topic in `error`'s chain, if that is the error.
+fn too_large(error: &Error) -> Option<&MessageTooLarge> {
+    error
+        .chain()
+        .find_map(|c| c.downcast_ref::<MessageTooLarge>())
+}
+
+/// Whether the data of a batch was refused: by Postgres, SQLSTATE class 22 (data exception:
+/// a value the column cannot hold) or 23 (a constraint of the table), except 23502 (a NOT
+/// NULL column: the job never writes NULL, so the table has a column the job does not fill
+/// — a schema problem, not one of the data), or 54000 (a value too large for a row or an
+/// index entry: "index row requires 12624 bytes, maximum size is 8191"); or a message too
+/// large for its topic.
 pub fn refused_data(error: &Error) -> bool {
-    sqlstate(error)
-        .is_some_and(|code| (code.starts_with("22") || code.starts_with("23")) && code != "23502")
+    too_large(error).is_some()
+        || sqlstate(error).is_some_and(|code| {
+            ((code.starts_with("22") || code.starts_with("23")) && code != "23502")
+                || code == "54000"
+        })
+}
+
+/// The dead-letter reason of a refused update: `message_too_large`, or
+/// `sink_refused:<SQLSTATE>`.
+fn reason(error: &Error) -> String {
+    match too_large(error) {
+        Some(_) => "message_too_large".to_string(),
+        None => format!("sink_refused:{}", sqlstate(error).unwrap_or_default()),
+    }
 }
 
 /// What to fix when Postgres refuses a sink's writes for a reason no data can cause: the
@@ -135,8 +158,9 @@ pub fn explain(error: Error) -> Error {
 }
 
 /// The dead letters of the updates sink `sink` refused: value
-/// `{"sink", "error", "sqlstate", "time", "diff", "update"}` (the update as JSON), headers
-/// `dishflow.error.reason` = `sink_refused:<SQLSTATE>` and `dishflow.sink`. The same update
+/// `{"sink", "error", "sqlstate", "time", "diff", "update"}` (the update as JSON; with
+/// `size` and `limit` for a message too large), headers `dishflow.error.reason` =
+/// `sink_refused:<SQLSTATE>` or `message_too_large`, and `dishflow.sink`. The same update
 /// refused again (a replay after a restart) is the same rejection (see `sinks::rejects`).
 pub fn rejections<D: Serialize>(sink: &str, dead: &[(Update<D>, Error)]) -> Result<Vec<Rejection>> {
     let mut rejections = Vec::with_capacity(dead.len());
@@ -147,7 +171,7 @@ pub fn rejections<D: Serialize>(sink: &str, dead: &[(Update<D>, Error)]) -> Resu
             serde_json::to_vec(&(sink, &update, diff))?.as_slice(),
         );
         let code = sqlstate(error).unwrap_or_default();
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "sink": sink,
             "error": format!("{error:#}"),
             "sqlstate": code,
@@ -155,6 +179,10 @@ pub fn rejections<D: Serialize>(sink: &str, dead: &[(Update<D>, Error)]) -> Resu
             "diff": diff,
             "update": update,
         });
+        if let Some(too_large) = too_large(error) {
+            value["size"] = too_large.size.into();
+            value["limit"] = too_large.limit.into();
+        }
         let key = format!("{sink}:{digest}");
         rejections.push(Rejection {
             key: key.clone(),
@@ -163,7 +191,7 @@ pub fn rejections<D: Serialize>(sink: &str, dead: &[(Update<D>, Error)]) -> Resu
                 key: Some(key.into_bytes()),
                 value: Some(serde_json::to_vec(&value)?),
                 headers: vec![
-                    header("dishflow.error.reason", format!("sink_refused:{code}")),
+                    header("dishflow.error.reason", reason(error)),
                     header("dishflow.sink", sink),
                 ],
             },
@@ -187,10 +215,9 @@ impl Refusals {
         }
         let rejections = rejections(sink, dead)?;
         for (rejection, (_, error)) in rejections.iter().zip(dead) {
-            let reason = format!("sink_refused:{}", sqlstate(error).unwrap_or_default());
-            crate::metrics::metrics().dead_lettered(&reason);
+            crate::metrics::metrics().dead_lettered(&reason(error));
             tracing::warn!(sink, key = %rejection.key, error = %format!("{error:#}"),
-                "update refused by Postgres: dead-lettered, the rest of its batch written");
+                "update refused: dead-lettered, the rest of its batch written");
         }
         self.rejects.write(rejections)
     }

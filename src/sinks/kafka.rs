@@ -44,10 +44,87 @@ pub struct KafkaMessage {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Bytes a record takes beyond its key, value and headers, at most: in Kafka's v2 record
+/// format, its length, attributes, timestamp and offset deltas, key and value lengths and
+/// header count (varints), rounded up.
+const RECORD_OVERHEAD: usize = 64;
+
+/// Bytes a header takes beyond its name and value, at most (two varint lengths).
+const HEADER_OVERHEAD: usize = 10;
+
+/// Header of a dead letter whose value was cut to fit its topic: the original value's size.
+pub const TRUNCATED_HEADER: &str = "dishflow.truncated";
+
+impl KafkaMessage {
+    /// What the record weighs against `message.max.bytes`, counted generously, with
+    /// `extra` headers.
+    pub fn size(&self, extra: &[(&str, &[u8])]) -> usize {
+        let headers: usize = (self.headers.iter())
+            .map(|(k, v)| k.len() + v.len())
+            .chain(extra.iter().map(|(k, v)| k.len() + v.len()))
+            .map(|n| n + HEADER_OVERHEAD)
+            .sum();
+        RECORD_OVERHEAD
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + headers
+    }
+
+    /// Cuts the value so that the message, with `extra` headers, fits `limit` bytes, and
+    /// adds the header [`TRUNCATED_HEADER`] with the original value's size. The value kept
+    /// is a prefix, cut on a character boundary when it is text.
+    pub fn truncate(&mut self, limit: usize, extra: &[(&str, &[u8])]) {
+        let original = self.value.as_ref().map_or(0, Vec::len);
+        self.headers.push(header(TRUNCATED_HEADER, original));
+        let room = limit.saturating_sub(self.size(extra) - original);
+        if let Some(value) = &mut self.value {
+            let mut keep = room.min(value.len());
+            if let Err(error) = std::str::from_utf8(&value[..keep]) {
+                // A cut inside a character: keep what is whole (text stays text).
+                if error.error_len().is_none() {
+                    keep = error.valid_up_to();
+                }
+            }
+            value.truncate(keep);
+        }
+    }
+}
+
+/// A message larger than its topic takes. A data error — the record's, not the broker's —
+/// that no retry can fix: the update that made it is dead-lettered (`sinks::isolate`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a message of {size} bytes is larger than topic {topic} takes ({limit} bytes: the \
+     smaller of the producer's message.max.bytes and the topic's max.message.bytes)"
+)]
+pub struct MessageTooLarge {
+    /// The topic.
+    pub topic: String,
+    /// The message's size ([`KafkaMessage::size`]).
+    pub size: usize,
+    /// The largest the topic takes.
+    pub limit: usize,
+}
+
+/// What a writer does with a message larger than its topic takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Oversize {
+    /// Refuses it with [`MessageTooLarge`] before anything of its batch is written: the
+    /// update that made it is dead-lettered, the rest of the batch written.
+    Refuse,
+    /// Cuts its value to fit ([`KafkaMessage::truncate`]): a dead letter is kept, cut.
+    Truncate,
+}
+
 /// Turns an update into the message to write, if any.
 pub trait Encoder<D>: Send + 'static {
     /// The message for `data` changing by `diff` at logical time `time`, or `None`.
     fn encode(&self, data: &D, time: Time, diff: Diff) -> Result<Option<KafkaMessage>>;
+
+    /// What to do with a message larger than the topic takes.
+    fn oversize(&self) -> Oversize {
+        Oversize::Refuse
+    }
 }
 
 /// What the delivery reports of a batch said: the first failure, and per partition the
@@ -55,10 +132,39 @@ pub trait Encoder<D>: Send + 'static {
 #[derive(Default)]
 struct DeliveryLog {
     first_error: Option<String>,
+    /// Records the broker refused for what they are (too large, invalid): data errors.
+    refused: Vec<Refused>,
     next_offsets: HashMap<(String, i32), i64>,
     pending: usize,
     /// Per topic, the metrics counter of acknowledged messages.
     delivered: HashMap<String, prometheus_client::metrics::counter::Counter>,
+}
+
+/// A record the broker refused for what it is.
+#[derive(Debug)]
+pub struct Refused {
+    /// Its topic.
+    pub topic: String,
+    /// Its key, as text.
+    pub key: Option<String>,
+    /// Its key and value's size in bytes.
+    pub size: usize,
+    /// What the broker said.
+    pub error: String,
+}
+
+/// Whether a delivery failed for the record itself (too large, invalid, corrupt): no retry
+/// can deliver it, and the other records of its batch are not affected.
+fn refused_record(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
 }
 
 /// librdkafka callbacks of a producer: records delivery reports (first failure, offsets
@@ -96,6 +202,16 @@ impl ProducerContext for Deliveries {
                     .or_insert(next);
                 *slot = (*slot).max(next);
             }
+            Err((error, message)) if refused_record(error) => {
+                log.refused.push(Refused {
+                    topic: message.topic().to_string(),
+                    // Enough of the key to find the record (a key may be large too).
+                    key: (message.key())
+                        .map(|k| String::from_utf8_lossy(&k[..k.len().min(200)]).into_owned()),
+                    size: message.payload_len() + message.key().map_or(0, <[u8]>::len),
+                    error: error.to_string(),
+                });
+            }
             Err((error, _)) => {
                 log.first_error.get_or_insert_with(|| error.to_string());
             }
@@ -115,7 +231,9 @@ impl ProducerContext for Deliveries {
 pub struct Producer {
     producer: ThreadedProducer<Deliveries>,
     deliveries: Deliveries,
-    brokers: String,
+    kafka: KafkaArgs,
+    /// Per topic, the largest record it takes (asked once).
+    limits: Mutex<HashMap<String, usize>>,
 }
 
 impl Producer {
@@ -138,13 +256,46 @@ impl Producer {
         Ok(Producer {
             producer,
             deliveries,
-            brokers: kafka.brokers.clone(),
+            kafka: kafka.clone(),
+            limits: Mutex::default(),
         })
+    }
+
+    /// The largest record `topic` takes (`kafka::max_message_bytes`, asked once per topic).
+    pub fn limit(&self, topic: &str) -> usize {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&limit) = limits.get(topic) {
+            return limit;
+        }
+        let limit = crate::kafka::max_message_bytes(&self.kafka, topic);
+        limits.insert(topic.to_string(), limit);
+        limit
+    }
+
+    /// [`MessageTooLarge`] if `message`, with `extra` headers, is larger than `topic` takes.
+    pub fn check_size(
+        &self,
+        topic: &str,
+        message: &KafkaMessage,
+        extra: &[(&str, &[u8])],
+    ) -> Result<(), MessageTooLarge> {
+        let (size, limit) = (message.size(extra), self.limit(topic));
+        if size > limit {
+            return Err(MessageTooLarge {
+                topic: topic.to_string(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// Queues `message` for `topic` (waiting while librdkafka's queue is full), with the
     /// message's headers and then `extra` headers.
+    /// A message larger than the topic takes is refused with [`MessageTooLarge`] (nothing
+    /// queued).
     pub fn send(&self, topic: &str, message: &KafkaMessage, extra: &[(&str, &[u8])]) -> Result<()> {
+        self.check_size(topic, message, extra)?;
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + extra.len());
         let fixed = message
             .headers
@@ -182,11 +333,27 @@ impl Producer {
 
     /// Waits until every queued message is delivered; returns, per (topic, partition), the
     /// offset after the last message delivered since the previous call. Any failed delivery
-    /// is an error (the messages of the batch may then be partly delivered).
+    /// is an error (the messages of the batch may then be partly delivered), except a
+    /// record the broker refused for what it is: that one is logged and counted as a dead
+    /// letter (`message_refused`), and the rest of the batch counts as delivered.
     pub fn confirm(&self) -> Result<HashMap<(String, i32), i64>> {
         let log = self.reports()?;
         if let Some(error) = log.first_error {
-            bail!("delivery to Kafka at {} failed: {error}", self.brokers);
+            bail!(
+                "delivery to Kafka at {} failed: {error}",
+                self.kafka.brokers
+            );
+        }
+        for refused in &log.refused {
+            crate::metrics::metrics().dead_lettered("message_refused");
+            tracing::error!(
+                topic = %refused.topic,
+                key = refused.key.as_deref().unwrap_or(""),
+                size = refused.size,
+                error = %refused.error,
+                "the broker refused a record for what it is: dropped, the rest of its batch \
+                 delivered (raise the topic's max.message.bytes to take such records)"
+            );
         }
         Ok(log.next_offsets)
     }
@@ -209,7 +376,7 @@ impl Producer {
                 bail!(
                     "delivery to Kafka at {} not confirmed within {FLUSH_TIMEOUT:?} ({} \
                      messages pending)",
-                    self.brokers,
+                    self.kafka.brokers,
                     log.pending
                 );
             }
@@ -223,6 +390,7 @@ impl Producer {
         }
         Ok(DeliveryLog {
             first_error: log.first_error.take(),
+            refused: std::mem::take(&mut log.refused),
             next_offsets: std::mem::take(&mut log.next_offsets),
             pending: 0,
             delivered: HashMap::new(),
@@ -258,6 +426,16 @@ impl<D, E: Encoder<D>> SinkWriter<D> for KafkaWriter<E> {
         }
         if messages.is_empty() {
             return Ok(());
+        }
+        // A message too large is the data's problem: cut (dead letters) or an error, never
+        // a retry.
+        for message in &mut messages {
+            if let Err(too_large) = self.producer.check_size(&self.topic, message, &[]) {
+                match self.encoder.oversize() {
+                    Oversize::Truncate => message.truncate(too_large.limit, &[]),
+                    Oversize::Refuse => return Err(too_large.into()),
+                }
+            }
         }
         loop {
             let sent = messages
@@ -318,6 +496,10 @@ impl DeadLetterEncoder {
 }
 
 impl Encoder<DeadLetter> for DeadLetterEncoder {
+    fn oversize(&self) -> Oversize {
+        Oversize::Truncate
+    }
+
     fn encode(&self, dead: &DeadLetter, _: Time, diff: Diff) -> Result<Option<KafkaMessage>> {
         if diff <= 0 {
             return Ok(None);
@@ -333,5 +515,30 @@ impl Encoder<DeadLetter> for DeadLetterEncoder {
                 header("dishflow.source.offset", dead.record.offset),
             ],
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_cut_to_fit_keeps_whole_characters_and_says_how_large_it_was() {
+        let mut message = KafkaMessage {
+            key: Some(b"k".to_vec()),
+            value: Some("é".repeat(1_000).into_bytes()),
+            headers: vec![header("dishflow.error.reason", "too_large:draft")],
+        };
+        let extra: &[(&str, &[u8])] = &[("seq", b"12")];
+        let size = message.size(extra);
+        assert_eq!(size, RECORD_OVERHEAD + 1 + 2_000 + (36 + 10) + (5 + 10));
+        message.truncate(1_001, extra);
+        assert!(message.size(extra) <= 1_001);
+        let value = String::from_utf8(message.value.clone().unwrap_or_default());
+        assert!(value.is_ok_and(|v| v.len() > 800 && v.chars().all(|c| c == 'é')));
+        assert_eq!(
+            message.headers.last(),
+            Some(&header(TRUNCATED_HEADER, 2_000))
+        );
     }
 }

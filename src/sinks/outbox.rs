@@ -33,12 +33,15 @@ use anyhow::{Context, Result, bail};
 use postgres::{Client, Transaction};
 use tracing::info;
 
-use super::kafka::{KafkaMessage, Producer};
+use super::kafka::{KafkaMessage, MessageTooLarge, Oversize, Producer};
 use crate::kafka::KafkaArgs;
 use crate::kafka::consumer::{Position, read_range};
 
 /// Header carrying a message's outbox sequence number (decimal).
 pub const SEQ_HEADER: &str = "dishflow.outbox.seq";
+
+/// The sequence number header at its longest (an i64 in decimal), for size checks.
+const SEQ_AT_MOST: &[(&str, &[u8])] = &[(SEQ_HEADER, b"-9223372036854775808")];
 
 /// How long a recovery may take to read a topic back.
 const READ_BACK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -58,6 +61,17 @@ const FRAME_MAGIC: &[u8] = b"dishflow-outbox-v3\n";
 
 /// Marks a framed row of an earlier version: keys and values only.
 const FRAME_MAGIC_V2: &[u8] = b"dishflow-outbox-v2\n";
+
+/// The most bytes of key and value an outbox message to a topic that takes records of up to
+/// `limit` bytes may have (the rest is the record's overhead and its sequence header).
+pub fn payload_room(limit: usize) -> usize {
+    let empty = KafkaMessage {
+        key: None,
+        value: None,
+        headers: Vec::new(),
+    };
+    limit.saturating_sub(empty.size(SEQ_AT_MOST))
+}
 
 /// Appends `bytes` as a u32 length (big-endian; `u32::MAX` = absent) and the bytes.
 fn put_part(payload: &mut Vec<u8>, bytes: Option<&[u8]>) {
@@ -156,6 +170,8 @@ pub struct Outbox {
     topics: Vec<String>,
     /// The last sequence number sent and not yet settled.
     unsettled: Option<i64>,
+    /// What [`Outbox::stage`] does with a message larger than its topic takes.
+    oversize: Oversize,
 }
 
 impl Outbox {
@@ -168,7 +184,15 @@ impl Outbox {
             producer: Producer::new(kafka)?,
             topics: topics.iter().map(|t| t.to_string()).collect(),
             unsettled: None,
+            oversize: Oversize::Refuse,
         })
+    }
+
+    /// The same outbox, cutting a message larger than its topic takes to fit instead of
+    /// refusing it (a dead letter is kept, cut: see [`KafkaMessage::truncate`]).
+    pub fn truncating(mut self) -> Self {
+        self.oversize = Oversize::Truncate;
+        self
     }
 
     /// Takes the writer's advisory lock on `client`'s session (held until it disconnects),
@@ -203,7 +227,10 @@ impl Outbox {
     }
 
     /// Adds `messages` for `topic` to the outbox inside `tx`; they are sent by
-    /// [`Outbox::publish`] once `tx` is committed.
+    /// [`Outbox::publish`] once `tx` is committed. A message larger than the topic takes
+    /// is refused with [`MessageTooLarge`] before anything is staged (the caller's
+    /// transaction then writes nothing; the sink isolates the update that made it), or cut
+    /// to fit by a [`truncating`](Outbox::truncating) outbox.
     ///
     /// Messages are stored [`CHUNK`] to a row (one framed blob): a row costs far more than
     /// its bytes, and a batch's messages are always confirmed and deleted together. Row
@@ -214,10 +241,18 @@ impl Outbox {
         &self,
         tx: &mut Transaction<'_>,
         topic: &str,
-        messages: Vec<KafkaMessage>,
+        mut messages: Vec<KafkaMessage>,
     ) -> Result<Vec<Staged>> {
         if messages.is_empty() {
             return Ok(Vec::new());
+        }
+        for message in &mut messages {
+            if let Err(too_large) = self.producer.check_size(topic, message, SEQ_AT_MOST) {
+                match self.oversize {
+                    Oversize::Refuse => return Err(too_large.into()),
+                    Oversize::Truncate => message.truncate(too_large.limit, SEQ_AT_MOST),
+                }
+            }
         }
         let chunks = i64::try_from(messages.len().div_ceil(CHUNK))?;
         let mut firsts: Vec<i64> = tx
@@ -263,8 +298,20 @@ impl Outbox {
     pub fn send(&mut self, staged: &[Staged]) -> Result<()> {
         for s in staged {
             let seq = s.seq.to_string();
-            self.producer
-                .send(&s.topic, &s.message, &[(SEQ_HEADER, seq.as_bytes())])?;
+            let sent = self
+                .producer
+                .send(&s.topic, &s.message, &[(SEQ_HEADER, seq.as_bytes())]);
+            match sent {
+                Ok(()) => {}
+                // Staged before its topic's limit shrank (`stage` refuses such messages):
+                // no retry can send it; the rest go on.
+                Err(error) if error.is::<MessageTooLarge>() => {
+                    crate::metrics::metrics().dead_lettered("message_too_large");
+                    tracing::error!(job = %self.job, writer = self.writer, seq = s.seq,
+                        error = %format!("{error:#}"), "outbox message too large for its topic: dropped");
+                }
+                Err(error) => return Err(error),
+            }
         }
         if let Some(last) = staged.last() {
             self.unsettled = self.unsettled.max(Some(last.seq));

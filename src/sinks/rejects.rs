@@ -100,7 +100,9 @@ impl Rejects {
         topic: &str,
     ) -> Result<Self> {
         let ledger = ledger_job(job);
-        let outbox = Outbox::new(kafka, &ledger, worker, &[topic])?;
+        // A dead letter larger than the topic takes is kept, cut (a refused draft's
+        // update holds the whole campaign).
+        let outbox = Outbox::new(kafka, &ledger, worker, &[topic])?.truncating();
         let writer = TableWriter::new(
             url,
             RejectionBatch {

@@ -57,9 +57,11 @@ impl rdkafka::producer::ProducerContext for Delivered {
 pub fn produce_raw(topic: &str, partitions: i32, messages: &[Raw<'_>]) -> Marks {
     dishflow::kafka::ensure_topic(&kafka(), topic, partitions).expect("create topic");
     let context = Delivered(std::sync::Mutex::new(vec![(-1, -1); messages.len()]));
-    let producer: BaseProducer<Delivered> = dishflow::kafka::client_config(&kafka(), &[])
-        .create_with_context(context)
-        .expect("producer");
+    // Up to 10 MB a record: tests send records larger than a job's own producer takes.
+    let producer: BaseProducer<Delivered> =
+        dishflow::kafka::client_config(&kafka(), &[("message.max.bytes", "10000000")])
+            .create_with_context(context)
+            .expect("producer");
     for (i, (key, value)) in messages.iter().enumerate() {
         let mut record: BaseRecord<'_, [u8], [u8], Box<usize>> =
             BaseRecord::with_opaque_to(topic, Box::new(i)).partition(i as i32 % partitions);

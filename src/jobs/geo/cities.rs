@@ -1,9 +1,8 @@
 //! `geo.cities` as a followed table: its rows are the cities events are attributed to,
 //! followed by worker 0 (a small table) and spread by the dataflow.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use dataflows::geo::cities::City;
-use dataflows::geo::point::Point;
 
 use crate::sources::postgres::{FollowedRow, Split};
 
@@ -22,13 +21,8 @@ impl FollowedRow for City {
             text.parse()
                 .with_context(|| format!("{} coordinate {text:?}", Self::TABLE))
         };
-        Ok(City {
-            id: id.parse().context("geo.cities id")?,
-            name: name.to_string(),
-            centre: Point::from_degrees(number(lat)?, number(lng)?)
-                .context("geo.cities position out of range")?,
-            timezone: timezone.to_string(),
-        })
+        let id = id.parse().context("geo.cities id")?;
+        City::checked(id, name, number(lat)?, number(lng)?, timezone).map_err(|e| anyhow!(e))
     }
 }
 
@@ -48,5 +42,12 @@ mod tests {
         .expect("a city");
         assert_eq!((city.id, city.centre.degrees()), (1, (-33.865, 151.2094)));
         assert!(City::from_columns(&[Some("1"), None, None, None, None]).is_err());
+        let unusable = |lat: &str, timezone: &str| {
+            let row = [Some("2"), Some("X"), Some(lat), Some("151"), Some(timezone)];
+            City::from_columns(&row).map_err(|e| e.to_string())
+        };
+        assert!(unusable("NaN", "Australia/Sydney").is_err_and(|e| e.contains("position")));
+        assert!(unusable("91", "Australia/Sydney").is_err_and(|e| e.contains("position")));
+        assert!(unusable("-33", "Mars/Olympus_Mons").is_err_and(|e| e.contains("time zone")));
     }
 }

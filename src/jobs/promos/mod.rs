@@ -9,6 +9,10 @@
 //!                        └─ drafts new to the table, retractions ─► Kafka promo_notifications
 //! ```
 //!
+//! A campaign is a dead letter when its message is bad or when its drafts are larger than the
+//! notification topic takes (`too_large:draft`); a draft that still is (a very long client
+//! id) is refused by the feedback sink before anything of it is written and dead-lettered.
+//!
 //! Startup checks run before any worker starts, so that a bad URL or an unreachable server
 //! ends the program with one line: the schema is created or verified, the promo topic must
 //! exist, the output topics are created (with the promo topic's partition count) if missing.
@@ -31,7 +35,7 @@ use self::feedback::DraftEncoder;
 use super::kafka_job::KafkaJob;
 use crate::pg;
 use crate::sinks::by_key;
-use crate::sinks::outbox::{Outbox, recover_retired};
+use crate::sinks::outbox::{Outbox, payload_room, recover_retired};
 use crate::sinks::postgres::TableWriter;
 
 use self::feedback::FeedbackBatch;
@@ -62,9 +66,15 @@ pub fn run(args: PromosArgs) -> Result<()> {
     };
     let started = job.start(|| pg::setup_promos(&args.postgres_url))?;
     kafka_topic(&args, started.partitions)?;
+    // A campaign whose drafts the notification topic cannot take is a dead letter.
+    let room = payload_room(crate::kafka::max_message_bytes(
+        &args.kafka,
+        &args.notification_topic,
+    ));
     let (peers, connections) = (args.cluster.peers(), usize::from(args.feedback_connections));
     recover_retired(&args.kafka, &args.postgres_url, &[JOB], peers * connections)?;
-    info!(notification_topic = %args.notification_topic, envelope = ?args.envelope, "promos outputs");
+    info!(notification_topic = %args.notification_topic, envelope = ?args.envelope,
+        max_draft_bytes = room, "promos outputs");
     let source = job.source(&started, started.run.plan.replay_until.clone());
     let subscribers_config = FollowConfig {
         url: args.postgres_url.clone(),
@@ -93,7 +103,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
             subscribers_config.clone(),
             &dataflow.lifecycle,
         );
-        let (campaigns, dead_letters) = promos::decode(records);
+        let (campaigns, dead_letters) = promos::decode(records, room);
         dataflow.dead_letters(dead_letters);
         let (drafts, retention) = promos::drafts_and_retention(campaigns, subscriptions);
         // One worker writes all changes of a notification key, in time order (a

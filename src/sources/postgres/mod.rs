@@ -36,6 +36,10 @@
 //! rules) is followed by worker 0 alone ([`Split::WorkerZero`]), and the dataflow spreads
 //! its rows.
 //!
+//! **Rows the job cannot use** (a NULL where it needs a value, a NaN latitude, an unknown
+//! time zone, inserted by whoever owns the table) are logged once with their key and left
+//! out; following goes on, and a fixed row is taken in ([`Rows::set`]).
+//!
 //! **Reconnects.** If the connection fails after startup (a Postgres restart), the thread
 //! retries with backoff; the temporary slot died with the connection, so it creates a new
 //! slot, takes a new snapshot and emits the difference between it and the rows it had.
@@ -68,7 +72,7 @@ pub mod pgoutput;
 mod rows;
 
 pub use self::handover::SnapshotPoint;
-pub use self::rows::{Decoder, Key, Rows};
+pub use self::rows::{Decoder, Key, Read, Rows, Snapshot};
 
 use crate::control::{Control, Lifecycle};
 use crate::pg;
@@ -98,7 +102,8 @@ pub trait FollowedRow: Clone + PartialEq + Send + 'static {
     const SOURCE: &'static str;
 
     /// The row from its column values as text (`None`: NULL), in [`FollowedRow::COLUMNS`]
-    /// order.
+    /// order; an error when the job cannot use it (the row is then logged and left out,
+    /// [`Rows::set`]).
     fn from_columns(values: &[Option<&str>]) -> Result<Self>;
 }
 
@@ -202,7 +207,7 @@ impl<R: FollowedRow> Capture<R> {
 
     /// Connects, creates the slot (when following) and reads the snapshot of this worker's
     /// rows. Returns the session and the rows by key.
-    fn open(&self) -> Result<(Session<R>, HashMap<Key, R>)> {
+    fn open(&self) -> Result<(Session<R>, Snapshot<R>)> {
         let table = R::TABLE;
         let mut client = pg::connect(&self.config.url)?;
         let slot = if self.config.follow {
@@ -252,7 +257,8 @@ impl<R: FollowedRow> Capture<R> {
                 let values = (1..types.len())
                     .map(|i| row.try_get::<Option<&str>>(i))
                     .collect::<Result<Vec<_>, _>>()?;
-                rows.insert(key, R::from_columns(&values)?);
+                let read = R::from_columns(&values).map_err(|e| format!("{e:#}"));
+                rows.insert(key, read);
             }
         }
         tx.commit()?;

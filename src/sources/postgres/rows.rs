@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use anyhow::{Result, anyhow};
 use dataflows::Diff;
+use tracing::{info, warn};
 
 use super::handover::SnapshotPoint;
 use super::pgoutput::{self, Message};
@@ -16,6 +17,15 @@ pub enum Key {
     Int(i64),
     /// The key of a [`Split::WorkerZero`] table, as text.
     Text(String),
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Int(k) => write!(f, "{k}"),
+            Key::Text(k) => f.write_str(k),
+        }
+    }
 }
 
 impl Key {
@@ -32,11 +42,24 @@ impl Key {
     }
 }
 
+/// A row as read: the row, or why the job cannot use it (a NaN latitude, an unknown time
+/// zone).
+pub type Read<R> = std::result::Result<R, String>;
+
+/// A snapshot of a worker's rows: each key's row as read.
+pub type Snapshot<R> = HashMap<Key, Read<R>>;
+
 /// This worker's rows of the table, by key, and how changes update them.
+///
+/// A row the job cannot use ([`FollowedRow::from_columns`] refuses it) is left out — the row
+/// it replaces is retracted, as if deleted — and logged once with its key and reason; the
+/// table is still followed, and a later usable version of the row is taken in.
 pub struct Rows<R> {
     index: usize,
     peers: usize,
     rows: HashMap<Key, R>,
+    /// Keys whose current row is unusable, with the reason logged for it.
+    unusable: HashMap<Key, String>,
 }
 
 impl<R: FollowedRow> Rows<R> {
@@ -46,6 +69,7 @@ impl<R: FollowedRow> Rows<R> {
             index,
             peers,
             rows: HashMap::new(),
+            unusable: HashMap::new(),
         }
     }
 
@@ -60,37 +84,70 @@ impl<R: FollowedRow> Rows<R> {
         }
     }
 
-    /// Sets row `key`; pushes the resulting updates.
-    pub fn upsert(&mut self, key: Key, row: R, out: &mut Vec<(R, Diff)>) {
+    /// Sets row `key` to `read`: a usable row replaces the one held; an unusable one removes
+    /// it and is logged (once per key and reason). Pushes the resulting updates.
+    pub fn set(&mut self, key: Key, read: Read<R>, out: &mut Vec<(R, Diff)>) {
         if !self.owns(&key) {
             return;
         }
-        match self.rows.insert(key, row.clone()) {
-            Some(old) if old == row => {}
-            Some(old) => out.extend([(old, -1), (row, 1)]),
-            None => out.push((row, 1)),
+        match read {
+            Ok(row) => {
+                if self.unusable.remove(&key).is_some() {
+                    info!(table = R::TABLE, key = %key, "row usable again: taken in");
+                }
+                match self.rows.insert(key, row.clone()) {
+                    Some(old) if old == row => {}
+                    Some(old) => out.extend([(old, -1), (row, 1)]),
+                    None => out.push((row, 1)),
+                }
+            }
+            Err(reason) => {
+                if let Some(old) = self.rows.remove(&key) {
+                    out.push((old, -1));
+                }
+                if self.unusable.get(&key) != Some(&reason) {
+                    warn!(
+                        table = R::TABLE,
+                        key = %key,
+                        reason = %reason,
+                        "row left out: the job cannot use it (fix the row to take it in)"
+                    );
+                    self.unusable.insert(key, reason);
+                }
+            }
         }
+    }
+
+    /// Sets row `key` to a usable `row`; pushes the resulting updates.
+    pub fn upsert(&mut self, key: Key, row: R, out: &mut Vec<(R, Diff)>) {
+        self.set(key, Ok(row), out);
     }
 
     /// Removes row `key`; pushes the resulting update.
     pub fn delete(&mut self, key: &Key, out: &mut Vec<(R, Diff)>) {
+        self.unusable.remove(key);
         if let Some(old) = self.rows.remove(key) {
             out.push((old, -1));
         }
     }
 
     /// Replaces all rows by `snapshot`; pushes the difference.
-    pub fn replace(&mut self, snapshot: HashMap<Key, R>, out: &mut Vec<(R, Diff)>) {
-        let gone: Vec<Key> = (self.rows.keys())
+    pub fn replace(&mut self, snapshot: Snapshot<R>, out: &mut Vec<(R, Diff)>) {
+        let gone: Vec<Key> = (self.rows.keys().chain(self.unusable.keys()))
             .filter(|key| !snapshot.contains_key(key))
             .cloned()
             .collect();
         for key in gone {
             self.delete(&key, out);
         }
-        for (key, row) in snapshot {
-            self.upsert(key, row, out);
+        for (key, read) in snapshot {
+            self.set(key, read, out);
         }
+    }
+
+    /// Number of keys whose row is left out as unusable.
+    pub fn unusable(&self) -> usize {
+        self.unusable.len()
     }
 
     /// Number of rows held.
@@ -165,7 +222,7 @@ impl<R: FollowedRow> Decoder<R> {
             _ if self.skipping => {}
             Message::Insert { relation, new } => {
                 if let Some(c) = columns(&self.relations, relation)? {
-                    rows.upsert(key::<R>(&new, &c)?, row(&new, &c)?, out);
+                    rows.set(key::<R>(&new, &c)?, row(&new, &c)?, out);
                 }
             }
             Message::Update { relation, old, new } => {
@@ -177,7 +234,7 @@ impl<R: FollowedRow> Decoder<R> {
                             rows.delete(&old_key, out);
                         }
                     }
-                    rows.upsert(new_key, row(&new, &c)?, out);
+                    rows.set(new_key, row(&new, &c)?, out);
                 }
             }
             Message::Delete { relation, old } => {
@@ -203,11 +260,13 @@ fn key<R: FollowedRow>(tuple: &pgoutput::Tuple, c: &Columns) -> Result<Key> {
     Key::parse::<R>(tuple.text(c.key)?)
 }
 
-fn row<R: FollowedRow>(tuple: &pgoutput::Tuple, c: &Columns) -> Result<R> {
+/// The row of `tuple`: an error when the message is malformed, an unusable [`Read`] when the
+/// row's values are not what the job can use.
+fn row<R: FollowedRow>(tuple: &pgoutput::Tuple, c: &Columns) -> Result<Read<R>> {
     let values: Vec<Option<&str>> = (c.row.iter())
         .map(|&i| tuple.value(i))
         .collect::<Result<_>>()?;
-    R::from_columns(&values)
+    Ok(R::from_columns(&values).map_err(|e| format!("{e:#}")))
 }
 
 #[cfg(test)]
@@ -366,7 +425,10 @@ mod tests {
         w1.upsert(Key::Int(1), sub("a", "r"), &mut out);
         w1.upsert(Key::Int(4), sub("b", "r"), &mut out);
         out.clear();
-        let snapshot = HashMap::from([(Key::Int(4), sub("b", "r2")), (Key::Int(7), sub("c", "r"))]);
+        let snapshot = HashMap::from([
+            (Key::Int(4), Ok(sub("b", "r2"))),
+            (Key::Int(7), Ok(sub("c", "r"))),
+        ]);
         w1.replace(snapshot, &mut out);
         out.sort();
         assert_eq!(
@@ -379,5 +441,30 @@ mod tests {
             ]
         );
         assert_eq!(w1.len(), 2);
+    }
+
+    #[test]
+    fn an_unusable_row_is_left_out_and_a_later_usable_version_taken_in() {
+        let mut w0 = Rows::<Subscription>::new(0, 1);
+        let mut out = Vec::new();
+        w0.set(Key::Int(1), Ok(sub("a", "r")), &mut out);
+        w0.set(Key::Int(1), Err("bad".into()), &mut out);
+        assert_eq!(out, [(sub("a", "r"), 1), (sub("a", "r"), -1)], "retracted");
+        assert_eq!((w0.len(), w0.unusable()), (0, 1));
+        out.clear();
+        w0.set(Key::Int(1), Err("bad".into()), &mut out);
+        w0.set(Key::Int(2), Ok(sub("b", "r")), &mut out);
+        w0.set(Key::Int(1), Ok(sub("a", "r2")), &mut out);
+        assert_eq!(out, [(sub("b", "r"), 1), (sub("a", "r2"), 1)]);
+        assert_eq!((w0.len(), w0.unusable()), (2, 0));
+        w0.set(Key::Int(3), Err("bad".into()), &mut out);
+        out.clear();
+        w0.replace(HashMap::from([(Key::Int(2), Ok(sub("b", "r")))]), &mut out);
+        assert_eq!(out, [(sub("a", "r2"), -1)]);
+        assert_eq!(
+            (w0.len(), w0.unusable()),
+            (1, 0),
+            "row 3 is gone from the table"
+        );
     }
 }
