@@ -46,6 +46,14 @@ impl ClusterArgs {
     pub fn peers(&self) -> usize {
         usize::from(self.workers) * usize::from(self.processes)
     }
+
+    /// Every process's address (the hostfile's lines), none for a single process.
+    pub fn addresses(&self) -> Result<Vec<String>> {
+        match (&self.hostfile, self.processes) {
+            (Some(hostfile), 2..) => read_hostfile(hostfile),
+            _ => Ok(Vec::new()),
+        }
+    }
 }
 
 /// Builds timely's configuration from the cluster flags.

@@ -21,3 +21,4 @@ pub mod redact;
 pub mod retry;
 pub mod sinks;
 pub mod sources;
+pub mod stall;

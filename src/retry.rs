@@ -25,6 +25,8 @@ pub struct Backoff {
     attempts: u32,
     since: Option<Instant>,
     last_log: Option<Instant>,
+    /// While failing: waiting out an outage is not a stall (`stall`).
+    busy: Option<crate::metrics::Busy>,
 }
 
 impl Backoff {
@@ -36,6 +38,7 @@ impl Backoff {
             attempts: 0,
             since: None,
             last_log: None,
+            busy: None,
         }
     }
 
@@ -49,6 +52,9 @@ impl Backoff {
     fn record_failure(&mut self, error: &anyhow::Error) -> Duration {
         self.attempts += 1;
         let since = *self.since.get_or_insert_with(Instant::now);
+        if self.busy.is_none() {
+            self.busy = Some(crate::metrics::metrics().busy_guard());
+        }
         if self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
             self.last_log = Some(Instant::now());
             warn!(
@@ -78,6 +84,7 @@ impl Backoff {
         self.delay = INITIAL;
         self.attempts = 0;
         self.last_log = None;
+        self.busy = None;
     }
 
     /// Whether the last attempt failed.

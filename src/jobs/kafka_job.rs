@@ -166,8 +166,24 @@ impl KafkaJob {
         let replay_until = run.plan.replay_until.clone();
         let start = run.start_time;
         let report = crate::logs::Progress::start(self.name, self.stop_at_end);
+        // An idle job's frontier moves once per tick: a timeout shorter than a few ticks
+        // would call every idle moment a stall.
+        let mut timeout = Duration::from_secs(self.ops.stall_timeout);
+        if timeout < self.tick * 3 {
+            timeout = self.tick * 3;
+            tracing::warn!(
+                stall_timeout_s = timeout.as_secs_f64(),
+                "--stall-timeout raised to three ticks (--tick-ms)"
+            );
+        }
+        let watch = crate::stall::Watch {
+            job: self.name.to_string(),
+            timeout,
+            process: usize::from(self.cluster.process),
+            addresses: self.cluster.addresses()?,
+        };
         let job = self;
-        super::run_workers(config, shutdown, move |worker, control| {
+        super::run_workers(config, shutdown, Some(watch), move |worker, control| {
             let index = worker.index();
             let opened = (|| -> Result<_> {
                 let dead_letters = KafkaWriter::new(

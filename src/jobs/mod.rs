@@ -16,9 +16,11 @@ use crate::control::{Control, Outcome};
 /// Runs `build` on every worker of the cluster described by `config` and waits until all
 /// workers finished, or until any of them reports a fatal error through the [`Control`]
 /// passed to `build` (then the error is returned at once, without waiting for the others).
+/// With `watch`, a stall is such an error (`stall`).
 pub fn run_workers<F>(
     config: timely::Config,
     shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    watch: Option<crate::stall::Watch>,
     build: F,
 ) -> Result<()>
 where
@@ -35,6 +37,10 @@ where
         build(worker, control.clone())
     })
     .map_err(|e| anyhow!("cannot start the timely cluster: {e}"))?;
+    // The cluster is connected: from now on, a silent peer or no progress is a stall.
+    if let Some(watch) = watch {
+        crate::stall::start(watch, threads.clone())?;
+    }
     std::thread::spawn(move || {
         // A lost peer process makes timely's communication threads panic, and joining the
         // guards re-raises that panic: catch it, so the process reports and exits (and its
@@ -115,7 +121,7 @@ mod tests {
     fn a_worker_panic_is_reported_with_its_message_and_location() {
         let config = timely::Config::thread();
         let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let error = run_workers(config, shutdown, |worker, _control| {
+        let error = run_workers(config, shutdown, None, |worker, _control| {
             let week = chrono::NaiveDate::MIN
                 .checked_sub_days(chrono::Days::new(worker.index() as u64 + 1));
             week.expect("no Monday before the calendar's first day");

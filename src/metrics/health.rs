@@ -33,12 +33,63 @@ impl Metrics {
 
     /// Every sink wrote everything before `time` (`None`: everything, the run is complete).
     pub fn output_frontier(&self, time: Option<dataflows::Time>) {
-        self.frontier
-            .fetch_max(time.unwrap_or(u64::MAX), Ordering::Relaxed);
+        let time = time.unwrap_or(u64::MAX);
+        if self.frontier.fetch_max(time, Ordering::Relaxed) < time {
+            self.note_progress();
+        }
+    }
+
+    /// Something progressed: the frontier moved, a source emitted, a sink wrote.
+    pub fn note_progress(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.progress.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Since the last progress (or the process's start).
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.progress.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// The process is busy (a write in flight, a dependency retried) while the returned
+    /// guard lives.
+    pub fn busy_guard(&'static self) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self)
+    }
+
+    /// Whether a [`Busy`] guard lives.
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether every worker of the process runs its dataflow (each ran a source).
+    pub fn started(&self) -> bool {
+        let expected = self.workers.load(Ordering::Relaxed) as usize;
+        expected > 0 && self.beats.read().unwrap_or_else(|e| e.into_inner()).len() >= expected
+    }
+
+    /// Whether every sink wrote everything (the run is complete).
+    pub fn finished(&self) -> bool {
+        self.frontier.load(Ordering::Relaxed) == u64::MAX
+    }
+
+    /// The time up to which every sink wrote (ms since the unix epoch; 0: nothing yet).
+    pub fn written_up_to(&self) -> u64 {
+        self.frontier.load(Ordering::Relaxed)
+    }
+
+    /// The process found itself stalled for `reason`: health and readiness fail with it.
+    pub fn set_stalled(&self, reason: &str) {
+        *self.stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        self.stalled_gauge.set(1);
     }
 
     /// Why the process is not healthy, if it is not.
     pub fn unhealthy(&self) -> Option<String> {
+        if let Some(reason) = &*self.stalled.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Some(format!("stalled: {reason}"));
+        }
         let now = self.epoch.elapsed();
         let beats = self.beats.read().unwrap_or_else(|e| e.into_inner());
         let stale: Vec<String> = beats
@@ -117,6 +168,15 @@ impl Metrics {
             0 => self.epoch.elapsed().as_secs_f64(),
             frontier => now_ms.saturating_sub(frontier) as f64 / 1000.0,
         }
+    }
+}
+
+/// Marks the process busy until dropped ([`Metrics::busy_guard`]).
+pub struct Busy(&'static Metrics);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -127,6 +127,11 @@ impl Metrics {
             "1 when the job is ready (see /readyz)",
             self.ready.clone(),
         );
+        r.register(
+            "stalled",
+            "1 once the process found itself stalled (--stall-timeout); it exits shortly after",
+            self.stalled_gauge.clone(),
+        );
         registry
     }
 

@@ -33,16 +33,18 @@
 //! | `dishflow_arrangement_batches` | gauge | operator | batches held by an arrangement |
 //! | `dishflow_worker_idle_seconds` | gauge | worker | since a worker last ran a source |
 //! | `dishflow_ready` | gauge | | 1 when `/readyz` answers 200 |
+//! | `dishflow_stalled` | gauge | | 1 once the process found itself stalled (`stall`): it exits 2 s later |
 
 mod arrangements;
 mod health;
 mod http;
 
 pub use arrangements::{ArrangementLog, log_arrangements};
+pub use health::Busy;
 pub use http::{parse_series, serve, serving, start};
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -68,6 +70,17 @@ pub struct OpsArgs {
     #[arg(long, env = "DISHFLOW_READY_MAX_LAG", default_value_t = 10_000,
           value_parser = clap::value_parser!(i64).range(0..))]
     pub ready_max_lag: i64,
+
+    /// Seconds without progress after which a process of a running job reports itself
+    /// stalled (/healthz and /readyz 503, `dishflow_stalled` 1) and exits with status 1, so
+    /// that a supervisor restarts the cluster: a peer process silent that long (stopped,
+    /// frozen, dead or cut off), or nothing moving anywhere while no worker works. A busy
+    /// process (a long step, a write waiting on Postgres, an outage being retried) is not
+    /// stalled. Keep it above the longest step a backlog takes. Heartbeats between the
+    /// processes of a cluster use UDP on each hostfile port.
+    #[arg(long, env = "DISHFLOW_STALL_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub stall_timeout: u64,
 
     /// After SIGTERM/SIGINT, seconds to finish writing what was read and commit progress
     /// before exiting anyway with status 1 (nothing is lost: the next run resumes from the
@@ -195,6 +208,9 @@ pub struct SourceMetrics {
 impl SourceMetrics {
     /// `n` records emitted; `holding`: at the start time (snapshot or replay).
     pub fn emitted(&self, n: usize, holding: bool) {
+        if n > 0 {
+            metrics().note_progress();
+        }
         self.records.inc_by(n as u64);
         if holding {
             self.snapshot.inc_by(n as u64);
@@ -227,6 +243,7 @@ pub struct SinkMetrics {
 impl SinkMetrics {
     /// A batch of `updates` updates was written in `elapsed`.
     pub fn written(&self, updates: usize, elapsed: Duration) {
+        metrics().note_progress();
         self.updates.inc_by(updates as u64);
         self.write.observe(elapsed.as_secs_f64());
     }
@@ -269,6 +286,13 @@ pub struct Metrics {
     workers: AtomicU64,
     /// The time up to which every sink wrote (ms since the unix epoch; `u64::MAX`: all).
     frontier: AtomicU64,
+    /// Milliseconds since `epoch` of the last progress (`stall`).
+    progress: AtomicU64,
+    /// Writes in flight and dependencies being retried: the process is busy.
+    busy: AtomicI64,
+    /// Why the process is stalled, once it is.
+    stalled: Mutex<Option<String>>,
+    stalled_gauge: Gauge,
     epoch: Instant,
 }
 
@@ -301,6 +325,10 @@ impl Metrics {
             beats: RwLock::default(),
             workers: AtomicU64::new(0),
             frontier: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
+            busy: AtomicI64::new(0),
+            stalled: Mutex::new(None),
+            stalled_gauge: Gauge::default(),
             epoch: Instant::now(),
         }
     }

@@ -118,6 +118,8 @@ where
                 match batch_rx.recv_timeout(IDLE_FLUSH) {
                     Ok(batch) => {
                         let started = std::time::Instant::now();
+                        // A write waiting on Postgres or Kafka is not a stall (`stall`).
+                        let _busy = crate::metrics::metrics().busy_guard();
                         let outcome = match &refusals {
                             Some(refusals) => {
                                 let mut dead = Vec::new();
@@ -147,7 +149,10 @@ where
                     Err(RecvTimeoutError::Timeout) if !unflushed => {}
                     Err(timeout_or_end) => {
                         let started = std::time::Instant::now();
-                        if let Err(error) = writer.flush() {
+                        let busy = crate::metrics::metrics().busy_guard();
+                        let flushed = writer.flush();
+                        drop(busy);
+                        if let Err(error) = flushed {
                             fatal.fail(error.context(format!("sink {sink}")));
                             return;
                         }

@@ -84,6 +84,15 @@ pub fn spawn<A: AsRef<OsStr>>(args: impl IntoIterator<Item = A>) -> Job {
 
 /// [`spawn`] with environment variables `env` set (after `RUST_LOG=info`).
 pub fn spawn_env<A: AsRef<OsStr>>(args: impl IntoIterator<Item = A>, env: &[(&str, &str)]) -> Job {
+    spawn_wrapped(&[], args, env)
+}
+
+/// [`spawn_env`] through a command that runs the binary (`["ip", "netns", "exec", "a"]`).
+pub fn spawn_wrapped<A: AsRef<OsStr>>(
+    wrapper: &[&str],
+    args: impl IntoIterator<Item = A>,
+    env: &[(&str, &str)],
+) -> Job {
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let binary = binary();
     let dir = binary
@@ -95,7 +104,15 @@ pub fn spawn_env<A: AsRef<OsStr>>(args: impl IntoIterator<Item = A>, env: &[(&st
     let name = unique(command);
     let stdout = dir.join(format!("{name}.stdout"));
     let stderr = dir.join(format!("{name}.stderr"));
-    let child = Command::new(binary)
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(&binary);
+            command
+        }
+        None => Command::new(&binary),
+    };
+    let child = command
         .args(&args)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
