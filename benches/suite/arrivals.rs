@@ -42,6 +42,12 @@ impl Arrivals {
         self.repeats.load(Ordering::Relaxed)
     }
 
+    /// Keys that arrived and are not in `allowed`.
+    pub(crate) fn unexpected(&self, allowed: &std::collections::HashSet<String>) -> usize {
+        let seen = self.seen.lock().expect("lock");
+        seen.keys().filter(|key| !allowed.contains(*key)).count()
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<Instant> {
         self.seen.lock().expect("lock").get(key).copied()
     }

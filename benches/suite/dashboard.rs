@@ -144,8 +144,31 @@ fn one_size(feedback: u64, counters: u64, requests: usize) -> Value {
         }
         (server, wall)
     };
-    // The first request connects to Postgres: not part of the steady state.
+    // The first request connects to Postgres: not part of the steady state. What it shows
+    // must be what the feedback table holds (counted here, not from the summaries).
     timings("/panels");
+    let (_, body) = http_get(port, "/panels").expect("panels");
+    let panels: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let totals = panels["panels"]["promos-totals"]
+        .as_str()
+        .unwrap_or_default();
+    let truth = client
+        .query_one(
+            "SELECT count(*), count(feedback), count(DISTINCT adv_campaign_id),
+                    count(DISTINCT restaurant_id) FROM subscribers_feedback",
+            &[],
+        )
+        .expect("the truth");
+    for (i, stat) in ["drafts", "feedback", "campaigns", "restaurants"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            shown(totals, stat),
+            Some(truth.get::<_, i64>(i)),
+            "D: the dashboard's {stat} tile: {totals}"
+        );
+    }
     let (panels_server, panels_wall) = timings("/panels");
     let (page_server, page_wall) = timings("/");
     terminate(dashboard);
@@ -210,4 +233,15 @@ pub(crate) fn markdown(result: &Value) -> String {
          The last column runs the GROUP BYs a page would need without them.\n",
     );
     md
+}
+
+/// The number a dashboard tile `data-stat="stat"` shows in `html` (digits only: the page
+/// groups them with thin spaces).
+fn shown(html: &str, stat: &str) -> Option<i64> {
+    let start = html.find(&format!("data-stat=\"{stat}\">"))?;
+    let text = &html[start..];
+    let text = &text[text.find('>')? + 1..];
+    let text = &text[..text.find('<')?];
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }

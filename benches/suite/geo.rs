@@ -187,7 +187,7 @@ pub(crate) fn w6(w: &GeoWorkload<'_>) -> Value {
 
     let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
     let mut rerun_s = Vec::new();
-    let timeout = Duration::from_secs(1800);
+    let timeout = RUN_TIMEOUT;
     let dishflow = |db: &str, topic: &str, dlq: &str, workers: &str| -> Command {
         dishflow_command(geo_topic_args(
             db,

@@ -14,8 +14,8 @@
 //!   a logical replication slot, every 10 ms) and re-reading the whole table every 100 ms.
 //!   In W3 the table does not change and the peer reads it once.
 //!
-//! A run where an expected draft or row never arrived, or arrived twice, is INVALID: the
-//! report shows why instead of its numbers.
+//! A run where an expected draft or row never arrived, arrived twice, or one arrived that the
+//! input does not call for, is INVALID: the report shows why instead of its numbers.
 //!
 //! Every engine runs unbounded in its own database (a copy of one template) and topics; it is
 //! warmed up (one draft through) before the window starts, and stopped after the last
@@ -121,9 +121,13 @@ impl Engine<'_> {
     fn name(self) -> &'static str {
         match self {
             Engine::Dishflow => "dishflow",
-            Engine::Pathway(_, Capture::Snapshot) => "pathway",
-            Engine::Pathway(_, Capture::Poll) => "pathway, full-table re-read every 100 ms",
-            Engine::Pathway(_, Capture::Slot) => "pathway, replication slot polled every 10 ms",
+            Engine::Pathway(_, Capture::Snapshot) => "pathway (10 ms commits)",
+            Engine::Pathway(_, Capture::Poll) => {
+                "pathway, full-table re-read every 100 ms (10 ms commits)"
+            }
+            Engine::Pathway(_, Capture::Slot) => {
+                "pathway, replication slot polled every 10 ms (10 ms commits)"
+            }
         }
     }
 
@@ -154,6 +158,9 @@ impl Engine<'_> {
                 c.args([
                     "--fetch-wait-ms",
                     FETCH_WAIT.split(':').nth(1).unwrap_or("5"),
+                    // For latency a Pathway user commits often (its default is 1,500 ms).
+                    "--autocommit-ms",
+                    "10",
                 ]);
                 match capture {
                     Capture::Snapshot => {}
@@ -228,6 +235,8 @@ fn engine_run(
     });
 
     let mut results = Vec::new();
+    // Every draft the input calls for: one arriving under any other key is a wrong output.
+    let mut allowed: std::collections::HashSet<String> = ["warm:warm-c".to_string()].into();
     for (w, window) in windows.iter().enumerate() {
         let (cpu_before, _) = usage(child.id());
         let started = Instant::now();
@@ -271,6 +280,7 @@ fn engine_run(
                 })
             })
             .collect();
+        allowed.extend(expected.iter().map(|(key, _)| key.clone()));
         let mut result = json!({
             "promo_to_draft": latencies(&sent, &expected, &drafts),
             "promo_to_row": latencies(&sent, &expected, &rows),
@@ -280,11 +290,14 @@ fn engine_run(
             let expected: Vec<(String, usize)> = (0..committed.len())
                 .map(|i| (format!("chg:n{w}_{i}"), i))
                 .collect();
+            allowed.extend(expected.iter().map(|(key, _)| key.clone()));
             result["change_to_draft"] = latencies(&committed, &expected, &drafts);
             result["change_to_row"] = latencies(&committed, &expected, &rows);
         }
-        // Cumulative over the run: a draft or row written twice makes the run invalid.
+        // Cumulative over the run: a draft or row written twice, or one the input does not
+        // call for, makes the run invalid.
         result["repeated"] = json!(drafts.repeats() + rows.repeats());
+        result["unexpected"] = json!(drafts.unexpected(&allowed) + rows.unexpected(&allowed));
         let (cpu_after, rss) = usage(child.id());
         result["cpu_s_per_window_s"] = json!((cpu_after - cpu_before) / window_s);
         result["max_rss_mb"] = json!(rss);
@@ -367,6 +380,9 @@ fn over_rounds(runs: &[Value]) -> Value {
         }
         if let Some(n) = run["repeated"].as_u64().filter(|n| *n > 0) {
             invalid.push(format!("{n} drafts or rows arrived twice"));
+        }
+        if let Some(n) = run["unexpected"].as_u64().filter(|n| *n > 0) {
+            invalid.push(format!("{n} drafts or rows the input does not call for"));
         }
     }
     out.insert("invalid_runs".into(), json!(invalid));

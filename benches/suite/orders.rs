@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dishflow_testkit::*;
 use serde_json::{Value, json};
@@ -73,7 +73,7 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
     let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
     let mut upsert_s = Vec::new();
     let mut wal = Vec::new();
-    let timeout = Duration::from_secs(1200);
+    let timeout = RUN_TIMEOUT;
     let mut last_db = String::new();
     let workers = workers.to_string();
     // The engines' runs on `topic` with the Redis keys matching `keys`, into `db`.
@@ -117,8 +117,15 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
             "--table-prefix",
             "pathway",
             "--static",
-        ]);
+        ])
+        // As many threads as dishflow's workers; Pathway's default commit interval.
+        .env("PATHWAY_THREADS", &workers);
         c
+    };
+    let pathway_engine = if workers == "1" {
+        "pathway (CDM counters only; 1 thread, default commits)"
+    } else {
+        "pathway (CDM counters only; as many threads as dishflow's workers, default commits)"
     };
     let keys = format!("{prefix}*");
     let no_keys = format!("{prefix}.none*");
@@ -129,7 +136,7 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
         series.entry("dishflow").or_default().empty.push(m.wall_s);
         if let Some(python) = pathway {
             let db = copy_database(&template_name, &format!("{prefix}_pe{round}"));
-            let engine = "pathway (CDM counters only)";
+            let engine = pathway_engine;
             let run = &mut peer(python, &db, &empty_topic, &no_keys);
             if let Some(m) = measure_peer(run, &mut series, engine) {
                 series.entry(engine).or_default().empty.push(m.wall_s);
@@ -213,14 +220,14 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
             let m = measure_peer(
                 &mut peer(python, &db, &topic, &keys),
                 &mut series,
-                "pathway (CDM counters only)",
+                pathway_engine,
             );
             eprintln!("w5 round {round}: pathway {m:?}");
             let Some(m) = m else { continue };
             let check = pathway_counters(&db)
                 .map_err(|e| format!("reading Pathway's counters: {e}"))
                 .and_then(|counters| check_counters(counters, &truth));
-            record(&mut series, "pathway (CDM counters only)", m, Some(check));
+            record(&mut series, pathway_engine, m, Some(check));
         }
     }
     // Rows per layer, as the last run wrote them.

@@ -33,6 +33,12 @@ pub(crate) fn pathway_promos(python: &str, input: &str, out: &str, db: &str) -> 
     c
 }
 
+/// The Pathway rows of the backlog workloads: its default commit interval
+/// (`autocommit_duration_ms`, 1,500 ms), one thread or two (`PATHWAY_THREADS`).
+pub(crate) const PATHWAY_1: &str = "pathway (1 thread, default commits)";
+/// See [`PATHWAY_1`].
+pub(crate) const PATHWAY_2: &str = "pathway (2 threads, default commits)";
+
 /// Creates database `name` as a copy of `template` (which must have no connections).
 pub(crate) fn copy_database(template: &str, name: &str) -> String {
     let mut admin = pg(&format!("{}/postgres", postgres_base()));
@@ -255,7 +261,7 @@ pub(crate) fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option
     );
     let (empty_input, empty_template) = empty_promos_fixture(&prefix, &template);
     let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
-    let timeout = Duration::from_secs(1800);
+    let timeout = RUN_TIMEOUT;
     // `out`.out is the run's notification topic.
     let job = |db: &str, input: &str, out: &str, extra: &[&str]| -> Vec<String> {
         let mut args = promos_args_from(db, input, out);
@@ -283,10 +289,18 @@ pub(crate) fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option
         );
         record(series, engine, m, Some(check));
     };
-    let peer = |python: &str, input: &str, out: &str, db: &str| -> Command {
+    // Pathway as its users run a backlog: its default commit interval, and as many threads
+    // as the dishflow rows beside it use cores.
+    let peer = |python: &str, input: &str, out: &str, db: &str, threads: usize| -> Command {
         let mut c = pathway_promos(python, input, out, db);
-        c.arg("--static");
+        c.arg("--static")
+            .env("PATHWAY_THREADS", threads.to_string());
         c
+    };
+    let pathways: &[(usize, &'static str)] = if w.scaling || !w.pipe_limit {
+        &[(1, PATHWAY_1), (2, PATHWAY_2)]
+    } else {
+        &[(1, PATHWAY_1)]
     };
     for round in 0..rounds {
         // The fixed cost of a run (start, connect, stop): each engine on an empty topic and
@@ -301,11 +315,11 @@ pub(crate) fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option
             let db = copy_database(&empty_template, &format!("{prefix}_pe{round}"));
             let out = format!("{prefix}.pe{round}");
             if let Some(m) = measure_peer(
-                &mut peer(python, &empty_input, &out, &db),
+                &mut peer(python, &empty_input, &out, &db, 1),
                 &mut series,
-                "pathway",
+                PATHWAY_1,
             ) {
-                series.entry("pathway").or_default().empty.push(m.wall_s);
+                series.entry(PATHWAY_1).or_default().empty.push(m.wall_s);
             }
         }
 
@@ -395,16 +409,21 @@ pub(crate) fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option
             );
         }
 
-        if let Some(python) = pathway {
-            let db = copy_database(&template, &format!("{prefix}_p{round}"));
-            let out = format!("{prefix}.pw{round}");
-            let m = measure_peer(&mut peer(python, &input, &out, &db), &mut series, "pathway");
-            eprintln!("{} round {round}: pathway {m:?}", w.name);
+        for &(threads, engine) in pathway.map_or(&[][..], |_| pathways) {
+            let Some(python) = pathway else { break };
+            let db = copy_database(&template, &format!("{prefix}_p{threads}_{round}"));
+            let out = format!("{prefix}.pw{threads}_{round}");
+            let m = measure_peer(
+                &mut peer(python, &input, &out, &db, threads),
+                &mut series,
+                engine,
+            );
+            eprintln!("{} round {round}: {engine} {m:?}", w.name);
             let Some(m) = m else { continue };
             // Pathway writes its changes: a row is a draft where `diff = 1` (a retraction
             // would be a row with `diff = -1`, and its Kafka message a duplicate key).
             let check = check_promos(&expected, &db, "pathway_feedback", "diff = 1", &out);
-            record(&mut series, "pathway", m, Some(check));
+            record(&mut series, engine, m, Some(check));
         }
     }
     clean_up(&prefix);

@@ -27,18 +27,19 @@ pub(crate) fn measure_all(commands: &mut [&mut Command], timeout: Duration) -> M
     try_measure_all(commands, timeout).unwrap_or_else(|error| panic!("{error}"))
 }
 
-/// How long a peer's run may take before it counts as failed (a hung Pathway run once
-/// waited with no connection open; the suite goes on without that run).
-pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long any engine's run may take: the same limit for dishflow and the peers. A peer's
+/// run that takes longer counts as failed (a hung Pathway run once waited with no
+/// connection open; the suite goes on without that run); dishflow's stops the suite.
+pub(crate) const RUN_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// A peer engine's run: measured, or `None` (said on stderr and recorded in `series` under
-/// `engine` as an invalid run) if it failed or did not finish within [`PEER_TIMEOUT`].
+/// `engine` as an invalid run) if it failed or did not finish within [`RUN_TIMEOUT`].
 pub(crate) fn measure_peer(
     command: &mut Command,
     series: &mut BTreeMap<&'static str, Series>,
     engine: &'static str,
 ) -> Option<Measured> {
-    match try_measure_all(&mut [command], PEER_TIMEOUT) {
+    match try_measure_all(&mut [command], RUN_TIMEOUT) {
         Ok(m) => Some(m),
         Err(error) => {
             let first = error.lines().next().unwrap_or_default().to_string();

@@ -2,8 +2,9 @@
 //! topic and `geo.cities` (haversine in SQL, window functions for registrations, positions
 //! and stays), and the rows in which the job's tables differ from it.
 //!
-//! Only the validity of an event is taken from the job's decoder (which events count); every
-//! rule of the marts is written again here, in SQL, from `../shared/SPEC.md`.
+//! Nothing is taken from the job: which events count is decided here from the SPEC's rules
+//! ([`valid_event`], over the raw JSON), every rule of the marts is written again in SQL,
+//! and a recommendation's `local_time` is computed with the time zone rules of `chrono-tz`.
 
 use std::io::Write;
 
@@ -211,7 +212,7 @@ pub fn geo_ground_truth_of(db: &str, values: impl IntoIterator<Item = String>) {
             ))
             .expect("copy");
         for value in values {
-            if dataflows::geo::events::parse_event(Some(value.as_bytes())).is_ok() {
+            if valid_event(&value) {
                 let line = format!("\"{}\"\n", value.replace('"', "\"\""));
                 copy.write_all(line.as_bytes()).expect("an event");
             }
@@ -219,6 +220,67 @@ pub fn geo_ground_truth_of(db: &str, values: impl IntoIterator<Item = String>) {
         copy.finish().expect("copy the events");
     }
     client.batch_execute(TRUTH).expect("the ground truth");
+}
+
+/// Whether the raw event `text` counts, by the SPEC's rules: a JSON object whose
+/// `event_type` is message, reaction or subscription, with its acting user (an integer or a
+/// string of digits), a message its `message_id` (and `message_to` / `message_channel_to`
+/// ids or null), a subscription its `subscription_channel`; an event time (`message_ts`, else
+/// `datetime`, `YYYY-MM-DD HH:MM:SS[.fraction]`) within what the marts hold (from 4712-12-01
+/// BC, proleptic -4712, to 262142-12-30 AD); both coordinates in range, or neither.
+pub fn valid_event(text: &str) -> bool {
+    use serde_json::Value;
+    let Ok(Value::Object(e)) = serde_json::from_str::<Value>(text) else {
+        return false;
+    };
+    let Some(Value::Object(event)) = e.get("event") else {
+        return false;
+    };
+    let get = |key: &str| event.get(key).filter(|v| !v.is_null());
+    let id = |v: &Value| match v {
+        Value::Number(n) => n.as_i64().is_some(),
+        Value::String(s) => {
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<i64>().is_ok()
+        }
+        _ => false,
+    };
+    let optional_id = |key: &str| get(key).is_none_or(id);
+    let action = match e.get("event_type").and_then(Value::as_str) {
+        Some("message") => {
+            get("message_from").is_some_and(id)
+                && get("message_id").is_some_and(id)
+                && optional_id("message_to")
+                && optional_id("message_channel_to")
+        }
+        Some("reaction") => get("reaction_from").is_some_and(id),
+        Some("subscription") => {
+            let user = match get("user") {
+                Some(user) => id(user),
+                None => get("subscription_user").is_some_and(id),
+            };
+            user && get("subscription_channel").is_some_and(id)
+        }
+        _ => false,
+    };
+    let time = get("message_ts")
+        .or_else(|| get("datetime"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.contains('\0'))
+        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").ok());
+    let first = chrono::NaiveDate::from_ymd_opt(-4712, 12, 1).and_then(|d| d.and_hms_opt(0, 0, 0));
+    let last =
+        chrono::NaiveDate::from_ymd_opt(262_142, 12, 31).and_then(|d| d.and_hms_opt(0, 0, 0));
+    let in_range = matches!((time, first, last), (Some(t), Some(a), Some(b)) if a <= t && t < b);
+    let coordinate = |key: &str, bound: f64| match e.get(key) {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::Number(n)) => n.as_f64().filter(|v| v.abs() <= bound).map(Some),
+        Some(_) => None,
+    };
+    let place = match (coordinate("lat", 90.0), coordinate("lon", 180.0)) {
+        (Some(lat), Some(lon)) => lat.is_some() == lon.is_some(),
+        _ => false,
+    };
+    action && in_range && place
 }
 
 /// The geo job's three mart tables.
@@ -232,18 +294,35 @@ pub const GEO_MARTS: [&str; 3] = [
 /// 20 per mart). `processed_dttm` is the job's own time: only `local_time` = it in the
 /// zone's time zone is checked.
 pub fn geo_differences(db: &str) -> MartDifferences {
+    use chrono::TimeZone;
     let mut differences = geo_differences_of(db, GEO_MARTS);
-    let wrong_local_time: Vec<String> = pg(db)
+    // `local_time` = `processed_dttm` in the zone's time zone, by chrono-tz's rules (not
+    // by the SQL the sink writes it with).
+    let rows = pg(db)
         .query(
-            "SELECT r::text FROM mart.geo_friend_recommendations r JOIN geo.cities c ON c.id = r.zone_id
-             WHERE r.local_time IS DISTINCT FROM r.processed_dttm AT TIME ZONE c.timezone LIMIT 20",
+            "SELECT r::text, r.processed_dttm, r.local_time, c.timezone
+             FROM mart.geo_friend_recommendations r JOIN geo.cities c ON c.id = r.zone_id",
             &[],
         )
-        .expect("recommendations' local times")
-        .iter()
-        .map(|r| format!("local_time: {}", r.get::<_, String>(0)))
-        .collect();
-    differences.recommendations.extend(wrong_local_time);
+        .expect("recommendations' local times");
+    let wrong_local_time = rows.iter().filter_map(|r| {
+        let processed: chrono::DateTime<chrono::Utc> = r.get(1);
+        let local: Option<chrono::NaiveDateTime> = r.get(2);
+        let zone: String = r.get(3);
+        let expected = zone
+            .parse::<chrono_tz::Tz>()
+            .ok()
+            .map(|tz| tz.from_utc_datetime(&processed.naive_utc()).naive_local());
+        (local != expected).then(|| {
+            format!(
+                "local_time: {} (expected {expected:?})",
+                r.get::<_, String>(0)
+            )
+        })
+    });
+    differences
+        .recommendations
+        .extend(wrong_local_time.take(20));
     differences.city_summary = city_summary_differences(db);
     differences
 }
