@@ -194,6 +194,11 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
         .expect("stg")
         .get(0);
     assert_eq!(stg, 1500);
+    // STG and the Data Vault as the raw messages and dictionaries imply them.
+    assert_eq!(
+        layer_differences(&db, &format!("{prefix}.orders"), &format!("{prefix}*")),
+        Vec::<String>::new()
+    );
     // The compatibility topics: one enriched message per order (every user and product is
     // in Redis), and per-user counter changes that add up to the tables.
     let enriched = consume(&stg_topic);

@@ -11,8 +11,11 @@
 //!   users at `--geo-rate` events/s, with a probe every 100 ms — a message of a new user,
 //!   whose `mart.geo_users` row's commit a trigger reports (`pg_notify`): p50/p99 from
 //!   handing the probe to the producer to that commit. Spark's answer to the same change is
-//!   a re-run over the window (backlog + the day), timed in every round. The job's marts are
-//!   then checked against the SQL recomputation over everything in the topic.
+//!   a re-run over the window (backlog + the day), timed in every round and checked against
+//!   the SQL recomputation over both files. The job's marts are then checked against the SQL
+//!   recomputation over everything in the topic.
+//! * Spark writes its marts with the DataFrame JDBC writer, as its users would; its backlog
+//!   run is also reported in parts (JVM start, session, compute, JDBC write).
 //! * **memory**: the running job's resident memory (VmRSS) once caught up with DAYS days,
 //!   after the further day, and after DAYS more days (2 × DAYS in all).
 
@@ -39,6 +42,20 @@ const PROBE_CHANNEL: &str = "dishflow_bench_geo";
 /// Spark's tables (`geo_spark.py --schema spark`).
 const SPARK_MARTS: [&str; 3] = ["spark.zones", "spark.users", "spark.recommendations"];
 const SPARK: &str = "spark (legacy batch)";
+const SPARK_RERUN: &str = "spark (legacy batch), re-run with one more day";
+/// The PostgreSQL JDBC driver `scripts/bench/peers/setup.sh spark` installs.
+const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
+/// Spark's phases of one run (`geo_spark.py --timings`): session, compute, write seconds.
+fn spark_phases(timings: &Path) -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string(timings).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    Some([
+        v["session_s"].as_f64()?,
+        v["compute_s"].as_f64()?,
+        v["write_s"].as_f64()?,
+    ])
+}
 
 /// What W6 runs: the data set's size, the rate of the further day, and the Spark peer's
 /// virtualenv python (`scripts/bench/peers/setup.sh spark`), if any.
@@ -97,15 +114,20 @@ fn lines(files: &[&Path]) -> impl Iterator<Item = String> {
 /// The Spark peer on `files` into `db` (schema `spark`), through spark-submit, so that the
 /// measured process is the JVM with the Python driver as its child (wait4 sums their CPU and
 /// takes the larger peak RSS).
-fn spark_command(python: &str, db: &str, files: &[&Path]) -> Command {
+fn spark_command(python: &str, db: &str, files: &[&Path], timings: &Path) -> Command {
     let bin = Path::new(python).parent().expect("venv bin");
     let mut c = Command::new(bin.join("spark-submit"));
     c.args(["--master", "local[2]", "--driver-memory", "4g"])
+        // The DataFrame JDBC writer's driver (Debian libpostgresql-jdbc-java).
+        .args(["--jars", JDBC_JAR])
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/bench/peers/geo_spark.py"
         ))
-        .args(["--dsn", &dsn(db), "--schema", "spark", "--events"])
+        .args(["--dsn", &dsn(db), "--schema", "spark"])
+        .arg("--timings")
+        .arg(timings)
+        .arg("--events")
         .args(files)
         .env("PYSPARK_PYTHON", python)
         .env("PYSPARK_DRIVER_PYTHON", python)
@@ -184,6 +206,23 @@ pub(crate) fn w6(w: &GeoWorkload<'_>) -> Value {
         started.elapsed().as_secs_f64()
     );
     let template_name = template.rsplit('/').next().unwrap_or_default().to_string();
+    // Spark's re-run over the backlog and the further day is checked like every run: against
+    // the SQL recomputation over both files.
+    let next_template = database(&format!("{prefix}_tplnext")).persist();
+    let setup = dishflow_command(["setup", "--job", "geo", "--postgres-url", &next_template])
+        .output()
+        .expect("setup");
+    assert!(setup.status.success(), "setup --job geo failed");
+    geo_ground_truth_of(&next_template, lines(&[&backlog, &next]));
+    let next_template_name = next_template
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let timings = dir.join(format!("{prefix}.spark-timings.json"));
+    // Spark's phases per run: the script's start → session, compute, JDBC write; the rest of
+    // the wall time is the JVM's start before the script.
+    let mut phases: Vec<[f64; 4]> = Vec::new();
 
     let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
     let mut rerun_s = Vec::new();
@@ -216,31 +255,40 @@ pub(crate) fn w6(w: &GeoWorkload<'_>) -> Value {
         let Some(python) = w.spark else { continue };
         let db = copy_database(&template_name, &format!("{prefix}_se{round}"));
         if let Some(m) = measure_peer(
-            &mut spark_command(python, &db, &[&empty]),
+            &mut spark_command(python, &db, &[&empty], &timings),
             &mut series,
             SPARK,
         ) {
             series.entry(SPARK).or_default().empty.push(m.wall_s);
         }
         let db = copy_database(&template_name, &format!("{prefix}_s{round}"));
+        std::fs::remove_file(&timings).ok();
         let m = measure_peer(
-            &mut spark_command(python, &db, &[&backlog]),
+            &mut spark_command(python, &db, &[&backlog], &timings),
             &mut series,
             SPARK,
         );
         eprintln!("w6 round {round}: spark {m:?}");
         if let Some(m) = m {
+            if let Some([session, compute, write]) = spark_phases(&timings) {
+                let jvm = m.wall_s - session - compute - write;
+                phases.push([jvm, session, compute, write]);
+            }
             let check = verdict(&db, geo_differences_of(&db, SPARK_MARTS), SPARK_MARTS);
             record(&mut series, SPARK, m, Some(check));
         }
-        let db = copy_database(&template_name, &format!("{prefix}_sr{round}"));
+        let db = copy_database(&next_template_name, &format!("{prefix}_sr{round}"));
         let rerun = measure_peer(
-            &mut spark_command(python, &db, &[&backlog, &next]),
+            &mut spark_command(python, &db, &[&backlog, &next], &timings),
             &mut series,
-            SPARK,
+            SPARK_RERUN,
         );
         eprintln!("w6 round {round}: spark re-run with one more day {rerun:?}");
-        rerun_s.extend(rerun.map(|m| m.wall_s));
+        if let Some(m) = rerun {
+            rerun_s.push(m.wall_s);
+            let check = verdict(&db, geo_differences_of(&db, SPARK_MARTS), SPARK_MARTS);
+            record(&mut series, SPARK_RERUN, m, Some(check));
+        }
     }
     let incremental = incremental(w, &template_name, &prefix, &topic, &next);
     clean_up(&prefix);
@@ -254,6 +302,13 @@ pub(crate) fn w6(w: &GeoWorkload<'_>) -> Value {
     if let Some(spark) = engines.get_mut(SPARK) {
         spark["rerun_with_one_more_day_s"] = json!(rerun_s);
         spark["rerun_median_s"] = json!((!rerun_s.is_empty()).then(|| median(&rerun_s)));
+        let phase = |i: usize| median(&phases.iter().map(|p| p[i]).collect::<Vec<_>>());
+        spark["phases_median_s"] = json!((!phases.is_empty()).then(|| json!({
+            "jvm_start": phase(0),
+            "session": phase(1),
+            "compute": phase(2),
+            "write_jdbc": phase(3),
+        })));
     }
     json!({
         "workload": "W6",
@@ -436,6 +491,22 @@ pub(crate) fn markdown(result: &Value) -> String {
     );
     for (k, v) in i["rss_mb"].as_object().into_iter().flatten() {
         md.push_str(&format!("| {k} | {} |\n", ms(v)));
+    }
+    let p = &result["engines"][SPARK]["phases_median_s"];
+    if p.is_object() {
+        let s = |k: &str| {
+            p[k].as_f64()
+                .map_or_else(|| "—".into(), |x| format!("{x:.1}"))
+        };
+        md.push_str(&format!(
+            "\nSpark's backlog run in parts (medians, s): JVM start {}, session {}, compute {}, \
+             JDBC write {}. dishflow's start is its empty run (in the table); it computes and \
+             writes at once (its sinks write while the dataflow runs).\n",
+            s("jvm_start"),
+            s("session"),
+            s("compute"),
+            s("write_jdbc"),
+        ));
     }
     if let Some(why) = i["invalid_runs"].as_array().and_then(|a| a.first()) {
         md.push_str(&format!("\nINVALID: {why}\n"));

@@ -167,6 +167,15 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
             &truth,
         )
         .and_then(|rows| {
+            // STG and the Data Vault too, from the raw messages and the dictionaries.
+            let differences = layer_differences(&db, &topic, &keys);
+            if differences.is_empty() {
+                Ok(rows)
+            } else {
+                Err(format!("layers differ from the raw input: {differences:?}"))
+            }
+        })
+        .and_then(|rows| {
             // Every order is valid: nothing may be dead-lettered.
             let mut dead = 0;
             read_topic(&dlq, SETTLE, |_| dead += 1).ok();

@@ -83,37 +83,7 @@ pub fn summary_and_truth(db: &str) -> (Summary, Summary) {
 /// (user, product / category) — what the CDM tables must equal.
 pub fn ground_truth(db: &str, topic: &str, keys: &str) -> (Counters, Counters) {
     let mut client = pg(db);
-    client
-        .batch_execute(
-            "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";
-             CREATE TABLE truth_raw (value json); CREATE TABLE truth_dict (key text, value json);",
-        )
-        .expect("truth tables");
-    // Loaded with COPY (CSV: the JSON text quoted, quotes doubled).
-    let csv = |value: &str| format!("\"{}\"\n", value.replace('"', "\"\""));
-    {
-        let mut copy = client
-            .copy_in("COPY truth_raw (value) FROM STDIN (FORMAT csv)")
-            .expect("copy");
-        for message in consume(topic) {
-            let value = message.value.unwrap_or_default();
-            if serde_json::from_str::<serde_json::Value>(&value).is_ok() {
-                copy.write_all(csv(&value).as_bytes()).expect("raw");
-            }
-        }
-        copy.finish().expect("copy raw");
-    }
-    let mut con = redis();
-    let keys: Vec<String> = con.keys(keys).expect("keys");
-    let mut copy = client
-        .copy_in("COPY truth_dict (key, value) FROM STDIN (FORMAT csv)")
-        .expect("copy");
-    for key in keys {
-        let value: String = con.get(&key).expect("get");
-        let line = format!("\"{}\",{}", key.replace('"', "\"\""), csv(&value));
-        copy.write_all(line.as_bytes()).expect("dict");
-    }
-    copy.finish().expect("copy dict");
+    load_input(&mut client, topic, keys);
     let query = |key: &str, name: &str| {
         format!(
             "WITH latest AS (
@@ -155,4 +125,163 @@ pub fn ground_truth(db: &str, topic: &str, keys: &str) -> (Counters, Counters) {
         .batch_execute("DROP TABLE truth_raw; DROP TABLE truth_dict;")
         .expect("drop truth");
     (products, categories)
+}
+
+/// Loads the raw messages of `topic` (those that are JSON) into `truth_raw (value json)` and
+/// the Redis entries of the keys matching `keys` into `truth_dict (key text, value json)`.
+fn load_input(client: &mut postgres::Client, topic: &str, keys: &str) {
+    client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";
+             CREATE TABLE truth_raw (value json); CREATE TABLE truth_dict (key text, value json);",
+        )
+        .expect("truth tables");
+    // Loaded with COPY (CSV: the JSON text quoted, quotes doubled).
+    let csv = |value: &str| format!("\"{}\"\n", value.replace('"', "\"\""));
+    {
+        let mut copy = client
+            .copy_in("COPY truth_raw (value) FROM STDIN (FORMAT csv)")
+            .expect("copy");
+        for message in consume(topic) {
+            let value = message.value.unwrap_or_default();
+            if serde_json::from_str::<serde_json::Value>(&value).is_ok() {
+                copy.write_all(csv(&value).as_bytes()).expect("raw");
+            }
+        }
+        copy.finish().expect("copy raw");
+    }
+    let mut con = redis();
+    let keys: Vec<String> = con.keys(keys).expect("keys");
+    let mut copy = client
+        .copy_in("COPY truth_dict (key, value) FROM STDIN (FORMAT csv)")
+        .expect("copy");
+    for key in keys {
+        let value: String = con.get(&key).expect("get");
+        let line = format!("\"{}\",{}", key.replace('"', "\"\""), csv(&value));
+        copy.write_all(line.as_bytes()).expect("dict");
+    }
+    copy.finish().expect("copy dict");
+}
+
+/// STG and the Data Vault recomputed in SQL from the raw messages and the dictionaries:
+/// each order's latest version (by `update_ts`) in STG; for the orders whose restaurant,
+/// user and products are all known, every hub and link they imply, and each satellite's
+/// latest value equal to the latest version's or the dictionary's.
+const LAYERS_TRUTH: &str = "
+CREATE TEMP TABLE t_latest AS
+SELECT DISTINCT ON (id) id, sent, p FROM (
+  SELECT (value->>'object_id')::int AS id, (value->>'sent_dttm')::timestamp AS sent,
+         value->'payload' AS p
+  FROM truth_raw WHERE value->>'object_type' = 'order') v
+ORDER BY id, (p->>'update_ts')::timestamp DESC, p::text DESC;
+CREATE TEMP TABLE t_menu AS
+SELECT d.key AS rid, m->>'_id' AS pid, m->>'name' AS name, m->>'category' AS category
+FROM truth_dict d CROSS JOIN LATERAL json_array_elements(d.value->'menu') m
+WHERE d.value->'menu' IS NOT NULL;
+CREATE TEMP TABLE t_users AS
+SELECT key AS uid, value->>'name' AS name, value->>'login' AS login
+FROM truth_dict WHERE value->'login' IS NOT NULL;
+CREATE TEMP TABLE t_restaurants AS
+SELECT key AS rid, value->>'name' AS name FROM truth_dict WHERE value->'menu' IS NOT NULL;
+CREATE TEMP TABLE t_orders AS
+SELECT l.id, l.p->'user'->>'id' AS uid, l.p->'restaurant'->>'id' AS rid,
+       l.p->>'final_status' AS status, (l.p->>'cost')::numeric AS cost,
+       (l.p->>'payment')::numeric AS payment, l.p
+FROM t_latest l
+WHERE l.p->'user'->>'id' IN (SELECT uid FROM t_users)
+  AND l.p->'restaurant'->>'id' IN (SELECT rid FROM t_restaurants)
+  AND NOT EXISTS (
+    SELECT FROM json_array_elements(l.p->'order_items') i
+    WHERE NOT EXISTS (SELECT FROM t_menu m
+                      WHERE m.rid = l.p->'restaurant'->>'id' AND m.pid = i->>'id'));
+CREATE TEMP TABLE t_lines AS
+SELECT DISTINCT o.id, o.rid, m.pid, m.name, m.category
+FROM t_orders o CROSS JOIN LATERAL json_array_elements(o.p->'order_items') i
+JOIN t_menu m ON m.rid = o.rid AND m.pid = i->>'id';
+";
+
+/// Where STG and the Data Vault of `db` differ from what the raw messages of `topic` and the
+/// Redis entries of `keys` imply (see [`LAYERS_TRUTH`]): one line per table that differs,
+/// with the number of rows missing or extra. Empty when every layer agrees.
+pub fn layer_differences(db: &str, topic: &str, keys: &str) -> Vec<String> {
+    let mut client = pg(db);
+    load_input(&mut client, topic, keys);
+    client
+        .batch_execute(LAYERS_TRUTH)
+        .expect("the layers' truth");
+    // (what, the job's rows, the truth's rows), compared as sets.
+    let checks: [(&str, &str, &str); 15] = [
+        ("stg.order_events", "SELECT object_id, sent_dttm FROM stg.order_events",
+         "SELECT id, sent FROM t_latest"),
+        ("dds.h_order", "SELECT order_id FROM dds.h_order", "SELECT id FROM t_orders"),
+        ("dds.h_user", "SELECT user_id FROM dds.h_user", "SELECT DISTINCT uid FROM t_orders"),
+        ("dds.h_restaurant", "SELECT restaurant_id FROM dds.h_restaurant",
+         "SELECT DISTINCT rid FROM t_orders"),
+        ("dds.h_product", "SELECT product_id FROM dds.h_product", "SELECT DISTINCT pid FROM t_lines"),
+        ("dds.h_category", "SELECT category_name FROM dds.h_category",
+         "SELECT DISTINCT category FROM t_lines"),
+        ("dds.l_order_product",
+         "SELECT o.order_id, p.product_id FROM dds.l_order_product l
+          JOIN dds.h_order o USING (h_order_pk) JOIN dds.h_product p USING (h_product_pk)",
+         "SELECT id, pid FROM t_lines"),
+        ("dds.l_order_user",
+         "SELECT o.order_id, u.user_id FROM dds.l_order_user l
+          JOIN dds.h_order o USING (h_order_pk) JOIN dds.h_user u USING (h_user_pk)",
+         "SELECT id, uid FROM t_orders"),
+        ("dds.l_product_restaurant",
+         "SELECT p.product_id, r.restaurant_id FROM dds.l_product_restaurant l
+          JOIN dds.h_product p USING (h_product_pk) JOIN dds.h_restaurant r USING (h_restaurant_pk)",
+         "SELECT pid, rid FROM t_lines"),
+        ("dds.l_product_category",
+         "SELECT p.product_id, c.category_name FROM dds.l_product_category l
+          JOIN dds.h_product p USING (h_product_pk) JOIN dds.h_category c USING (h_category_pk)",
+         "SELECT pid, category FROM t_lines"),
+        ("dds.s_order_status (latest)",
+         "SELECT DISTINCT ON (h_order_pk) o.order_id, s.status FROM dds.s_order_status s
+          JOIN dds.h_order o USING (h_order_pk) ORDER BY h_order_pk, s.load_dt DESC",
+         "SELECT id, status FROM t_orders"),
+        ("dds.s_order_cost (latest)",
+         "SELECT DISTINCT ON (h_order_pk) o.order_id, s.cost, s.payment FROM dds.s_order_cost s
+          JOIN dds.h_order o USING (h_order_pk) ORDER BY h_order_pk, s.load_dt DESC",
+         "SELECT id, cost::numeric(19, 5), payment::numeric(19, 5) FROM t_orders"),
+        ("dds.s_user_names (latest)",
+         "SELECT DISTINCT ON (h_user_pk) u.user_id, s.username, s.userlogin
+          FROM dds.s_user_names s JOIN dds.h_user u USING (h_user_pk)
+          ORDER BY h_user_pk, s.load_dt DESC",
+         "SELECT uid, name, login FROM t_users WHERE uid IN (SELECT uid FROM t_orders)"),
+        ("dds.s_restaurant_names (latest)",
+         "SELECT DISTINCT ON (h_restaurant_pk) r.restaurant_id, s.name
+          FROM dds.s_restaurant_names s JOIN dds.h_restaurant r USING (h_restaurant_pk)
+          ORDER BY h_restaurant_pk, s.load_dt DESC",
+         "SELECT rid, name FROM t_restaurants WHERE rid IN (SELECT rid FROM t_orders)"),
+        // A product on two menus under two names: the greatest (the job's one value per key).
+        ("dds.s_product_names (latest)",
+         "SELECT DISTINCT ON (h_product_pk) p.product_id, s.name
+          FROM dds.s_product_names s JOIN dds.h_product p USING (h_product_pk)
+          ORDER BY h_product_pk, s.load_dt DESC",
+         "SELECT pid, max(name) FROM t_lines GROUP BY pid"),
+    ];
+    let mut differences = Vec::new();
+    for (what, job, truth) in checks {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT (SELECT count(*) FROM (({truth}) EXCEPT ({job})) m),
+                            (SELECT count(*) FROM (({job}) EXCEPT ({truth})) e)"
+                ),
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (missing, extra): (i64, i64) = (row.get(0), row.get(1));
+        if missing + extra > 0 {
+            differences.push(format!("{what}: {missing} rows missing, {extra} extra"));
+        }
+    }
+    client
+        .batch_execute(
+            "DROP TABLE truth_raw, truth_dict, t_latest, t_menu, t_users, t_restaurants,
+             t_orders, t_lines",
+        )
+        .expect("drop truth");
+    differences
 }

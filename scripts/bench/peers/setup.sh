@@ -2,8 +2,9 @@
 # Installs a peer engine of scripts/bench.sh into its own virtualenv and prints the venv's
 # python:
 #   setup.sh [pathway]   Pathway (PyPI), from requirements.txt
-#   setup.sh spark       PySpark (PyPI), from requirements-spark.txt, and Java 17 (Debian
-#                        openjdk-17-jre-headless) when no `java` is on the PATH
+#   setup.sh spark       PySpark (PyPI), from requirements-spark.txt, Java 17 (Debian
+#                        openjdk-17-jre-headless) when no `java` is on the PATH, and the
+#                        PostgreSQL JDBC driver (Debian libpostgresql-jdbc-java)
 # Idempotent: quick when the pinned versions are already there.
 # Environment: DISHFLOW_TOOLS (default ~/.local/share/dishflow).
 set -euo pipefail
@@ -14,11 +15,17 @@ case "$PEER" in
   spark) REQUIREMENTS=requirements-spark.txt SIZE="about 450 MB, 1–2 minutes" ;;
   *) echo "usage: setup.sh [pathway|spark]" >&2; exit 2 ;;
 esac
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ "$PEER" = spark ] && ! command -v java >/dev/null; then
   echo "peers: installing Java 17 (Debian openjdk-17-jre-headless)" >&2
-  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root apt-get update -qq >/dev/null
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+# Spark writes its marts with the DataFrame JDBC writer: the PostgreSQL JDBC driver.
+if [ "$PEER" = spark ] && [ ! -f /usr/share/java/postgresql.jar ]; then
+  echo "peers: installing the PostgreSQL JDBC driver (Debian libpostgresql-jdbc-java)" >&2
+  as_root apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java >/dev/null
 fi
 VENV="${DISHFLOW_TOOLS:-$HOME/.local/share/dishflow}/$PEER-venv"
 if [ ! -x "$VENV/bin/python" ]; then
