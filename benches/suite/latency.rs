@@ -434,12 +434,13 @@ pub fn w3(rates: &[u64], secs: u64, rounds: usize, pathway: Option<&str>) -> Val
             let mut engines = vec![Engine::Dishflow];
             // The subscribers do not change here: the peer reads them once.
             engines.extend(pathway.map(|p| Engine::Pathway(p, Capture::Snapshot)));
-            for engine in engines {
+            for (e, engine) in engines.into_iter().enumerate() {
                 let window = Window { rate, changes: 0 };
                 let run = engine_run(
                     engine,
                     &template,
-                    &format!("{tag}_{}", engine.name()),
+                    // A name Postgres and Kafka take (engine names have spaces).
+                    &format!("{tag}_e{e}"),
                     &[window],
                     secs,
                 );
