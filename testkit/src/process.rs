@@ -236,11 +236,22 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// A port p with p and p + 1 free (two processes of a cluster, a broker behind a proxy).
+/// A port p with p and p + 1 free for TCP and UDP (two processes of a cluster: timely's
+/// connections and their heartbeats; a broker behind a proxy). Taken below Linux's
+/// ephemeral range (32768 and up): a port from that range can be handed to any outgoing
+/// connection of a test running in parallel before the cluster binds it.
 pub fn two_free_ports() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Processes running tests at once start at different places.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 6_000) as u16 * 2;
     loop {
-        let port = free_port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        let port = 20_000 + (start - 20_000 + NEXT.fetch_add(2, Ordering::Relaxed)) % 12_000;
+        let free = |p: u16| {
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        };
+        if free(port) && free(port + 1) {
             return port;
         }
     }
