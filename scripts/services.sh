@@ -170,4 +170,7 @@ postgres
 redis
 kafka
 chromium_browser
+# The cluster partition test (tests/stall.rs) bridges the services into network namespaces.
+command -v socat >/dev/null || apt_install socat
+command -v ip >/dev/null || apt_install iproute2
 log "ready: postgres://postgres@127.0.0.1:5432/de  redis://127.0.0.1:6379  kafka 127.0.0.1:$KAFKA_PORT"
