@@ -41,13 +41,17 @@ fn draft_keys(topic: &str) -> Vec<String> {
     keys
 }
 
-#[test]
-fn a_campaign_with_a_nul_character_is_dead_lettered_and_the_others_are_drafted() {
-    let db = database("poison_promos");
-    seed_subscribers(&db);
-    let prefix = prefix("poisonpromos");
+/// Produces the campaign `bad` (its key: `id`) between two good ones of R0 and R1, runs
+/// the promos job on `db` and asserts that the 9 good drafts and rows are written and `bad`
+/// is dead-lettered once; runs it again (it resumes after what was read) and asserts that
+/// nothing is written twice. Returns the dead letter.
+fn one_bad_campaign(
+    db: &str,
+    prefix: &str,
+    id: &str,
+    bad: &str,
+) -> dishflow::kafka::consumer::ConsumedMessage {
     let now = now_secs();
-    let poison = campaign_version_json("poison", R0, (now - 10, now + 3600), now, "bad\\u0000text");
     let good0 = campaign_json("good0", R0, now - 10, now + 3600);
     let good1 = campaign_json("good1", R1, now - 10, now + 3600);
     produce_raw(
@@ -55,31 +59,39 @@ fn a_campaign_with_a_nul_character_is_dead_lettered_and_the_others_are_drafted()
         2,
         &[
             (Some(b"a"), Some(good0.as_bytes())),
-            (Some(b"poison"), Some(poison.as_bytes())),
+            (Some(id.as_bytes()), Some(bad.as_bytes())),
             (Some(b"b"), Some(good1.as_bytes())),
         ],
     );
-    let args = promos_args(&db, &prefix);
+    let args = promos_args(db, prefix);
     run(&args);
-
     // R0 has 8 distinct subscribers, R1 one (a duplicated row).
     let drafts = draft_keys(&format!("{prefix}.out"));
     assert_eq!(drafts.len(), 9, "{drafts:?}");
-    assert!(drafts.iter().all(|k| !k.starts_with("poison:")));
-    assert_eq!(feedback_rows(&db).len(), 9);
-    let dead = consume(&format!("{prefix}.dlq"));
+    assert!(drafts.iter().all(|k| !k.starts_with(&format!("{id}:"))));
+    assert_eq!(feedback_rows(db).len(), 9);
+    let mut dead = consume(&format!("{prefix}.dlq"));
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].key.as_deref(), Some("poison"));
-    assert_eq!(
-        header(&dead[0], "dishflow.error.reason"),
-        "invalid:nul_character:adv_campaign_content"
-    );
+    assert_eq!(dead[0].key.as_deref(), Some(id));
 
-    // A second run resumes after what was read: nothing is written again.
     run(&args);
     assert_eq!(draft_keys(&format!("{prefix}.out")), drafts);
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), 1);
-    assert_eq!(feedback_rows(&db).len(), 9);
+    assert_eq!(feedback_rows(db).len(), 9);
+    dead.remove(0)
+}
+
+#[test]
+fn a_campaign_with_a_nul_character_is_dead_lettered_and_the_others_are_drafted() {
+    let db = database("poison_promos");
+    seed_subscribers(&db);
+    let now = now_secs();
+    let poison = campaign_version_json("poison", R0, (now - 10, now + 3600), now, "bad\\u0000text");
+    let dead = one_bad_campaign(&db, &prefix("poisonpromos"), "poison", &poison);
+    assert_eq!(
+        header(&dead, "dishflow.error.reason"),
+        "invalid:nul_character:adv_campaign_content"
+    );
 }
 
 #[test]
@@ -382,45 +394,17 @@ fn a_table_no_row_can_be_written_to_stops_the_job_with_what_to_fix() {
 fn a_campaign_too_large_for_the_notification_topic_is_dead_lettered_once() {
     let db = database("poison_large");
     seed_subscribers(&db);
-    let prefix = prefix("poisonlarge");
     let now = now_secs();
     // 1.5 MB of content: the promo topic takes it, a draft of it is larger than the
     // producer's message.max.bytes (1 MB).
     let content = "x".repeat(1_500_000);
     let big = campaign_version_json("big", R0, (now - 10, now + 3600), now, &content);
-    let good0 = campaign_json("good0", R0, now - 10, now + 3600);
-    let good1 = campaign_json("good1", R1, now - 10, now + 3600);
-    produce_raw(
-        &format!("{prefix}.in"),
-        1,
-        &[
-            (Some(b"a"), Some(good0.as_bytes())),
-            (Some(b"big"), Some(big.as_bytes())),
-            (Some(b"b"), Some(good1.as_bytes())),
-        ],
-    );
-    let args = promos_args(&db, &prefix);
-    run(&args);
-
-    let drafts = draft_keys(&format!("{prefix}.out"));
-    assert_eq!(drafts.len(), 9, "{drafts:?}");
-    assert!(drafts.iter().all(|k| !k.starts_with("big:")));
-    assert_eq!(feedback_rows(&db).len(), 9);
-    let dead = consume(&format!("{prefix}.dlq"));
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].key.as_deref(), Some("big"));
-    assert_eq!(header(&dead[0], "dishflow.error.reason"), "too_large:draft");
+    let dead = one_bad_campaign(&db, &prefix("poisonlarge"), "big", &big);
+    assert_eq!(header(&dead, "dishflow.error.reason"), "too_large:draft");
     // The dead letter itself did not fit: a cut copy, and the original size.
-    assert_eq!(
-        header(&dead[0], "dishflow.truncated"),
-        big.len().to_string()
-    );
-    let kept = dead[0].value.as_deref().expect("value");
+    assert_eq!(header(&dead, "dishflow.truncated"), big.len().to_string());
+    let kept = dead.value.as_deref().expect("value");
     assert!(kept.len() < 1_000_000 && big.starts_with(kept));
-
-    run(&args);
-    assert_eq!(consume(&format!("{prefix}.dlq")).len(), 1);
-    assert_eq!(draft_keys(&format!("{prefix}.out")), drafts);
 }
 
 #[test]
