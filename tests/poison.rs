@@ -31,6 +31,18 @@ fn header<'m>(message: &'m dishflow::kafka::consumer::ConsumedMessage, name: &st
         .unwrap_or_else(|| panic!("header {name} in {message:?}"))
 }
 
+/// Asserts that the dead letters of `topic` carry exactly the reasons `expected` (in any
+/// order).
+fn assert_reasons<'r>(topic: &str, expected: impl Iterator<Item = &'r str>) {
+    let mut reasons: Vec<String> = (dead_letter_reasons(topic).into_iter())
+        .map(|(_, reason)| reason)
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<&str> = expected.collect();
+    expected.sort();
+    assert_eq!(reasons, expected);
+}
+
 /// Drafts of the notification topic as (campaign, client) keys, sorted.
 fn draft_keys(topic: &str) -> Vec<String> {
     let mut keys: Vec<String> = consume(topic)
@@ -554,14 +566,10 @@ fn events_at_the_ends_of_the_calendar_and_of_their_types_are_dead_lettered_and_r
         .expect("zones")
         .get(0);
     assert_eq!(weeks, 3);
-    let mut reasons: Vec<String> = consume(&format!("{prefix}.dlq"))
-        .iter()
-        .map(|m| header(m, "dishflow.error.reason").to_string())
-        .collect();
-    reasons.sort();
-    let mut expected: Vec<&str> = poison.iter().map(|(_, reason)| *reason).collect();
-    expected.sort();
-    assert_eq!(reasons, expected);
+    assert_reasons(
+        &format!("{prefix}.dlq"),
+        poison.iter().map(|(_, reason)| *reason),
+    );
 
     // The geo job replays its topic at every start: the replay exits 0 too.
     run(&args);
@@ -722,14 +730,10 @@ fn orders_at_the_ends_of_their_types_are_written_or_dead_lettered_and_replayed()
         stg, 4,
         "the fixture's two orders and the two accepted extremes"
     );
-    let mut reasons: Vec<String> = consume(&format!("{prefix}.dlq"))
-        .iter()
-        .map(|m| header(m, "dishflow.error.reason").to_string())
-        .collect();
-    reasons.sort();
-    let mut expected: Vec<&str> = poison.iter().map(|(_, reason)| *reason).collect();
-    expected.sort();
-    assert_eq!(reasons, expected);
+    assert_reasons(
+        &format!("{prefix}.dlq"),
+        poison.iter().map(|(_, reason)| *reason),
+    );
 
     run(&args);
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), poison.len());

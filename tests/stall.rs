@@ -345,21 +345,10 @@ impl Namespaces {
     fn cluster(&self, db: &str, prefix: &str, extra: &[&str]) -> Vec<Job> {
         let hostfile = self.dir.join("hosts");
         std::fs::write(&hostfile, "10.213.0.1:2101\n10.213.0.2:2101\n").expect("hostfile");
-        let hostfile = hostfile.to_string_lossy().to_string();
-        (0..2)
-            .map(|i| {
+        (cluster_flags(&hostfile).into_iter().enumerate())
+            .map(|(i, cluster)| {
                 let mut args = promos_args(db, prefix);
-                args.extend(
-                    [
-                        "--processes",
-                        "2",
-                        "--process",
-                        &i.to_string(),
-                        "--hostfile",
-                        &hostfile,
-                    ]
-                    .map(String::from),
-                );
+                args.extend(cluster);
                 args.extend(extra.iter().map(|s| s.to_string()));
                 spawn_wrapped(&["ip", "netns", "exec", &self.names[i]], &args, &[])
             })

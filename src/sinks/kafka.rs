@@ -106,6 +106,27 @@ pub struct MessageTooLarge {
     pub limit: usize,
 }
 
+impl MessageTooLarge {
+    /// The error if `message`, with `extra` headers, is larger than `limit` (what `topic`
+    /// takes).
+    pub fn check(
+        topic: &str,
+        limit: usize,
+        message: &KafkaMessage,
+        extra: &[(&str, &[u8])],
+    ) -> Result<(), MessageTooLarge> {
+        let size = message.size(extra);
+        if size > limit {
+            return Err(MessageTooLarge {
+                topic: topic.to_string(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What a writer does with a message larger than its topic takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Oversize {
@@ -279,15 +300,7 @@ impl Producer {
         message: &KafkaMessage,
         extra: &[(&str, &[u8])],
     ) -> Result<(), MessageTooLarge> {
-        let (size, limit) = (message.size(extra), self.limit(topic));
-        if size > limit {
-            return Err(MessageTooLarge {
-                topic: topic.to_string(),
-                size,
-                limit,
-            });
-        }
-        Ok(())
+        MessageTooLarge::check(topic, self.limit(topic), message, extra)
     }
 
     /// Queues `message` for `topic` (waiting while librdkafka's queue is full), with the
@@ -429,8 +442,9 @@ impl<D, E: Encoder<D>> SinkWriter<D> for KafkaWriter<E> {
         }
         // A message too large is the data's problem: cut (dead letters) or an error, never
         // a retry.
+        let limit = self.producer.limit(&self.topic);
         for message in &mut messages {
-            if let Err(too_large) = self.producer.check_size(&self.topic, message, &[]) {
+            if let Err(too_large) = MessageTooLarge::check(&self.topic, limit, message, &[]) {
                 match self.encoder.oversize() {
                     Oversize::Truncate => message.truncate(too_large.limit, &[]),
                     Oversize::Refuse => return Err(too_large.into()),

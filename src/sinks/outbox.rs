@@ -246,8 +246,9 @@ impl Outbox {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
+        let limit = self.producer.limit(topic);
         for message in &mut messages {
-            if let Err(too_large) = self.producer.check_size(topic, message, SEQ_AT_MOST) {
+            if let Err(too_large) = MessageTooLarge::check(topic, limit, message, SEQ_AT_MOST) {
                 match self.oversize {
                     Oversize::Refuse => return Err(too_large.into()),
                     Oversize::Truncate => message.truncate(too_large.limit, SEQ_AT_MOST),

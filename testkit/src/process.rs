@@ -276,6 +276,11 @@ pub fn two_process_cluster(name: &str) -> [Vec<String>; 2] {
         format!("127.0.0.1:{port}\n127.0.0.1:{}\n", port + 1),
     )
     .expect("hostfile");
+    cluster_flags(&hostfile)
+}
+
+/// The cluster flags of processes 0 and 1 of a two-process cluster described by `hostfile`.
+pub fn cluster_flags(hostfile: &Path) -> [Vec<String>; 2] {
     let hostfile = hostfile.to_string_lossy().to_string();
     [0, 1].map(|i: usize| {
         [
