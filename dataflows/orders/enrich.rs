@@ -60,8 +60,8 @@ pub fn enriched_orders<'s>(
     orders: VecCollection<'s, Time, Arc<OrderVersion>, Diff>,
     dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
 ) -> VecCollection<'s, Time, EnrichedOrder, Diff> {
-    // The version is shared (`Arc`) by the arrangements below: an order's payload and
-    // items are not copied into each of them.
+    // The version and its resolved lines are shared (`Arc`) by the arrangements below: an
+    // order's payload, items and products are not copied into each of them.
     let orders = orders.map(|v| (v.order.id, v));
     let menu = dictionaries.clone().flat_map(|d| match d {
         Dictionary::Restaurant { id, menu, .. } => menu
@@ -117,7 +117,8 @@ pub fn enriched_orders<'s>(
             },
         )
         .reduce_named("ResolvedLines", |_id, input, output| {
-            let products: Vec<(usize, Product)> =
+            // In line order, behind one `Arc` that every arrangement below shares.
+            let products: Arc<[(usize, Product)]> =
                 input.iter().map(|(line, _)| (*line).clone()).collect();
             output.push((products, 1));
         })
@@ -129,10 +130,9 @@ pub fn enriched_orders<'s>(
             let complete = products.len() == version.order.items.len()
                 && products.iter().enumerate().all(|(i, (line, _))| *line == i);
             complete.then(|| {
-                let products: Vec<Product> = products.iter().map(|(_, p)| p.clone()).collect();
                 (
                     version.order.user_id.clone(),
-                    (Arc::clone(version), products),
+                    (Arc::clone(version), Arc::clone(products)),
                 )
             })
         })
@@ -142,7 +142,7 @@ pub fn enriched_orders<'s>(
                 version.order.restaurant_id.clone(),
                 (
                     Arc::clone(version),
-                    products.clone(),
+                    Arc::clone(products),
                     name.clone(),
                     login.clone(),
                 ),
@@ -164,7 +164,7 @@ pub fn enriched_orders<'s>(
                     user_id: order.user_id.clone(),
                     user_name: user_name.clone(),
                     user_login: user_login.clone(),
-                    products: Vec::clone(products),
+                    products: products.iter().map(|(_, p)| p.clone()).collect(),
                 })
             },
         )
