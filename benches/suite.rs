@@ -30,9 +30,10 @@
 //!   (see [`geo`]).
 //!
 //! Usage: `cargo bench --bench suite -- [--quick] [--rounds N]
-//! [--only W1,W2,W2skew,S,W3,W4,W5,W6] [--secs N] [--orders N] [--workers N] [--geo-users N]
+//! [--only W1,W2,W2skew,S,W3,W4,W5,W6] [--secs N] [--orders N[,N…]] [--workers N] [--geo-users N]
 //! [--geo-days D] [--geo-rate R]` (`--secs`: W3/W4's window per rate or size, default 60;
-//! `--orders`, `--workers`: W5's size and dishflow's workers there; `--geo-users` (40,000),
+//! `--orders`: W5's backlog sizes, a row each (default 50,000); `--workers`: dishflow's
+//! workers there; `--geo-users` (40,000),
 //! `--geo-days` (30), `--geo-rate` (1,000 events/s of the further day): W6)
 //! (`--quick`: every size ÷ 20, 3 s windows, one round)
 //! (through `scripts/bench.sh`, which starts the services and installs the peer).
@@ -173,14 +174,23 @@ fn main() {
         });
     }
     if wanted("W5") {
-        push_timed(&mut results, || {
-            w5(
-                scale(arg_value(&args, "--orders", 50_000) as u64),
-                rounds,
-                arg_value(&args, "--workers", 1),
-                pathway.as_deref(),
-            )
-        });
+        // `--orders N[,N…]`: one W5 row per backlog size (how time and memory grow with it).
+        let sizes: Vec<u64> = args
+            .iter()
+            .position(|a| a == "--orders")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_else(|| vec![50_000]);
+        for orders in sizes {
+            push_timed(&mut results, || {
+                w5(
+                    scale(orders),
+                    rounds,
+                    arg_value(&args, "--workers", 1),
+                    pathway.as_deref(),
+                )
+            });
+        }
     }
     if wanted("W6") {
         let spark = std::env::var("DISHFLOW_SPARK_PYTHON").ok();

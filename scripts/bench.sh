@@ -8,8 +8,9 @@
 #       target/bench/report.md and report.json.
 #   scripts/bench.sh latency [--rounds N] [--secs N]   the suite's W3 and W4 alone
 #   scripts/bench.sh expiry [--rounds N]               promos memory with expiring campaigns
-#   scripts/bench.sh orders [--orders N] [--rounds N] [--workers N]  the orders backlog (W5)
-#       alone, with the peer's order counters
+#   scripts/bench.sh orders [--orders N[,N…]] [--rounds N] [--workers N]  the orders backlog
+#       (W5) alone, with the peer's order counters; several sizes give a row each (how time
+#       and peak memory grow with the backlog)
 #   scripts/bench.sh geo [--quick] [--rounds N] [--geo-users N] [--geo-days D] [--geo-rate R]
 #       the geo job (W6) alone, against the legacy PySpark batch
 #   scripts/bench.sh dashboard [--quick] [--requests N]

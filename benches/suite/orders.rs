@@ -261,7 +261,7 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
         json!({"wall_s": upsert_s, "median_s": median(&upsert_s), "rows": cdm_rows}),
     );
     json!({
-        "workload": "W5",
+        "workload": format!("W5, {n} orders"),
         "what": format!(
             "{n} orders (≈3 lines, 100 restaurants, 5,000 users) → STG, DDS, CDM; dishflow with \
              {workers} worker(s)"
