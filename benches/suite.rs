@@ -92,12 +92,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     // --quick: one round of everything unless --rounds says otherwise.
     let rounds = arg_value(&args, "--rounds", if quick { 1 } else { 3 });
-    let only: Vec<String> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.split(',').map(str::to_string).collect())
-        .unwrap_or_default();
+    let only: Vec<String> = arg_list(&args, "--only").unwrap_or_default();
     let wanted = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
     let pathway = std::env::var("DISHFLOW_PATHWAY_PYTHON").ok();
     let started = Instant::now();
@@ -153,12 +148,7 @@ fn main() {
     // The latency workloads run in real time: one round in --quick.
     let latency_rounds = if quick { 1 } else { rounds };
     if wanted("W3") {
-        let rates: Vec<u64> = args
-            .iter()
-            .position(|a| a == "--rates")
-            .and_then(|i| args.get(i + 1))
-            .map(|s| s.split(',').filter_map(|r| r.parse().ok()).collect())
-            .unwrap_or_else(|| vec![10, 100, 1000]);
+        let rates: Vec<u64> = arg_list(&args, "--rates").unwrap_or_else(|| vec![10, 100, 1000]);
         push_timed(&mut results, || {
             latency::w3(&rates, secs, latency_rounds, pathway.as_deref())
         });
@@ -175,12 +165,7 @@ fn main() {
     }
     if wanted("W5") {
         // `--orders N[,N…]`: one W5 row per backlog size (how time and memory grow with it).
-        let sizes: Vec<u64> = args
-            .iter()
-            .position(|a| a == "--orders")
-            .and_then(|i| args.get(i + 1))
-            .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
-            .unwrap_or_else(|| vec![50_000]);
+        let sizes: Vec<u64> = arg_list(&args, "--orders").unwrap_or_else(|| vec![50_000]);
         for orders in sizes {
             push_timed(&mut results, || {
                 w5(

@@ -293,22 +293,12 @@ impl Producer {
         limit
     }
 
-    /// [`MessageTooLarge`] if `message`, with `extra` headers, is larger than `topic` takes.
-    pub fn check_size(
-        &self,
-        topic: &str,
-        message: &KafkaMessage,
-        extra: &[(&str, &[u8])],
-    ) -> Result<(), MessageTooLarge> {
-        MessageTooLarge::check(topic, self.limit(topic), message, extra)
-    }
-
     /// Queues `message` for `topic` (waiting while librdkafka's queue is full), with the
     /// message's headers and then `extra` headers.
     /// A message larger than the topic takes is refused with [`MessageTooLarge`] (nothing
     /// queued).
     pub fn send(&self, topic: &str, message: &KafkaMessage, extra: &[(&str, &[u8])]) -> Result<()> {
-        self.check_size(topic, message, extra)?;
+        MessageTooLarge::check(topic, self.limit(topic), message, extra)?;
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + extra.len());
         let fixed = message
             .headers

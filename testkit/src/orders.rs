@@ -84,26 +84,17 @@ pub fn summary_and_truth(db: &str) -> (Summary, Summary) {
 pub fn ground_truth(db: &str, topic: &str, keys: &str) -> (Counters, Counters) {
     let mut client = pg(db);
     load_input(&mut client, topic, keys);
-    // The closed orders' lines and the users with a login, materialized and analyzed: the
-    // planner cannot estimate expressions over JSON, and planned the user filter as a nested
-    // loop over every line (minutes at 50k orders).
+    // The closed orders' lines, materialized and analyzed: the planner cannot estimate
+    // expressions over JSON, and planned the user filter as a nested loop over every line
+    // (minutes at 50k orders).
     client
         .batch_execute(
             "CREATE TEMP TABLE c_lines AS
-             WITH latest AS (
-               SELECT DISTINCT ON ((value->>'object_id')::int)
-                      (value->>'object_id')::int AS id, value->'payload' AS p
-               FROM truth_raw WHERE value->>'object_type' = 'order'
-               ORDER BY (value->>'object_id')::int,
-                        (value->'payload'->>'update_ts')::timestamp DESC,
-                        (value->'payload')::text DESC)
              SELECT l.id, l.p->'user'->>'id' AS user_id, l.p->'restaurant'->>'id' AS rid,
                     i->>'id' AS pid
-             FROM latest l, json_array_elements(l.p->'order_items') i
+             FROM truth_latest l, json_array_elements(l.p->'order_items') i
              WHERE l.p->>'final_status' = 'CLOSED';
-             CREATE TEMP TABLE c_users AS
-             SELECT key AS user_id FROM truth_dict WHERE value->'login' IS NOT NULL;
-             ANALYZE c_lines, c_users;",
+             ANALYZE c_lines;",
         )
         .expect("closed lines");
     let query = |key: &str, name: &str| {
@@ -112,7 +103,7 @@ pub fn ground_truth(db: &str, topic: &str, keys: &str) -> (Counters, Counters) {
              SELECT uuid_generate_v5($1, user_id), uuid_generate_v5($1, {key}), {name},
                     count(DISTINCT id)::int
              FROM c_lines JOIN menu USING (rid, pid)
-             WHERE user_id IN (SELECT user_id FROM c_users)
+             WHERE user_id IN (SELECT uid FROM truth_users)
              GROUP BY 1, 2, 3 ORDER BY 1, 2"
         )
     };
@@ -128,13 +119,15 @@ pub fn ground_truth(db: &str, topic: &str, keys: &str) -> (Counters, Counters) {
     let products = run(&mut client, query("pid", "product"));
     let categories = run(&mut client, query("category", "category"));
     client
-        .batch_execute("DROP TABLE truth_raw, truth_dict, truth_menu, c_lines, c_users")
+        .batch_execute(&format!("{TRUTH_DROP}; DROP TABLE c_lines"))
         .expect("drop truth");
     (products, categories)
 }
 
 /// Loads the raw messages of `topic` (those that are JSON) into `truth_raw (value json)` and
-/// the Redis entries of the keys matching `keys` into `truth_dict (key text, value json)`.
+/// the Redis entries of the keys matching `keys` into `truth_dict (key text, value json)`,
+/// and derives from them `truth_latest (id, sent, p)`, `truth_users (uid, name, login)` and
+/// `truth_menu (rid, pid, name, category)`; [`TRUTH_DROP`] drops them all.
 fn load_input(client: &mut postgres::Client, topic: &str, keys: &str) {
     client
         .batch_execute(
@@ -167,44 +160,48 @@ fn load_input(client: &mut postgres::Client, topic: &str, keys: &str) {
         copy.write_all(line.as_bytes()).expect("dict");
     }
     copy.finish().expect("copy dict");
-    // Every menu line once, indexed: joining orders' lines to menus read from JSON on the fly
-    // was planned as a nested loop (minutes at 50k orders).
+    // Each order's latest version (by `update_ts`), the users with a login, and every menu
+    // line once, indexed: joining orders' lines to menus read from JSON on the fly was
+    // planned as a nested loop (minutes at 50k orders).
     client
         .batch_execute(
-            "CREATE TABLE truth_menu AS
+            "CREATE TABLE truth_latest AS
+             SELECT DISTINCT ON (id) id, sent, p FROM (
+               SELECT (value->>'object_id')::int AS id, (value->>'sent_dttm')::timestamp AS sent,
+                      value->'payload' AS p
+               FROM truth_raw WHERE value->>'object_type' = 'order') v
+             ORDER BY id, (p->>'update_ts')::timestamp DESC, p::text DESC;
+             CREATE TABLE truth_users AS
+             SELECT key AS uid, value->>'name' AS name, value->>'login' AS login
+             FROM truth_dict WHERE value->'login' IS NOT NULL;
+             CREATE TABLE truth_menu AS
              SELECT d.key AS rid, m->>'_id' AS pid, m->>'name' AS name,
                     m->>'category' AS category
              FROM truth_dict d CROSS JOIN LATERAL json_array_elements(d.value->'menu') m
              WHERE d.value->'menu' IS NOT NULL;
              CREATE INDEX ON truth_menu (rid, pid);
-             ANALYZE truth_raw, truth_dict, truth_menu;",
+             ANALYZE truth_raw, truth_dict, truth_latest, truth_users, truth_menu;",
         )
-        .expect("truth menu");
+        .expect("truth tables");
 }
+
+/// Drops what [`load_input`] created.
+const TRUTH_DROP: &str = "DROP TABLE truth_raw, truth_dict, truth_latest, truth_users, truth_menu";
 
 /// STG and the Data Vault recomputed in SQL from the raw messages and the dictionaries:
 /// each order's latest version (by `update_ts`) in STG; for the orders whose restaurant,
 /// user and products are all known, every hub and link they imply, and each satellite's
 /// latest value equal to the latest version's or the dictionary's.
 const LAYERS_TRUTH: &str = "
-CREATE TEMP TABLE t_latest AS
-SELECT DISTINCT ON (id) id, sent, p FROM (
-  SELECT (value->>'object_id')::int AS id, (value->>'sent_dttm')::timestamp AS sent,
-         value->'payload' AS p
-  FROM truth_raw WHERE value->>'object_type' = 'order') v
-ORDER BY id, (p->>'update_ts')::timestamp DESC, p::text DESC;
-CREATE TEMP TABLE t_users AS
-SELECT key AS uid, value->>'name' AS name, value->>'login' AS login
-FROM truth_dict WHERE value->'login' IS NOT NULL;
 CREATE TEMP TABLE t_restaurants AS
 SELECT key AS rid, value->>'name' AS name FROM truth_dict WHERE value->'menu' IS NOT NULL;
-ANALYZE t_latest, t_users, t_restaurants;
+ANALYZE t_restaurants;
 CREATE TEMP TABLE t_orders AS
 SELECT l.id, l.p->'user'->>'id' AS uid, l.p->'restaurant'->>'id' AS rid,
        l.p->>'final_status' AS status, (l.p->>'cost')::numeric AS cost,
        (l.p->>'payment')::numeric AS payment, l.p
-FROM t_latest l
-WHERE l.p->'user'->>'id' IN (SELECT uid FROM t_users)
+FROM truth_latest l
+WHERE l.p->'user'->>'id' IN (SELECT uid FROM truth_users)
   AND l.p->'restaurant'->>'id' IN (SELECT rid FROM t_restaurants)
   AND NOT EXISTS (
     SELECT FROM json_array_elements(l.p->'order_items') i
@@ -230,7 +227,7 @@ pub fn layer_differences(db: &str, topic: &str, keys: &str) -> Vec<String> {
     // (what, the job's rows, the truth's rows), compared as sets.
     let checks: [(&str, &str, &str); 15] = [
         ("stg.order_events", "SELECT object_id, sent_dttm FROM stg.order_events",
-         "SELECT id, sent FROM t_latest"),
+         "SELECT id, sent FROM truth_latest"),
         ("dds.h_order", "SELECT order_id FROM dds.h_order", "SELECT id FROM t_orders"),
         ("dds.h_user", "SELECT user_id FROM dds.h_user", "SELECT DISTINCT uid FROM t_orders"),
         ("dds.h_restaurant", "SELECT restaurant_id FROM dds.h_restaurant",
@@ -266,7 +263,7 @@ pub fn layer_differences(db: &str, topic: &str, keys: &str) -> Vec<String> {
          "SELECT DISTINCT ON (h_user_pk) u.user_id, s.username, s.userlogin
           FROM dds.s_user_names s JOIN dds.h_user u USING (h_user_pk)
           ORDER BY h_user_pk, s.load_dt DESC",
-         "SELECT uid, name, login FROM t_users WHERE uid IN (SELECT uid FROM t_orders)"),
+         "SELECT uid, name, login FROM truth_users WHERE uid IN (SELECT uid FROM t_orders)"),
         ("dds.s_restaurant_names (latest)",
          "SELECT DISTINCT ON (h_restaurant_pk) r.restaurant_id, s.name
           FROM dds.s_restaurant_names s JOIN dds.h_restaurant r USING (h_restaurant_pk)
@@ -296,10 +293,9 @@ pub fn layer_differences(db: &str, topic: &str, keys: &str) -> Vec<String> {
         }
     }
     client
-        .batch_execute(
-            "DROP TABLE truth_raw, truth_dict, truth_menu, t_latest, t_users, t_restaurants,
-             t_orders, t_lines",
-        )
+        .batch_execute(&format!(
+            "{TRUTH_DROP}; DROP TABLE t_restaurants, t_orders, t_lines"
+        ))
         .expect("drop truth");
     differences
 }

@@ -180,13 +180,23 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
     }
 }
 
-/// The number after `name` in benchmark arguments, or `default`.
-pub fn arg_value(args: &[String], name: &str, default: usize) -> usize {
+/// The text after `name` in benchmark arguments.
+fn arg_text<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
+        .map(String::as_str)
+}
+
+/// The number after `name` in benchmark arguments, or `default`.
+pub fn arg_value(args: &[String], name: &str, default: usize) -> usize {
+    arg_text(args, name).map_or(default, |v| v.parse().expect("a number"))
+}
+
+/// The comma-separated list after `name` in benchmark arguments (items that do not parse
+/// left out), if given.
+pub fn arg_list<T: std::str::FromStr>(args: &[String], name: &str) -> Option<Vec<T>> {
+    arg_text(args, name).map(|v| v.split(',').filter_map(|item| item.parse().ok()).collect())
 }
 
 /// A free TCP port on 127.0.0.1 (for a job's `--metrics-addr`).
