@@ -54,14 +54,54 @@ pub struct EnrichedOrder {
     pub products: Vec<Product>,
 }
 
+/// A menu entry, as an order line resolves it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct MenuEntry {
+    restaurant: String,
+    product: String,
+    name: String,
+    category: String,
+}
+
+/// The key an order line meets its menu entry by: a hash of (restaurant id, product id).
+/// Lines arranged by it hold no text; two pairs sharing a hash are told apart by their ids
+/// when the order is completed ([`resolve`]).
+fn menu_key(restaurant: &str, product: &str) -> u64 {
+    (restaurant, product).hashed()
+}
+
+/// The order's products, when each of its lines has its menu entry among `entries`
+/// (`(line, entry)`, sorted).
+fn resolve(order: &Order, entries: &[(u32, Arc<MenuEntry>)]) -> Option<Arc<[Product]>> {
+    (order.items.iter().enumerate())
+        .map(|(line, item)| {
+            let line = u32::try_from(line).ok()?;
+            let from = entries.partition_point(|(l, _)| *l < line);
+            let entry = entries[from..]
+                .iter()
+                .take_while(|(l, _)| *l == line)
+                .map(|(_, entry)| entry)
+                .find(|e| e.restaurant == order.restaurant_id && e.product == item.id)?;
+            Some(Product {
+                id: item.id.clone(),
+                price: item.price.clone(),
+                quantity: item.quantity,
+                name: entry.name.clone(),
+                category: entry.category.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Orders with every id resolved: an order appears once its restaurant, user and every
 /// product are in the dictionaries, and changes with them (see the module rules).
 pub fn enriched_orders<'s>(
     orders: VecCollection<'s, Time, Arc<OrderVersion>, Diff>,
     dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
 ) -> VecCollection<'s, Time, EnrichedOrder, Diff> {
-    // The version and its resolved lines are shared (`Arc`) by the arrangements below: an
-    // order's payload, items and products are not copied into each of them.
+    // What is arranged per order stays small: the version and its products are shared
+    // (`Arc`) by the arrangements below, and a line waits for its menu entry as three
+    // numbers (menu key, order id, line).
     let orders = orders.map(|v| (v.order.id, v));
     let menu = dictionaries.clone().flat_map(|d| match d {
         Dictionary::Restaurant { id, menu, .. } => menu
@@ -71,7 +111,18 @@ pub fn enriched_orders<'s>(
         Dictionary::User { .. } => Vec::new(),
     });
     // A product listed twice in one menu counts once (the least entry).
-    let menu = one_per_key("MenuByProduct", menu, Pick::Least).arrange_by_key_named("Menu");
+    let menu = one_per_key("MenuByProduct", menu, Pick::Least)
+        .map(|((restaurant, product), (name, category))| {
+            let key = menu_key(&restaurant, &product);
+            let entry = MenuEntry {
+                restaurant,
+                product,
+                name,
+                category,
+            };
+            (key, Arc::new(entry))
+        })
+        .arrange_by_key_named("Menu");
     let restaurants = dictionaries.clone().flat_map(|d| match d {
         Dictionary::Restaurant { id, name, .. } => Some((id, name)),
         Dictionary::User { .. } => None,
@@ -83,58 +134,38 @@ pub fn enriched_orders<'s>(
         Dictionary::Restaurant { .. } => None,
     });
     let users = one_per_key("UserName", users, Pick::Least).arrange_by_key_named("Users");
-    // Each line, resolved through the menu: (order id, (line, product)).
+    // Each line's candidate menu entries, per order: (order id, [(line, entry)]).
     let lines = orders
         .clone()
         .flat_map(|(id, version)| {
             let order = &version.order;
             (order.items.iter().enumerate())
-                .map(|(line, item)| {
-                    (
-                        (order.restaurant_id.clone(), item.id.clone()),
-                        (id, line, item.price.clone(), item.quantity),
-                    )
+                .filter_map(|(line, item)| {
+                    let line = u32::try_from(line).ok()?;
+                    Some((menu_key(&order.restaurant_id, &item.id), (id, line)))
                 })
                 .collect::<Vec<_>>()
         })
         .arrange_by_key_named("OrderLines")
-        .join_core(
-            menu,
-            |(_, product), (id, line, price, quantity), (name, category)| {
-                Some((
-                    *id,
-                    (
-                        *line,
-                        Product {
-                            id: product.clone(),
-                            price: price.clone(),
-                            quantity: *quantity,
-                            name: name.clone(),
-                            category: category.clone(),
-                        },
-                    ),
-                ))
-            },
-        )
+        .join_core(menu, |_key, (id, line), entry| {
+            Some((*id, (*line, Arc::clone(entry))))
+        })
         .reduce_named("ResolvedLines", |_id, input, output| {
-            // In line order, behind one `Arc` that every arrangement below shares.
-            let products: Arc<[(usize, Product)]> =
-                input.iter().map(|(line, _)| (*line).clone()).collect();
-            output.push((products, 1));
+            // In line order, behind one `Arc`.
+            let entries: Arc<[(u32, Arc<MenuEntry>)]> =
+                input.iter().map(|(entry, _)| (*entry).clone()).collect();
+            output.push((entries, 1));
         })
         .arrange_by_key_named("ResolvedLinesByOrder");
     orders
         .arrange_by_key_named("OrdersById")
-        .join_core(lines, |_id, version, products| {
-            // Complete when every line resolved: lines 0..n, each exactly once.
-            let complete = products.len() == version.order.items.len()
-                && products.iter().enumerate().all(|(i, (line, _))| *line == i);
-            complete.then(|| {
-                (
-                    version.order.user_id.clone(),
-                    (Arc::clone(version), Arc::clone(products)),
-                )
-            })
+        .join_core(lines, |_id, version, entries| {
+            // Complete when every line has its menu entry.
+            let products = resolve(&version.order, entries)?;
+            Some((
+                version.order.user_id.clone(),
+                (Arc::clone(version), products),
+            ))
         })
         .arrange_by_key_named("ResolvedOrdersByUser")
         .join_core(users, |_user, (version, products), (name, login)| {
@@ -164,7 +195,7 @@ pub fn enriched_orders<'s>(
                     user_id: order.user_id.clone(),
                     user_name: user_name.clone(),
                     user_login: user_login.clone(),
-                    products: products.iter().map(|(_, p)| p.clone()).collect(),
+                    products: products.to_vec(),
                 })
             },
         )

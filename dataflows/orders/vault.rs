@@ -147,6 +147,20 @@ impl VaultRow {
         }
     }
 
+    /// Whether the row is keyed by an order's hub (`h_order`, its links and satellites):
+    /// then exactly one order implies it.
+    pub fn of_one_order(&self) -> bool {
+        match self {
+            VaultRow::Hub { kind, .. } => *kind == HubKind::Order,
+            VaultRow::Link { kind, .. } => {
+                matches!(kind, LinkKind::OrderProduct | LinkKind::OrderUser)
+            }
+            VaultRow::Satellite { kind, .. } => {
+                matches!(kind, SatelliteKind::OrderCost | SatelliteKind::OrderStatus)
+            }
+        }
+    }
+
     fn hub(kind: HubKind, id: BusinessId) -> (Uuid, VaultRow) {
         let key = hub_key(&id.text());
         (key, VaultRow::Hub { kind, key, id })
@@ -238,23 +252,34 @@ pub fn vault_rows(order: &EnrichedOrder) -> Vec<VaultRow> {
 
 /// The Data Vault as a set: hubs and links that any current order implies, and for each
 /// satellite key one current value (the greatest, should two orders disagree).
+///
+/// Rows keyed by an order's hub ([`VaultRow::of_one_order`]) pass straight through: every
+/// order has one current version, so they form a set already, and arranging them would keep
+/// a copy of each per order (about half of the job's arranged state). Only rows that orders
+/// share — the users', restaurants', products' and categories' — are made distinct.
 pub fn vault<'s>(
     orders: VecCollection<'s, Time, EnrichedOrder, Diff>,
 ) -> VecCollection<'s, Time, VaultRow, Diff> {
-    // Each row goes to one side (hubs and links, or satellites) without a copy of the
-    // whole set for each: a backlog of orders derives millions of rows at once.
-    let (keys, satellites) = split(orders.flat_map(|order| {
-        vault_rows(&order).into_iter().map(|row| match row {
-            VaultRow::Satellite { kind, hub, values } => Err(((kind, hub), values)),
-            key => Ok(key),
+    // Each row goes to one side without a copy of the whole set for each: a backlog of
+    // orders derives millions of rows at once.
+    let (own, shared) = split(orders.flat_map(|order| {
+        vault_rows(&order).into_iter().map(|row| {
+            if row.of_one_order() {
+                Ok(row)
+            } else if let VaultRow::Satellite { kind, hub, values } = row {
+                Err(Err(((kind, hub), values)))
+            } else {
+                Err(Ok(row))
+            }
         })
     }));
+    let (keys, satellites) = split(shared);
     let keys = keys.distinct();
     // A satellite key's current values: the greatest of those present at a time (versions
     // that arrive together collapse deterministically).
     let satellites = one_per_key("SatelliteValue", satellites, Pick::Greatest)
         .map(|((kind, hub), values)| VaultRow::Satellite { kind, hub, values });
-    keys.concat(satellites)
+    own.concat(keys).concat(satellites)
 }
 
 #[cfg(test)]
