@@ -70,25 +70,33 @@ fn menu_key(restaurant: &str, product: &str) -> u64 {
     (restaurant, product).hashed()
 }
 
-/// The order's products, when each of its lines has its menu entry among `entries`
-/// (`(line, entry)`, sorted).
-fn resolve(order: &Order, entries: &[(u32, Arc<MenuEntry>)]) -> Option<Arc<[Product]>> {
+/// The menu entry of each of the order's lines, in line order, when every line has its
+/// entry among `entries` (`(line, entry)`, sorted).
+fn resolve(order: &Order, entries: &[(u32, Arc<MenuEntry>)]) -> Option<Arc<[Arc<MenuEntry>]>> {
     (order.items.iter().enumerate())
         .map(|(line, item)| {
             let line = u32::try_from(line).ok()?;
             let from = entries.partition_point(|(l, _)| *l < line);
-            let entry = entries[from..]
+            entries[from..]
                 .iter()
                 .take_while(|(l, _)| *l == line)
                 .map(|(_, entry)| entry)
-                .find(|e| e.restaurant == order.restaurant_id && e.product == item.id)?;
-            Some(Product {
-                id: item.id.clone(),
-                price: item.price.clone(),
-                quantity: item.quantity,
-                name: entry.name.clone(),
-                category: entry.category.clone(),
-            })
+                .find(|e| e.restaurant == order.restaurant_id && e.product == item.id)
+                .cloned()
+        })
+        .collect()
+}
+
+/// The order's products: price and quantity from its lines, name and category from the
+/// lines' menu entries (as [`resolve`] found them).
+fn products(order: &Order, entries: &[Arc<MenuEntry>]) -> Vec<Product> {
+    (order.items.iter().zip(entries))
+        .map(|(item, entry)| Product {
+            id: item.id.clone(),
+            price: item.price.clone(),
+            quantity: item.quantity,
+            name: entry.name.clone(),
+            category: entry.category.clone(),
         })
         .collect()
 }
@@ -99,9 +107,9 @@ pub fn enriched_orders<'s>(
     orders: VecCollection<'s, Time, Arc<OrderVersion>, Diff>,
     dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
 ) -> VecCollection<'s, Time, EnrichedOrder, Diff> {
-    // What is arranged per order stays small: the version and its products are shared
-    // (`Arc`) by the arrangements below, and a line waits for its menu entry as three
-    // numbers (menu key, order id, line).
+    // What is arranged per order stays small: the version and its lines' menu entries are
+    // shared (`Arc`) by the arrangements below, a line waits for its entry as three numbers
+    // (menu key, order id, line), and products are assembled only for the output.
     let orders = orders.map(|v| (v.order.id, v));
     let menu = dictionaries.clone().flat_map(|d| match d {
         Dictionary::Restaurant { id, menu, .. } => menu
@@ -161,19 +169,19 @@ pub fn enriched_orders<'s>(
         .arrange_by_key_named("OrdersById")
         .join_core(lines, |_id, version, entries| {
             // Complete when every line has its menu entry.
-            let products = resolve(&version.order, entries)?;
+            let entries = resolve(&version.order, entries)?;
             Some((
                 version.order.user_id.clone(),
-                (Arc::clone(version), products),
+                (Arc::clone(version), entries),
             ))
         })
         .arrange_by_key_named("ResolvedOrdersByUser")
-        .join_core(users, |_user, (version, products), (name, login)| {
+        .join_core(users, |_user, (version, entries), (name, login)| {
             Some((
                 version.order.restaurant_id.clone(),
                 (
                     Arc::clone(version),
-                    Arc::clone(products),
+                    Arc::clone(entries),
                     name.clone(),
                     login.clone(),
                 ),
@@ -182,7 +190,7 @@ pub fn enriched_orders<'s>(
         .arrange_by_key_named("ResolvedOrdersByRestaurant")
         .join_core(
             restaurants,
-            |_restaurant, (version, products, user_name, user_login), restaurant_name| {
+            |_restaurant, (version, entries, user_name, user_login), restaurant_name| {
                 let order = &version.order;
                 Some(EnrichedOrder {
                     id: order.id,
@@ -195,7 +203,7 @@ pub fn enriched_orders<'s>(
                     user_id: order.user_id.clone(),
                     user_name: user_name.clone(),
                     user_login: user_login.clone(),
-                    products: products.to_vec(),
+                    products: products(order, entries),
                 })
             },
         )

@@ -17,10 +17,9 @@ use crate::{DeadLetter, Diff, RawRecord, Time};
 /// One line of an order, as sent.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Item {
-    /// Product id (a key of the restaurant's menu).
+    /// Product id (a key of the restaurant's menu). (The name sent with it must be a
+    /// string, but the outputs use the menu's, so it is not kept.)
     pub id: String,
-    /// Name as sent (the menu's name is what the outputs use).
-    pub name: String,
     /// Price, exact JSON number text.
     pub price: String,
     /// Quantity (≥ 1).
@@ -112,9 +111,10 @@ fn item(value: &Value) -> Result<Item, Reject> {
     if quantity < 1 {
         return Err(Reject::Invalid("payload.order_items.quantity"));
     }
+    let id = string(obj, "id", "payload.order_items.id")?;
+    string(obj, "name", "payload.order_items.name")?;
     Ok(Item {
-        id: string(obj, "id", "payload.order_items.id")?,
-        name: string(obj, "name", "payload.order_items.name")?,
+        id,
         price: amount(obj, "price", "payload.order_items.price")?,
         quantity,
     })
