@@ -41,6 +41,21 @@ use crate::sources::kafka::{KafkaSourceConfig, kafka_source};
 use crate::sources::snapshot::snapshot;
 use crate::{cluster, kafka};
 
+/// How a job whose state is rebuilt from its topic (orders, geo) reads the backlog it finds
+/// at startup.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RoundArgs {
+    /// The backlog (messages up to each partition's end as of startup that no earlier run
+    /// processed) is read in rounds of this many messages per worker, each at its own
+    /// logical time and written as it completes: memory follows the state, not the
+    /// backlog. While the job catches up, readers see the outputs move round by round
+    /// (docs/architecture.md). A replay after a restart (messages an earlier run processed,
+    /// read again to rebuild the state) is one step at the start time.
+    #[arg(long, env = "DISHFLOW_ROUND_RECORDS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub round_records: u64,
+}
+
 /// What every Kafka-driven job is configured with (its own flags aside).
 #[derive(Clone, Debug)]
 pub struct KafkaJob {
@@ -132,6 +147,14 @@ impl KafkaJob {
         started
             .run
             .source(&self.kafka, hold_until, self.stop_at_end)
+    }
+
+    /// The Kafka source of a run that replays at the start time what an earlier run
+    /// processed and reads the rest of the backlog in `rounds`.
+    pub fn source_in_rounds(&self, started: &Started, rounds: &RoundArgs) -> KafkaSourceConfig {
+        let mut source = self.source(started, started.run.plan.replay_until.clone());
+        source.round_records = Some(usize::try_from(rounds.round_records).unwrap_or(usize::MAX));
+        source
     }
 
     /// Runs the job on every worker until its input ends (bounded run) or a signal stops it.

@@ -94,6 +94,11 @@ impl PartitionState {
         self.at_eof && self.next >= self.end
     }
 
+    /// Whether records before the partition's end as of startup are left (the backlog).
+    pub fn behind(&self) -> bool {
+        self.next < self.end && !self.at_eof
+    }
+
     /// Whether the replay is still going on: offsets before `replay_until` are left and the
     /// partition was not read to its end (its tail may hold only transaction markers).
     pub fn replaying(&self) -> bool {

@@ -63,6 +63,9 @@ pub struct KafkaSourceConfig {
     pub replay_until: HashMap<i32, i64>,
     /// Finish once every owned partition is read to its end as of startup.
     pub stop_at_end: bool,
+    /// Read the backlog (records before each partition's end as of startup, after the
+    /// replay) in rounds of this many records per worker, each at its own logical time.
+    pub round_records: Option<usize>,
 }
 
 /// The partitions worker `index` of `peers` owns.
@@ -84,6 +87,9 @@ struct KafkaReader {
     consumer: BaseConsumer<ReadContext>,
     states: HashMap<i32, PartitionState>,
     stop_at_end: bool,
+    round_records: Option<usize>,
+    /// At most this many records in the next read (the room left in the round).
+    most: usize,
     last_warning: Option<Instant>,
 }
 
@@ -94,10 +100,20 @@ impl Reader for KafkaReader {
         self.states.values().any(PartitionState::replaying)
     }
 
+    fn round(&self) -> Option<usize> {
+        self.round_records
+            .filter(|_| self.states.values().any(PartitionState::behind))
+    }
+
+    fn limit(&mut self, most: usize) {
+        self.most = most.min(MAX_BATCH);
+    }
+
     fn read(&mut self, give: &mut dyn FnMut(RawRecord, Diff)) -> Status {
+        let most = std::mem::replace(&mut self.most, MAX_BATCH);
         let mut emitted = 0;
         loop {
-            if emitted >= MAX_BATCH {
+            if emitted >= most {
                 return Status::More;
             }
             match self.consumer.poll(Duration::ZERO) {
@@ -179,6 +195,8 @@ pub fn kafka_source<'s>(
             consumer,
             states,
             stop_at_end: config.stop_at_end,
+            round_records: config.round_records,
+            most: MAX_BATCH,
             last_warning: None,
         })
     })

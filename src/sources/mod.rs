@@ -72,6 +72,16 @@ pub trait Reader: 'static {
     fn holding(&self) -> bool {
         false
     }
+
+    /// While the reader reads a backlog in rounds: how many records a round holds. The
+    /// records of a round share one logical time; the next round gets the next.
+    fn round(&self) -> Option<usize> {
+        None
+    }
+
+    /// The next [`Reader::read`] emits at most `most` records (what the round has room for);
+    /// only readers that read in rounds need to honour it.
+    fn limit(&mut self, _most: usize) {}
 }
 
 /// Builds a source operator for this worker around the reader made by `build`, which gets
@@ -109,6 +119,8 @@ pub fn clocked_source<'s, R: Reader>(
         let mut metrics = crate::metrics::metrics().source(&name);
         let mut finished = false;
         let mut next_tick = Instant::now();
+        // Records emitted at the time of the round being read (see [`Reader::round`]).
+        let mut round_emitted = 0usize;
 
         move |output| {
             crate::metrics::metrics().beat(worker);
@@ -132,7 +144,8 @@ pub fn clocked_source<'s, R: Reader>(
             }
             let holding = reader.as_ref().is_some_and(R::holding);
             let now = wall_clock_ms();
-            if !holding {
+            // A round that is not full yet keeps its time.
+            if !holding && round_emitted == 0 {
                 if now < *cap.time() {
                     // Same millisecond as the previous batch: never stamp ahead of the clock.
                     activator.activate_after(Duration::from_millis(1));
@@ -149,6 +162,9 @@ pub fn clocked_source<'s, R: Reader>(
             // while holding: the held time must be read whole before anything is written.
             let paused = !holding && control.sinks_behind();
             if let Some(reader) = reader.as_mut().filter(|_| !paused) {
+                if let Some(records) = reader.round() {
+                    reader.limit(records.saturating_sub(round_emitted).max(1));
+                }
                 let mut session = output.session(&*cap);
                 status = reader.read(&mut |data, diff| {
                     session.give((data, time, diff));
@@ -158,8 +174,17 @@ pub fn clocked_source<'s, R: Reader>(
             // What was read while holding belongs to the start time: the snapshot.
             metrics.emitted(emitted, holding);
             let holding = reader.as_ref().is_some_and(R::holding);
-            if !holding {
+            let ending = status == Status::Finished || control.shutdown_requested();
+            let round_open = match reader.as_ref().and_then(R::round) {
+                Some(records) if !holding && !ending => {
+                    round_emitted += emitted;
+                    round_emitted < records
+                }
+                _ => false,
+            };
+            if !holding && !round_open {
                 cap.downgrade(&(time + 1));
+                round_emitted = 0;
                 metrics.loaded();
             }
             if emitted > 0 {
@@ -170,7 +195,7 @@ pub fn clocked_source<'s, R: Reader>(
                 }
             }
 
-            if !holding && (status == Status::Finished || control.shutdown_requested()) {
+            if !holding && ending {
                 info!(source = %name, final_time = time + 1, "finished reading");
                 finished = true;
                 completion.source_finished(time + 1);

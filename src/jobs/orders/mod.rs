@@ -17,8 +17,10 @@
 //! ends the program with one line: the schemas are created or verified, the order topic
 //! must exist, the dead-letter topic is created if missing, Redis must answer.
 //!
-//! The backlog (every message before the end offsets as of startup) is one step at the start
-//! time, like a snapshot; messages that arrive later get their own arrival times.
+//! A replay after a restart (messages an earlier run processed) is one step at the start time,
+//! like a snapshot. The rest of the backlog (up to the end offsets as of startup) is read in
+//! rounds of `--round-records` messages per worker, each at its own logical time and written
+//! when it completes; messages that arrive later get their own arrival times.
 
 mod args;
 mod rules;
@@ -88,11 +90,11 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     )?;
     info!(redis = %crate::redact::url(&args.redis_url), stg_topic = ?args.stg_topic, dds_topic = ?args.dds_topic, "orders inputs and outputs");
     let (run, tick) = (&started.run, job.tick);
-    // The backlog as of startup (a replay, or a week of history on a first start) is read
-    // as one snapshot at the start time: intermediate versions collapse, and the state and
-    // tables are built in one step instead of once per arrival millisecond.
-    let backlog = run.backlog();
-    let source = job.source(&started, backlog);
+    // A replay (messages an earlier run processed, read again to rebuild the state) is one
+    // step at the start time: its outputs are in the tables already. The rest of the
+    // backlog as of startup is read in rounds (`--round-records`), each at its own time and
+    // written as it completes, so that memory follows the state and not the backlog.
+    let source = job.source_in_rounds(&started, &args.rounds);
     let redis_config = RedisSourceConfig {
         url: args.redis_url.clone(),
         pattern: args.redis_keys.clone(),
