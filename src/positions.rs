@@ -241,6 +241,15 @@ impl RunStart {
         }
     }
 
+    /// Per partition, the end of the backlog as of startup: the high watermark, or where
+    /// the replay ends if that is later.
+    pub fn backlog(&self) -> HashMap<i32, i64> {
+        let replay_until = &self.plan.replay_until;
+        (self.watermarks.iter())
+            .map(|&(p, _, high)| (p, high.max(replay_until.get(&p).copied().unwrap_or(0))))
+            .collect()
+    }
+
     /// Where the run records its progress.
     pub fn progress(&self, url: &str) -> ProgressConfig {
         ProgressConfig {

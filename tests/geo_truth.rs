@@ -43,7 +43,7 @@ fn assert_equal_to_truth(db: &str, topic: &str, what: &str) {
 }
 
 #[test]
-fn every_mart_equals_the_sql_ground_truth_with_one_worker_two_workers_rounds_and_two_processes() {
+fn every_mart_equals_the_sql_ground_truth_with_one_worker_two_workers_and_two_processes() {
     let prefix = prefix("geo_truth");
     let topic = format!("{prefix}.events");
     produce(&topic, 300, 35, "2022-05-01");
@@ -68,13 +68,6 @@ fn every_mart_equals_the_sql_ground_truth_with_one_worker_two_workers_rounds_and
     workers.extend(["--workers".to_string(), "2".to_string()]);
     assert_success(&dishflow(geo_args(&two, &prefix, &workers), 3 * MINUTE));
     assert_equal_to_truth(&two, &topic, "2 workers");
-
-    // The backlog read in small rounds (each at its own logical time) ends the same.
-    let rounds = database("geo_truth_r");
-    let mut small = stop.to_vec();
-    small.extend(["--round-records".to_string(), "500".to_string()]);
-    assert_success(&dishflow(geo_args(&rounds, &prefix, &small), 3 * MINUTE));
-    assert_equal_to_truth(&rounds, &topic, "rounds of 500 events");
 
     let cluster = database("geo_truth_p2");
     let children: Vec<_> = two_process_cluster(&format!("{prefix}.cluster"))

@@ -41,8 +41,8 @@ use crate::sources::kafka::{KafkaSourceConfig, kafka_source};
 use crate::sources::snapshot::snapshot;
 use crate::{cluster, kafka};
 
-/// How a job whose state is rebuilt from its topic (orders, geo) reads the backlog it finds
-/// at startup.
+/// How a job whose state is rebuilt from its topic (orders) reads the backlog it finds at
+/// startup.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RoundArgs {
     /// The backlog (messages up to each partition's end as of startup that no earlier run

@@ -3,7 +3,6 @@
 use clap::Args;
 
 use crate::cluster::ClusterArgs;
-use crate::jobs::kafka_job::RoundArgs;
 use crate::kafka::KafkaArgs;
 use crate::metrics::OpsArgs;
 use crate::pg::DEFAULT_URL as DEFAULT_POSTGRES_URL;
@@ -49,10 +48,6 @@ pub struct GeoArgs {
     /// write the marts, exit 0.
     #[arg(long, env = "DISHFLOW_STOP_AT_END")]
     pub stop_at_end: bool,
-
-    /// How the backlog is read.
-    #[command(flatten)]
-    pub rounds: RoundArgs,
 
     /// How often (milliseconds) idle sources advance logical time with the wall clock.
     #[arg(long, env = "DISHFLOW_TICK_MS", default_value_t = 100,

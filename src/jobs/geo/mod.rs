@@ -13,8 +13,7 @@
 //!
 //! The marts depend on every event ever read (a late message can move a registration, split
 //! a stay or become a position): a restart replays the topic from its first retained offset.
-//! That replay is one step at the start time, like a snapshot; the rest of the backlog as of
-//! startup (events no earlier run processed) is read in rounds (`--round-records`).
+//! The backlog as of startup is read as one step at the start time, like a snapshot.
 
 mod args;
 mod cities;
@@ -81,9 +80,10 @@ pub fn run(args: GeoArgs) -> Result<()> {
         args.cluster.peers(),
     )?;
     info!(event_topic = %args.event_topic, recommendation_topic = ?args.recommendation_topic, "geo inputs and outputs");
-    // A replay (every event, read again to rebuild the state) is one step at the start time;
-    // the rest of the backlog is read in rounds (see `RoundArgs`).
-    let source = job.source_in_rounds(&started, &args.rounds);
+    // The whole backlog is one step at the start time: the marts are recomputed for every
+    // user a round touches, and a day of events touches most users, so rounds would redo
+    // nearly all the work once per round (docs/performance.md, W6).
+    let source = job.source(&started, started.run.backlog());
     let cities_config = FollowConfig {
         url: args.postgres_url.clone(),
         publication: pg::CITIES_PUBLICATION.to_string(),
