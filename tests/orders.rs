@@ -172,18 +172,7 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     let (summary, truth) = summary_and_truth(&db);
     assert!(summary.len() > 10, "{summary:?}");
     assert_eq!(summary, truth);
-    let products = counters(
-        &db,
-        "cdm.user_product_counters",
-        "product_id",
-        "product_name",
-    );
-    let categories = counters(
-        &db,
-        "cdm.user_category_counters",
-        "category_id",
-        "category_name",
-    );
+    let (products, categories) = cdm_counters(&db);
     let (truth_products, truth_categories) =
         ground_truth(&db, &format!("{prefix}.orders"), &format!("{prefix}*"));
     assert!(truth_products.len() > 500, "{}", truth_products.len());
@@ -249,18 +238,7 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
         .get::<_, String>(0);
     let _: () = redis().del(&user).expect("del");
     run_bounded(&db, &prefix, &topics);
-    let products = counters(
-        &db,
-        "cdm.user_product_counters",
-        "product_id",
-        "product_name",
-    );
-    let categories = counters(
-        &db,
-        "cdm.user_category_counters",
-        "category_id",
-        "category_name",
-    );
+    let (products, categories) = cdm_counters(&db);
     let gone = dataflows::orders::hub_key(&user);
     assert!(products.iter().all(|c| c.0 != gone));
     assert!(products.len() < truth_products.len());
@@ -564,18 +542,7 @@ fn a_backlog_read_in_small_rounds_ends_equal_to_the_sql_ground_truth() {
         let (topic, keys) = (format!("{prefix}.orders"), format!("{prefix}*"));
         assert_eq!(count(&db, "SELECT count(*) FROM stg.order_events"), 1500);
         assert_eq!(layer_differences(&db, &topic, &keys), Vec::<String>::new());
-        let products = counters(
-            &db,
-            "cdm.user_product_counters",
-            "product_id",
-            "product_name",
-        );
-        let categories = counters(
-            &db,
-            "cdm.user_category_counters",
-            "category_id",
-            "category_name",
-        );
+        let (products, categories) = cdm_counters(&db);
         assert_eq!((products, categories), ground_truth(&db, &topic, &keys));
         let (tags, truth) = tags_and_truth(&db);
         assert_eq!(tags, truth);

@@ -20,6 +20,25 @@ pub fn counters(db: &str, table: &str, item: &str, name: &str) -> Counters {
         .collect()
 }
 
+/// `cdm.user_product_counters` and `cdm.user_category_counters` of `db`, as
+/// [`ground_truth`] gives them: (products, categories).
+pub fn cdm_counters(db: &str) -> (Counters, Counters) {
+    (
+        counters(
+            db,
+            "cdm.user_product_counters",
+            "product_id",
+            "product_name",
+        ),
+        counters(
+            db,
+            "cdm.user_category_counters",
+            "category_id",
+            "category_name",
+        ),
+    )
+}
+
 /// The user tags as (user, tag), sorted.
 pub type Tags = Vec<(uuid::Uuid, String)>;
 
