@@ -1,27 +1,58 @@
 //! The rule *latest `update_ts` wins* per `object_id` ([`CurrentOrders`]).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::{Diff, Replayable, Retained, Time, replay_state};
 
+/// What decides between two versions of an order: the later `update_ts`, then the greater
+/// MD5 of the payload text (so that every replay order gives the same result; Postgres
+/// computes the same digest, `md5(payload::text)`, for a ground truth).
+type Rank = (chrono::NaiveDateTime, [u8; 16]);
+
+fn rank(version: &OrderVersion) -> Rank {
+    let digest = Md5::digest(version.event.payload.as_bytes());
+    (version.order.update_ts, digest.into())
+}
+
+/// What [`CurrentOrders`] emits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Current {
+    /// The decoded current version of an order, as a collection: the old version is
+    /// retracted when a newer one replaces it.
+    Order(Arc<Order>),
+    /// The raw event of a version that became current (an upsert by `object_id`, never
+    /// retracted): what STG writes. At most one per order and time.
+    Stg(Arc<OrderEvent>),
+}
+
+/// One order's current version as the state keeps it: its decoded fields (shared with the
+/// arrangements downstream), its rank and its position in the topic. The payload text is not
+/// kept: STG receives it once, when the version becomes current.
+struct Kept {
+    order: Arc<Order>,
+    rank: [u8; 16],
+    at: (i32, i64),
+}
+
 /// The current version of every order, keyed by `object_id` (see the module rules), and the
 /// positions of those versions in the topic: replaying from the oldest rebuilds the state.
-/// A version is kept and emitted behind one `Arc`: the state, the collection and what is
-/// derived from it share its payload instead of copying it.
 #[derive(Default)]
 pub struct CurrentOrders {
-    current: HashMap<i32, (Arc<OrderVersion>, (i32, i64))>,
+    current: HashMap<i32, Kept>,
     positions: Retained,
 }
 
 impl Replayable for CurrentOrders {
     type Message = OrderMessage;
-    type Output = Arc<OrderVersion>;
+    type Output = Current;
 
     fn route(message: &OrderMessage) -> u64 {
         message.version.event.object_id.hashed()
@@ -30,31 +61,55 @@ impl Replayable for CurrentOrders {
     fn apply(
         &mut self,
         time: Time,
-        mut messages: Vec<OrderMessage>,
-        emit: &mut impl FnMut(Arc<OrderVersion>, Time, Diff),
+        messages: Vec<OrderMessage>,
+        emit: &mut impl FnMut(Current, Time, Diff),
     ) {
-        messages.sort_by(|a, b| a.version.rank().cmp(&b.version.rank()));
-        for message in messages {
+        let mut messages: Vec<(Rank, OrderMessage)> = messages
+            .into_iter()
+            .map(|m| (rank(&m.version), m))
+            .collect();
+        messages.sort_by_key(|(rank, _)| *rank);
+        // The raw event of each order whose current version changed at `time`.
+        let mut stg: HashMap<i32, OrderEvent> = HashMap::new();
+        for ((update_ts, digest), message) in messages {
             let position = (message.partition, message.offset);
-            let id = message.version.event.object_id;
-            match self.current.get_mut(&id) {
-                None => {
-                    let version = Arc::new(message.version);
-                    emit(Arc::clone(&version), time, 1);
+            let OrderVersion { event, order } = message.version;
+            let kept = match self.current.entry(event.object_id) {
+                Entry::Vacant(vacant) => {
+                    let order = Arc::new(order);
+                    emit(Current::Order(Arc::clone(&order)), time, 1);
+                    vacant.insert(Kept {
+                        order,
+                        rank: digest,
+                        at: position,
+                    });
                     self.positions.insert(position);
-                    self.current.insert(id, (version, position));
+                    None
                 }
-                Some((current, at)) if message.version.rank() > current.rank() => {
-                    let version = Arc::new(message.version);
-                    emit(Arc::clone(current), time, -1);
-                    emit(Arc::clone(&version), time, 1);
-                    self.positions.remove(at);
-                    self.positions.insert(position);
-                    *current = version;
-                    *at = position;
+                Entry::Occupied(mut occupied)
+                    if (update_ts, digest)
+                        > (occupied.get().order.update_ts, occupied.get().rank) =>
+                {
+                    let order = Arc::new(order);
+                    emit(Current::Order(Arc::clone(&order)), time, 1);
+                    let old = occupied.insert(Kept {
+                        order,
+                        rank: digest,
+                        at: position,
+                    });
+                    Some(old)
                 }
-                Some(_) => {} // the same or an older version: nothing changes
+                Entry::Occupied(_) => continue, // the same or an older version: nothing changes
+            };
+            if let Some(old) = kept {
+                emit(Current::Order(old.order), time, -1);
+                self.positions.remove(&old.at);
+                self.positions.insert(position);
             }
+            stg.insert(event.object_id, event);
+        }
+        for event in stg.into_values() {
+            emit(Current::Stg(Arc::new(event)), time, 1);
         }
     }
 
@@ -63,11 +118,33 @@ impl Replayable for CurrentOrders {
     }
 }
 
-/// The current order versions ([`CurrentOrders`]) and the workers' [`crate::Retention`].
+/// The current orders ([`CurrentOrders`]): their decoded versions as a collection, the STG
+/// upserts, and the workers' [`crate::Retention`].
+pub struct CurrentOutputs<'s> {
+    /// The current version of every order.
+    pub orders: VecCollection<'s, Time, Arc<Order>, Diff>,
+    /// Each version that became current, once, at the time it did (see [`Current::Stg`]).
+    pub stg: VecCollection<'s, Time, Arc<OrderEvent>, Diff>,
+    /// What the state retains (for progress).
+    pub retention: timely::dataflow::Stream<'s, Time, Vec<crate::Retention>>,
+}
+
+/// The current orders of the order messages (see [`CurrentOrders`]).
 pub fn current_orders<'s>(
     messages: VecCollection<'s, Time, OrderMessage, Diff>,
-) -> crate::WithRetention<'s, Arc<OrderVersion>> {
-    replay_state(messages, "CurrentOrders", CurrentOrders::default())
+) -> CurrentOutputs<'s> {
+    let (current, retention) = replay_state(messages, "CurrentOrders", CurrentOrders::default());
+    CurrentOutputs {
+        stg: current.clone().flat_map(|c| match c {
+            Current::Stg(event) => Some(event),
+            Current::Order(_) => None,
+        }),
+        orders: current.flat_map(|c| match c {
+            Current::Order(order) => Some(order),
+            Current::Stg(_) => None,
+        }),
+        retention,
+    }
 }
 
 #[cfg(test)]
@@ -75,18 +152,28 @@ mod tests {
     use super::*;
     use crate::orders::tests::version;
 
+    fn at(version: &OrderVersion, offset: i64) -> OrderMessage {
+        OrderMessage {
+            version: version.clone(),
+            partition: 0,
+            offset,
+        }
+    }
+
+    fn status(c: &Current) -> String {
+        match c {
+            Current::Order(o) => o.status.clone(),
+            Current::Stg(e) => format!("stg {}", e.payload.contains("CLOSED")),
+        }
+    }
+
     #[test]
     fn the_latest_update_ts_wins_and_redelivery_changes_nothing() {
         let mut state = CurrentOrders::default();
         let mut out = Vec::new();
         let open = version(1, "OPEN", "2022-11-19 15:00:00", &[("p1", 1)]);
         let closed = version(1, "CLOSED", "2022-11-19 16:00:00", &[("p1", 1)]);
-        let at = |version: &OrderVersion, offset| OrderMessage {
-            version: version.clone(),
-            partition: 0,
-            offset,
-        };
-        let mut emit = |v: Arc<OrderVersion>, t, d| out.push((v.order.status.clone(), t, d));
+        let mut emit = |c: Current, t, d| out.push((status(&c), t, d));
         state.apply(10, vec![at(&open, 0)], &mut emit);
         state.apply(20, vec![at(&closed, 1), at(&open, 2)], &mut emit);
         state.apply(30, vec![at(&closed, 3), at(&open, 4)], &mut emit);
@@ -94,11 +181,44 @@ mod tests {
             out,
             [
                 ("OPEN".to_string(), 10, 1),
+                ("stg false".to_string(), 10, 1),
+                ("CLOSED".to_string(), 20, 1),
                 ("OPEN".to_string(), 20, -1),
-                ("CLOSED".to_string(), 20, 1)
+                ("stg true".to_string(), 20, 1),
             ]
         );
         // The state depends on the CLOSED version only (offset 1).
         assert_eq!(state.retained(), [(0, 1)]);
+    }
+
+    #[test]
+    fn equal_update_ts_goes_to_the_greater_payload_digest_in_any_order() {
+        let a = version(1, "OPEN", "2022-11-19 15:00:00", &[("p1", 1)]);
+        let b = version(1, "CLOSED", "2022-11-19 15:00:00", &[("p1", 1)]);
+        let winner = if rank(&a) > rank(&b) {
+            "OPEN"
+        } else {
+            "CLOSED"
+        };
+        for (first, second) in [(&a, &b), (&b, &a)] {
+            // Together in one batch, and one after the other.
+            for split in [false, true] {
+                let mut state = CurrentOrders::default();
+                let mut stg = Vec::new();
+                let mut emit = |c: Current, _, d| {
+                    if let Current::Stg(e) = c {
+                        stg.push((e.payload.contains(winner), d));
+                    }
+                };
+                if split {
+                    state.apply(1, vec![at(first, 0)], &mut emit);
+                    state.apply(2, vec![at(second, 1)], &mut emit);
+                } else {
+                    state.apply(1, vec![at(first, 0), at(second, 1)], &mut emit);
+                }
+                assert_eq!(state.current[&1].order.status, winner);
+                assert_eq!(stg.last(), Some(&(true, 1)));
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::NaiveDateTime;
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -63,12 +64,36 @@ struct MenuEntry {
     category: String,
 }
 
+/// A user, as an order meets it (by [`id_key`] of its id).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct UserEntry {
+    id: String,
+    name: String,
+    login: String,
+}
+
+/// A restaurant's name, as an order meets it (by [`id_key`] of its id).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct RestaurantEntry {
+    id: String,
+    name: String,
+}
+
+/// The key an order meets its user or restaurant by: a hash of the id. Orders arranged by
+/// it hold no text; two ids sharing a hash are told apart by the entry's id in the join.
+fn id_key(id: &str) -> u64 {
+    id.hashed()
+}
+
 /// The key an order line meets its menu entry by: a hash of (restaurant id, product id).
 /// Lines arranged by it hold no text; two pairs sharing a hash are told apart by their ids
 /// when the order is completed ([`resolve`]).
 fn menu_key(restaurant: &str, product: &str) -> u64 {
     (restaurant, product).hashed()
 }
+
+/// An order's candidate menu entries, `(line, entry)` in line order.
+type ResolvedLines = Arc<[(u32, Arc<MenuEntry>)]>;
 
 /// The menu entry of each of the order's lines, in line order, when every line has its
 /// entry among `entries` (`(line, entry)`, sorted).
@@ -104,13 +129,14 @@ fn products(order: &Order, entries: &[Arc<MenuEntry>]) -> Vec<Product> {
 /// Orders with every id resolved: an order appears once its restaurant, user and every
 /// product are in the dictionaries, and changes with them (see the module rules).
 pub fn enriched_orders<'s>(
-    orders: VecCollection<'s, Time, Arc<OrderVersion>, Diff>,
+    orders: VecCollection<'s, Time, Arc<Order>, Diff>,
     dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
 ) -> VecCollection<'s, Time, EnrichedOrder, Diff> {
-    // What is arranged per order stays small: the version and its lines' menu entries are
+    // What is arranged per order stays small: the order and its lines' menu entries are
     // shared (`Arc`) by the arrangements below, a line waits for its entry as three numbers
-    // (menu key, order id, line), and products are assembled only for the output.
-    let orders = orders.map(|v| (v.order.id, v));
+    // (menu key, order id, line), orders meet users and restaurants by a hash of the id, and
+    // products are assembled only for the output.
+    let orders = orders.map(|order| (order.id, order));
     let menu = dictionaries.clone().flat_map(|d| match d {
         Dictionary::Restaurant { id, menu, .. } => menu
             .into_iter()
@@ -135,18 +161,20 @@ pub fn enriched_orders<'s>(
         Dictionary::Restaurant { id, name, .. } => Some((id, name)),
         Dictionary::User { .. } => None,
     });
-    let restaurants =
-        one_per_key("RestaurantName", restaurants, Pick::Least).arrange_by_key_named("Restaurants");
+    let restaurants = one_per_key("RestaurantName", restaurants, Pick::Least)
+        .map(|(id, name)| (id_key(&id), Arc::new(RestaurantEntry { id, name })))
+        .arrange_by_key_named("Restaurants");
     let users = dictionaries.flat_map(|d| match d {
         Dictionary::User { id, name, login } => Some((id, (name, login))),
         Dictionary::Restaurant { .. } => None,
     });
-    let users = one_per_key("UserName", users, Pick::Least).arrange_by_key_named("Users");
+    let users = one_per_key("UserName", users, Pick::Least)
+        .map(|(id, (name, login))| (id_key(&id), Arc::new(UserEntry { id, name, login })))
+        .arrange_by_key_named("Users");
     // Each line's candidate menu entries, per order: (order id, [(line, entry)]).
     let lines = orders
         .clone()
-        .flat_map(|(id, version)| {
-            let order = &version.order;
+        .flat_map(|(id, order)| {
             (order.items.iter().enumerate())
                 .filter_map(|(line, item)| {
                     let line = u32::try_from(line).ok()?;
@@ -158,40 +186,44 @@ pub fn enriched_orders<'s>(
         .join_core(menu, |_key, (id, line), entry| {
             Some((*id, (*line, Arc::clone(entry))))
         })
-        .reduce_named("ResolvedLines", |_id, input, output| {
-            // In line order, behind one `Arc`.
-            let entries: Arc<[(u32, Arc<MenuEntry>)]> =
-                input.iter().map(|(entry, _)| (*entry).clone()).collect();
-            output.push((entries, 1));
-        })
-        .arrange_by_key_named("ResolvedLinesByOrder");
+        .arrange_by_key_named("Arrange: ResolvedLines")
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<i32, ResolvedLines, Time, Diff>, _, _>(
+            "ResolvedLines",
+            |_id, input, output| {
+                // In line order, behind one `Arc`.
+                let entries: ResolvedLines = input.iter().map(|(entry, _)| (*entry).clone()).collect();
+                output.push((entries, 1));
+            },
+            // Arranged by order as the reduce leaves them: the join below reads them there.
+            |vec, id, updates| {
+                vec.clear();
+                vec.extend(updates.drain(..).map(|(v, t, r)| ((*id, v), t, r)));
+            },
+        );
     orders
         .arrange_by_key_named("OrdersById")
-        .join_core(lines, |_id, version, entries| {
+        .join_core(lines, |_id, order, entries| {
             // Complete when every line has its menu entry.
-            let entries = resolve(&version.order, entries)?;
-            Some((
-                version.order.user_id.clone(),
-                (Arc::clone(version), entries),
-            ))
+            let entries = resolve(order, entries)?;
+            Some((id_key(&order.user_id), (Arc::clone(order), entries)))
         })
         .arrange_by_key_named("ResolvedOrdersByUser")
-        .join_core(users, |_user, (version, entries), (name, login)| {
-            Some((
-                version.order.restaurant_id.clone(),
+        .join_core(users, |_user, (order, entries), user| {
+            (user.id == order.user_id).then(|| {
+                let key = id_key(&order.restaurant_id);
                 (
-                    Arc::clone(version),
-                    Arc::clone(entries),
-                    name.clone(),
-                    login.clone(),
-                ),
-            ))
+                    key,
+                    (Arc::clone(order), Arc::clone(entries), Arc::clone(user)),
+                )
+            })
         })
         .arrange_by_key_named("ResolvedOrdersByRestaurant")
         .join_core(
             restaurants,
-            |_restaurant, (version, entries, user_name, user_login), restaurant_name| {
-                let order = &version.order;
+            |_restaurant, (order, entries, user), restaurant| {
+                if restaurant.id != order.restaurant_id {
+                    return None;
+                }
                 Some(EnrichedOrder {
                     id: order.id,
                     date: order.date,
@@ -199,10 +231,10 @@ pub fn enriched_orders<'s>(
                     payment: order.payment.clone(),
                     status: order.status.clone(),
                     restaurant_id: order.restaurant_id.clone(),
-                    restaurant_name: restaurant_name.clone(),
+                    restaurant_name: restaurant.name.clone(),
                     user_id: order.user_id.clone(),
-                    user_name: user_name.clone(),
-                    user_login: user_login.clone(),
+                    user_name: user.name.clone(),
+                    user_login: user.login.clone(),
                     products: products(order, entries),
                 })
             },

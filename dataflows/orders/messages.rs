@@ -78,13 +78,6 @@ pub struct OrderVersion {
     pub order: Order,
 }
 
-impl OrderVersion {
-    /// What decides between two versions: the later `update_ts`, then the greater payload.
-    pub(super) fn rank(&self) -> (NaiveDateTime, &str) {
-        (self.order.update_ts, &self.event.payload)
-    }
-}
-
 /// A decoded order message with its position in the topic.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OrderMessage {

@@ -4,9 +4,10 @@
 //!  raw Kafka records ─decode─┬─ Err ──────────────────────────────────────► dead letters
 //!                            ├─ other object_type ─────────────────────────► ignored (counted)
 //!                            └─ OrderMessage ─ exchange by object_id
-//!                                  │ CurrentOrders: latest (update_ts, payload) wins
+//!                                  │ CurrentOrders: latest (update_ts, md5(payload)) wins
+//!                                  ├─ each version that becomes current ───────► STG upserts
 //!                                  ▼
-//!                        current versions ─────────────────────────────────► STG rows
+//!                        current versions (decoded)
 //!                                  │
 //!   dictionaries (Redis) ──────────┤ enrich: items ⋈ menu (restaurant, product),
 //!     restaurants + menus, users   │   ⋈ user, ⋈ restaurant; an order is complete only
@@ -24,8 +25,9 @@
 //! The rules, by file and name:
 //! * `messages.rs`, [`parse_order`]: what a valid order message is; everything else is a [`Reject`].
 //! * `current.rs`, [`CurrentOrders`]: *latest `update_ts` wins* per `object_id`; re-delivery of the same or
-//!   an older version changes nothing (equal `update_ts`: the greater payload text wins, so
-//!   every replay order gives the same result).
+//!   an older version changes nothing (equal `update_ts`: the greater MD5 of the payload text
+//!   wins, so every replay order gives the same result). Only the decoded fields are kept; STG
+//!   gets the raw payload once, when its version becomes current.
 //! * `dictionaries.rs`, [`parse_dictionary`]: a Redis value with a `menu` is a restaurant, with a `login` a user.
 //! * `enrich.rs`, [`enriched_orders`]: product name and category come from the restaurant's menu, price
 //!   and quantity from the order; an order with an unknown restaurant, user or product is
@@ -60,6 +62,8 @@ pub use self::tags::*;
 pub use self::vault::*;
 pub use crate::decode::Reject;
 
+use std::sync::Arc;
+
 use differential_dataflow::VecCollection;
 use timely::dataflow::Stream;
 
@@ -73,8 +77,9 @@ pub const CLOSED: &str = "CLOSED";
 
 /// The orders job's outputs.
 pub struct Outputs<'s> {
-    /// `stg.order_events`: the current version of every order.
-    pub stg: VecCollection<'s, Time, OrderEvent, Diff>,
+    /// `stg.order_events` upserts: each version that became current, at the time it did
+    /// (insertions only; the latest per `object_id` is the table's row).
+    pub stg: VecCollection<'s, Time, Arc<OrderEvent>, Diff>,
     /// The enriched current orders (the `stg-service-orders` messages).
     pub enriched: VecCollection<'s, Time, EnrichedOrder, Diff>,
     /// The Data Vault rows.
@@ -95,9 +100,12 @@ pub fn orders<'s>(
     dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
     rules: VecCollection<'s, Time, TagRule, Diff>,
 ) -> Outputs<'s> {
-    let (versions, retention) = current_orders(messages);
-    let stg = versions.clone().map(|v| v.event.clone());
-    let enriched = enriched_orders(versions, dictionaries);
+    let CurrentOutputs {
+        orders,
+        stg,
+        retention,
+    } = current_orders(messages);
+    let enriched = enriched_orders(orders, dictionaries);
     let counters = counters(enriched.clone());
     let tags = user_tags(counters.clone(), rules);
     Outputs {

@@ -179,7 +179,8 @@ fn load_input(client: &mut postgres::Client, topic: &str, keys: &str) {
         copy.write_all(line.as_bytes()).expect("dict");
     }
     copy.finish().expect("copy dict");
-    // Each order's latest version (by `update_ts`), the users with a login, and every menu
+    // Each order's latest version (by `update_ts`; equal ones: the greater MD5 of the payload
+    // text, as the job decides), the users with a login, and every menu
     // line once, indexed: joining orders' lines to menus read from JSON on the fly was
     // planned as a nested loop (minutes at 50k orders).
     client
@@ -189,7 +190,7 @@ fn load_input(client: &mut postgres::Client, topic: &str, keys: &str) {
                SELECT (value->>'object_id')::int AS id, (value->>'sent_dttm')::timestamp AS sent,
                       value->'payload' AS p
                FROM truth_raw WHERE value->>'object_type' = 'order') v
-             ORDER BY id, (p->>'update_ts')::timestamp DESC, p::text DESC;
+             ORDER BY id, (p->>'update_ts')::timestamp DESC, md5(p::text) COLLATE \"C\" DESC;
              CREATE TABLE truth_users AS
              SELECT key AS uid, value->>'name' AS name, value->>'login' AS login
              FROM truth_dict WHERE value->'login' IS NOT NULL;

@@ -1,5 +1,7 @@
 //! The orders job's sinks: one worker's table writers, and which output each one writes.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use dataflows::orders::{
     Counter, EnrichedOrder, OrderEvent, Outputs, SummaryRow, UserTag, VaultRow,
@@ -106,7 +108,8 @@ impl Writers {
         let vault = by_key(vault, VaultRow::route);
         let counters = by_key(counters, Counter::route);
         let tags = by_key(tags, UserTag::route);
-        dataflow.sink(stg, "StgSink", vec![self.stg], Some(OrderEvent::route));
+        let stg_route = |e: &Arc<OrderEvent>| e.route();
+        dataflow.sink(stg, "StgSink", vec![self.stg], Some(stg_route));
         dataflow.sink(vault, "DdsSink", vec![self.vault], Some(VaultRow::route));
         dataflow.sink(
             counters,

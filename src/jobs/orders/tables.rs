@@ -25,6 +25,7 @@
 //!   `load_src` is [`LOAD_SRC`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use chrono::NaiveDateTime;
@@ -63,7 +64,7 @@ ON CONFLICT (object_id) DO UPDATE SET
 WHERE (e.object_type, e.sent_dttm, e.payload::text)
       IS DISTINCT FROM (excluded.object_type, excluded.sent_dttm, excluded.payload::text)";
 
-impl TableBatch<OrderEvent> for StgBatch {
+impl TableBatch<Arc<OrderEvent>> for StgBatch {
     fn name(&self) -> &'static str {
         "stg sink"
     }
@@ -71,9 +72,9 @@ impl TableBatch<OrderEvent> for StgBatch {
     fn write(
         &mut self,
         tx: &mut Transaction<'_>,
-        updates: &[(OrderEvent, Time, Diff)],
+        updates: &[(Arc<OrderEvent>, Time, Diff)],
     ) -> Result<Vec<KafkaMessage>> {
-        let puts: Vec<&OrderEvent> = last_per_key(updates, |e| e.object_id)
+        let puts: Vec<&Arc<OrderEvent>> = last_per_key(updates, |e| e.object_id)
             .into_iter()
             .filter_map(|(e, put)| put.then_some(e))
             .collect();
