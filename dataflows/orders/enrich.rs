@@ -6,7 +6,6 @@ use std::sync::Arc;
 use chrono::NaiveDateTime;
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -55,15 +54,6 @@ pub struct EnrichedOrder {
     pub products: Vec<Product>,
 }
 
-/// A menu entry, as an order line resolves it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct MenuEntry {
-    restaurant: String,
-    product: String,
-    name: String,
-    category: String,
-}
-
 /// A user, as an order meets it (by [`id_key`] of its id).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct UserEntry {
@@ -72,11 +62,44 @@ struct UserEntry {
     login: String,
 }
 
-/// A restaurant's name, as an order meets it (by [`id_key`] of its id).
+/// A restaurant, as an order meets it (by [`id_key`] of its id): its name and its menu,
+/// sorted by product id, a product listed twice once (the least entry).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct RestaurantEntry {
     id: String,
     name: String,
+    menu: Vec<MenuItem>,
+}
+
+impl RestaurantEntry {
+    fn new(id: String, name: String, mut menu: Vec<MenuItem>) -> Self {
+        menu.sort();
+        menu.dedup_by(|later, first| later.id == first.id);
+        RestaurantEntry { id, name, menu }
+    }
+
+    /// The menu's entry of product `id`.
+    fn item(&self, id: &str) -> Option<&MenuItem> {
+        let at = self.menu.binary_search_by(|m| m.id.as_str().cmp(id)).ok()?;
+        self.menu.get(at)
+    }
+
+    /// The order's products, when the menu has every one of them: price and quantity from
+    /// the order's lines, name and category from the menu.
+    fn products(&self, order: &Order) -> Option<Vec<Product>> {
+        (order.items.iter())
+            .map(|line| {
+                let item = self.item(&line.id)?;
+                Some(Product {
+                    id: line.id.clone(),
+                    price: line.price.clone(),
+                    quantity: line.quantity,
+                    name: item.name.clone(),
+                    category: item.category.clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// The key an order meets its user or restaurant by: a hash of the id. Orders arranged by
@@ -85,84 +108,23 @@ fn id_key(id: &str) -> u64 {
     id.hashed()
 }
 
-/// The key an order line meets its menu entry by: a hash of (restaurant id, product id).
-/// Lines arranged by it hold no text; two pairs sharing a hash are told apart by their ids
-/// when the order is completed ([`resolve`]).
-fn menu_key(restaurant: &str, product: &str) -> u64 {
-    (restaurant, product).hashed()
-}
-
-/// An order's candidate menu entries, `(line, entry)` in line order.
-type ResolvedLines = Arc<[(u32, Arc<MenuEntry>)]>;
-
-/// The menu entry of each of the order's lines, in line order, when every line has its
-/// entry among `entries` (`(line, entry)`, sorted).
-fn resolve(order: &Order, entries: &[(u32, Arc<MenuEntry>)]) -> Option<Arc<[Arc<MenuEntry>]>> {
-    (order.items.iter().enumerate())
-        .map(|(line, item)| {
-            let line = u32::try_from(line).ok()?;
-            let from = entries.partition_point(|(l, _)| *l < line);
-            entries[from..]
-                .iter()
-                .take_while(|(l, _)| *l == line)
-                .map(|(_, entry)| entry)
-                .find(|e| e.restaurant == order.restaurant_id && e.product == item.id)
-                .cloned()
-        })
-        .collect()
-}
-
-/// The order's products: price and quantity from its lines, name and category from the
-/// lines' menu entries (as [`resolve`] found them).
-fn products(order: &Order, entries: &[Arc<MenuEntry>]) -> Vec<Product> {
-    (order.items.iter().zip(entries))
-        .map(|(item, entry)| Product {
-            id: item.id.clone(),
-            price: item.price.clone(),
-            quantity: item.quantity,
-            name: entry.name.clone(),
-            category: entry.category.clone(),
-        })
-        .collect()
-}
-
 /// Orders with every id resolved: an order appears once its restaurant, user and every
 /// product are in the dictionaries, and changes with them (see the module rules).
 pub fn enriched_orders<'s>(
     orders: VecCollection<'s, Time, Arc<Order>, Diff>,
     dictionaries: VecCollection<'s, Time, Dictionary, Diff>,
 ) -> VecCollection<'s, Time, EnrichedOrder, Diff> {
-    // What is arranged per order stays small: the order and its lines' menu entries are
-    // shared (`Arc`) by the arrangements below, a line waits for its entry as three numbers
-    // (menu key, order id, line), orders meet users and restaurants by a hash of the id, and
-    // products are assembled only for the output.
-    let orders = orders.map(|order| (order.id, order));
-    let menu = dictionaries.clone().flat_map(|d| match d {
-        Dictionary::Restaurant { id, menu, .. } => menu
-            .into_iter()
-            .map(|m| ((id.clone(), m.id), (m.name, m.category)))
-            .collect(),
-        Dictionary::User { .. } => Vec::new(),
-    });
-    // A product listed twice in one menu counts once (the least entry).
-    let menu = one_per_key("MenuByProduct", menu, Pick::Least)
-        .map(|((restaurant, product), (name, category))| {
-            let key = menu_key(&restaurant, &product);
-            let entry = MenuEntry {
-                restaurant,
-                product,
-                name,
-                category,
-            };
-            (key, Arc::new(entry))
-        })
-        .arrange_by_key_named("Menu");
+    // Two arrangements per order, holding no text: the orders by restaurant, and the orders
+    // whose restaurant and products are known by user, each as a hash key and shared values
+    // (`Arc`). An order meets its restaurant's whole menu at once, so a change of a menu
+    // re-evaluates the restaurant's orders (only those whose products changed change
+    // downstream), as a change of its name does; products are assembled only for the output.
     let restaurants = dictionaries.clone().flat_map(|d| match d {
-        Dictionary::Restaurant { id, name, .. } => Some((id, name)),
+        Dictionary::Restaurant { id, name, menu } => Some((id, (name, menu))),
         Dictionary::User { .. } => None,
     });
-    let restaurants = one_per_key("RestaurantName", restaurants, Pick::Least)
-        .map(|(id, name)| (id_key(&id), Arc::new(RestaurantEntry { id, name })))
+    let restaurants = one_per_key("Restaurant", restaurants, Pick::Least)
+        .map(|(id, (name, menu))| (id_key(&id), Arc::new(RestaurantEntry::new(id, name, menu))))
         .arrange_by_key_named("Restaurants");
     let users = dictionaries.flat_map(|d| match d {
         Dictionary::User { id, name, login } => Some((id, (name, login))),
@@ -171,74 +133,37 @@ pub fn enriched_orders<'s>(
     let users = one_per_key("UserName", users, Pick::Least)
         .map(|(id, (name, login))| (id_key(&id), Arc::new(UserEntry { id, name, login })))
         .arrange_by_key_named("Users");
-    // Each line's candidate menu entries, per order: (order id, [(line, entry)]).
-    let lines = orders
-        .clone()
-        .flat_map(|(id, order)| {
-            (order.items.iter().enumerate())
-                .filter_map(|(line, item)| {
-                    let line = u32::try_from(line).ok()?;
-                    Some((menu_key(&order.restaurant_id, &item.id), (id, line)))
-                })
-                .collect::<Vec<_>>()
-        })
-        .arrange_by_key_named("OrderLines")
-        .join_core(menu, |_key, (id, line), entry| {
-            Some((*id, (*line, Arc::clone(entry))))
-        })
-        .arrange_by_key_named("Arrange: ResolvedLines")
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<i32, ResolvedLines, Time, Diff>, _, _>(
-            "ResolvedLines",
-            |_id, input, output| {
-                // In line order, behind one `Arc`.
-                let entries: ResolvedLines = input.iter().map(|(entry, _)| (*entry).clone()).collect();
-                output.push((entries, 1));
-            },
-            // Arranged by order as the reduce leaves them: the join below reads them there.
-            |vec, id, updates| {
-                vec.clear();
-                vec.extend(updates.drain(..).map(|(v, t, r)| ((*id, v), t, r)));
-            },
-        );
     orders
-        .arrange_by_key_named("OrdersById")
-        .join_core(lines, |_id, order, entries| {
-            // Complete when every line has its menu entry.
-            let entries = resolve(order, entries)?;
-            Some((id_key(&order.user_id), (Arc::clone(order), entries)))
-        })
-        .arrange_by_key_named("ResolvedOrdersByUser")
-        .join_core(users, |_user, (order, entries), user| {
-            (user.id == order.user_id).then(|| {
-                let key = id_key(&order.restaurant_id);
-                (
-                    key,
-                    (Arc::clone(order), Arc::clone(entries), Arc::clone(user)),
-                )
+        .map(|order| (id_key(&order.restaurant_id), order))
+        .arrange_by_key_named("OrdersByRestaurant")
+        .join_core(restaurants, |_restaurant, order, restaurant| {
+            // Complete when the menu has every product of the order.
+            let known = restaurant.id == order.restaurant_id
+                && (order.items.iter()).all(|line| restaurant.item(&line.id).is_some());
+            known.then(|| {
+                let key = id_key(&order.user_id);
+                (key, (Arc::clone(order), Arc::clone(restaurant)))
             })
         })
-        .arrange_by_key_named("ResolvedOrdersByRestaurant")
-        .join_core(
-            restaurants,
-            |_restaurant, (order, entries, user), restaurant| {
-                if restaurant.id != order.restaurant_id {
-                    return None;
-                }
-                Some(EnrichedOrder {
-                    id: order.id,
-                    date: order.date,
-                    cost: order.cost.clone(),
-                    payment: order.payment.clone(),
-                    status: order.status.clone(),
-                    restaurant_id: order.restaurant_id.clone(),
-                    restaurant_name: restaurant.name.clone(),
-                    user_id: order.user_id.clone(),
-                    user_name: user.name.clone(),
-                    user_login: user.login.clone(),
-                    products: products(order, entries),
-                })
-            },
-        )
+        .arrange_by_key_named("ResolvedOrdersByUser")
+        .join_core(users, |_user, (order, restaurant), user| {
+            if user.id != order.user_id {
+                return None;
+            }
+            Some(EnrichedOrder {
+                id: order.id,
+                date: order.date,
+                cost: order.cost.clone(),
+                payment: order.payment.clone(),
+                status: order.status.clone(),
+                restaurant_id: order.restaurant_id.clone(),
+                restaurant_name: restaurant.name.clone(),
+                user_id: order.user_id.clone(),
+                user_name: user.name.clone(),
+                user_login: user.login.clone(),
+                products: restaurant.products(order)?,
+            })
+        })
 }
 
 /// A JSON number from its exact text (the amounts kept as text).

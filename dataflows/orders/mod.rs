@@ -9,9 +9,9 @@
 //!                                  ▼
 //!                        current versions (decoded)
 //!                                  │
-//!   dictionaries (Redis) ──────────┤ enrich: items ⋈ menu (restaurant, product),
-//!     restaurants + menus, users   │   ⋈ user, ⋈ restaurant; an order is complete only
-//!                                  │   when every id is known (else held, not dropped)
+//!   dictionaries (Redis) ──────────┤ enrich: ⋈ restaurant (name and whole menu),
+//!     restaurants + menus, users   │   ⋈ user; an order is complete only when every id
+//!                                  │   is known (else held, not dropped)
 //!                                  ▼
 //!                          enriched orders ─┬─ hubs, links (distinct) ─────► DDS
 //!                                           ├─ satellites (one value per key) ► DDS

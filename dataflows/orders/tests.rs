@@ -264,3 +264,57 @@ fn an_order_at_the_ends_of_what_the_decoder_accepts_flows_through_every_layer() 
             .any(|(row, _, _)| matches!(row, VaultRow::Hub { .. }))
     );
 }
+
+#[test]
+fn a_menu_change_changes_only_the_orders_of_the_changed_product_and_a_product_listed_twice_counts_once()
+ {
+    let menu = [("p1", "Roll", "Bakery"), ("p2", "Bun", "Bakery")];
+    let renamed = [("p2", "Big bun", "Bakery"), ("p1", "Roll", "Bakery")];
+    let twice = [
+        ("p1", "Roll", "Bakery"),
+        ("p1", "A roll", "Bakery"),
+        ("p2", "Big bun", "Bakery"),
+    ];
+    let dictionaries = vec![
+        (restaurant("Coffee", &menu), 0, 1),
+        (user("Olga"), 0, 1),
+        (restaurant("Coffee", &menu), 40, -1),
+        (restaurant("Coffee", &renamed), 40, 1),
+        (restaurant("Coffee", &renamed), 50, -1),
+        (restaurant("Coffee", &twice), 50, 1),
+    ];
+    let orders = vec![
+        (
+            version(1, "CLOSED", "2022-11-19 16:00:00", &[("p1", 1)]),
+            10,
+        ),
+        (
+            version(2, "CLOSED", "2022-11-19 16:00:00", &[("p2", 1)]),
+            10,
+        ),
+    ];
+    let (counters, vault) = run(orders, dictionaries);
+    use CounterKind::*;
+    // Order 1's counter and satellites do not move when p2 is renamed; at 50 p1 is listed
+    // twice and the least entry ("A roll") names it.
+    assert_eq!(
+        counters,
+        [
+            (counter(Product, "p1", "A roll", 1), 50, 1),
+            (counter(Product, "p1", "Roll", 1), 10, 1),
+            (counter(Product, "p1", "Roll", 1), 50, -1),
+            (counter(Product, "p2", "Big bun", 1), 40, 1),
+            (counter(Product, "p2", "Bun", 1), 10, 1),
+            (counter(Product, "p2", "Bun", 1), 40, -1),
+            (counter(Category, "Bakery", "Bakery", 2), 10, 1),
+        ]
+    );
+    let at_40: Vec<_> = vault.iter().filter(|(_, t, _)| *t == 40).collect();
+    assert!(
+        at_40.iter().all(|(row, _, _)| matches!(
+            row,
+            VaultRow::Satellite { kind: SatelliteKind::ProductNames, hub, .. } if *hub == hub_key("p2")
+        )),
+        "{at_40:?}"
+    );
+}
