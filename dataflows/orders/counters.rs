@@ -2,6 +2,7 @@
 //! (user, category), and the per-user `dds-service-orders` message.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
@@ -30,8 +31,8 @@ pub struct Counter {
     pub user: Uuid,
     /// `h_product_pk` or `h_category_pk`.
     pub item: Uuid,
-    /// Product or category name.
-    pub name: String,
+    /// Product or category name (shared with the menu).
+    pub name: Arc<str>,
     /// Distinct CLOSED orders (≥ 1; a key at 0 is absent).
     pub count: i64,
 }
@@ -56,11 +57,11 @@ pub fn counters<'s>(
             for product in &order.products {
                 keys.insert((
                     (CounterKind::Product, user, hub_key(&product.id)),
-                    product.name.clone(),
+                    Arc::clone(&product.name),
                 ));
                 keys.insert((
                     (CounterKind::Category, user, hub_key(&product.category)),
-                    product.category.clone(),
+                    Arc::clone(&product.category),
                 ));
             }
             keys
@@ -70,7 +71,7 @@ pub fn counters<'s>(
             if let Some((name, _)) = input.last()
                 && count > 0
             {
-                output.push(((String::clone(name), count as i64), 1));
+                output.push(((Arc::clone(name), count as i64), 1));
             }
         })
         .map(|((kind, user, item), (name, count))| Counter {

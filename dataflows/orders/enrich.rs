@@ -21,10 +21,10 @@ pub struct Product {
     pub price: String,
     /// Quantity, from the order.
     pub quantity: i64,
-    /// Name, from the menu.
-    pub name: String,
-    /// Category, from the menu.
-    pub category: String,
+    /// Name, from the menu (shared with the menu and the counters).
+    pub name: Arc<str>,
+    /// Category, from the menu (shared with the menu and the counters).
+    pub category: Arc<str>,
 }
 
 /// An order with every id resolved through the dictionaries.
@@ -62,24 +62,40 @@ struct UserEntry {
     login: String,
 }
 
+/// A product of a restaurant's menu, its name and category shared by every order's product
+/// and counter that names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct MenuEntry {
+    id: String,
+    name: Arc<str>,
+    category: Arc<str>,
+}
+
 /// A restaurant, as an order meets it (by [`id_key`] of its id): its name and its menu,
 /// sorted by product id, a product listed twice once (the least entry).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct RestaurantEntry {
     id: String,
     name: String,
-    menu: Vec<MenuItem>,
+    menu: Vec<MenuEntry>,
 }
 
 impl RestaurantEntry {
     fn new(id: String, name: String, mut menu: Vec<MenuItem>) -> Self {
         menu.sort();
         menu.dedup_by(|later, first| later.id == first.id);
+        let menu = (menu.into_iter())
+            .map(|m| MenuEntry {
+                id: m.id,
+                name: m.name.into(),
+                category: m.category.into(),
+            })
+            .collect();
         RestaurantEntry { id, name, menu }
     }
 
     /// The menu's entry of product `id`.
-    fn item(&self, id: &str) -> Option<&MenuItem> {
+    fn item(&self, id: &str) -> Option<&MenuEntry> {
         let at = self.menu.binary_search_by(|m| m.id.as_str().cmp(id)).ok()?;
         self.menu.get(at)
     }
@@ -94,8 +110,8 @@ impl RestaurantEntry {
                     id: line.id.clone(),
                     price: line.price.clone(),
                     quantity: line.quantity,
-                    name: item.name.clone(),
-                    category: item.category.clone(),
+                    name: Arc::clone(&item.name),
+                    category: Arc::clone(&item.category),
                 })
             })
             .collect()

@@ -17,6 +17,8 @@
 //!
 //! State: one count per key (`count_total`), not per counter.
 
+use std::sync::Arc;
+
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::operators::CountTotal;
@@ -82,7 +84,7 @@ pub fn summary<'s>(
     let users = counters
         .clone()
         .map(move |c| key(&c))
-        .concat(tags.map(|t| (SummaryKind::Tag, t.tag)))
+        .concat(tags.map(|t| (SummaryKind::Tag, Arc::<str>::from(t.tag))))
         .count_total()
         .map(|(key, users)| (key, (users as i64, 0)));
     let orders = counters
@@ -99,7 +101,7 @@ pub fn summary<'s>(
         })
         .map(|((kind, name), (users, orders))| SummaryRow {
             kind,
-            name,
+            name: name.to_string(),
             users,
             orders,
         })

@@ -17,6 +17,8 @@
 //!
 //! State: the counters keyed by name (one entry per counter), and the rules.
 
+use std::sync::Arc;
+
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
 use serde::{Deserialize, Serialize};
@@ -73,7 +75,7 @@ pub fn user_tags<'s>(
 ) -> VecCollection<'s, Time, UserTag, Diff> {
     let thresholds = rules.flat_map(|rule| {
         let counter = rule.counter();
-        counter.map(|key| (key, (rule.tag, rule.min_orders)))
+        counter.map(|(kind, name)| ((kind, Arc::<str>::from(name)), (rule.tag, rule.min_orders)))
     });
     counters
         .map(|c| ((c.kind, c.name), (c.user, c.count)))

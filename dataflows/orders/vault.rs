@@ -225,7 +225,7 @@ pub fn vault_rows(order: &EnrichedOrder) -> Vec<VaultRow> {
         rows.push(hub);
         let (category_pk, hub) = VaultRow::hub(
             HubKind::Category,
-            BusinessId::Text(product.category.clone()),
+            BusinessId::Text(product.category.to_string()),
         );
         rows.push(hub);
         rows.push(VaultRow::link(LinkKind::OrderProduct, order_pk, product_pk));
@@ -242,7 +242,7 @@ pub fn vault_rows(order: &EnrichedOrder) -> Vec<VaultRow> {
         rows.push(VaultRow::satellite(
             S::ProductNames,
             product_pk,
-            vec![product.name.clone()],
+            vec![product.name.to_string()],
         ));
     }
     rows.sort();

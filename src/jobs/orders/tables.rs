@@ -400,7 +400,7 @@ impl CounterBatch {
                 kind,
                 user: r.try_get(0)?,
                 item: r.try_get(1)?,
-                name: r.try_get(2)?,
+                name: r.try_get::<_, String>(2)?.into(),
                 count: i64::from(r.try_get::<_, i32>(3)?),
             });
         }
@@ -449,7 +449,7 @@ impl TableBatch<Counter> for CounterBatch {
                 let columns = [
                     Column::Uuid(chunk.iter().map(|(c, _)| c.user).collect()),
                     Column::Uuid(chunk.iter().map(|(c, _)| c.item).collect()),
-                    Column::Text(chunk.iter().map(|(c, _)| c.name.clone()).collect()),
+                    Column::Text(chunk.iter().map(|(c, _)| c.name.to_string()).collect()),
                     Column::Int(counts),
                 ];
                 let sql = format!(
@@ -500,7 +500,7 @@ pub fn existing_counters(url: &str) -> Result<Vec<Counter>> {
                 kind,
                 user: r.try_get(0)?,
                 item: r.try_get(1)?,
-                name: r.try_get(2)?,
+                name: r.try_get::<_, String>(2)?.into(),
                 count: i64::from(r.try_get::<_, i32>(3)?),
             });
         }
