@@ -162,7 +162,7 @@ mod tests {
 
     fn status(c: &Current) -> String {
         match c {
-            Current::Order(o) => o.status.clone(),
+            Current::Order(o) => o.status.to_string(),
             Current::Stg(e) => format!("stg {}", e.payload.contains("CLOSED")),
         }
     }

@@ -107,8 +107,8 @@ impl RestaurantEntry {
             .map(|line| {
                 let item = self.item(&line.id)?;
                 Some(Product {
-                    id: line.id.clone(),
-                    price: line.price.clone(),
+                    id: line.id.to_string(),
+                    price: line.price.to_string(),
                     quantity: line.quantity,
                     name: Arc::clone(&item.name),
                     category: Arc::clone(&item.category),
@@ -169,12 +169,12 @@ pub fn enriched_orders<'s>(
             Some(EnrichedOrder {
                 id: order.id,
                 date: order.date,
-                cost: order.cost.clone(),
-                payment: order.payment.clone(),
-                status: order.status.clone(),
-                restaurant_id: order.restaurant_id.clone(),
+                cost: order.cost.to_string(),
+                payment: order.payment.to_string(),
+                status: order.status.to_string(),
+                restaurant_id: order.restaurant_id.to_string(),
                 restaurant_name: restaurant.name.clone(),
-                user_id: order.user_id.clone(),
+                user_id: order.user_id.to_string(),
                 user_name: user.name.clone(),
                 user_login: user.login.clone(),
                 products: restaurant.products(order)?,

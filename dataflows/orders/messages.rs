@@ -14,14 +14,19 @@ use crate::decode::{
 };
 use crate::{DeadLetter, Diff, RawRecord, Time};
 
+/// A text field of an order kept in the state: ids, statuses and amounts repeat across
+/// orders, so each distinct value is kept once (interned), shared by every order carrying it
+/// and freed with the last of them.
+pub type Shared = internment::ArcIntern<str>;
+
 /// One line of an order, as sent.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Item {
     /// Product id (a key of the restaurant's menu). (The name sent with it must be a
     /// string, but the outputs use the menu's, so it is not kept.)
-    pub id: String,
+    pub id: Shared,
     /// Price, exact JSON number text.
-    pub price: String,
+    pub price: Shared,
     /// Quantity (≥ 1).
     pub quantity: i64,
 }
@@ -34,17 +39,17 @@ pub struct Order {
     /// `payload.date`.
     pub date: NaiveDateTime,
     /// `payload.restaurant.id`.
-    pub restaurant_id: String,
+    pub restaurant_id: Shared,
     /// `payload.user.id`.
-    pub user_id: String,
+    pub user_id: Shared,
     /// `payload.order_items`.
-    pub items: Vec<Item>,
+    pub items: Box<[Item]>,
     /// `payload.cost`, exact JSON number text.
-    pub cost: String,
+    pub cost: Shared,
     /// `payload.payment`, exact JSON number text.
-    pub payment: String,
+    pub payment: Shared,
     /// `payload.final_status`.
-    pub status: String,
+    pub status: Shared,
     /// `payload.update_ts`: the version.
     pub update_ts: NaiveDateTime,
 }
@@ -107,8 +112,8 @@ fn item(value: &Value) -> Result<Item, Reject> {
     let id = string(obj, "id", "payload.order_items.id")?;
     string(obj, "name", "payload.order_items.name")?;
     Ok(Item {
-        id,
-        price: amount(obj, "price", "payload.order_items.price")?,
+        id: id.into(),
+        price: amount(obj, "price", "payload.order_items.price")?.into(),
         quantity,
     })
 }
@@ -121,16 +126,16 @@ fn order(object_id: i32, payload: &Map<String, Value>) -> Result<Order, Reject> 
         .ok_or(Reject::WrongType("payload.order_items"))?
         .iter()
         .map(item)
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Box<[_]>, _>>()?;
     Ok(Order {
         id: object_id,
         date: datetime(payload, "date", "payload.date")?,
-        restaurant_id: string(restaurant, "id", "payload.restaurant.id")?,
-        user_id: string(user, "id", "payload.user.id")?,
+        restaurant_id: string(restaurant, "id", "payload.restaurant.id")?.into(),
+        user_id: string(user, "id", "payload.user.id")?.into(),
         items,
-        cost: amount(payload, "cost", "payload.cost")?,
-        payment: amount(payload, "payment", "payload.payment")?,
-        status: string(payload, "final_status", "payload.final_status")?,
+        cost: amount(payload, "cost", "payload.cost")?.into(),
+        payment: amount(payload, "payment", "payload.payment")?.into(),
+        status: string(payload, "final_status", "payload.final_status")?.into(),
         update_ts: datetime(payload, "update_ts", "payload.update_ts")?,
     })
 }
