@@ -1,7 +1,6 @@
 //! The rule *latest `update_ts` wins* per `object_id` ([`CurrentOrders`]).
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
@@ -34,11 +33,12 @@ pub enum Current {
 }
 
 /// One order's current version as the state keeps it: its decoded fields (shared with the
-/// arrangements downstream), its rank and its position in the topic. The payload text is not
-/// kept: STG receives it once, when the version becomes current.
+/// arrangements downstream, with its `update_ts`), the MD5 of its payload and its position in
+/// the topic. The payload text is not kept: STG receives it once, when the version becomes
+/// current.
 struct Kept {
     order: Arc<Order>,
-    rank: [u8; 16],
+    digest: [u8; 16],
     at: (i32, i64),
 }
 
@@ -74,39 +74,25 @@ impl Replayable for CurrentOrders {
         for ((update_ts, digest), message) in messages {
             let position = (message.partition, message.offset);
             let OrderVersion { event, order } = message.version;
-            let kept = match self.current.entry(event.object_id) {
-                Entry::Vacant(vacant) => {
-                    let order = Arc::new(order);
-                    emit(Current::Order(Arc::clone(&order)), time, 1);
-                    vacant.insert(Kept {
-                        order,
-                        rank: digest,
-                        at: position,
-                    });
-                    self.positions.insert(position);
-                    None
-                }
-                Entry::Occupied(mut occupied)
-                    if (update_ts, digest)
-                        > (occupied.get().order.update_ts, occupied.get().rank) =>
-                {
-                    let order = Arc::new(order);
-                    emit(Current::Order(Arc::clone(&order)), time, 1);
-                    let old = occupied.insert(Kept {
-                        order,
-                        rank: digest,
-                        at: position,
-                    });
-                    Some(old)
-                }
-                Entry::Occupied(_) => continue, // the same or an older version: nothing changes
+            let id = event.object_id;
+            let newer = (self.current.get(&id))
+                .is_none_or(|kept| (update_ts, digest) > (kept.order.update_ts, kept.digest));
+            if !newer {
+                continue; // the same or an older version: nothing changes
+            }
+            let order = Arc::new(order);
+            emit(Current::Order(Arc::clone(&order)), time, 1);
+            let kept = Kept {
+                order,
+                digest,
+                at: position,
             };
-            if let Some(old) = kept {
+            if let Some(old) = self.current.insert(id, kept) {
                 emit(Current::Order(old.order), time, -1);
                 self.positions.remove(&old.at);
-                self.positions.insert(position);
             }
-            stg.insert(event.object_id, event);
+            self.positions.insert(position);
+            stg.insert(id, event);
         }
         for event in stg.into_values() {
             emit(Current::Stg(Arc::new(event)), time, 1);
