@@ -177,6 +177,11 @@ pub fn assigned_consumer(
             // A position past the end (the topic was re-created, e.g. by a broker that lost
             // its storage) restarts from the beginning rather than skipping what is there.
             ("auto.offset.reset", "earliest"),
+            // Prefetch at most 16 MB (librdkafka's default: 64 MB, plus a fetch of up to
+            // 50 MB beyond it): while a backlog is read faster than the dataflow takes it,
+            // the queue stays full, and that memory only adds to the peak.
+            ("queued.max.messages.kbytes", "16384"),
+            ("fetch.max.bytes", "16777216"),
         ],
     );
     if crate::metrics::serving() && settings.get("statistics.interval.ms").is_none() {
