@@ -17,6 +17,56 @@ pub(crate) fn wal_lsn(client: &mut postgres::Client) -> i64 {
         .get(0)
 }
 
+/// The tables the orders job writes, by layer.
+const STG_TABLES: &[&str] = &["stg.order_events"];
+const DDS_TABLES: &[&str] = &[
+    "dds.h_user",
+    "dds.h_product",
+    "dds.h_category",
+    "dds.h_restaurant",
+    "dds.h_order",
+    "dds.l_order_product",
+    "dds.l_product_restaurant",
+    "dds.l_product_category",
+    "dds.l_order_user",
+    "dds.s_user_names",
+    "dds.s_product_names",
+    "dds.s_restaurant_names",
+    "dds.s_order_cost",
+    "dds.s_order_status",
+];
+const CDM_TABLES: &[&str] = &[
+    "cdm.user_product_counters",
+    "cdm.user_category_counters",
+    "cdm.user_tags",
+    "cdm.orders_summary",
+];
+
+/// Postgres's own cost of the rows a run left: every row of `tables` in database `from`,
+/// COPYed (binary) into the same, empty tables of `to`, a table at a time, each its own
+/// transaction. The rows are read out before the clock starts, so the seconds are the
+/// server's write work alone (constraints, indexes, WAL, commit). Returns (seconds, rows).
+pub(crate) fn copy_rows_alone(from: &str, to: &str, tables: &[&str]) -> (f64, u64) {
+    use std::io::{Read, Write};
+    let (mut from, mut to) = (pg(from), pg(to));
+    let (mut seconds, mut rows) = (0.0, 0);
+    for table in tables {
+        let mut data = Vec::new();
+        from.copy_out(&format!("COPY {table} TO STDOUT (FORMAT binary)"))
+            .expect("copy out")
+            .read_to_end(&mut data)
+            .expect("read");
+        let started = Instant::now();
+        let mut writer = to
+            .copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
+            .expect("copy in");
+        writer.write_all(&data).expect("write");
+        rows += writer.finish().expect("copy in");
+        seconds += started.elapsed().as_secs_f64();
+    }
+    (seconds, rows)
+}
+
 /// W5: the orders backlog (`workers` threads for dishflow).
 pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -> Value {
     let prefix = unique("w5");
@@ -72,6 +122,8 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
 
     let mut series: BTreeMap<&'static str, Series> = BTreeMap::new();
     let mut upsert_s = Vec::new();
+    let mut copy_s = Vec::new();
+    let mut copied = 0;
     let mut wal = Vec::new();
     let timeout = RUN_TIMEOUT;
     let mut last_db = String::new();
@@ -222,6 +274,14 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
             .expect("upsert");
         }
         upsert_s.push(started.elapsed().as_secs_f64());
+        // And every row the run left in every table it writes, COPYed alone.
+        let name = format!("{prefix}_c{round}");
+        let tables = [STG_TABLES, DDS_TABLES, CDM_TABLES].concat();
+        let (seconds, rows) = copy_rows_alone(&db, &copy_database(&template_name, &name), &tables);
+        drop_database(&name).expect("drop the copy");
+        eprintln!("w5 round {round}: limit copy of {rows} rows {seconds:.1} s");
+        copy_s.push(seconds);
+        copied = rows;
         last_db = db;
 
         if let Some(python) = pathway {
@@ -242,16 +302,12 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
     // Rows per layer, as the last run wrote them.
     let layer =
         |tables: &[&str]| -> i64 { tables.iter().map(|t| count_rows(&last_db, t, "true")).sum() };
-    let cdm_rows = layer(&["cdm.user_product_counters", "cdm.user_category_counters"]);
+    let cdm_rows = layer(&CDM_TABLES[..2]);
     let rows = json!({
-        "stg": layer(&["stg.order_events"]),
-        "dds": layer(&[
-            "dds.h_user", "dds.h_product", "dds.h_category", "dds.h_restaurant", "dds.h_order",
-            "dds.l_order_product", "dds.l_product_restaurant", "dds.l_product_category",
-            "dds.l_order_user", "dds.s_user_names", "dds.s_product_names",
-            "dds.s_restaurant_names", "dds.s_order_cost", "dds.s_order_status",
-        ]),
+        "stg": layer(STG_TABLES),
+        "dds": layer(DDS_TABLES),
         "cdm": cdm_rows,
+        "cdm_tags_and_summary": layer(&CDM_TABLES[2..]),
     });
     clean_up(&prefix);
     let mut summaries: BTreeMap<&str, Value> =
@@ -259,6 +315,10 @@ pub(crate) fn w5(n: u64, rounds: usize, workers: usize, pathway: Option<&str>) -
     summaries.insert(
         "limit: batched upsert of the final CDM keys",
         json!({"wall_s": upsert_s, "median_s": median(&upsert_s), "rows": cdm_rows}),
+    );
+    summaries.insert(
+        "limit: binary COPY of every row the run left (STG, DDS, CDM), into empty tables",
+        json!({"wall_s": copy_s, "median_s": median(&copy_s), "output_rows": copied}),
     );
     json!({
         "workload": format!("W5, {n} orders"),
