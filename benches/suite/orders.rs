@@ -60,7 +60,10 @@ pub(crate) fn copy_rows_alone(from: &str, to: &str, tables: &[&str]) -> (f64, u6
         let mut writer = to
             .copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
             .expect("copy in");
-        writer.write_all(&data).expect("write");
+        // The client sends what one write gets as one message: at most 1 GB to Postgres.
+        for piece in data.chunks(1 << 20) {
+            writer.write_all(piece).expect("write");
+        }
         rows += writer.finish().expect("copy in");
         seconds += started.elapsed().as_secs_f64();
     }
