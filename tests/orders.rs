@@ -71,34 +71,12 @@ fn produce(prefix: &str, orders: &str) {
     assert_success(&dishflow(&args, MINUTE));
 }
 
-const TABLES: [&str; 19] = [
-    "stg.order_events",
-    "dds.h_user",
-    "dds.h_product",
-    "dds.h_category",
-    "dds.h_restaurant",
-    "dds.h_order",
-    "dds.l_order_product",
-    "dds.l_product_restaurant",
-    "dds.l_product_category",
-    "dds.l_order_user",
-    "dds.s_user_names",
-    "dds.s_product_names",
-    "dds.s_restaurant_names",
-    "dds.s_order_cost",
-    "dds.s_order_status",
-    "cdm.user_product_counters",
-    "cdm.user_category_counters",
-    "cdm.user_tags",
-    "cdm.orders_summary",
-];
-
 /// Every row of every table as text, sorted; with `exact`, every column, else without the
 /// columns that depend on when and in which order rows were written (`id`, `load_dt`, `since`,
 /// `changed_at`).
 fn dump(db: &str, exact: bool) -> Vec<(String, Vec<String>)> {
     let mut client = pg(db);
-    TABLES
+    ORDERS_TABLES
         .iter()
         .map(|table| {
             let row = if exact {

@@ -7,6 +7,29 @@ use redis::Commands;
 
 use crate::*;
 
+/// The tables the orders job writes: STG, then the Data Vault, then CDM.
+pub const ORDERS_TABLES: [&str; 19] = [
+    "stg.order_events",
+    "dds.h_user",
+    "dds.h_product",
+    "dds.h_category",
+    "dds.h_restaurant",
+    "dds.h_order",
+    "dds.l_order_product",
+    "dds.l_product_restaurant",
+    "dds.l_product_category",
+    "dds.l_order_user",
+    "dds.s_user_names",
+    "dds.s_product_names",
+    "dds.s_restaurant_names",
+    "dds.s_order_cost",
+    "dds.s_order_status",
+    "cdm.user_product_counters",
+    "cdm.user_category_counters",
+    "cdm.user_tags",
+    "cdm.orders_summary",
+];
+
 /// The counters as (user, item, name, count), sorted.
 pub type Counters = Vec<(uuid::Uuid, uuid::Uuid, String, i32)>;
 
