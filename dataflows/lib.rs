@@ -37,6 +37,7 @@ mod arbitrary;
 pub mod decode;
 pub mod geo;
 pub mod orders;
+pub mod paced;
 pub mod promos;
 
 /// Logical time of every dishflow dataflow: milliseconds since the unix epoch.

@@ -132,7 +132,9 @@ pub fn run(args: GeoArgs) -> Result<()> {
         let (events, dead_letters) = events::decode(records);
         dataflow.dead_letters(dead_letters);
         // An event delivered twice (a producer's retry, a topic written twice) counts once.
-        let events = events.distinct();
+        // Handed on a slice at a time: the backlog's events are one batch, and its three
+        // consumers would otherwise each get a copy of all of it at once.
+        let events = dataflows::paced::distinct(events, "DistinctEvents");
         let lists = zones::city_lists(cities.clone());
         let zoned = zones::zoned(events.clone(), lists.clone());
         let located = located::located(zoned.clone());
