@@ -40,6 +40,10 @@ impl City {
         if name.is_empty() {
             return Err("the city has no name".into());
         }
+        // geo.cities.city is text, which cannot hold a NUL character.
+        if name.contains('\0') {
+            return Err("the city name holds a NUL character".into());
+        }
         let centre = Point::from_degrees(lat, lng)
             .ok_or_else(|| format!("position ({lat}, {lng}) is not in [-90, 90] × [-180, 180]"))?;
         if timezone.parse::<chrono_tz::Tz>().is_err() {
@@ -164,6 +168,18 @@ mod tests {
 
     use super::*;
     use crate::arbitrary::number_text;
+
+    /// Found by `scripts/fuzz.sh` (target `cities`): a name with a NUL was accepted, and
+    /// loading it into `geo.cities` would have failed in Postgres.
+    #[test]
+    fn a_name_with_a_nul_character_is_refused_with_its_line() {
+        let file = b"id;city;lat;lng\n1;Sydney;-33.865;151.2094\n2;a\0b;0;0;Etc/UTC\n";
+        let text = std::str::from_utf8(file).expect("UTF-8");
+        assert_eq!(
+            parse_file(text),
+            Err("line 3: the city name holds a NUL character".to_string())
+        );
+    }
 
     proptest! {
         #[test]

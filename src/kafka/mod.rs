@@ -1,6 +1,7 @@
 //! Kafka client configuration and topic administration shared by sources, sinks and tools.
 
 pub mod consumer;
+pub mod property_lines;
 
 use std::time::Duration;
 
@@ -82,19 +83,8 @@ impl PropertyFile {
     }
 
     fn parse(path: &str, text: &str) -> Result<Self, String> {
-        let mut properties = Vec::new();
-        for (number, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            match line.split_once('=') {
-                Some((k, v)) if !k.trim().is_empty() => {
-                    properties.push((k.trim().to_string(), v.trim().to_string()));
-                }
-                _ => return Err(format!("{path} line {}: expected KEY=VALUE", number + 1)),
-            }
-        }
+        let properties = property_lines::parse(text)
+            .map_err(|line| format!("{path} line {line}: expected KEY=VALUE"))?;
         Ok(PropertyFile {
             path: PathBuf::from(path),
             properties,

@@ -146,7 +146,9 @@ impl<'a> Reader<'a> {
             .iter()
             .position(|b| *b == 0)
             .ok_or_else(|| anyhow!("pgoutput string not terminated"))?;
-        let text = std::str::from_utf8(&self.0[..end])?.to_string();
+        let text = std::str::from_utf8(&self.0[..end])
+            .map_err(|e| anyhow!("pgoutput string not UTF-8: {e}"))?
+            .to_string();
         self.0 = &self.0[end + 1..];
         Ok(text)
     }
@@ -159,9 +161,11 @@ impl<'a> Reader<'a> {
                 b'u' => Value::Unchanged,
                 b't' => {
                     let len = usize::try_from(self.u32()?)?;
-                    Value::Text(std::str::from_utf8(self.take(len)?)?.to_string())
+                    let text = std::str::from_utf8(self.take(len)?)
+                        .map_err(|e| anyhow!("pgoutput column value not UTF-8: {e}"))?;
+                    Value::Text(text.to_string())
                 }
-                kind => bail!("unsupported pgoutput column kind {:?}", kind as char),
+                kind => bail!("pgoutput: unsupported column kind {:?}", kind as char),
             });
         }
         Ok(Tuple(values))
@@ -264,6 +268,23 @@ fn expect(r: &mut Reader<'_>, marker: u8) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `scripts/fuzz.sh` (target `pgoutput`): errors about a column's kind or a
+    /// string's encoding did not say they came from a pgoutput message.
+    #[test]
+    fn every_error_says_it_is_a_pgoutput_message() {
+        let unknown_kind = b"U\0\0@\x01N\0\x03t\0\0\0\x012t\0\0\0\x01!ct\0\0\0\x01r";
+        let bad_text = b"I\0\0@\x01N\0\x01t\0\0\0\x01\xff";
+        let bad_name = b"R\0\0@\x01\xff\0";
+        for (bytes, expected) in [
+            (&unknown_kind[..], "pgoutput: unsupported column kind 'c'"),
+            (&bad_text[..], "pgoutput column value not UTF-8"),
+            (&bad_name[..], "pgoutput string not UTF-8"),
+        ] {
+            let error = parse(bytes).expect_err("not a valid message").to_string();
+            assert!(error.starts_with(expected), "{error}");
+        }
+    }
 
     // Messages captured from PostgreSQL 15 (`pg_logical_slot_get_binary_changes` on the
     // seed table): insert id 1, update of a non-key column, update of the key, delete.
