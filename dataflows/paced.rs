@@ -19,7 +19,6 @@ use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine};
 use differential_dataflow::trace::{Cursor, Navigable};
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::{Diff, Time};
@@ -86,7 +85,6 @@ where
                         let Some((capability, batch, cursor)) = pending.front_mut() else {
                             break;
                         };
-                        let capability: &Capability<Time> = capability;
                         let mut session = output.session(capability);
                         while budget > 0 {
                             let Some(key) = cursor.get_key(batch) else {
