@@ -14,7 +14,6 @@
 #![cfg(feature = "integration")]
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dishflow_testkit::*;
@@ -30,113 +29,6 @@ const ENDED: usize = 2_000;
 const STARTING: &str = "starting promos";
 /// What the Postgres source logs once it has read the subscribers snapshot.
 const SNAPSHOT_READ: &str = "subscribers_restaurants snapshot read";
-/// How many times a kill that missed its moment is tried again.
-const ATTEMPTS: usize = 20;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// xorshift64*: reproducible kill timing from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.next() % (high - low).max(1))
-    }
-}
-
-/// The job under test and what its killed starts logged.
-struct Chaos {
-    db: String,
-    prefix: String,
-    input: String,
-    processes: usize,
-    rng: Rng,
-    /// The stderr of every start so far, in order.
-    log: String,
-}
-
-/// One start of the job: `processes` processes of one worker each.
-struct Cluster {
-    processes: Vec<Job>,
-}
-
-impl Chaos {
-    /// Starts the job. Each start picks 1 to 3 Postgres connections per worker (the same in
-    /// every process): a start with fewer than the last leaves outbox writers behind that
-    /// it must deliver first.
-    fn start(&mut self) -> Cluster {
-        let mut args = promos_args_from(&self.db, &self.input, &self.prefix);
-        let connections = 1 + self.rng.next() % 3;
-        args.extend([
-            "--tick-ms".to_string(),
-            "50".to_string(),
-            "--feedback-connections".to_string(),
-            connections.to_string(),
-        ]);
-        let flags = two_process_cluster(&self.prefix);
-        let processes = (0..self.processes)
-            .map(|i| {
-                let mut argv = args.clone();
-                if self.processes > 1 {
-                    argv.extend(flags[i].iter().cloned());
-                }
-                spawn(&argv)
-            })
-            .collect();
-        Cluster { processes }
-    }
-
-    /// SIGKILL: one random process first, then the rest after `stagger` (a cluster is
-    /// restarted whole). Returns what this start logged.
-    fn kill(&mut self, mut cluster: Cluster, stagger: bool) -> String {
-        let n = cluster.processes.len();
-        let first = (self.rng.next() % n as u64) as usize;
-        let mut order: Vec<usize> = (0..n).collect();
-        order.swap(0, first);
-        for (k, i) in order.into_iter().enumerate() {
-            if k > 0 && stagger {
-                std::thread::sleep(self.rng.millis(10, 300));
-            }
-            cluster.processes[i].kill();
-        }
-        let logged: String = cluster.processes.iter().map(Job::stderr).collect();
-        self.log.push_str(&logged);
-        logged
-    }
-}
-
-impl Cluster {
-    /// Whether a process has exited (it must not: the job never gives up by itself), with
-    /// what it logged.
-    fn exited(&mut self) -> Option<String> {
-        self.processes.iter_mut().find_map(|job| {
-            job.try_wait()
-                .map(|status| format!("{status}: {}", job.stderr()))
-        })
-    }
-
-    /// SIGTERM to every process (a cluster finishes together), then each must exit 0.
-    fn terminate(self) {
-        for job in &self.processes {
-            signal(job, "TERM");
-        }
-        for job in self.processes {
-            assert_success(&wait(job, Duration::from_secs(60)));
-        }
-    }
-}
 
 fn count(db: &str, sql: &str) -> i64 {
     pg(db).query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1)
@@ -170,14 +62,17 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
     );
     add_subscribers(&db, 0, FIRST_SUBSCRIBERS);
     dishflow::kafka::ensure_topic(&kafka(), &input, PARTITIONS).expect("topic");
-    let mut chaos = Chaos {
-        db: db.to_string(),
-        prefix: prefix.to_string(),
-        input: input.clone(),
-        processes,
-        rng: Rng(seed),
-        log: String::new(),
-    };
+    // Each start picks 1 to 3 Postgres connections per worker (the same in every
+    // process): a start with fewer than the last leaves outbox writers behind that it must
+    // deliver first.
+    let args = promos_args_from(&db, &input, &prefix);
+    let mut chaos = Chaos::new(&prefix, processes, seed, move |rng| {
+        let mut args = args.clone();
+        let connections = 1 + rng.draw() % 3;
+        args.extend(["--tick-ms", "50", "--feedback-connections"].map(String::from));
+        args.push(connections.to_string());
+        args
+    });
 
     // Campaigns arrive in waves while the job is being killed.
     let producer = {
@@ -211,29 +106,21 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
 
     let started = Instant::now();
     let mut job = chaos.start();
-    let mut kinds: Vec<String> = Vec::new();
     for k in 0..kills {
-        let (kind, misses) = match k % 3 {
-            0 => kill_in_startup(&mut chaos, job),
-            1 => kill_in_flush(&mut chaos, job),
+        match k % 3 {
+            0 => {
+                let misses = chaos.kill_in_startup(job, STARTING, SNAPSHOT_READ);
+                chaos.record("kill (startup, before the snapshot)", misses);
+            }
+            1 => {
+                let misses = chaos.kill_in_flush(job, &db);
+                chaos.record("kill (in flush)", misses);
+            }
             _ => {
-                std::thread::sleep(chaos.rng.millis(300, 4000));
-                if let Some(status) = job.exited() {
-                    panic!("the job exited by itself ({status})");
-                }
-                chaos.kill(job, true);
-                ("random", 0)
+                chaos.kill_at_random(job, 300, 4000);
+                chaos.record("kill (random)", 0);
             }
-        };
-        println!(
-            "chaos: {:>5.1} s kill ({kind}{})",
-            started.elapsed().as_secs_f64(),
-            match misses {
-                0 => String::new(),
-                n => format!("; {n} earlier kill(s) missed the moment"),
-            }
-        );
-        kinds.push(kind.to_string());
+        }
         if k == 1 {
             // Subscribers who arrive while the job is down: they must get the campaigns
             // that arrived before the crash (rebuilt state).
@@ -249,20 +136,11 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
             // PostgreSQL restarts under the running job (past its startup checks, which
             // report an unreachable server and exit): it must wait and carry on.
             wait_until(Duration::from_secs(60), "the snapshot is read", || {
-                job.processes
-                    .iter()
-                    .all(|p| p.stderr().contains(SNAPSHOT_READ))
-                    .then_some(())
+                job.logged_by_all(SNAPSHOT_READ).then_some(())
             });
             std::thread::sleep(chaos.rng.millis(500, 2000));
-            let restarted =
-                Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-                    .args(["restart", "postgres"])
-                    .stdout(Stdio::null())
-                    .status()
-                    .expect("services.sh");
-            assert!(restarted.success(), "PostgreSQL restart failed");
-            kinds.push("PostgreSQL restart".into());
+            restart_postgres();
+            chaos.record("PostgreSQL restart", 0);
             std::thread::sleep(chaos.rng.millis(1000, 3000));
         }
     }
@@ -277,9 +155,7 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         if rows >= expected && outbox == 0 {
             break;
         }
-        if let Some(status) = job.exited() {
-            panic!("the job exited by itself ({status})");
-        }
+        job.assert_running();
         assert!(
             Instant::now() < deadline,
             "only {rows} of {expected} rows after 10 minutes"
@@ -296,9 +172,7 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         &db,
         "SELECT coalesce(sum(resume_offset), -1)::int8 FROM dishflow_progress",
     );
-    let last: String = job.processes.iter().map(Job::stderr).collect();
-    chaos.log.push_str(&last);
-    job.terminate();
+    chaos.finish(job);
     let elapsed = started.elapsed();
 
     let mut want: HashMap<String, usize> = HashMap::with_capacity(expected);
@@ -334,23 +208,12 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
     println!(
         "chaos: {} events ({}) in {:.0} s; committed progress: resume at {resume} of {} \
          messages, a restart would replay {replay}",
-        kinds.len(),
-        kinds.join(", "),
+        chaos.events.len(),
+        chaos.events.join(", "),
         elapsed.as_secs_f64(),
         campaigns + ENDED
     );
-    for line in chaos
-        .log
-        .lines()
-        .filter(|l| l.contains("outbox: delivering"))
-    {
-        let tail = line.split("writer=").nth(1).unwrap_or(line);
-        if line.contains("retired") {
-            println!("chaos: outbox of a retired writer (fewer connections now): writer={tail}");
-        } else {
-            println!("chaos: outbox recovery: writer={tail}");
-        }
-    }
+    chaos.print_recoveries();
     println!(
         "chaos: expected {expected} drafts; Kafka: {} messages, {once} keys exactly once, \
          {duplicated} duplicated, {missing} missing, {unexpected} unexpected",
@@ -378,63 +241,4 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         summary, truth,
         "the promos summaries count every draft once"
     );
-}
-
-/// Kills the job while it starts: after its startup checks (it logged [`STARTING`]) and
-/// before any process has read the subscribers snapshot. A start that read it already is
-/// killed and started again, and killed sooner the next time.
-fn kill_in_startup(chaos: &mut Chaos, mut job: Cluster) -> (&'static str, usize) {
-    let mut delay = chaos.rng.millis(0, 200);
-    for misses in 0..ATTEMPTS {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !job.processes.iter().any(|p| p.stderr().contains(STARTING)) {
-            if let Some(status) = job.exited() {
-                panic!("the job exited by itself ({status})");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the job did not start in a minute"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        std::thread::sleep(delay);
-        let logged = chaos.kill(job, false);
-        if !logged.contains(SNAPSHOT_READ) {
-            return ("startup, before the snapshot", misses);
-        }
-        delay /= 2;
-        job = chaos.start();
-    }
-    panic!("{ATTEMPTS} kills during startup all came after the snapshot was read");
-}
-
-/// Kills the job while the outbox holds rows: committed to Postgres, not yet confirmed by
-/// Kafka. A kill after the outbox emptied again is a miss: the job is started again.
-fn kill_in_flush(chaos: &mut Chaos, mut job: Cluster) -> (&'static str, usize) {
-    for misses in 0..ATTEMPTS {
-        let mut watch = pg(&chaos.db);
-        let mut outbox = || -> i64 {
-            watch
-                .query_one("SELECT count(*) FROM dishflow_outbox", &[])
-                .map(|r| r.get(0))
-                .unwrap_or(0)
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while outbox() == 0 {
-            if let Some(status) = job.exited() {
-                panic!("the job exited by itself ({status})");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the outbox stayed empty for a minute"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        chaos.kill(job, true);
-        if outbox() > 0 {
-            return ("in flush", misses);
-        }
-        job = chaos.start();
-    }
-    panic!("{ATTEMPTS} kills in flush all came after the outbox was emptied");
 }

@@ -195,17 +195,10 @@ fn a_running_job_keeps_every_mart_equal_to_the_sql_ground_truth() {
     terminate(job);
 
     // The recommendation topic folds to the table.
-    let folded: Vec<(i64, i64)> = history(&published)
-        .into_iter()
-        .filter(|(_, values)| values.last().is_some_and(Option::is_some))
-        .map(|(key, _)| {
-            let (l, r) = key.split_once(':').expect("left:right");
-            (l.parse().expect("left"), r.parse().expect("right"))
-        })
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    assert_eq!(folded, geo_recommendations(&db));
+    assert_eq!(
+        recommendations_from_topic(&published),
+        geo_recommendations(&db)
+    );
 }
 
 #[test]

@@ -92,40 +92,6 @@ fn dump(db: &str, exact: bool) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// The counters as the `dds-service-orders` topic tells them: every message applied in
-/// order, counters at 0 removed; (products, categories) like [`counters`].
-fn counters_from_topic(topic: &str) -> (Counters, Counters) {
-    let mut products = std::collections::BTreeMap::new();
-    let mut categories = std::collections::BTreeMap::new();
-    for message in consume(topic) {
-        let value: serde_json::Value =
-            serde_json::from_str(&message.value.unwrap_or_default()).expect("json");
-        let user: uuid::Uuid = value["user_id"]
-            .as_str()
-            .expect("user")
-            .parse()
-            .expect("uuid");
-        for (field, name, map) in [
-            ("products", "product_name", &mut products),
-            ("categories", "category_name", &mut categories),
-        ] {
-            for (item, counter) in value[field].as_object().expect("object") {
-                let item: uuid::Uuid = item.parse().expect("uuid");
-                let name = counter[name].as_str().expect("name").to_string();
-                let count = counter["order_cnt"].as_i64().expect("count") as i32;
-                map.insert((user, item), (name, count));
-            }
-        }
-    }
-    let flatten = |map: std::collections::BTreeMap<(uuid::Uuid, uuid::Uuid), (String, i32)>| {
-        map.into_iter()
-            .filter(|(_, (_, count))| *count > 0)
-            .map(|((u, i), (n, c))| (u, i, n, c))
-            .collect()
-    };
-    (flatten(products), flatten(categories))
-}
-
 #[test]
 fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     let db = database("ord_truth");

@@ -428,3 +428,17 @@ pub fn geo_recommendations(db: &str) -> Vec<(i64, i64)> {
         .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         .unwrap_or_default()
 }
+
+/// The recommended pairs the recommendation topic `topic` folds to (keys `left:right`),
+/// sorted like [`geo_recommendations`].
+pub fn recommendations_from_topic(topic: &str) -> Vec<(i64, i64)> {
+    let mut pairs: Vec<(i64, i64)> = live_keys(topic)
+        .iter()
+        .map(|key| {
+            let (l, r) = key.split_once(':').expect("left:right");
+            (l.parse().expect("left"), r.parse().expect("right"))
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}

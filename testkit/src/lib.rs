@@ -11,11 +11,13 @@
 //! | `topics` | produce, consume, a job's committed progress |
 //! | `redis_data` | the test Redis |
 //! | `process` | the binary as a child process: run, spawn, signal, metrics, clusters |
+//! | `chaos` | crash tests: kills at chosen moments, restarts of Postgres and of a Redis of a test's own |
 //! | `promos`, `orders` | each job's fixtures |
 //! | `geo` | the geo marts recomputed in SQL (ground truth), and the differences |
 //! | `certs` | certificates for the TLS tests |
 
 pub mod certs;
+mod chaos;
 mod databases;
 mod geo;
 mod names;
@@ -26,6 +28,7 @@ mod redis_data;
 mod services;
 mod topics;
 
+pub use self::chaos::*;
 pub use self::databases::*;
 pub use self::geo::*;
 pub use self::names::*;

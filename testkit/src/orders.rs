@@ -62,6 +62,40 @@ pub fn cdm_counters(db: &str) -> (Counters, Counters) {
     )
 }
 
+/// The counters as the `dds-service-orders` topic tells them: every message applied in
+/// order, counters at 0 removed; (products, categories) like [`counters`].
+pub fn counters_from_topic(topic: &str) -> (Counters, Counters) {
+    let mut products = std::collections::BTreeMap::new();
+    let mut categories = std::collections::BTreeMap::new();
+    for message in consume(topic) {
+        let value: serde_json::Value =
+            serde_json::from_str(&message.value.unwrap_or_default()).expect("json");
+        let user: uuid::Uuid = value["user_id"]
+            .as_str()
+            .expect("user")
+            .parse()
+            .expect("uuid");
+        for (field, name, map) in [
+            ("products", "product_name", &mut products),
+            ("categories", "category_name", &mut categories),
+        ] {
+            for (item, counter) in value[field].as_object().expect("object") {
+                let item: uuid::Uuid = item.parse().expect("uuid");
+                let name = counter[name].as_str().expect("name").to_string();
+                let count = counter["order_cnt"].as_i64().expect("count") as i32;
+                map.insert((user, item), (name, count));
+            }
+        }
+    }
+    let flatten = |map: std::collections::BTreeMap<(uuid::Uuid, uuid::Uuid), (String, i32)>| {
+        map.into_iter()
+            .filter(|(_, (_, count))| *count > 0)
+            .map(|((u, i), (n, c))| (u, i, n, c))
+            .collect()
+    };
+    (flatten(products), flatten(categories))
+}
+
 /// The user tags as (user, tag), sorted.
 pub type Tags = Vec<(uuid::Uuid, String)>;
 
@@ -124,8 +158,13 @@ pub fn summary_and_truth(db: &str) -> (Summary, Summary) {
 /// the keys matching `keys`: latest update_ts per object_id, CLOSED, distinct orders per
 /// (user, product / category) — what the CDM tables must equal.
 pub fn ground_truth(db: &str, topic: &str, keys: &str) -> (Counters, Counters) {
+    ground_truth_in(db, topic, &redis_url(), keys)
+}
+
+/// [`ground_truth`] with the dictionaries in the Redis at `server`.
+pub fn ground_truth_in(db: &str, topic: &str, server: &str, keys: &str) -> (Counters, Counters) {
     let mut client = pg(db);
-    load_input(&mut client, topic, keys);
+    load_input(&mut client, topic, server, keys);
     // The closed orders' lines, materialized and analyzed: the planner cannot estimate
     // expressions over JSON, and planned the user filter as a nested loop over every line
     // (minutes at 50k orders).
@@ -167,10 +206,10 @@ pub fn ground_truth(db: &str, topic: &str, keys: &str) -> (Counters, Counters) {
 }
 
 /// Loads the raw messages of `topic` (those that are JSON) into `truth_raw (value json)` and
-/// the Redis entries of the keys matching `keys` into `truth_dict (key text, value json)`,
+/// the entries of the keys matching `keys` of the Redis at `server` into `truth_dict (key text, value json)`,
 /// and derives from them `truth_latest (id, sent, p)`, `truth_users (uid, name, login)` and
 /// `truth_menu (rid, pid, name, category)`; [`TRUTH_DROP`] drops them all.
-fn load_input(client: &mut postgres::Client, topic: &str, keys: &str) {
+fn load_input(client: &mut postgres::Client, topic: &str, server: &str, keys: &str) {
     client
         .batch_execute(
             "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";
@@ -191,7 +230,9 @@ fn load_input(client: &mut postgres::Client, topic: &str, keys: &str) {
         }
         copy.finish().expect("copy raw");
     }
-    let mut con = redis();
+    let mut con = redis::Client::open(server)
+        .and_then(|c| c.get_connection())
+        .expect("connect to Redis");
     let keys: Vec<String> = con.keys(keys).expect("keys");
     let mut copy = client
         .copy_in("COPY truth_dict (key, value) FROM STDIN (FORMAT csv)")
@@ -262,8 +303,13 @@ ANALYZE t_lines;
 /// Redis entries of `keys` imply (see [`LAYERS_TRUTH`]): one line per table that differs,
 /// with the number of rows missing or extra. Empty when every layer agrees.
 pub fn layer_differences(db: &str, topic: &str, keys: &str) -> Vec<String> {
+    layer_differences_in(db, topic, &redis_url(), keys)
+}
+
+/// [`layer_differences`] with the dictionaries in the Redis at `server`.
+pub fn layer_differences_in(db: &str, topic: &str, server: &str, keys: &str) -> Vec<String> {
     let mut client = pg(db);
-    load_input(&mut client, topic, keys);
+    load_input(&mut client, topic, server, keys);
     client
         .batch_execute(LAYERS_TRUTH)
         .expect("the layers' truth");

@@ -140,6 +140,16 @@ pub fn history(topic: &str) -> std::collections::BTreeMap<String, Vec<Option<Str
     per_key
 }
 
+/// The keys of `topic` whose latest message is a value, not a tombstone, sorted: the keys
+/// the topic folds to.
+pub fn live_keys(topic: &str) -> Vec<String> {
+    history(topic)
+        .into_iter()
+        .filter(|(_, values)| values.last().is_some_and(Option::is_some))
+        .map(|(key, _)| key)
+        .collect()
+}
+
 /// Per key of `topic`, the sequence of its messages as value (`true`) or tombstone.
 pub fn shapes(topic: &str) -> std::collections::BTreeMap<String, Vec<bool>> {
     history(topic)
