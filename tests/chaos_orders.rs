@@ -86,7 +86,7 @@ fn sigkill_at_any_moment_leaves_every_table_and_topic_equal_to_the_truth() {
     let mut redis = OwnRedis::start(&prefix);
     let topic = format!("{prefix}.orders");
     let [stg, dds, tags] = ["stg", "dds", "tags"].map(|t| format!("{prefix}.{t}"));
-    let keys = format!("{prefix}_*");
+    let keys = format!("{prefix}*");
     println!(
         "chaos: seed {seed}, {processes} process(es), {kills} kills, {orders} orders in \
          {WAVES} waves"
@@ -106,33 +106,22 @@ fn sigkill_at_any_moment_leaves_every_table_and_topic_equal_to_the_truth() {
     let wave = orders / WAVES;
     produce(&redis.url(), &prefix, Some(1), wave);
 
-    let args: Vec<String> = [
-        "orders",
-        "--brokers",
-        &brokers(),
-        "--postgres-url",
-        &db,
-        "--redis-url",
-        &redis.url(),
-        "--redis-keys",
-        &keys,
-        "--order-topic",
-        &topic,
-        "--dead-letter-topic",
-        &format!("{prefix}.dlq"),
-        "--stg-topic",
-        &stg,
-        "--dds-topic",
-        &dds,
-        "--tag-topic",
-        &tags,
-        "--tick-ms",
-        "50",
-        "--round-records",
-        "1000",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = orders_args_in(&db, &prefix, &redis.url());
+    args.extend(
+        [
+            "--stg-topic",
+            &stg,
+            "--dds-topic",
+            &dds,
+            "--tag-topic",
+            &tags,
+            "--tick-ms",
+            "50",
+            "--round-records",
+            "1000",
+        ]
+        .map(String::from),
+    );
     let mut chaos = Chaos::new(&prefix, processes, seed, move |_| args.clone());
 
     // The other waves arrive while the job is being killed.

@@ -12,10 +12,7 @@ use dishflow_testkit::*;
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn subscription(user: i64, channel: i64) -> String {
-    format!(
-        r#"{{"event_type": "subscription", "event": {{"datetime": "2022-05-01 09:00:00",
-            "subscription_channel": {channel}, "user": "{user}"}}, "lat": null, "lon": null}}"#
-    )
+    geo_subscription(user, channel, "2022-05-01 09:00:00")
 }
 
 /// (user_id, act_city, home_city, travel_count, travel_array, local_time) of mart.geo_users.

@@ -12,28 +12,6 @@ use redis::Commands;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// Arguments of an orders run on `db`, topics `<prefix>.orders/.dlq`, Redis keys `<prefix>*`.
-fn orders_args(db: &str, prefix: &str) -> Vec<String> {
-    [
-        "orders",
-        "--brokers",
-        &brokers(),
-        "--postgres-url",
-        db,
-        "--redis-url",
-        &redis_url(),
-        "--redis-keys",
-        &format!("{prefix}*"),
-        "--order-topic",
-        &format!("{prefix}.orders"),
-        "--dead-letter-topic",
-        &format!("{prefix}.dlq"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 fn run_bounded(db: &str, prefix: &str, extra: &[&str]) -> String {
     let mut args = orders_args(db, prefix);
     args.push("--stop-at-end".into());
@@ -246,17 +224,6 @@ fn malformed_orders_go_to_the_dead_letter_topic_and_other_types_are_ignored() {
 }
 
 /// A CLOSED order for restaurant `r` with one line of product `p`, by user `u`.
-fn order_json(id: i64, r: &str, u: &str, p: &str, status: &str, update_ts: &str) -> String {
-    format!(
-        r#"{{"object_id": {id}, "object_type": "order", "sent_dttm": "{update_ts}",
-            "payload": {{"restaurant": {{"id": "{r}"}}, "date": "2022-11-19 16:00:00",
-            "user": {{"id": "{u}"}}, "order_items": [{{"id": "{p}", "name": "x", "price": 180,
-            "quantity": 1}}], "bonus_payment": 0, "cost": 180, "payment": 180,
-            "bonus_grant": 0, "statuses": [], "final_status": "{status}",
-            "update_ts": "{update_ts}"}}}}"#
-    )
-}
-
 fn count(db: &str, sql: &str) -> i64 {
     pg(db).query_one(sql, &[]).expect("count").get(0)
 }

@@ -421,6 +421,14 @@ pub fn geo_message(
     )
 }
 
+/// A subscription event of the SPEC's layout: `user` subscribes to `channel` at `time`.
+pub fn geo_subscription(user: i64, channel: i64, time: &str) -> String {
+    format!(
+        r#"{{"event_type": "subscription", "event": {{"datetime": "{time}",
+            "subscription_channel": {channel}, "user": "{user}"}}, "lat": null, "lon": null}}"#
+    )
+}
+
 /// The recommended pairs of `db`, sorted (nothing while the job has not created the table).
 pub fn geo_recommendations(db: &str) -> Vec<(i64, i64)> {
     let sql = "SELECT user_left, user_right FROM mart.geo_friend_recommendations ORDER BY 1, 2";

@@ -30,6 +30,46 @@ pub const ORDERS_TABLES: [&str; 19] = [
     "cdm.orders_summary",
 ];
 
+/// Arguments of an orders run on `db`, topics `<prefix>.orders/.dlq`, Redis keys `<prefix>*`
+/// of the test Redis.
+pub fn orders_args(db: &str, prefix: &str) -> Vec<String> {
+    orders_args_in(db, prefix, &redis_url())
+}
+
+/// [`orders_args`] with the dictionaries in the Redis at `server`.
+pub fn orders_args_in(db: &str, prefix: &str, server: &str) -> Vec<String> {
+    [
+        "orders",
+        "--brokers",
+        &brokers(),
+        "--postgres-url",
+        db,
+        "--redis-url",
+        server,
+        "--redis-keys",
+        &format!("{prefix}*"),
+        "--order-topic",
+        &format!("{prefix}.orders"),
+        "--dead-letter-topic",
+        &format!("{prefix}.dlq"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// An order message of the SPEC's layout: order `id` of user `u` at restaurant `r`, one line
+/// of product `p` (price 180), with `status` as of `update_ts`.
+pub fn order_json(id: i64, r: &str, u: &str, p: &str, status: &str, update_ts: &str) -> String {
+    format!(
+        r#"{{"object_id": {id}, "object_type": "order", "sent_dttm": "{update_ts}",
+            "payload": {{"restaurant": {{"id": "{r}"}}, "date": "2022-11-19 16:00:00",
+            "user": {{"id": "{u}"}}, "order_items": [{{"id": "{p}", "name": "x", "price": 180,
+            "quantity": 1}}], "bonus_payment": 0, "cost": 180, "payment": 180,
+            "bonus_grant": 0, "statuses": [], "final_status": "{status}",
+            "update_ts": "{update_ts}"}}}}"#
+    )
+}
+
 /// The counters as (user, item, name, count), sorted.
 pub type Counters = Vec<(uuid::Uuid, uuid::Uuid, String, i32)>;
 
