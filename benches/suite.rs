@@ -23,6 +23,9 @@
 //!   Limit: consuming the same messages from Kafka (`--consume`), and a batched upsert of the
 //!   final CDM keys into empty tables. Also reports Postgres write volume (rows per layer, WAL
 //!   bytes per run).
+//! * **SOAK** (only with `--only SOAK`, `--minutes N`, default 30): the three jobs at once at
+//!   steady rates; per minute each job's memory, CPU and p99 latency, every output checked
+//!   at the end (see [`soak`]).
 //! * **W6** geo: N users × D days of social-app events → the three geo marts, against the
 //!   legacy engine (PySpark, `scripts/bench/peers/geo_spark.py`, installed by
 //!   `scripts/bench/peers/setup.sh spark`; skipped without DISHFLOW_SPARK_PYTHON); then one
@@ -56,6 +59,8 @@ mod promos;
 mod report;
 #[path = "suite/runs.rs"]
 mod runs;
+#[path = "suite/soak.rs"]
+mod soak;
 #[path = "suite/topics.rs"]
 mod topics;
 
@@ -192,6 +197,11 @@ fn main() {
         push_timed(&mut results, || {
             dashboard::d(&dashboard::sizes(quick), arg_value(&args, "--requests", 50))
         });
+    }
+    // The soak runs only when asked for by name (it takes `--minutes`, default 30).
+    if only.iter().any(|o| o == "SOAK") {
+        let minutes = arg_value(&args, "--minutes", 30) as u64;
+        push_timed(&mut results, || soak::soak(minutes));
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let machine = format!(

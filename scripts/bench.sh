@@ -15,6 +15,9 @@
 #       the geo job (W6) alone, against the legacy PySpark batch
 #   scripts/bench.sh dashboard [--quick] [--requests N]
 #       the dashboard's server time (D) at 0 and at 1M feedback + 3M counter rows
+#   scripts/bench.sh soak [--minutes N]
+#       the three jobs at once at steady rates for N minutes (default 30): per minute each
+#       job's RSS, CPU and p99 input -> output latency; every output checked at the end
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -24,11 +27,11 @@ if [ "${1:-}" = expiry ]; then
   exit
 fi
 if [ "${DISHFLOW_NO_PEER:-0}" != 1 ]; then
-  if [ "${1:-}" != geo ] && [ "${1:-}" != dashboard ]; then
+  if [ "${1:-}" != geo ] && [ "${1:-}" != dashboard ] && [ "${1:-}" != soak ]; then
     DISHFLOW_PATHWAY_PYTHON="$(scripts/bench/peers/setup.sh pathway)"
     export DISHFLOW_PATHWAY_PYTHON
   fi
-  case "${1:-}" in latency|orders|dashboard) ;; *)
+  case "${1:-}" in latency|orders|dashboard|soak) ;; *)
     DISHFLOW_SPARK_PYTHON="$(scripts/bench/peers/setup.sh spark)"
     export DISHFLOW_SPARK_PYTHON ;;
   esac
@@ -46,6 +49,9 @@ case "${1:-}" in
   dashboard)
     shift
     cargo bench --bench suite -- --only D "$@" ;;
+  soak)
+    shift
+    cargo bench --bench suite -- --only SOAK "$@" ;;
   *)
     cargo bench --bench suite -- "$@" ;;
 esac

@@ -262,3 +262,14 @@ pub(crate) fn usage(pid: u32) -> (f64, f64) {
         .unwrap_or(0.0);
     ((cpu(11) + cpu(12)) / ticks, hwm_kib / 1024.0)
 }
+
+/// Resident memory (VmRSS) of process `pid` in MB.
+pub(crate) fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}

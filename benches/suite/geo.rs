@@ -158,17 +158,6 @@ fn probe(k: usize, time: &str) -> (String, String) {
     )
 }
 
-/// Resident memory (VmRSS) of process `pid` in MB.
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// W6 (see the module docs).
 pub(crate) fn w6(w: &GeoWorkload<'_>) -> Value {
     fresh_broker();

@@ -59,6 +59,7 @@ pub(crate) fn markdown(results: &[Value], machine: &str) -> String {
         md.push_str(&latency::markdown(r));
         md.push_str(&geo::markdown(r));
         md.push_str(&crate::dashboard::markdown(r));
+        md.push_str(&crate::soak::markdown(r));
     }
     md
 }
