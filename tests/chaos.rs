@@ -73,6 +73,12 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         args.push(connections.to_string());
         args
     });
+    let moments = Moments {
+        db: db.to_string(),
+        starting: STARTING,
+        started: SNAPSHOT_READ,
+        startup_kill: "kill (startup, before the snapshot)",
+    };
 
     // Campaigns arrive in waves while the job is being killed.
     let producer = {
@@ -104,23 +110,9 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         })
     };
 
-    let started = Instant::now();
     let mut job = chaos.start();
     for k in 0..kills {
-        match k % 3 {
-            0 => {
-                let misses = chaos.kill_in_startup(job, STARTING, SNAPSHOT_READ);
-                chaos.record("kill (startup, before the snapshot)", misses);
-            }
-            1 => {
-                let misses = chaos.kill_in_flush(job, &db);
-                chaos.record("kill (in flush)", misses);
-            }
-            _ => {
-                chaos.kill_at_random(job, 300, 4000);
-                chaos.record("kill (random)", 0);
-            }
-        }
+        chaos.kill_in_turn(job, k, &moments);
         if k == 1 {
             // Subscribers who arrive while the job is down: they must get the campaigns
             // that arrived before the crash (rebuilt state).
@@ -133,15 +125,7 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         std::thread::sleep(chaos.rng.millis(0, 500));
         job = chaos.start();
         if k == 2 {
-            // PostgreSQL restarts under the running job (past its startup checks, which
-            // report an unreachable server and exit): it must wait and carry on.
-            wait_until(Duration::from_secs(60), "the snapshot is read", || {
-                job.logged_by_all(SNAPSHOT_READ).then_some(())
-            });
-            std::thread::sleep(chaos.rng.millis(500, 2000));
-            restart_postgres();
-            chaos.record("PostgreSQL restart", 0);
-            std::thread::sleep(chaos.rng.millis(1000, 3000));
+            chaos.restart_postgres_under(&job, SNAPSHOT_READ);
         }
     }
     producer.join().expect("producer");
@@ -173,7 +157,6 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
         "SELECT coalesce(sum(resume_offset), -1)::int8 FROM dishflow_progress",
     );
     chaos.finish(job);
-    let elapsed = started.elapsed();
 
     let mut want: HashMap<String, usize> = HashMap::with_capacity(expected);
     for i in 0..campaigns {
@@ -206,11 +189,9 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
     let rows_unexpected = row_counts.keys().filter(|k| !want.contains_key(*k)).count();
     let rows_duplicated = row_counts.values().filter(|n| **n > 1).count();
     println!(
-        "chaos: {} events ({}) in {:.0} s; committed progress: resume at {resume} of {} \
-         messages, a restart would replay {replay}",
-        chaos.events.len(),
-        chaos.events.join(", "),
-        elapsed.as_secs_f64(),
+        "chaos: {}; committed progress: resume at {resume} of {} messages, a restart would \
+         replay {replay}",
+        chaos.summary(),
         campaigns + ENDED
     );
     chaos.print_recoveries();

@@ -13,7 +13,7 @@
 
 #![cfg(feature = "integration")]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dishflow_testkit::*;
 
@@ -75,6 +75,12 @@ fn sigkill_at_any_moment_leaves_every_mart_and_the_topic_equal_to_the_truth() {
         ],
     );
     let mut chaos = Chaos::new(&prefix, processes, seed, move |_| args.clone());
+    let moments = Moments {
+        db: db.to_string(),
+        starting: STARTING,
+        started: READING,
+        startup_kill: "kill (startup, before the topic is read)",
+    };
 
     // The other days arrive while the job is being killed.
     let producer = {
@@ -92,23 +98,9 @@ fn sigkill_at_any_moment_leaves_every_mart_and_the_topic_equal_to_the_truth() {
         })
     };
 
-    let started = Instant::now();
     let mut job = chaos.start();
     for k in 0..kills {
-        match k % 3 {
-            0 => {
-                let misses = chaos.kill_in_startup(job, STARTING, READING);
-                chaos.record("kill (startup, before the topic is read)", misses);
-            }
-            1 => {
-                let misses = chaos.kill_in_flush(job, &db);
-                chaos.record("kill (in flush)", misses);
-            }
-            _ => {
-                chaos.kill_at_random(job, 300, 4000);
-                chaos.record("kill (random)", 0);
-            }
-        }
+        chaos.kill_in_turn(job, k, &moments);
         if k == 1 {
             // A city added while the job is down, where some users write from: the rebuilt
             // state must place their events in it.
@@ -124,45 +116,17 @@ fn sigkill_at_any_moment_leaves_every_mart_and_the_topic_equal_to_the_truth() {
         std::thread::sleep(chaos.rng.millis(0, 500));
         job = chaos.start();
         if k == 2 {
-            // PostgreSQL restarts under the running job (past its startup checks, which
-            // report an unreachable server and exit): it must wait and carry on.
-            wait_until(Duration::from_secs(60), "the topic is read", || {
-                job.logged_by_all(READING).then_some(())
-            });
-            std::thread::sleep(chaos.rng.millis(500, 2000));
-            restart_postgres();
-            chaos.record("PostgreSQL restart", 0);
-            std::thread::sleep(chaos.rng.millis(1000, 3000));
+            chaos.restart_postgres_under(&job, READING);
         }
     }
     producer.join().expect("producer");
 
-    // Caught up: progress past every event, and the outbox delivered.
-    let marks: Vec<(i32, i64)> = dishflow::kafka::watermarks(&kafka(), &topic)
-        .expect("watermarks")
-        .into_iter()
-        .filter(|(_, _, high)| *high > 0)
-        .map(|(partition, _, high)| (partition, high - 1))
-        .collect();
-    wait_for_progress(&db, "geo", &topic, &marks, Duration::from_secs(900));
-    wait_until(Duration::from_secs(120), "an empty outbox", || {
-        (pg(&db)
-            .query_one("SELECT count(*) FROM dishflow_outbox", &[])
-            .map(|r| r.get::<_, i64>(0))
-            .ok()?
-            == 0)
-            .then_some(())
-    });
+    wait_caught_up(&db, "geo", &topic, Duration::from_secs(900));
     // Anything still to come (a duplicate) would come now.
     std::thread::sleep(Duration::from_secs(3));
     job.assert_running();
     chaos.finish(job);
-    println!(
-        "chaos: {} events ({}) in {:.0} s",
-        chaos.events.len(),
-        chaos.events.join(", "),
-        started.elapsed().as_secs_f64()
-    );
+    println!("chaos: {}", chaos.summary());
     chaos.print_recoveries();
 
     let differences = geo_check(&db, &[&topic]);

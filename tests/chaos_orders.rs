@@ -15,7 +15,7 @@
 #![cfg(feature = "integration")]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dishflow_testkit::*;
 use redis::Commands;
@@ -123,6 +123,12 @@ fn sigkill_at_any_moment_leaves_every_table_and_topic_equal_to_the_truth() {
         .map(String::from),
     );
     let mut chaos = Chaos::new(&prefix, processes, seed, move |_| args.clone());
+    let moments = Moments {
+        db: db.to_string(),
+        starting: STARTING,
+        started: READING,
+        startup_kill: "kill (startup, before the topic is read)",
+    };
 
     // The other waves arrive while the job is being killed.
     let producer = {
@@ -140,23 +146,9 @@ fn sigkill_at_any_moment_leaves_every_table_and_topic_equal_to_the_truth() {
         })
     };
 
-    let started = Instant::now();
     let mut job = chaos.start();
     for k in 0..kills {
-        match k % 3 {
-            0 => {
-                let misses = chaos.kill_in_startup(job, STARTING, READING);
-                chaos.record("kill (startup, before the topic is read)", misses);
-            }
-            1 => {
-                let misses = chaos.kill_in_flush(job, &db);
-                chaos.record("kill (in flush)", misses);
-            }
-            _ => {
-                chaos.kill_at_random(job, 300, 4000);
-                chaos.record("kill (random)", 0);
-            }
-        }
+        chaos.kill_in_turn(job, k, &moments);
         if k == 1 {
             // While the job is down: the late user appears, a restaurant and a user are
             // renamed. The restarted job must complete the late user's orders and carry the
@@ -186,37 +178,14 @@ fn sigkill_at_any_moment_leaves_every_table_and_topic_equal_to_the_truth() {
             chaos.record("Redis restart", 0);
         }
         if k == 2 {
-            // PostgreSQL restarts under the running job (past its startup checks, which
-            // report an unreachable server and exit): it must wait and carry on.
-            wait_until(Duration::from_secs(60), "the topic is read", || {
-                job.logged_by_all(READING).then_some(())
-            });
-            std::thread::sleep(chaos.rng.millis(500, 2000));
-            restart_postgres();
-            chaos.record("PostgreSQL restart", 0);
-            std::thread::sleep(chaos.rng.millis(1000, 3000));
+            chaos.restart_postgres_under(&job, READING);
         }
     }
     producer.join().expect("producer");
     // A change of a running job's dictionaries, after all the kills.
     rename(&mut dictionaries, &restaurants[2], " (renamed at the end)");
 
-    // Caught up: progress past every order, and the outbox delivered.
-    let marks: Vec<(i32, i64)> = dishflow::kafka::watermarks(&kafka(), &topic)
-        .expect("watermarks")
-        .into_iter()
-        .filter(|(_, _, high)| *high > 0)
-        .map(|(partition, _, high)| (partition, high - 1))
-        .collect();
-    wait_for_progress(&db, "orders", &topic, &marks, Duration::from_secs(600));
-    wait_until(Duration::from_secs(120), "an empty outbox", || {
-        (pg(&db)
-            .query_one("SELECT count(*) FROM dishflow_outbox", &[])
-            .map(|r| r.get::<_, i64>(0))
-            .ok()?
-            == 0)
-            .then_some(())
-    });
+    wait_caught_up(&db, "orders", &topic, Duration::from_secs(600));
     // The last dictionary change, and anything still to come (a duplicate), come now.
     wait_until(Duration::from_secs(60), "the last rename", || {
         pg(&db)
@@ -231,12 +200,7 @@ fn sigkill_at_any_moment_leaves_every_table_and_topic_equal_to_the_truth() {
     std::thread::sleep(Duration::from_secs(3));
     job.assert_running();
     chaos.finish(job);
-    println!(
-        "chaos: {} events ({}) in {:.0} s",
-        chaos.events.len(),
-        chaos.events.join(", "),
-        started.elapsed().as_secs_f64()
-    );
+    println!("chaos: {}", chaos.summary());
     chaos.print_recoveries();
 
     // Every table against the SQL ground truth over the raw orders and dictionaries.

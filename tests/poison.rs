@@ -182,38 +182,9 @@ fn drafts_the_feedback_table_refuses_are_dead_lettered_once_and_the_rest_written
     assert_eq!(draft_keys(&format!("{prefix}.out")), drafts);
 }
 
-/// Arguments of an orders run on `db`, topics `<prefix>.orders/.dlq`, Redis keys `<prefix>*`.
-fn orders_args(db: &str, prefix: &str) -> Vec<String> {
-    [
-        "orders",
-        "--brokers",
-        &brokers(),
-        "--postgres-url",
-        db,
-        "--redis-url",
-        &redis_url(),
-        "--redis-keys",
-        &format!("{prefix}*"),
-        "--order-topic",
-        &format!("{prefix}.orders"),
-        "--dead-letter-topic",
-        &format!("{prefix}.dlq"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// A CLOSED order `id` of user `u` at restaurant `r` with one line of product `p`.
-fn order_json(id: i64, r: &str, u: &str, p: &str) -> String {
-    format!(
-        r#"{{"object_id": {id}, "object_type": "order", "sent_dttm": "2022-11-19 16:06:36",
-            "payload": {{"restaurant": {{"id": "{r}"}}, "date": "2022-11-19 16:00:00",
-            "user": {{"id": "{u}"}}, "order_items": [{{"id": "{p}", "name": "x", "price": 180,
-            "quantity": 1}}], "bonus_payment": 0, "cost": 180, "payment": 180,
-            "bonus_grant": 0, "statuses": [], "final_status": "CLOSED",
-            "update_ts": "2022-11-19 16:06:36"}}}}"#
-    )
+fn closed_order(id: i64, r: &str, u: &str, p: &str) -> String {
+    order_json(id, r, u, p, "CLOSED", "2022-11-19 16:06:36")
 }
 
 /// A restaurant entry `r` whose menu has product `p` named `name` (JSON-escaped).
@@ -256,8 +227,8 @@ fn orders_fixture(prefix: &str, bad_name: &str) {
             .expect("set");
     }
     let orders = [
-        order_json(1, &format!("{prefix}_good"), &user, &format!("{prefix}_p1")),
-        order_json(2, &format!("{prefix}_bad"), &user, &format!("{prefix}_p2")),
+        closed_order(1, &format!("{prefix}_good"), &user, &format!("{prefix}_p1")),
+        closed_order(2, &format!("{prefix}_bad"), &user, &format!("{prefix}_p2")),
     ];
     produce_values(
         &format!("{prefix}.orders"),
@@ -272,7 +243,7 @@ fn a_redis_entry_with_a_nul_character_is_absent_and_dead_lettered_once() {
     let prefix = prefix("poisonredis");
     orders_fixture(&prefix, "bad\\u0000name");
     // And an order message with a NUL character: a Kafka record's dead letter.
-    let nul_order = order_json(3, &format!("{prefix}_good"), &format!("{prefix}_u"), "p")
+    let nul_order = closed_order(3, &format!("{prefix}_good"), &format!("{prefix}_u"), "p")
         .replace("\"CLOSED\"", "\"CLO\\u0000SED\"");
     produce_raw(
         &format!("{prefix}.orders"),
@@ -659,7 +630,7 @@ fn orders_at_the_ends_of_their_types_are_written_or_dead_lettered_and_replayed()
         format!("{prefix}_u"),
         format!("{prefix}_p1"),
     );
-    let base = order_json(10, &r, &u, &p);
+    let base = closed_order(10, &r, &u, &p);
     let with = |from: &str, to: &str| base.replace(from, to);
     // Accepted: the ends of what each column holds.
     let accepted = [

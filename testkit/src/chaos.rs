@@ -56,6 +56,19 @@ pub struct Chaos {
     started: Instant,
 }
 
+/// Where a job's kills land: its database (whose `dishflow_outbox` shows a batch between its
+/// Postgres commit and its Kafka confirmation) and the log lines around its startup.
+pub struct Moments {
+    /// The job's database.
+    pub db: String,
+    /// What the job logs once its startup checks passed.
+    pub starting: &'static str,
+    /// What it logs once startup is over: a kill after it missed "during startup".
+    pub started: &'static str,
+    /// How a kill during startup is reported, e.g. "kill (startup, before the snapshot)".
+    pub startup_kill: &'static str,
+}
+
 /// One start of the job: `processes` processes of one worker each.
 pub struct Cluster {
     pub processes: Vec<Job>,
@@ -129,6 +142,48 @@ impl Chaos {
         self.events.push(event.to_string());
     }
 
+    /// Kill number `k`, in turn: during startup, in flush, at random (see the methods below),
+    /// recorded.
+    pub fn kill_in_turn(&mut self, job: Cluster, k: usize, moments: &Moments) {
+        match k % 3 {
+            0 => {
+                let misses = self.kill_in_startup(job, moments.starting, moments.started);
+                self.record(moments.startup_kill, misses);
+            }
+            1 => {
+                let misses = self.kill_in_flush(job, &moments.db);
+                self.record("kill (in flush)", misses);
+            }
+            _ => {
+                self.kill_at_random(job, 300, 4000);
+                self.record("kill (random)", 0);
+            }
+        }
+    }
+
+    /// Restarts PostgreSQL under the running job once every process logged `after` (past
+    /// its startup checks, which report an unreachable server and exit): it must wait and
+    /// carry on.
+    pub fn restart_postgres_under(&mut self, job: &Cluster, after: &str) {
+        wait_until(Duration::from_secs(60), after, || {
+            job.logged_by_all(after).then_some(())
+        });
+        std::thread::sleep(self.rng.millis(500, 2000));
+        restart_postgres();
+        self.record("PostgreSQL restart", 0);
+        std::thread::sleep(self.rng.millis(1000, 3000));
+    }
+
+    /// "N events (what, …) in S s": what happened to the job since the test began.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} events ({}) in {:.0} s",
+            self.events.len(),
+            self.events.join(", "),
+            self.started.elapsed().as_secs_f64()
+        )
+    }
+
     /// Kills the job while it starts: after its startup checks (a process logged
     /// `starting`) and before any process logged `too_late`. A start that logged it already
     /// is killed, started again, and killed sooner the next time. Returns the misses.
@@ -159,12 +214,7 @@ impl Chaos {
     /// started again. Returns the misses.
     pub fn kill_in_flush(&mut self, mut job: Cluster, db: &str) -> usize {
         let mut watch = pg(db);
-        let mut outbox = || -> i64 {
-            watch
-                .query_one("SELECT count(*) FROM dishflow_outbox", &[])
-                .map(|r| r.get(0))
-                .unwrap_or(0)
-        };
+        let mut outbox = || outbox_rows(&mut watch).unwrap_or(0);
         for misses in 0..ATTEMPTS {
             let deadline = Instant::now() + Duration::from_secs(60);
             while outbox() == 0 {
@@ -248,6 +298,31 @@ impl Cluster {
             assert_success(&wait(job, Duration::from_secs(60)));
         }
     }
+}
+
+/// The messages in the outbox of the database `client` is connected to (`None` while it
+/// cannot be read).
+pub fn outbox_rows(client: &mut postgres::Client) -> Option<i64> {
+    client
+        .query_one("SELECT count(*) FROM dishflow_outbox", &[])
+        .map(|r| r.get(0))
+        .ok()
+}
+
+/// Waits until `job` on `db` has caught up with `topic` as it is now: its committed
+/// progress past every message, and its outbox delivered.
+pub fn wait_caught_up(db: &str, job: &str, topic: &str, timeout: Duration) {
+    let marks: Vec<(i32, i64)> = dishflow::kafka::watermarks(&kafka(), topic)
+        .expect("watermarks")
+        .into_iter()
+        .filter(|(_, _, high)| *high > 0)
+        .map(|(partition, _, high)| (partition, high - 1))
+        .collect();
+    wait_for_progress(db, job, topic, &marks, timeout);
+    let mut client = pg(db);
+    wait_until(Duration::from_secs(120), "an empty outbox", || {
+        (outbox_rows(&mut client) == Some(0)).then_some(())
+    });
 }
 
 /// Restarts the machine's PostgreSQL (`scripts/services.sh restart postgres`).
