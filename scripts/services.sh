@@ -11,11 +11,15 @@
 # `services.sh kafka-tls PORT PEM` runs a private TLS-only broker for the TLS test (below).
 #
 # Environment: DISHFLOW_TOOLS (where Tansu is kept, default ~/.local/share/dishflow),
-#              DISHFLOW_KAFKA_PORT (default 9092).
+#              DISHFLOW_KAFKA_PORT (default 9092),
+#              DISHFLOW_TANSU_LOG (Tansu's log filter, default `warn`; the caller's RUST_LOG
+#              is not passed on: at `info` Tansu logs every span of every request, gigabytes
+#              a minute under load).
 set -euo pipefail
 
 TOOLS="${DISHFLOW_TOOLS:-$HOME/.local/share/dishflow}"
 KAFKA_PORT="${DISHFLOW_KAFKA_PORT:-9092}"
+TANSU_LOG="${DISHFLOW_TANSU_LOG:-warn}"
 mkdir -p "$TOOLS/bin" "$TOOLS/log"
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -112,7 +116,7 @@ kafka() {
   local bin; bin="$(tansu_bin)"
   log "starting Tansu on 127.0.0.1:$KAFKA_PORT (memory storage: topics do not survive a restart)"
   # setsid: the broker outlives this script and the shell that ran it.
-  setsid "$bin" broker \
+  RUST_LOG="$TANSU_LOG" setsid "$bin" broker \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --storage-engine memory://tansu/ \
@@ -134,7 +138,7 @@ if [ "${1:-}" = kafka-tls ]; then
   port="${2:?usage: services.sh kafka-tls PORT PEM}"; pem="${3:?usage: services.sh kafka-tls PORT PEM}"
   command -v socat >/dev/null || apt_install socat
   bin="$(tansu_bin)"
-  "$bin" broker --listener-url "tcp://127.0.0.1:$((port + 1))" \
+  RUST_LOG="$TANSU_LOG" "$bin" broker --listener-url "tcp://127.0.0.1:$((port + 1))" \
     --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
     >"$TOOLS/log/tansu-tls-$port.log" 2>&1 </dev/null &
   broker=$!

@@ -237,6 +237,22 @@ pub(crate) fn broker_pid() -> Option<u32> {
         })
 }
 
+/// CPU seconds used so far by the running PostgreSQL server processes (every process named
+/// `postgres`: the server and its backends; a backend that has exited no longer counts).
+pub(crate) fn postgres_cpu() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim_end() == "postgres").then(|| usage(pid).0)
+        })
+        .sum()
+}
+
 /// CPU seconds and peak RSS (MB) of a running process, from /proc.
 pub(crate) fn usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -8,10 +8,13 @@
 //! * geo: 200 events/s: messages from 5,000 users, each from their home within 8 km of a
 //!   city, one in ten from a new user, one in twenty a channel subscription.
 //!
-//! Every minute: each job's resident memory (VmRSS) and CPU seconds per second, and the p99
+//! Every minute: each job's resident memory (VmRSS) and CPU seconds per second (and the
+//! broker's and PostgreSQL's, whose work the jobs cause too), and the p99
 //! latency of the inputs sent that minute — promo → draft consumable, subscriber insert →
 //! draft consumable, order → its enriched message consumable, a new user's first message →
-//! their `mart.geo_users` row committed (a trigger's `pg_notify`). At the end every output
+//! their `mart.geo_users` row committed (a trigger's `pg_notify`) — and the floor under them:
+//! the p99 of a probe the bench produces (with a producer of its own) and consumes itself
+//! through the same broker, 10/s, no job in between. At the end every output
 //! is checked against its truth: each draft exactly once in Kafka and in
 //! `subscribers_feedback`, the orders' counters, layers, tags and summary against the SQL
 //! recomputation, every geo mart against its SQL recomputation. A failed check makes the
@@ -23,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::Producer;
+use rdkafka::producer::{BaseProducer, Producer};
 use redis::Commands;
 use serde_json::{Value, json};
 
@@ -37,6 +40,9 @@ const PROMOS_PER_S: u64 = 100;
 const CHANGES_PER_S: u64 = 10;
 const ORDERS_PER_S: u64 = 10;
 const EVENTS_PER_S: u64 = 200;
+/// Probe messages per second: produced and consumed by the bench alone, with a producer of
+/// their own, beside the jobs — the broker's own round trip under the soak's load.
+const PROBES_PER_S: u64 = 10;
 /// How long each soak campaign is valid from when it is sent.
 const CAMPAIGN_SECS: i64 = 120;
 /// Users of the geo events (besides the new ones).
@@ -97,6 +103,23 @@ fn steady(rate: u64, stop: &AtomicBool, mut act: impl FnMut(u64)) {
     }
 }
 
+/// [`steady`] with a producer of its own, flushed when `stop` is set. The producer is
+/// idempotent, as the jobs' own are, which also bounds its requests in flight to 5: with
+/// librdkafka's default (unbounded) a producer at 100/s and more kept dozens of produce
+/// requests in flight, and the local broker (Tansu 0.6) now and then left one unanswered —
+/// librdkafka then waits `socket.timeout.ms` (60 s) and resends everything behind it, which
+/// put a 60 s p99 on every stream that shared the producer.
+fn steady_sends(rate: u64, stop: &AtomicBool, mut act: impl FnMut(u64, &BaseProducer)) {
+    let producer: BaseProducer = dishflow::kafka::client_config(
+        &kafka(),
+        &[("linger.ms", "0"), ("enable.idempotence", "true")],
+    )
+    .create()
+    .expect("producer");
+    steady(rate, stop, |i| act(i, &producer));
+    producer.flush(Duration::from_secs(30)).ok();
+}
+
 /// Where `user` lives: within 8 km of one of `cities` (a uniform disc, as `dishflow produce
 /// events` places its users), the same every time.
 fn home(user: i64, cities: &[(f64, f64)]) -> (f64, f64) {
@@ -116,15 +139,16 @@ fn utc_now() -> String {
     chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-/// The p99 (ms) per minute since `start` of the inputs of `sent`, and how many never arrived.
+/// The p99 (ms) per minute since `start` of the inputs of `sent`, and how many never arrived
+/// per minute they were sent in (1-based; minute 0: before the start).
 fn p99_per_minute(
     sent: &Sent,
     arrivals: &Arrivals,
     start: Instant,
     minutes: usize,
-) -> (Vec<Option<f64>>, usize) {
+) -> (Vec<Option<f64>>, std::collections::BTreeMap<u64, usize>) {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); minutes];
-    let mut missing = 0;
+    let mut missing = std::collections::BTreeMap::new();
     for (at, key) in sent.lock().expect("sent").iter() {
         let minute = (at.saturating_duration_since(start).as_secs() / 60) as usize;
         match arrivals.get(key) {
@@ -132,7 +156,7 @@ fn p99_per_minute(
                 samples[minute].push(arrived.saturating_duration_since(*at).as_secs_f64() * 1e3)
             }
             Some(_) => {}
-            None => missing += 1,
+            None => *missing.entry(minute as u64 + 1).or_default() += 1,
         }
     }
     let p99 = samples
@@ -217,7 +241,9 @@ pub fn soak(minutes: u64) -> Value {
     let order_topic = format!("{prefix}.orders");
     let stg_topic = format!("{prefix}.stg");
     let event_topic = format!("{prefix}.events");
+    let probe_topic = format!("{prefix}.probe");
     for topic in [
+        &probe_topic,
         &promo_topic,
         &draft_topic,
         &order_topic,
@@ -231,6 +257,9 @@ pub fn soak(minutes: u64) -> Value {
         key.map(|k| String::from_utf8_lossy(k).into_owned())
     });
     let geo_rows = notify_arrivals(&db, GEO_CHANNEL);
+    let probes = kafka_arrivals(&probe_topic, |key, _| {
+        key.map(|k| String::from_utf8_lossy(k).into_owned())
+    });
 
     let logs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     let spawn = |name: &'static str, args: Vec<String>| -> (&'static str, Child) {
@@ -261,7 +290,7 @@ pub fn soak(minutes: u64) -> Value {
         ],
     };
 
-    let producer = Arc::new(latency_producer());
+    let producer = latency_producer();
     let now = now_secs();
     // The campaign of the subscriber inserts: valid through the whole soak.
     let changes_end = now + minutes as i64 * 60 + 3600;
@@ -271,6 +300,7 @@ pub fn soak(minutes: u64) -> Value {
         "chg-r",
         &campaign_json("chg", "chg-r", now - 60, changes_end),
     );
+    producer.flush(Duration::from_secs(30)).ok();
     wait_until(Duration::from_secs(300), "the jobs to start", || {
         jobs.assert_running();
         let started = jobs.processes.iter().all(|(name, _)| {
@@ -282,19 +312,38 @@ pub fn soak(minutes: u64) -> Value {
 
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let streams: [Sent; 4] = Default::default();
-    let [promos_sent, changes_sent, orders_sent, geo_sent] = streams.clone();
+    let streams: [Sent; 5] = Default::default();
+    let [
+        promos_sent,
+        changes_sent,
+        orders_sent,
+        geo_sent,
+        probes_sent,
+    ] = streams.clone();
     let mut threads = Vec::new();
     {
-        let (stop, producer, topic) = (stop.clone(), producer.clone(), promo_topic.clone());
+        let (stop, topic) = (stop.clone(), probe_topic.clone());
         threads.push(std::thread::spawn(move || {
-            steady(PROMOS_PER_S, &stop, |i| {
+            steady_sends(PROBES_PER_S, &stop, |i, producer| {
+                let at = Instant::now();
+                send(producer, &topic, &format!("probe{i}"), "{}");
+                probes_sent
+                    .lock()
+                    .expect("sent")
+                    .push((at, format!("probe{i}")));
+            })
+        }));
+    }
+    {
+        let (stop, topic) = (stop.clone(), promo_topic.clone());
+        threads.push(std::thread::spawn(move || {
+            steady_sends(PROMOS_PER_S, &stop, |i, producer| {
                 let restaurant = i % RESTAURANTS;
                 let campaign = format!("p{i}");
                 let at = Instant::now();
                 let now = now_secs();
                 send(
-                    &producer,
+                    producer,
                     &topic,
                     &format!("lr{restaurant}"),
                     &campaign_json(
@@ -334,16 +383,16 @@ pub fn soak(minutes: u64) -> Value {
         }));
     }
     {
-        let (stop, producer, topic) = (stop.clone(), producer.clone(), order_topic.clone());
+        let (stop, topic) = (stop.clone(), order_topic.clone());
         let (menus, users) = (menus.clone(), user_keys.clone());
         threads.push(std::thread::spawn(move || {
-            steady(ORDERS_PER_S, &stop, |i| {
+            steady_sends(ORDERS_PER_S, &stop, |i, producer| {
                 let (restaurant, product) = &menus[i as usize % menus.len()];
                 let user = &users[(i as usize * 7) % users.len()];
                 let id = i as i64 + 1;
                 let at = Instant::now();
                 let order = order_json(id, restaurant, user, product, "CLOSED", &utc_now());
-                send(&producer, &topic, &id.to_string(), &order);
+                send(producer, &topic, &id.to_string(), &order);
                 orders_sent.lock().expect("sent").push((at, id.to_string()));
             })
         }));
@@ -371,10 +420,10 @@ pub fn soak(minutes: u64) -> Value {
         }));
     }
     {
-        let (stop, producer, topic) = (stop.clone(), producer.clone(), event_topic.clone());
+        let (stop, topic) = (stop.clone(), event_topic.clone());
         let cities = cities.clone();
         threads.push(std::thread::spawn(move || {
-            steady(EVENTS_PER_S, &stop, |i| {
+            steady_sends(EVENTS_PER_S, &stop, |i, producer| {
                 let at = Instant::now();
                 let time = utc_now();
                 let new_user = i % 10 == 0;
@@ -389,7 +438,7 @@ pub fn soak(minutes: u64) -> Value {
                 } else {
                     geo_message(i as i64, user, None, &time, Some(at_home))
                 };
-                send(&producer, &topic, &user.to_string(), &event);
+                send(producer, &topic, &user.to_string(), &event);
                 if new_user {
                     geo_sent.lock().expect("sent").push((at, user.to_string()));
                 }
@@ -406,6 +455,7 @@ pub fn soak(minutes: u64) -> Value {
         .map(|(_, c)| usage(c.id()).0)
         .collect();
     let mut broker_before = broker.map_or(0.0, |pid| usage(pid).0);
+    let mut postgres_before = postgres_cpu();
     for minute in 0..minutes {
         let due = start + Duration::from_secs(60 * (minute + 1));
         while Instant::now() < due {
@@ -426,6 +476,10 @@ pub fn soak(minutes: u64) -> Value {
             sample["broker_cpu_s_per_s"] = json!((cpu - broker_before) / 60.0);
             broker_before = cpu;
         }
+        // A backend that exited during the minute takes its CPU with it: at least zero.
+        let postgres = postgres_cpu();
+        sample["postgres_cpu_s_per_s"] = json!(((postgres - postgres_before) / 60.0).max(0.0));
+        postgres_before = postgres;
         eprintln!("soak: {sample}");
         samples.push(sample);
     }
@@ -433,7 +487,6 @@ pub fn soak(minutes: u64) -> Value {
     for thread in threads {
         thread.join().expect("an input thread");
     }
-    producer.flush(Duration::from_secs(30)).ok();
 
     // Stragglers (up to DRAIN), then the latencies per minute.
     let deadline = Instant::now() + super::latency::DRAIN;
@@ -447,7 +500,8 @@ pub fn soak(minutes: u64) -> Value {
         && (pending(&streams[0], &drafts)
             || pending(&streams[1], &drafts)
             || pending(&streams[2], &enriched)
-            || pending(&streams[3], &geo_rows))
+            || pending(&streams[3], &geo_rows)
+            || pending(&streams[4], &probes))
     {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -473,10 +527,19 @@ pub fn soak(minutes: u64) -> Value {
             &geo_rows,
             "geo_p99_ms",
         ),
+        (
+            "probe → probe (no job)",
+            &streams[4],
+            &probes,
+            "probe_p99_ms",
+        ),
     ] {
         let (p99, missing) = p99_per_minute(sent, arrivals, start, n);
-        if missing > 0 {
-            invalid.push(format!("{what}: {missing} outputs never arrived"));
+        if !missing.is_empty() {
+            invalid.push(format!(
+                "{what}: {} outputs never arrived (per minute of their input: {missing:?})",
+                missing.values().sum::<usize>()
+            ));
         }
         for (sample, p) in samples.iter_mut().zip(p99) {
             sample[key] = json!(p);
@@ -485,6 +548,7 @@ pub fn soak(minutes: u64) -> Value {
     drafts.stop();
     enriched.stop();
     geo_rows.stop();
+    probes.stop();
     jobs.stop();
 
     // Every output against its truth.
@@ -537,7 +601,9 @@ pub fn soak(minutes: u64) -> Value {
              {CHANGES_PER_S} subscriber inserts/s, orders {ORDERS_PER_S}/s with a dictionary \
              change per second, geo {EVENTS_PER_S} events/s (one in ten from a new user), all \
              at once for {minutes} minutes on one broker and database; per minute each job's \
-             VmRSS and CPU s/s, and the p99 latency of the inputs sent that minute"
+             VmRSS and CPU s/s, the broker's and PostgreSQL's CPU s/s, and the p99 latency \
+             of the inputs sent that minute, beside a probe produced and consumed by the \
+             bench alone ({PROBES_PER_S}/s: the broker's floor)"
         ),
         "minutes": samples,
         "invalid_runs": invalid,
@@ -567,7 +633,7 @@ pub fn markdown(result: &Value) -> String {
         return String::new();
     }
     let mut md = format!(
-        "\n### SOAK\n\n{}\n\n| minute | promos RSS MB | promos CPU s/s | promo p99 ms | insert p99 ms | orders RSS MB | orders CPU s/s | order p99 ms | geo RSS MB | geo CPU s/s | new user p99 ms | broker CPU s/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\n### SOAK\n\n{}\n\n| minute | promos RSS MB | promos CPU s/s | promo p99 ms | insert p99 ms | orders RSS MB | orders CPU s/s | order p99 ms | geo RSS MB | geo CPU s/s | new user p99 ms | probe p99 ms | broker CPU s/s | Postgres CPU s/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         result["what"].as_str().unwrap_or_default()
     );
     let cell = |v: &Value, digits: usize| {
@@ -577,7 +643,7 @@ pub fn markdown(result: &Value) -> String {
     let minutes: Vec<&Value> = result["minutes"].as_array().into_iter().flatten().collect();
     for m in &minutes {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             m["minute"],
             cell(&m["promos"]["rss_mb"], 0),
             cell(&m["promos"]["cpu_s_per_s"], 2),
@@ -589,7 +655,9 @@ pub fn markdown(result: &Value) -> String {
             cell(&m["geo"]["rss_mb"], 0),
             cell(&m["geo"]["cpu_s_per_s"], 2),
             cell(&m["geo_p99_ms"], 0),
+            cell(&m["probe_p99_ms"], 0),
             cell(&m["broker_cpu_s_per_s"], 2),
+            cell(&m["postgres_cpu_s_per_s"], 2),
         ));
     }
     let after: Vec<&&Value> = minutes.iter().skip(WARM_UP_MINUTES).collect();
@@ -615,8 +683,14 @@ pub fn markdown(result: &Value) -> String {
                 slope(&lat) * 60.0
             ));
         }
-        md.pop();
-        md.push_str(".\n");
+        let probe: Vec<f64> = after
+            .iter()
+            .filter_map(|m| m["probe_p99_ms"].as_f64())
+            .collect();
+        md.push_str(&format!(
+            " the probe (the broker alone) p99 {:+.0} ms/h.\n",
+            slope(&probe) * 60.0
+        ));
     }
     if let Some(why) = result["invalid_runs"].as_array().and_then(|i| i.first()) {
         md.push_str(&format!(
