@@ -101,6 +101,9 @@ pub struct RawRecord {
     pub key: Option<Vec<u8>>,
     /// Message value, as sent (`None`: a tombstone).
     pub value: Option<Vec<u8>>,
+    /// Message headers, as sent, in order (a header without a value has an empty one);
+    /// empty for most records, and then without an allocation.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// A record that could not be decoded, with the reason, bound for the dead-letter topic.

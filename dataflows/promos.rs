@@ -865,12 +865,14 @@ mod tests {
             offset: 1,
             key: Some(b"first_message".to_vec()),
             value: Some(VALID.as_bytes().to_vec()),
+            headers: Vec::new(),
         };
         let bad = RawRecord {
             partition: 2,
             offset: 7,
             key: Some(b"k".to_vec()),
             value: Some(b"nope".to_vec()),
+            headers: vec![("trace".to_string(), b"t-1".to_vec())],
         };
         let big = RawRecord {
             partition: 1,
@@ -884,6 +886,7 @@ mod tests {
                     )
                     .into_bytes(),
             ),
+            headers: Vec::new(),
         };
         let valid = parse_campaign(Some(VALID.as_bytes())).expect("valid");
         let room = smallest_draft(&valid) + 36;

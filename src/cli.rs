@@ -15,6 +15,7 @@ use crate::kafka::KafkaArgs;
 use crate::logs::LogFormat;
 use crate::pg::DEFAULT_URL as DEFAULT_POSTGRES_URL;
 use crate::produce::ProduceCommand;
+use crate::redrive::RedriveArgs;
 
 /// Streaming jobs for a food-delivery aggregator, on timely and differential dataflow.
 ///
@@ -74,6 +75,9 @@ pub enum Command {
     /// Print every message of a topic, from the beginning to its current end, as JSON lines
     /// ({"partition", "offset", "key", "value", "headers"}).
     Consume(ConsumeArgs),
+    /// Re-publish dead letters to the topic they came from (each once, across runs and
+    /// crashes), e.g. after the producer or a rule was fixed; prints what it did.
+    Redrive(RedriveArgs),
 }
 
 /// Arguments of `dishflow consume`.

@@ -18,6 +18,7 @@ pub mod pg;
 pub mod positions;
 pub mod produce;
 pub mod redact;
+pub mod redrive;
 pub mod retry;
 pub mod sinks;
 pub mod sources;

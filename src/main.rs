@@ -61,6 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(ProduceCommand::Promos(args)) => dishflow::produce::promos(&args),
         Command::Produce(ProduceCommand::Orders(args)) => dishflow::produce::orders(&args),
         Command::Produce(ProduceCommand::Events(args)) => dishflow::produce::events(&args),
+        Command::Redrive(args) => dishflow::redrive::run(args),
         Command::Consume(args) => {
             let messages = dishflow::kafka::consumer::read_to_end(
                 &args.kafka,

@@ -15,12 +15,6 @@ const MINUTE: Duration = Duration::from_secs(60);
 const R0: &str = "123e4567-e89b-12d3-a456-426614174000";
 const R1: &str = "123e4567-e89b-12d3-a456-426614174001";
 
-fn run(args: &[String]) {
-    let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    argv.push("--stop-at-end");
-    assert_success(&dishflow(&argv, 2 * MINUTE));
-}
-
 /// Header `name` of `message`.
 fn header<'m>(message: &'m dishflow::kafka::consumer::ConsumedMessage, name: &str) -> &'m str {
     message
@@ -76,7 +70,7 @@ fn one_bad_campaign(
         ],
     );
     let args = promos_args(db, prefix);
-    run(&args);
+    run_to_end(&args);
     // R0 has 8 distinct subscribers, R1 one (a duplicated row).
     let drafts = draft_keys(&format!("{prefix}.out"));
     assert_eq!(drafts.len(), 9, "{drafts:?}");
@@ -86,7 +80,7 @@ fn one_bad_campaign(
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].key.as_deref(), Some(id));
 
-    run(&args);
+    run_to_end(&args);
     assert_eq!(draft_keys(&format!("{prefix}.out")), drafts);
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), 1);
     assert_eq!(feedback_rows(db).len(), 9);
@@ -136,7 +130,7 @@ fn drafts_the_feedback_table_refuses_are_dead_lettered_once_and_the_rest_written
         ],
     );
     let args = promos_args(&db, &prefix);
-    run(&args);
+    run_to_end(&args);
 
     let drafts = draft_keys(&format!("{prefix}.out"));
     assert_eq!(drafts.len(), 9, "{drafts:?}");
@@ -177,7 +171,7 @@ fn drafts_the_feedback_table_refuses_are_dead_lettered_once_and_the_rest_written
 
     // A second run replays the campaigns in force: the refused drafts are found again and
     // not dead-lettered twice.
-    run(&args);
+    run_to_end(&args);
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), 8);
     assert_eq!(draft_keys(&format!("{prefix}.out")), drafts);
 }
@@ -251,7 +245,7 @@ fn a_redis_entry_with_a_nul_character_is_absent_and_dead_lettered_once() {
         &[(Some(b"nul-order"), Some(nul_order.as_bytes()))],
     );
     let args = orders_args(&db, &prefix);
-    run(&args);
+    run_to_end(&args);
 
     // The order at the good restaurant counts; the one at the bad restaurant waits for a
     // valid entry (it is in STG, not in the counters).
@@ -283,7 +277,7 @@ fn a_redis_entry_with_a_nul_character_is_absent_and_dead_lettered_once() {
     );
 
     // A second run reads Redis again: the same bad value is not dead-lettered twice.
-    run(&args);
+    run_to_end(&args);
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), 2);
     assert_eq!(product_counters(&db), [("Roll".to_string(), 1)]);
 
@@ -294,7 +288,7 @@ fn a_redis_entry_with_a_nul_character_is_absent_and_dead_lettered_once() {
             restaurant_json(&bad, &format!("{prefix}_p2"), "Fixed"),
         )
         .expect("set");
-    run(&args);
+    run_to_end(&args);
     assert_eq!(
         product_counters(&db),
         [("Fixed".to_string(), 1), ("Roll".to_string(), 1)]
@@ -316,7 +310,7 @@ fn a_counter_the_table_refuses_is_dead_lettered_and_every_other_row_written() {
         )
         .expect("constraint");
     let args = orders_args(&db, &prefix);
-    run(&args);
+    run_to_end(&args);
 
     assert_eq!(product_counters(&db), [("Roll".to_string(), 1)]);
     // The same user's category counter was in the refused counter's batch: written.
@@ -339,7 +333,7 @@ fn a_counter_the_table_refuses_is_dead_lettered_and_every_other_row_written() {
         serde_json::from_str(dead[0].value.as_deref().expect("value")).expect("json");
     assert_eq!(value["update"]["name"], "Forbidden");
 
-    run(&args);
+    run_to_end(&args);
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), 1);
     assert_eq!(product_counters(&db), [("Roll".to_string(), 1)]);
 }
@@ -422,7 +416,7 @@ fn a_draft_too_large_for_its_topic_is_dead_lettered_and_the_rest_of_its_batch_de
         "--kafka-property".into(),
         format!("message.max.bytes={limit}"),
     ]);
-    run(&args);
+    run_to_end(&args);
 
     let drafts = draft_keys(&format!("{prefix}.out"));
     assert_eq!(drafts.len(), 9, "8 clients of R0 and 1 of R1: {drafts:?}");
@@ -454,7 +448,7 @@ fn a_draft_too_large_for_its_topic_is_dead_lettered_and_the_rest_of_its_batch_de
         assert!(message.value.as_deref().expect("a value").len() < limit);
     }
 
-    run(&args);
+    run_to_end(&args);
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), 2);
     assert_eq!(draft_keys(&format!("{prefix}.out")), drafts);
 }
@@ -523,7 +517,7 @@ fn events_at_the_ends_of_the_calendar_and_of_their_types_are_dead_lettered_and_r
         .collect();
     produce_values(&format!("{prefix}.events"), 2, &values);
     let args = geo_args(&db, &prefix, &[] as &[&str]);
-    run(&args);
+    run_to_end(&args);
 
     let users: Vec<i64> = pg(&db)
         .query("SELECT user_id FROM mart.geo_users ORDER BY 1", &[])
@@ -543,7 +537,7 @@ fn events_at_the_ends_of_the_calendar_and_of_their_types_are_dead_lettered_and_r
     );
 
     // The geo job replays its topic at every start: the replay exits 0 too.
-    run(&args);
+    run_to_end(&args);
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), poison.len());
 }
 
@@ -691,7 +685,7 @@ fn orders_at_the_ends_of_their_types_are_written_or_dead_lettered_and_replayed()
         .collect();
     produce_values(&format!("{prefix}.orders"), 2, &values);
     let args = orders_args(&db, &prefix);
-    run(&args);
+    run_to_end(&args);
 
     let stg: i64 = pg(&db)
         .query_one("SELECT count(*) FROM stg.order_events", &[])
@@ -706,6 +700,6 @@ fn orders_at_the_ends_of_their_types_are_written_or_dead_lettered_and_replayed()
         poison.iter().map(|(_, reason)| *reason),
     );
 
-    run(&args);
+    run_to_end(&args);
     assert_eq!(consume(&format!("{prefix}.dlq")).len(), poison.len());
 }

@@ -257,6 +257,17 @@ pub fn read_to_end(
     read_range(kafka, topic, HashMap::new(), timeout)
 }
 
+/// A message's headers as (name, value) pairs, in order (no value: an empty one).
+pub fn message_headers(message: &impl Message) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    message.headers().map_or_else(Vec::new, |headers| {
+        headers
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+            .collect()
+    })
+}
+
 /// Reads every partition of `topic` from `start` (a partition not listed: its beginning) to
 /// its end as of the call. Fails after `timeout`.
 pub fn read_range(

@@ -27,7 +27,7 @@ use dataflows::{Diff, Time};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::kafka::{KafkaMessage, MessageTooLarge, header};
+use super::kafka::{KafkaMessage, MessageTooLarge, REASON_HEADER, header};
 use super::rejects::{Rejection, Rejects};
 
 /// One update of a batch.
@@ -191,7 +191,7 @@ pub fn rejections<D: Serialize>(sink: &str, dead: &[(Update<D>, Error)]) -> Resu
                 key: Some(key.into_bytes()),
                 value: Some(serde_json::to_vec(&value)?),
                 headers: vec![
-                    header("dishflow.error.reason", reason(error)),
+                    header(REASON_HEADER, reason(error)),
                     header("dishflow.sink", sink),
                 ],
             },

@@ -35,6 +35,7 @@ use crate::retry::Backoff;
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One message to produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaMessage {
     /// Message key (`None`: no key).
     pub key: Option<Vec<u8>>,
@@ -462,9 +463,38 @@ pub fn header(name: &str, value: impl std::fmt::Display) -> (String, Vec<u8>) {
     (name.to_string(), value.to_string().into_bytes())
 }
 
-/// Dead letters: the original key and value, and where they came from and why in headers:
-/// `dishflow.error.reason`, `dishflow.source.topic`, `dishflow.source.partition`,
-/// `dishflow.source.offset`.
+/// Header carrying a message's outbox sequence number (decimal; see `sinks::outbox`).
+pub const SEQ_HEADER: &str = "dishflow.outbox.seq";
+
+/// Header of a dead letter: why it was rejected (a stable reason, e.g. `not_json`).
+pub const REASON_HEADER: &str = "dishflow.error.reason";
+/// Header of a dead letter from a Kafka record: the topic it was read from.
+pub const SOURCE_TOPIC_HEADER: &str = "dishflow.source.topic";
+/// Header of a dead letter from a Kafka record: its partition.
+pub const SOURCE_PARTITION_HEADER: &str = "dishflow.source.partition";
+/// Header of a dead letter from a Kafka record: its offset.
+pub const SOURCE_OFFSET_HEADER: &str = "dishflow.source.offset";
+
+/// Whether `name` is one of the headers a dead letter adds (see [`DeadLetterEncoder`]), or
+/// the outbox's sequence number (the dead letter's own is added when it is sent; a record
+/// keeping another's would confuse the outbox's recovery).
+pub fn is_dead_letter_header(name: &str) -> bool {
+    [
+        SEQ_HEADER,
+        REASON_HEADER,
+        SOURCE_TOPIC_HEADER,
+        SOURCE_PARTITION_HEADER,
+        SOURCE_OFFSET_HEADER,
+        TRUNCATED_HEADER,
+    ]
+    .contains(&name)
+}
+
+/// Dead letters: the original key, value and headers, then where they came from and why in
+/// headers of their own: `dishflow.error.reason`, `dishflow.source.topic`,
+/// `dishflow.source.partition`, `dishflow.source.offset`. A record that was a dead letter
+/// before (re-driven, then rejected again) loses its old ones: a dead letter carries one
+/// reason and one origin.
 pub struct DeadLetterEncoder {
     source_topic: String,
     counts: RefCell<(BTreeMap<String, u64>, Option<Instant>)>,
@@ -509,15 +539,20 @@ impl Encoder<DeadLetter> for DeadLetterEncoder {
             return Ok(None);
         }
         self.count(dead);
+        let mut headers: Vec<(String, Vec<u8>)> = (dead.record.headers.iter())
+            .filter(|(name, _)| !is_dead_letter_header(name))
+            .cloned()
+            .collect();
+        headers.extend([
+            header(REASON_HEADER, &dead.reason),
+            header(SOURCE_TOPIC_HEADER, &self.source_topic),
+            header(SOURCE_PARTITION_HEADER, dead.record.partition),
+            header(SOURCE_OFFSET_HEADER, dead.record.offset),
+        ]);
         Ok(Some(KafkaMessage {
             key: dead.record.key.clone(),
             value: dead.record.value.clone(),
-            headers: vec![
-                header("dishflow.error.reason", &dead.reason),
-                header("dishflow.source.topic", &self.source_topic),
-                header("dishflow.source.partition", dead.record.partition),
-                header("dishflow.source.offset", dead.record.offset),
-            ],
+            headers,
         }))
     }
 }
@@ -525,13 +560,52 @@ impl Encoder<DeadLetter> for DeadLetterEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dataflows::RawRecord;
+
+    #[test]
+    fn a_dead_letter_keeps_the_records_headers_and_replaces_an_earlier_reason() {
+        let record = RawRecord {
+            partition: 3,
+            offset: 42,
+            key: Some(b"k".to_vec()),
+            value: Some(b"nope".to_vec()),
+            headers: vec![
+                header("trace", "t-1"),
+                header(REASON_HEADER, "not_json"),
+                header(SOURCE_TOPIC_HEADER, "older"),
+                header(SEQ_HEADER, 7),
+                header("dishflow.redrive.attempts", 1),
+            ],
+        };
+        let dead = DeadLetter {
+            record,
+            reason: "invalid:missing_field".into(),
+        };
+        let message = DeadLetterEncoder::new("orders")
+            .encode(&dead, 0, 1)
+            .expect("encoded")
+            .expect("a message");
+        assert_eq!(message.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(message.value.as_deref(), Some(&b"nope"[..]));
+        assert_eq!(
+            message.headers,
+            vec![
+                header("trace", "t-1"),
+                header("dishflow.redrive.attempts", 1),
+                header(REASON_HEADER, "invalid:missing_field"),
+                header(SOURCE_TOPIC_HEADER, "orders"),
+                header(SOURCE_PARTITION_HEADER, 3),
+                header(SOURCE_OFFSET_HEADER, 42),
+            ]
+        );
+    }
 
     #[test]
     fn a_message_cut_to_fit_keeps_whole_characters_and_says_how_large_it_was() {
         let mut message = KafkaMessage {
             key: Some(b"k".to_vec()),
             value: Some("é".repeat(1_000).into_bytes()),
-            headers: vec![header("dishflow.error.reason", "too_large:draft")],
+            headers: vec![header(REASON_HEADER, "too_large:draft")],
         };
         let extra: &[(&str, &[u8])] = &[("seq", b"12")];
         let size = message.size(extra);

@@ -37,8 +37,7 @@ use super::kafka::{KafkaMessage, MessageTooLarge, Oversize, Producer};
 use crate::kafka::KafkaArgs;
 use crate::kafka::consumer::{Position, read_range};
 
-/// Header carrying a message's outbox sequence number (decimal).
-pub const SEQ_HEADER: &str = "dishflow.outbox.seq";
+pub use super::kafka::SEQ_HEADER;
 
 /// The sequence number header at its longest (an i64 in decimal), for size checks.
 const SEQ_AT_MOST: &[(&str, &[u8])] = &[(SEQ_HEADER, b"-9223372036854775808")];
@@ -158,6 +157,13 @@ pub struct Staged {
     seq: i64,
     topic: String,
     message: KafkaMessage,
+}
+
+impl Staged {
+    /// The message's sequence number in the outbox.
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
 }
 
 /// One writer's outbox: its Kafka producer and its rows in `dishflow_outbox`.
@@ -374,6 +380,23 @@ impl Outbox {
              DO UPDATE SET next_offset = GREATEST(m.next_offset, excluded.next_offset)",
             &[&self.job, &self.writer, &topics, &partitions, &offsets],
         )?;
+        Ok(())
+    }
+
+    /// Adds `topic` to the writer's topics, its marks at the topic's current ends, unless
+    /// it is one already: for a writer whose topics are known only as messages come (the
+    /// re-drive's source topics). Run before staging anything for `topic`.
+    pub fn add_topic(&mut self, client: &mut Client, topic: &str) -> Result<()> {
+        if self.topics.iter().any(|t| t == topic) {
+            return Ok(());
+        }
+        let marks = (crate::kafka::watermarks(&self.kafka, topic)?.into_iter())
+            .map(|(partition, _, high)| ((topic.to_string(), partition), high))
+            .collect();
+        let mut tx = client.transaction()?;
+        self.set_marks(&mut tx, marks)?;
+        tx.commit()?;
+        self.topics.push(topic.to_string());
         Ok(())
     }
 

@@ -40,7 +40,7 @@ use crate::control::Lifecycle;
 use crate::kafka::KafkaArgs;
 use crate::kafka::consumer::{
     Assignment, PartitionState, Position, ReadContext, assigned_consumer, message_bytes,
-    observe_eof, observe_message,
+    message_headers, observe_eof, observe_message,
 };
 use crate::sources::{Reader, Status, clocked_source};
 
@@ -130,6 +130,7 @@ impl Reader for KafkaReader {
                         offset: message.offset(),
                         key: message.key().map(<[u8]>::to_vec),
                         value: message.payload().map(<[u8]>::to_vec),
+                        headers: message_headers(&message),
                     };
                     give(record, 1);
                     emitted += 1;

@@ -39,7 +39,7 @@ use tracing::{info, warn};
 
 use crate::control::{Control, Lifecycle};
 use crate::retry::Backoff;
-use crate::sinks::kafka::{KafkaMessage, header};
+use crate::sinks::kafka::{KafkaMessage, REASON_HEADER, header};
 use crate::sinks::rejects::{Rejection, Rejects};
 use crate::sources::{Reader, Status, clocked_source};
 
@@ -90,7 +90,7 @@ impl RejectedValue {
                 key: Some(self.key.clone().into_bytes()),
                 value: Some(self.value.clone()),
                 headers: vec![
-                    header("dishflow.error.reason", &self.reason),
+                    header(REASON_HEADER, &self.reason),
                     header("dishflow.source.redis_key", &self.key),
                 ],
             },

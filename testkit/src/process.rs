@@ -146,6 +146,14 @@ pub fn wait(mut job: Job, timeout: Duration) -> Output {
     }
 }
 
+/// Runs `dishflow` with `args` and `--stop-at-end` (a bounded run), asserting that it
+/// succeeds within two minutes.
+pub fn run_to_end(args: &[String]) {
+    let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    argv.push("--stop-at-end");
+    assert_success(&dishflow(&argv, Duration::from_secs(120)));
+}
+
 /// Asserts that `out` is a successful run, showing its stderr otherwise.
 pub fn assert_success(out: &Output) {
     assert!(

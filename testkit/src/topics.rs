@@ -82,6 +82,27 @@ pub fn produce_raw(topic: &str, partitions: i32, messages: &[Raw<'_>]) -> Marks 
     marks
 }
 
+/// Produces one record with `key`, `value` and `headers` to `topic` (which exists).
+pub fn produce_with_headers(topic: &str, key: &[u8], value: &[u8], headers: &[(&str, &str)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let producer: BaseProducer = dishflow::kafka::client_config(&kafka(), &[])
+        .create()
+        .expect("producer");
+    let mut owned = OwnedHeaders::new();
+    for (name, value) in headers {
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    let record = BaseRecord::<'_, [u8], [u8]>::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(owned);
+    producer.send(record).map_err(|(e, _)| e).expect("send");
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
 /// Creates `topic` and produces messages without key with `values`, round robin.
 pub fn produce_values<V: AsRef<str>>(topic: &str, partitions: i32, values: &[V]) -> Marks {
     let raw: Vec<Raw<'_>> = (values.iter())
