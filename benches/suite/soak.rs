@@ -134,6 +134,33 @@ fn home(user: i64, cities: &[(f64, f64)]) -> (f64, f64) {
     )
 }
 
+/// The drafts sink's seconds so far writing batches (its Postgres transactions) and
+/// flushing (waiting for the broker's acknowledgements), and its batches, from the promos
+/// job's `/metrics` on `port` (zeros while it does not answer).
+fn drafts_sink_seconds(port: u16) -> [f64; 3] {
+    let Some((200, text)) = http_get(port, "/metrics") else {
+        return [0.0; 3];
+    };
+    let sink = "sink=\"DraftsSink\"";
+    [
+        metric(
+            &text,
+            "dishflow_sink_seconds_sum",
+            &[sink, "step=\"write\""],
+        ),
+        metric(
+            &text,
+            "dishflow_sink_seconds_sum",
+            &[sink, "step=\"flush\""],
+        ),
+        metric(
+            &text,
+            "dishflow_sink_seconds_count",
+            &[sink, "step=\"write\""],
+        ),
+    ]
+}
+
 /// The UTC wall clock as `YYYY-MM-DD HH:MM:SS`.
 fn utc_now() -> String {
     chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
@@ -274,6 +301,13 @@ pub fn soak(minutes: u64) -> Value {
     };
     let mut promos_args = promos_args_from(&db, &promo_topic, &prefix);
     promos_args.extend(["--kafka-property".into(), FETCH_WAIT.replace(':', "=")]);
+    // Where the drafts' sink spends its time (its Postgres transactions, its waits for the
+    // broker's acknowledgements), from the job's own metrics.
+    let promos_port = free_port();
+    promos_args.extend([
+        "--metrics-addr".to_string(),
+        format!("127.0.0.1:{promos_port}"),
+    ]);
     let mut orders_args = orders_args(&db, &prefix);
     orders_args.extend(["--stg-topic".to_string(), stg_topic.clone()]);
     let geo_args = geo_topic_args(
@@ -456,6 +490,7 @@ pub fn soak(minutes: u64) -> Value {
         .collect();
     let mut broker_before = broker.map_or(0.0, |pid| usage(pid).0);
     let mut postgres_before = postgres_cpu();
+    let mut drafts_sink_before = drafts_sink_seconds(promos_port);
     for minute in 0..minutes {
         let due = start + Duration::from_secs(60 * (minute + 1));
         while Instant::now() < due {
@@ -476,6 +511,11 @@ pub fn soak(minutes: u64) -> Value {
             sample["broker_cpu_s_per_s"] = json!((cpu - broker_before) / 60.0);
             broker_before = cpu;
         }
+        let drafts_sink = drafts_sink_seconds(promos_port);
+        sample["promos"]["sink_write_s"] = json!(drafts_sink[0] - drafts_sink_before[0]);
+        sample["promos"]["sink_flush_s"] = json!(drafts_sink[1] - drafts_sink_before[1]);
+        sample["promos"]["sink_batches"] = json!(drafts_sink[2] - drafts_sink_before[2]);
+        drafts_sink_before = drafts_sink;
         // A backend that exited during the minute takes its CPU with it: at least zero.
         let postgres = postgres_cpu();
         sample["postgres_cpu_s_per_s"] = json!(((postgres - postgres_before) / 60.0).max(0.0));
@@ -633,7 +673,7 @@ pub fn markdown(result: &Value) -> String {
         return String::new();
     }
     let mut md = format!(
-        "\n### SOAK\n\n{}\n\n| minute | promos RSS MB | promos CPU s/s | promo p99 ms | insert p99 ms | orders RSS MB | orders CPU s/s | order p99 ms | geo RSS MB | geo CPU s/s | new user p99 ms | probe p99 ms | broker CPU s/s | Postgres CPU s/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\n### SOAK\n\n{}\n\n| minute | promos RSS MB | promos CPU s/s | promo p99 ms | insert p99 ms | orders RSS MB | orders CPU s/s | order p99 ms | geo RSS MB | geo CPU s/s | new user p99 ms | probe p99 ms | broker CPU s/s | Postgres CPU s/s | drafts sink write / flush s, batches |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         result["what"].as_str().unwrap_or_default()
     );
     let cell = |v: &Value, digits: usize| {
@@ -643,7 +683,7 @@ pub fn markdown(result: &Value) -> String {
     let minutes: Vec<&Value> = result["minutes"].as_array().into_iter().flatten().collect();
     for m in &minutes {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {}, {} |\n",
             m["minute"],
             cell(&m["promos"]["rss_mb"], 0),
             cell(&m["promos"]["cpu_s_per_s"], 2),
@@ -658,6 +698,9 @@ pub fn markdown(result: &Value) -> String {
             cell(&m["probe_p99_ms"], 0),
             cell(&m["broker_cpu_s_per_s"], 2),
             cell(&m["postgres_cpu_s_per_s"], 2),
+            cell(&m["promos"]["sink_write_s"], 1),
+            cell(&m["promos"]["sink_flush_s"], 1),
+            cell(&m["promos"]["sink_batches"], 0),
         ));
     }
     let after: Vec<&&Value> = minutes.iter().skip(WARM_UP_MINUTES).collect();
