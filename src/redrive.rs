@@ -367,7 +367,9 @@ fn write_batch(
     if chosen.is_empty() {
         return Ok(());
     }
-    for (topic, _) in &chosen {
+    let topics: std::collections::BTreeSet<&str> =
+        chosen.iter().map(|(topic, _)| topic.as_str()).collect();
+    for topic in topics {
         outbox.add_topic(client, topic)?;
     }
     let mut tx = client.transaction()?;

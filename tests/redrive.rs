@@ -47,10 +47,7 @@ fn header<'m>(message: &'m ConsumedMessage, name: &str) -> Option<&'m str> {
 /// Dead letters of `dlq` per reason: how many.
 fn reasons(dlq: &str) -> BTreeMap<String, usize> {
     let mut count = BTreeMap::new();
-    for m in consume(dlq) {
-        let reason = header(&m, "dishflow.error.reason")
-            .unwrap_or("?")
-            .to_string();
+    for (_, reason) in dead_letter_reasons(dlq) {
         *count.entry(reason).or_default() += 1;
     }
     count
