@@ -115,6 +115,19 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// A value read by key from a store that has no offsets (a Redis dictionary entry) that is
+/// not a valid input: the job treats the key as absent and dead-letters the value once per
+/// (key, value, reason).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RejectedValue {
+    /// The store's key.
+    pub key: String,
+    /// The value, as read.
+    pub value: Vec<u8>,
+    /// Why it was rejected (a [`decode::Reject`] code).
+    pub reason: String,
+}
+
 /// Keys scheduled for a logical time: what bounded state uses to find what it may forget.
 ///
 /// The owner keeps the authoritative time per key in its own map; a key may be scheduled

@@ -10,6 +10,8 @@
 //!                                      │                 │ dead letters (replays dropped)
 //!                                      │                 ▼
 //!                                      │          dead-letter sink ─► Kafka *.dlq
+//!                                      │   refused rows, other sources' rejected values
+//!                                      │          ─► rejections ledger + outbox ─► *.dlq
 //!                                      ▼                 every sink's frontier
 //!                      positions::track ◄───────────────┘ + the state's retention
 //!                      completion_barrier (a bounded run ends when every worker is done)
@@ -22,7 +24,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use dataflows::{DeadLetter, Diff, RawRecord, Retention, Time};
+use dataflows::{DeadLetter, Diff, RawRecord, RejectedValue, Retention, Time};
 use differential_dataflow::VecCollection;
 use timely::dataflow::{Scope, Stream};
 use tracing::info;
@@ -339,6 +341,21 @@ impl<'s> Dataflow<'s> {
             Ok(existing()?.into_iter().map(|row| (row, -1)).collect())
         });
         collection.concat(rows)
+    }
+
+    /// Sends the values another source of the job rejected (a Redis value that is not a
+    /// dictionary entry) to the dead-letter topic, each once across restarts (the ledger of
+    /// `sinks::rejects`: a restart reads the same value again).
+    pub fn rejected_values(&mut self, rejected: VecCollection<'s, Time, RejectedValue, Diff>) {
+        let written = sink(
+            rejected,
+            "RejectedValuesSink",
+            vec![self.refusals.rejects.clone()],
+            None,
+            None,
+            &self.lifecycle,
+        );
+        self.written.push(written);
     }
 
     /// Sends the records the job could not decode to the dead-letter topic, except those of

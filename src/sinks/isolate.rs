@@ -219,7 +219,7 @@ impl Refusals {
             tracing::warn!(sink, key = %rejection.key, error = %format!("{error:#}"),
                 "update refused: dead-lettered, the rest of its batch written");
         }
-        self.rejects.write(rejections)
+        self.rejects.send(rejections)
     }
 }
 

@@ -3,8 +3,9 @@
 //! once.
 //!
 //! ```text
-//!  Rejects::write([Rejection { key, digest, message }])   (one writer per worker, shared
-//!    one transaction:                                       by the worker's sink threads)
+//!  Rejects::send([Rejection { key, digest, message }])   (one writer per worker, shared
+//!    one transaction:                                       by the worker's sink threads
+//!                                                           and its rejected-values sink)
 //!      INSERT INTO dishflow_published (job = '<job>/rejected', key, digest)
 //!      ON CONFLICT (job, key) DO UPDATE … WHERE the digest differs  RETURNING key
 //!      the messages of the keys returned ─► dishflow_outbox
@@ -21,12 +22,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use dataflows::{Diff, Time};
+use dataflows::{Diff, RejectedValue, Time};
 use postgres::Transaction;
 use uuid::Uuid;
 
 use super::SinkWriter;
-use super::kafka::KafkaMessage;
+use super::kafka::{KafkaMessage, REASON_HEADER, header};
 use super::outbox::Outbox;
 use super::postgres::{TableBatch, TableWriter, ledger_changed};
 use crate::kafka::KafkaArgs;
@@ -40,6 +41,32 @@ pub struct Rejection {
     /// The message for the dead-letter topic.
     pub message: KafkaMessage,
 }
+
+impl Rejection {
+    /// The dead letter of a Redis value that is not a dictionary entry: key and value as
+    /// read, headers `dishflow.error.reason` and `dishflow.source.redis_key`; sent once per
+    /// (key, value, reason).
+    pub fn of_redis_value(rejected: &RejectedValue) -> Rejection {
+        let mut content = rejected.reason.clone().into_bytes();
+        content.push(0);
+        content.extend_from_slice(&rejected.value);
+        Rejection {
+            key: format!("redis:{}", rejected.key),
+            digest: Uuid::new_v5(&dataflows::orders::NAMESPACE, &content),
+            message: KafkaMessage {
+                key: Some(rejected.key.clone().into_bytes()),
+                value: Some(rejected.value.clone()),
+                headers: vec![
+                    header(REASON_HEADER, &rejected.reason),
+                    header(REDIS_KEY_HEADER, &rejected.key),
+                ],
+            },
+        }
+    }
+}
+
+/// The header of a Redis value's dead letter naming its key.
+pub const REDIS_KEY_HEADER: &str = "dishflow.source.redis_key";
 
 /// The ledger name of a job's rejections, also its outbox's job name.
 pub fn ledger_job(job: &str) -> String {
@@ -115,7 +142,7 @@ impl Rejects {
     }
 
     /// Sends `rejections` not sent before, and returns once the broker has them.
-    pub fn write(&self, rejections: Vec<Rejection>) -> Result<()> {
+    pub fn send(&self, rejections: Vec<Rejection>) -> Result<()> {
         if rejections.is_empty() {
             return Ok(());
         }
@@ -124,5 +151,56 @@ impl Rejects {
         let mut writer = self.0.lock().unwrap_or_else(|e| e.into_inner());
         writer.write(&updates)?;
         writer.flush()
+    }
+}
+
+/// The sink of a source's rejected values: each value found (a positive update) is sent
+/// once; a value's retraction means nothing for a dead letter.
+impl SinkWriter<RejectedValue> for Rejects {
+    fn write(&mut self, updates: &[(RejectedValue, Time, Diff)]) -> Result<()> {
+        self.send(
+            updates
+                .iter()
+                .filter(|(_, _, diff)| *diff > 0)
+                .map(|(value, _, _)| Rejection::of_redis_value(value))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_values_dead_letter_names_its_key_and_reason_and_changes_with_the_value() {
+        let value = |value: &[u8]| RejectedValue {
+            key: "u1".into(),
+            value: value.to_vec(),
+            reason: "not_json".into(),
+        };
+        let letter = Rejection::of_redis_value(&value(b"not json"));
+        assert_eq!(letter.key, "redis:u1");
+        assert_eq!(letter.message.key.as_deref(), Some(&b"u1"[..]));
+        assert_eq!(letter.message.value.as_deref(), Some(&b"not json"[..]));
+        assert!(
+            letter
+                .message
+                .headers
+                .contains(&header(REDIS_KEY_HEADER, "u1"))
+        );
+        assert!(
+            letter
+                .message
+                .headers
+                .contains(&header(REASON_HEADER, "not_json"))
+        );
+        let again = Rejection::of_redis_value(&value(b"not json"));
+        assert_eq!(
+            letter.digest, again.digest,
+            "the same value: the same rejection"
+        );
+        let other = Rejection::of_redis_value(&value(b"{still not json"));
+        assert_ne!(letter.digest, other.digest, "another value: sent again");
     }
 }

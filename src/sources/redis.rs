@@ -21,8 +21,9 @@
 //! **Keyed state.** The thread keeps the parsed entry of every key and emits differences, so
 //! a notification for an unchanged value, a repeated rescan or a reconnect emits nothing. A
 //! value that is not a valid entry (not JSON, neither `menu` nor `login`, a NUL character,
-//! or not a string key) counts as absent; each such value is logged, counted and, with a
-//! [`Rejects`] writer, dead-lettered once (`sinks::rejects`). Other workers read nothing: the
+//! or not a string key) counts as absent; each such value is logged, counted and emitted
+//! once on a second collection of [`RejectedValue`]s, which the job sends to its dead-letter
+//! topic like every other rejection (`sinks::rejects`). Other workers read nothing: the
 //! dictionaries are small, and the dataflow exchanges them by key.
 
 use std::collections::{HashMap, HashSet};
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use dataflows::orders::{Dictionary, parse_dictionary};
-use dataflows::{Diff, Time};
+use dataflows::{Diff, RejectedValue, Time};
 use differential_dataflow::VecCollection;
 use redis::{Commands, Connection};
 use timely::dataflow::Scope;
@@ -39,8 +40,6 @@ use tracing::{info, warn};
 
 use crate::control::{Control, Lifecycle};
 use crate::retry::Backoff;
-use crate::sinks::kafka::{KafkaMessage, REASON_HEADER, header};
-use crate::sinks::rejects::{Rejection, Rejects};
 use crate::sources::{Reader, Status, clocked_source};
 
 /// The default Redis URL: the local server's database 0.
@@ -64,39 +63,8 @@ pub struct RedisSourceConfig {
     pub poll: Duration,
 }
 
-/// A Redis value that is not a valid dictionary entry, bound for the dead-letter topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RejectedValue {
-    /// The Redis key.
-    pub key: String,
-    /// The value, as read.
-    pub value: Vec<u8>,
-    /// Why it was rejected (a [`dataflows::decode::Reject`] code).
-    pub reason: String,
-}
-
-impl RejectedValue {
-    /// Its dead letter: key and value as read, headers `dishflow.error.reason`,
-    /// `dishflow.source.redis_key`; sent once per (key, value, reason), see
-    /// `sinks::rejects`.
-    pub fn rejection(&self) -> Rejection {
-        let mut content = self.reason.clone().into_bytes();
-        content.push(0);
-        content.extend_from_slice(&self.value);
-        Rejection {
-            key: format!("redis:{}", self.key),
-            digest: uuid::Uuid::new_v5(&dataflows::orders::NAMESPACE, &content),
-            message: KafkaMessage {
-                key: Some(self.key.clone().into_bytes()),
-                value: Some(self.value.clone()),
-                headers: vec![
-                    header(REASON_HEADER, &self.reason),
-                    header("dishflow.source.redis_key", &self.key),
-                ],
-            },
-        }
-    }
-}
+/// What the source reads: a dictionary entry, or a value that is not one.
+type Read = Result<Dictionary, RejectedValue>;
 
 /// The entries of every key, and how a new value changes the collection.
 #[derive(Default)]
@@ -193,7 +161,7 @@ impl Entries {
 }
 
 enum Event {
-    Updates(Vec<(Dictionary, Diff)>),
+    Updates(Vec<(Read, Diff)>),
     SnapshotDone,
 }
 
@@ -276,7 +244,6 @@ struct Follower {
     tx: SyncSender<Event>,
     wake: Box<dyn Fn() + Send>,
     control: Control,
-    rejects: Option<Rejects>,
 }
 
 impl Follower {
@@ -287,22 +254,18 @@ impl Follower {
         sent
     }
 
-    /// Dead-letters the values just rejected, then sends `updates`; `false` once the
-    /// operator is gone or the dead letters cannot be written (the job is failing then:
-    /// a restart finds the values again).
+    /// Sends `updates` and the values just rejected; `false` once the operator is gone.
     fn send(&mut self, updates: Vec<(Dictionary, Diff)>) -> bool {
         let rejected = self.entries.take_rejected();
-        if let Some(rejects) = &self.rejects
-            && !rejected.is_empty()
-        {
-            let rejections = rejected.iter().map(RejectedValue::rejection).collect();
-            if let Err(error) = rejects.write(rejections) {
-                self.control
-                    .fail(error.context("cannot dead-letter rejected Redis values"));
-                return false;
-            }
+        if updates.is_empty() && rejected.is_empty() {
+            return true;
         }
-        updates.is_empty() || self.notify(Event::Updates(updates))
+        let reads = updates
+            .into_iter()
+            .map(|(entry, diff)| (Ok(entry), diff))
+            .chain(rejected.into_iter().map(|value| (Err(value), 1)))
+            .collect();
+        self.notify(Event::Updates(reads))
     }
 
     /// Scans and emits the difference to what is known.
@@ -429,9 +392,9 @@ struct DictionaryReader {
 }
 
 impl Reader for DictionaryReader {
-    type Data = Dictionary;
+    type Data = Read;
 
-    fn read(&mut self, give: &mut dyn FnMut(Dictionary, Diff)) -> Status {
+    fn read(&mut self, give: &mut dyn FnMut(Read, Diff)) -> Status {
         let Some(rx) = self.rx.as_ref() else {
             // Not the reading worker: nothing to read, but in an unbounded run the source must
             // move with the clock (a finished source holds its final time until the end).
@@ -473,17 +436,25 @@ pub fn check(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// The dictionary source's two collections: the valid entries, and each value that is not
+/// one (at the time it was read, once per key and value; its key counts as absent).
+pub struct Dictionaries<'s> {
+    /// The valid entries.
+    pub entries: VecCollection<'s, Time, Dictionary, Diff>,
+    /// The values that are not entries, bound for the job's dead-letter topic.
+    pub rejected: VecCollection<'s, Time, RejectedValue, Diff>,
+}
+
 /// Builds the dictionary source: worker 0 reads (snapshot at `start`, then changes at the
-/// times they are read); the other workers' sources finish at once. Values that are not
-/// valid entries count as absent and, with `rejects`, are dead-lettered there.
+/// times they are read); the other workers' sources finish at once.
 pub fn dictionaries<'s>(
     scope: Scope<'s, Time>,
-    (config, rejects): (RedisSourceConfig, Option<Rejects>),
+    config: RedisSourceConfig,
     lifecycle: &Lifecycle,
-) -> VecCollection<'s, Time, Dictionary, Diff> {
+) -> Dictionaries<'s> {
     let reads = scope.index() == 0;
     let thread_control = lifecycle.control.clone();
-    clocked_source(scope, "RedisDictionaries", lifecycle, move |activator| {
+    let read = clocked_source(scope, "RedisDictionaries", lifecycle, move |activator| {
         if !reads {
             return Ok(DictionaryReader {
                 rx: None,
@@ -505,7 +476,6 @@ pub fn dictionaries<'s>(
                 let _ = activator.activate();
             }),
             control: thread_control,
-            rejects,
         };
         std::thread::Builder::new()
             .name("redis-dictionaries".into())
@@ -515,7 +485,11 @@ pub fn dictionaries<'s>(
             snapshot_done: false,
             follow,
         })
-    })
+    });
+    Dictionaries {
+        entries: read.clone().flat_map(Result::ok),
+        rejected: read.flat_map(Result::err),
+    }
 }
 
 #[cfg(test)]
@@ -551,15 +525,7 @@ mod tests {
         let rejected = entries.take_rejected();
         assert_eq!(rejected.len(), 1, "each bad value once");
         assert_eq!(rejected[0].reason, "not_json");
-        let letter = rejected[0].rejection();
-        assert_eq!(letter.key, "redis:u1");
-        assert_eq!(letter.message.value.as_deref(), Some(&b"not json"[..]));
-        assert!(
-            letter
-                .message
-                .headers
-                .contains(&header("dishflow.source.redis_key", "u1"))
-        );
+        assert_eq!(rejected[0].value, b"not json");
         entries.replace(vec![("u1".into(), Some(USER.to_vec()))], &mut out);
         assert_eq!(out, [(user("Olga"), 1)]);
         out.clear();

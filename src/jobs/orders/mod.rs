@@ -5,6 +5,7 @@
 //!                                                                ├─► other types (counted)
 //!                                                                └─► order messages ─┐
 //!  Redis restaurants/users ─► dictionaries (snapshot + keyspace notifications) ──────┤
+//!                                  └─► values that are not entries ─► Kafka *.dlq     │
 //!  Postgres cdm.tag_rules ─► followed table (worker 0) ──────────────────────────────┤
 //!                                                                  orders::orders    ▼
 //!     stg ─► stg.order_events    vault ─► dds.h_* / l_* / s_*    counters ─► cdm.*_counters
@@ -121,12 +122,8 @@ pub fn run(args: OrdersArgs) -> Result<()> {
     let url = args.postgres_url.clone();
     let open = move |worker: usize| Writers::open(&args, worker);
     job.run(started, source, open, move |dataflow, records, writers| {
-        let rejects = dataflow.refusals.rejects.clone();
-        let entries = dictionaries(
-            dataflow.scope,
-            (redis_config.clone(), Some(rejects)),
-            &dataflow.lifecycle,
-        );
+        let redis = dictionaries(dataflow.scope, redis_config.clone(), &dataflow.lifecycle);
+        dataflow.rejected_values(redis.rejected);
         let (messages, dead_letters, other_types) = orders::decode(records);
         let ignored = ignored.clone();
         other_types.inspect(move |_| {
@@ -135,7 +132,7 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         dataflow.dead_letters(dead_letters);
         let rules =
             followed_table::<TagRule>(dataflow.scope, rules_config.clone(), &dataflow.lifecycle);
-        let mut out = orders::orders(messages, entries, rules);
+        let mut out = orders::orders(messages, redis.entries, rules);
         if reconcile {
             // Unchanged counters, tags and summary rows cost nothing; a counter whose
             // order's dictionary entry vanished, or a tag whose rule was deleted, while the
