@@ -144,6 +144,23 @@ BEGIN
     END IF;
 END $$";
 
+/// With `--envelope upsert`, what the notification topic last says of each draft key still
+/// of interest: `live` (a draft, until its retraction) or not (a tombstone, kept until the
+/// campaign's end: a draft that comes back unchanged before then is sent again). Written in
+/// the transaction of the feedback rows, so that a restart knows which drafts to tombstone
+/// (their campaign ended or their subscriber left while the job was down) and which to send
+/// again (see `jobs::promos::feedback`).
+pub const DRAFT_KEYS_DDL: &str = "
+CREATE TABLE IF NOT EXISTS public.dishflow_draft_keys (
+    adv_campaign_id text NOT NULL,
+    client_id text NOT NULL,
+    live boolean NOT NULL,
+    campaign_end int8 NOT NULL,
+    PRIMARY KEY (adv_campaign_id, client_id)
+);
+CREATE INDEX IF NOT EXISTS dishflow_draft_keys_tombstoned
+    ON public.dishflow_draft_keys (campaign_end) WHERE NOT live";
+
 /// dishflow's own bookkeeping tables, shared by all jobs (rows are keyed by job):
 /// * `dishflow_outbox`: Kafka messages decided in a Postgres transaction and not yet
 ///   confirmed delivered (see `sinks::outbox`); normally empty between batches.
@@ -350,6 +367,7 @@ pub fn setup_promos(url: &str) -> Result<()> {
                 "cannot create mart.promo_campaigns, mart.promo_hours or their trigger on \
                  public.subscribers_feedback",
             ),
+            (DRAFT_KEYS_DDL, "cannot create public.dishflow_draft_keys"),
         ],
     )?;
     ensure_publication(

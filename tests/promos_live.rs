@@ -540,6 +540,103 @@ fn a_killed_job_resumes_rebuilds_its_state_and_writes_nothing_twice() {
     assert_eq!(feedback_rows(&db).len(), 4, "and writes no row twice");
 }
 
+/// With `--envelope upsert`, which drafts are live survives SIGKILLs: a draft whose
+/// subscriber left or whose campaign ended while the job was down gets its tombstone after
+/// the restart, a draft that comes back after its tombstone is sent again across a restart,
+/// and a restart with nothing changed sends nothing.
+#[test]
+fn the_upsert_envelope_keeps_live_drafts_across_kills() {
+    let (db, prefix) = live_fixture("upsert_kill");
+    let input = format!("{prefix}.in");
+    let out = format!("{prefix}.out");
+    let t0 = now_secs();
+    subscribe(&db, "a", R);
+    let b = subscribe(&db, "b", R);
+    produce_values(
+        &input,
+        1,
+        &[
+            &campaign_json("C", R, t0 - 10, t0 + 3600),
+            &campaign_json("S", R, t0 - 10, t0 + 15),
+        ],
+    );
+    let upsert = ["--envelope", "upsert"];
+    let mut child = spawn_promos(&db, &prefix, &upsert);
+    for key in ["C:a", "C:b", "S:a", "S:b"] {
+        wait_for_history(&out, key, &[true]);
+    }
+    child.kill();
+    assert!(
+        now_secs() < t0 + 15,
+        "S ended before its drafts were written"
+    );
+
+    // Down: b leaves, and S ends.
+    sql(
+        &db,
+        &format!("DELETE FROM subscribers_restaurants WHERE id = {b}"),
+    );
+    while now_secs() < t0 + 16 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut child = spawn_promos(&db, &prefix, &upsert);
+    for key in ["C:b", "S:a", "S:b"] {
+        wait_for_history(&out, key, &[true, false]);
+    }
+    child.kill();
+
+    // Down: b comes back to C's restaurant.
+    subscribe(&db, "b", R);
+    let mut child = spawn_promos(&db, &prefix, &upsert);
+    wait_for_history(&out, "C:b", &[true, false, true]);
+    child.kill();
+
+    // Nothing changed: a restart sends nothing (its marker comes after anything it would).
+    let child = spawn_promos(&db, &prefix, &upsert);
+    let marks = produce_values(&input, 1, &[&campaign_json("M", R, t0 - 10, t0 + 3600)]);
+    wait_for_progress(&db, "promos", &input, &marks, WAIT);
+    wait_for_history(&out, "M:b", &[true]);
+    terminate(child);
+    let expected: BTreeMap<String, Vec<bool>> = [
+        ("C:a", vec![true]),
+        ("C:b", vec![true, false, true]),
+        ("S:a", vec![true, false]),
+        ("S:b", vec![true, false]),
+        ("M:a", vec![true]),
+        ("M:b", vec![true]),
+    ]
+    .into_iter()
+    .map(|(k, h)| (k.to_string(), h))
+    .collect();
+    assert_eq!(shapes(&out), expected);
+    // The kept states: the live drafts; S's keys forgotten with its end.
+    let kept: BTreeSet<(String, String, bool)> = pg(&db)
+        .query(
+            "SELECT adv_campaign_id, client_id, live FROM dishflow_draft_keys",
+            &[],
+        )
+        .expect("draft keys")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let live = |c: &str, k: &str| (c.to_string(), k.to_string(), true);
+    assert_eq!(
+        kept,
+        [
+            live("C", "a"),
+            live("C", "b"),
+            live("M", "a"),
+            live("M", "b")
+        ]
+        .into()
+    );
+    assert_eq!(
+        feedback_rows(&db).len(),
+        6,
+        "feedback rows are never deleted"
+    );
+}
+
 /// The metrics endpoint of a running 2-worker job counts exactly what it read (7 records,
 /// 3 of them bad), dead-lettered (by reason), loaded (3 subscribers) and wrote (12 drafts),
 /// and the job is healthy and ready once it caught up.

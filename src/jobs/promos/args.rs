@@ -67,7 +67,10 @@ pub struct PromosArgs {
     #[arg(long, env = "DISHFLOW_REPUBLISH")]
     pub republish: bool,
 
-    /// How retractions appear in the notification topic.
+    /// How retractions appear in the notification topic. With `upsert`, which drafts are
+    /// live is kept in Postgres (`dishflow_draft_keys`): a restart tombstones the drafts
+    /// that ended while the job was down, and a draft that comes back after its tombstone
+    /// is sent again, across restarts too.
     #[arg(long, env = "DISHFLOW_ENVELOPE", value_enum, default_value_t = Envelope::Append)]
     pub envelope: Envelope,
 

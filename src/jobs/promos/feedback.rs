@@ -11,6 +11,8 @@
 //!         ON CONFLICT (adv_campaign_id, client_id) DO UPDATE SET <campaign columns>
 //!           WHERE <campaign columns differ>
 //!         RETURNING adv_campaign_id, client_id, …     ← rows inserted or changed
+//!       --envelope upsert: the batch's keys in dishflow_draft_keys (live or tombstoned)
+//!         → which puts to send again, which retractions to tombstone; their new states
 //!       outbox rows, then the inserted rows counted per campaign and per hour →
 //!         mart.promo_campaigns, mart.promo_hours (the dashboard's; locked just before COMMIT)
 //!       messages for the puts returned (+ retractions, by the envelope) → dishflow_outbox
@@ -26,11 +28,14 @@
 //! are kept) and re-sends the draft with the new content.
 //!
 //! Retractions write no row: feedback rows are never deleted (analysts fill `feedback`);
-//! they go to Kafka, where the envelope decides what they become. A draft that comes back
-//! with unchanged content (a client who unsubscribed and subscribed again) is re-sent only
-//! with `--envelope upsert`, where its tombstone was written in this run: the sink remembers
-//! the keys it retracted until their campaign ends. With `append`, a (campaign, client)
-//! pair is notified once.
+//! they go to Kafka, where the envelope decides what they become. With `append`, nothing,
+//! and a (campaign, client) pair is notified once. With `upsert`, a tombstone, and a draft
+//! that comes back with unchanged content after it (a client who unsubscribed and
+//! subscribed again) is sent again. Which keys are live and which tombstoned is kept in
+//! `public.dishflow_draft_keys`, in the transaction of the rows (a tombstoned key until its
+//! campaign ends): it holds across restarts, and a restart that rebuilds the whole state
+//! retracts the live drafts it no longer has (`live_drafts`: their campaign ended or their
+//! subscriber left while the job was down), which become tombstones then.
 //!
 //! Postgres or Kafka unavailable: the batch is retried with backoff on a new connection,
 //! which first recovers the outbox (`sinks::postgres`). A row the table refuses (a
@@ -38,11 +43,12 @@
 //! other errors that a retry cannot fix (a permission error) are fatal.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use dataflows::promos::Draft;
-use dataflows::{Diff, Schedule, Time, secs_to_time};
+use dataflows::promos::{Campaign, Draft};
+use dataflows::{Diff, Time, secs_to_time, time_to_secs};
 use postgres::{Client, Statement, Transaction};
 
 use crate::sinks::kafka::{Encoder, KafkaMessage};
@@ -90,6 +96,44 @@ SELECT to_timestamp(h), n, 0, now() FROM unnest($1::int8[], $2::int8[]) AS u(h, 
 ON CONFLICT (hour) DO UPDATE SET
     drafts = p.drafts + excluded.drafts, changed_at = excluded.changed_at";
 
+/// The stored states of a batch's keys (see [`KeyState`]), by their (1-based) position.
+const SELECT_KEYS: &str = "
+SELECT u.i, k.live, k.campaign_end
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(campaign, client, i)
+JOIN public.dishflow_draft_keys k ON k.adv_campaign_id = u.campaign AND k.client_id = u.client";
+
+/// Stores the new states of keys (distinct).
+const UPSERT_KEYS: &str = "
+INSERT INTO public.dishflow_draft_keys (adv_campaign_id, client_id, live, campaign_end)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[])
+ON CONFLICT (adv_campaign_id, client_id) DO UPDATE SET
+    live = excluded.live, campaign_end = excluded.campaign_end";
+
+/// Forgets keys (their campaign ended).
+const DELETE_KEYS: &str = "
+DELETE FROM public.dishflow_draft_keys
+WHERE (adv_campaign_id, client_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
+
+/// Forgets tombstoned keys whose campaign ended (no draft of it can come back unchanged),
+/// skipping rows another writer has locked: it never waits, so it never deadlocks.
+const PRUNE_KEYS: &str = "
+DELETE FROM public.dishflow_draft_keys WHERE ctid IN (
+    SELECT ctid FROM public.dishflow_draft_keys WHERE NOT live AND campaign_end <= $1
+    LIMIT 10000 FOR UPDATE SKIP LOCKED)";
+
+/// The live drafts as last written: feedback rows of live keys.
+const LIVE_DRAFTS: &str = "
+SELECT f.restaurant_id, f.adv_campaign_id, f.adv_campaign_content, f.adv_campaign_owner,
+       f.adv_campaign_owner_contact, f.adv_campaign_datetime_start,
+       f.adv_campaign_datetime_end, f.datetime_created, f.client_id
+FROM public.dishflow_draft_keys k
+JOIN public.subscribers_feedback f USING (adv_campaign_id, client_id)
+WHERE k.live
+ORDER BY f.adv_campaign_id";
+
+/// How often (logical time) a writer forgets the tombstoned keys of ended campaigns.
+const PRUNE_EVERY: Time = 60_000;
+
 /// How retractions (campaign ended, client unsubscribed) appear in the notification topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Envelope {
@@ -133,26 +177,26 @@ pub struct FeedbackBatch<E> {
     statements: Option<Statements>,
     /// Send every draft of this run, even those whose row was already there (--republish).
     republish: bool,
-    /// With the upsert envelope: the keys retracted in this run.
-    retractions: Option<Retractions>,
-    /// What the last written batch changes in `retractions`, once it commits.
-    pending: Option<(Option<Time>, RetractionChanges)>,
+    /// With the upsert envelope: keep the keys' states in `dishflow_draft_keys`.
+    upsert_envelope: bool,
+    /// The first batch time at which the writer next prunes tombstoned keys.
+    next_prune: Time,
     /// What the last written batch adds to the summaries, written before it commits.
     summary: Summary,
 }
 
 impl<E> FeedbackBatch<E> {
-    /// Notifications encoded by `encoder`. With `resend_after_retraction`, a draft that
-    /// comes back after a retraction in this run is sent again even though its row did
-    /// not change (the upsert envelope, where the retraction was a tombstone). With
-    /// `republish`, every draft of this run is sent (see `--republish`).
-    pub fn new(encoder: E, resend_after_retraction: bool, republish: bool) -> Self {
+    /// Notifications encoded by `encoder`. With `upsert_envelope`, the keys' states are kept
+    /// (see the module docs): a retraction of a live draft is sent (a tombstone), and a draft
+    /// that comes back after its tombstone is sent again even though its row did not
+    /// change. With `republish`, every draft of this run is sent (see `--republish`).
+    pub fn new(encoder: E, upsert_envelope: bool, republish: bool) -> Self {
         FeedbackBatch {
             encoder,
             statements: None,
             republish,
-            retractions: resend_after_retraction.then(Retractions::default),
-            pending: None,
+            upsert_envelope,
+            next_prune: 0,
             summary: Summary::default(),
         }
     }
@@ -173,10 +217,26 @@ impl<E: Encoder<Draft>> TableBatch<Draft> for FeedbackBatch<E> {
         let hours = client
             .prepare(COUNT_HOURS)
             .context("cannot prepare the upsert into mart.promo_hours")?;
+        let keys = if self.upsert_envelope {
+            let mut prepare = |sql: &str| {
+                client
+                    .prepare(sql)
+                    .context("cannot prepare a statement on public.dishflow_draft_keys")
+            };
+            Some(KeyStatements {
+                select: prepare(SELECT_KEYS)?,
+                upsert: prepare(UPSERT_KEYS)?,
+                delete: prepare(DELETE_KEYS)?,
+                prune: prepare(PRUNE_KEYS)?,
+            })
+        } else {
+            None
+        };
         self.statements = Some(Statements {
             upsert,
             campaigns,
             hours,
+            keys,
         });
         Ok(())
     }
@@ -195,8 +255,20 @@ impl<E: Encoder<Draft>> TableBatch<Draft> for FeedbackBatch<E> {
         if self.republish {
             events.iter_mut().for_each(|e| e.forward |= e.put);
         }
-        let (messages, changes) = messages(&self.encoder, self.retractions.as_ref(), &events)?;
-        self.pending = Some((events.first().map(|e| e.time), changes));
+        let Some(keys) = &statements.keys else {
+            return messages(&self.encoder, None, &events);
+        };
+        if let Some(first) = events.first().map(|e| e.time)
+            && first >= self.next_prune
+        {
+            tx.execute(&keys.prune, &[&time_to_secs(first)])
+                .context("cannot prune public.dishflow_draft_keys")?;
+            self.next_prune = first + PRUNE_EVERY;
+        }
+        let before = keys.read(tx, &events)?;
+        let mut states = before.clone();
+        let messages = messages(&self.encoder, Some(&mut states), &events)?;
+        keys.write(tx, &before, &states)?;
         Ok(messages)
     }
 
@@ -207,56 +279,124 @@ impl<E: Encoder<Draft>> TableBatch<Draft> for FeedbackBatch<E> {
             .context("the upsert is not prepared")?;
         std::mem::take(&mut self.summary).write(tx, statements)
     }
+}
 
-    fn committed(&mut self) {
-        if let (Some(retractions), Some((first, changes))) =
-            (self.retractions.as_mut(), self.pending.take())
-        {
-            retractions.apply(first, changes);
+/// What the notification topic last says of a draft key: a draft (`live`) or a tombstone,
+/// with the campaign's end (unix seconds); `None`: nothing kept (never sent with the upsert
+/// envelope, or its campaign ended).
+type KeyState = Option<(bool, i64)>;
+
+/// A draft key: (campaign, client).
+type Key<'a> = (&'a str, &'a str);
+
+/// The statements on `public.dishflow_draft_keys` of a writer's connection.
+struct KeyStatements {
+    select: Statement,
+    upsert: Statement,
+    delete: Statement,
+    prune: Statement,
+}
+
+impl KeyStatements {
+    /// The stored state of every key of `events`.
+    fn read<'a>(
+        &self,
+        tx: &mut Transaction<'_>,
+        events: &[Event<'a>],
+    ) -> Result<HashMap<Key<'a>, KeyState>> {
+        let mut states: HashMap<Key<'a>, KeyState> = HashMap::with_capacity(events.len());
+        let (mut campaigns, mut clients) = (Vec::new(), Vec::new());
+        for event in events {
+            let key = event.key();
+            if states.insert(key, None).is_none() {
+                campaigns.push(key.0);
+                clients.push(key.1);
+            }
         }
-    }
-}
-
-/// The keys retracted in this run, until their campaign ends (after which they cannot
-/// come back with unchanged content): a draft that comes back after its retraction is sent
-/// again although its feedback row did not change.
-#[derive(Default)]
-pub struct Retractions {
-    /// Key → the end of its campaign.
-    retracted: HashMap<String, Time>,
-    by_end: Schedule<String>,
-}
-
-impl Retractions {
-    /// Whether `key` is retracted.
-    pub fn contains(&self, key: &str) -> bool {
-        self.retracted.contains_key(key)
+        let rows = tx
+            .query(&self.select, &[&campaigns, &clients])
+            .context("cannot read public.dishflow_draft_keys")?;
+        for row in &rows {
+            let position: i64 = row.try_get(0)?;
+            let i = usize::try_from(position - 1)?;
+            states.insert(
+                (campaigns[i], clients[i]),
+                Some((row.try_get(1)?, row.try_get(2)?)),
+            );
+        }
+        Ok(states)
     }
 
-    /// Applies a committed batch's changes, in order; `first` is the batch's first time:
-    /// keys of campaigns that ended before it are forgotten.
-    pub fn apply(&mut self, first: Option<Time>, changes: RetractionChanges) {
-        if let Some(first) = first {
-            let retracted = &mut self.retracted;
-            self.by_end.take_until(first.saturating_sub(1), |end, key| {
-                if retracted.get(&key) == Some(&end) {
-                    retracted.remove(&key);
+    /// Stores the states that differ from `before`.
+    fn write(
+        &self,
+        tx: &mut Transaction<'_>,
+        before: &HashMap<Key<'_>, KeyState>,
+        after: &HashMap<Key<'_>, KeyState>,
+    ) -> Result<()> {
+        let (mut put, mut gone) = ((vec![], vec![], vec![], vec![]), (vec![], vec![]));
+        for (key, state) in after {
+            if before.get(key) == Some(state) {
+                continue;
+            }
+            match state {
+                Some((live, end)) => {
+                    put.0.push(key.0);
+                    put.1.push(key.1);
+                    put.2.push(*live);
+                    put.3.push(*end);
                 }
-            });
-        }
-        for (key, change) in changes {
-            match change {
                 None => {
-                    self.retracted.remove(&key);
-                }
-                Some(end) => {
-                    if self.retracted.insert(key.clone(), end).is_none() {
-                        self.by_end.add(end, key);
-                    }
+                    gone.0.push(key.0);
+                    gone.1.push(key.1);
                 }
             }
         }
+        if !put.0.is_empty() {
+            tx.execute(&self.upsert, &[&put.0, &put.1, &put.2, &put.3])
+                .context("cannot write public.dishflow_draft_keys")?;
+        }
+        if !gone.0.is_empty() {
+            tx.execute(&self.delete, &[&gone.0, &gone.1])
+                .context("cannot delete from public.dishflow_draft_keys")?;
+        }
+        Ok(())
     }
+}
+
+/// The live drafts as last written (the upsert envelope's keys that are live, with their
+/// feedback rows), for a start that rebuilds the whole state: retracted at the start time,
+/// they cancel the drafts that are still there and retract (tombstone) those that are not.
+pub fn live_drafts(url: &str) -> Result<Vec<Draft>> {
+    let mut client = crate::pg::connect(url)?;
+    let rows = client
+        .query(LIVE_DRAFTS, &[])
+        .context("cannot read the live drafts (public.dishflow_draft_keys)")?;
+    let mut drafts = Vec::with_capacity(rows.len());
+    let mut campaign: Option<Arc<Campaign>> = None;
+    for row in rows {
+        let read = Campaign {
+            restaurant_id: row.try_get(0)?,
+            adv_campaign_id: row.try_get(1)?,
+            adv_campaign_content: row.try_get(2)?,
+            adv_campaign_owner: row.try_get(3)?,
+            adv_campaign_owner_contact: row.try_get(4)?,
+            adv_campaign_datetime_start: row.try_get(5)?,
+            adv_campaign_datetime_end: row.try_get(6)?,
+            datetime_created: row.try_get(7)?,
+        };
+        // Rows come by campaign: the drafts of one campaign share it, as the job's do.
+        let shared = match campaign.take() {
+            Some(last) if *last == read => last,
+            _ => Arc::new(read),
+        };
+        drafts.push(Draft {
+            campaign: shared.clone(),
+            client_id: row.try_get(8)?,
+        });
+        campaign = Some(shared);
+    }
+    Ok(drafts)
 }
 
 /// What happened to one key at one time.
@@ -267,6 +407,15 @@ struct Event<'a> {
     put: bool,
     /// A put whose row was inserted or changed (set by the upsert).
     forward: bool,
+}
+
+impl<'a> Event<'a> {
+    fn key(&self) -> Key<'a> {
+        (
+            self.draft.campaign.adv_campaign_id.as_str(),
+            self.draft.client_id.as_str(),
+        )
+    }
 }
 
 /// Collapses consolidated updates (sorted by time) into one event per (time, key): a put
@@ -338,50 +487,47 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// How a batch changes the keys retracted in this run: (key, `Some(campaign end)` when
-/// retracted, `None` when back), in event order.
-type RetractionChanges = Vec<(String, Option<Time>)>;
-
-/// The notifications for the events: puts whose row changed (or, with `retractions`,
-/// that come back after a retraction in this run — possibly
-/// earlier in the same batch), and retractions (which the encoder may drop).
-fn messages<E: Encoder<Draft>>(
+/// The notifications for the events: puts whose row changed and retractions (which the
+/// encoder may drop). With `states` (the upsert envelope), a put is also sent when its key
+/// was tombstoned (a draft that comes back unchanged), a retraction only when its key is not
+/// tombstoned already, and `states` follows the events: live after a put, tombstoned after a
+/// retraction until the campaign's end, forgotten from then on.
+fn messages<'a, E: Encoder<Draft>>(
     encoder: &E,
-    retractions: Option<&Retractions>,
-    events: &[Event<'_>],
-) -> Result<(Vec<KafkaMessage>, RetractionChanges)> {
+    mut states: Option<&mut HashMap<Key<'a>, KeyState>>,
+    events: &[Event<'a>],
+) -> Result<Vec<KafkaMessage>> {
     let mut messages = Vec::new();
-    let mut changes = Vec::new();
-    let mut now_retracted: HashMap<String, bool> = HashMap::new();
     for event in events {
-        let send = if event.put {
-            let mut send = event.forward;
-            if let Some(retractions) = retractions {
-                let key = event.draft.key();
-                let was = now_retracted
-                    .get(&key)
-                    .copied()
-                    .unwrap_or_else(|| retractions.contains(&key));
-                send |= was;
-                now_retracted.insert(key.clone(), false);
-                changes.push((key, None));
+        let end = event.draft.campaign.adv_campaign_datetime_end;
+        let state = states
+            .as_deref_mut()
+            .map(|states| states.entry(event.key()).or_default());
+        let send = match state {
+            None => event.forward || !event.put,
+            Some(state) => {
+                let tombstoned = matches!(state, Some((false, _)));
+                let send = if event.put {
+                    event.forward || tombstoned
+                } else {
+                    !tombstoned
+                };
+                *state = if event.put {
+                    Some((true, end))
+                } else if event.time >= secs_to_time(end) {
+                    None
+                } else {
+                    Some((false, end))
+                };
+                send
             }
-            send
-        } else {
-            if retractions.is_some() {
-                let key = event.draft.key();
-                let end = secs_to_time(event.draft.campaign.adv_campaign_datetime_end);
-                now_retracted.insert(key.clone(), true);
-                changes.push((key, Some(end)));
-            }
-            true
         };
         if send {
             let diff = if event.put { 1 } else { -1 };
             messages.extend(encoder.encode(event.draft, event.time, diff)?);
         }
     }
-    Ok((messages, changes))
+    Ok(messages)
 }
 
 /// The statements of a writer's connection.
@@ -389,6 +535,8 @@ struct Statements {
     upsert: Statement,
     campaigns: Statement,
     hours: Statement,
+    /// With the upsert envelope.
+    keys: Option<KeyStatements>,
 }
 
 /// What a batch's upserts add to `mart.promo_campaigns` and `mart.promo_hours`.
@@ -532,26 +680,126 @@ fn write_chunk(
 mod tests {
     use super::*;
 
+    fn draft(campaign: &str, client: &str, end: i64) -> Draft {
+        Draft {
+            campaign: Arc::new(Campaign {
+                restaurant_id: "r".into(),
+                adv_campaign_id: campaign.into(),
+                adv_campaign_content: "c".into(),
+                adv_campaign_owner: "o".into(),
+                adv_campaign_owner_contact: "o@x".into(),
+                adv_campaign_datetime_start: 0,
+                adv_campaign_datetime_end: end,
+                datetime_created: 0,
+            }),
+            client_id: client.into(),
+        }
+    }
+
+    fn event(draft: &Draft, secs: i64, put: bool, forward: bool) -> Event<'_> {
+        Event {
+            draft,
+            time: secs_to_time(secs),
+            put,
+            forward,
+        }
+    }
+
+    /// (key, value present) of each message.
+    fn sent(messages: &[KafkaMessage]) -> Vec<(String, bool)> {
+        messages
+            .iter()
+            .map(|m| {
+                let key = String::from_utf8(m.key.clone().unwrap_or_default()).unwrap();
+                (key, m.value.is_some())
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_retraction_is_remembered_until_the_key_comes_back_or_its_campaign_ends() {
-        let mut r = Retractions::default();
-        r.apply(
-            Some(10),
-            vec![("a".into(), Some(100)), ("b".into(), Some(50))],
+    fn the_upsert_envelope_tombstones_live_keys_and_resends_tombstoned_ones() {
+        let upsert = DraftEncoder {
+            envelope: Envelope::Upsert,
+        };
+        let (a, b, c) = (
+            draft("C", "a", 100),
+            draft("C", "b", 100),
+            draft("C", "c", 100),
         );
-        assert!(r.contains("a") && r.contains("b"));
-        // "a" comes back: forgotten; "b" is still retracted.
-        r.apply(Some(20), vec![("a".into(), None)]);
-        assert!(!r.contains("a") && r.contains("b"));
-        // A batch after the end of "b"'s campaign: "b" can no longer come back unchanged.
-        r.apply(Some(51), Vec::new());
-        assert!(!r.contains("b"));
-        // Retracted again with a later end: the earlier end does not forget it.
-        r.apply(Some(60), vec![("a".into(), Some(70))]);
-        r.apply(Some(65), vec![("a".into(), None), ("a".into(), Some(300))]);
-        r.apply(Some(80), Vec::new());
-        assert!(r.contains("a"), "its campaign now ends at 300");
-        r.apply(Some(301), Vec::new());
-        assert!(!r.contains("a"));
+        // Stored: a live, b tombstoned, c unknown (sent before the table existed).
+        let mut states: HashMap<Key<'_>, KeyState> = [
+            (("C", "a"), Some((true, 100))),
+            (("C", "b"), Some((false, 100))),
+            (("C", "c"), None),
+        ]
+        .into();
+        let events = [
+            // b comes back unchanged: sent again although its row did not change.
+            event(&b, 10, true, false),
+            // a leaves: a tombstone; c leaves: a tombstone too (unknown: the safe side).
+            event(&a, 11, false, false),
+            event(&c, 11, false, false),
+            // a comes back unchanged: sent again.
+            event(&a, 12, true, false),
+        ];
+        let written = messages(&upsert, Some(&mut states), &events).unwrap();
+        assert_eq!(
+            sent(&written),
+            [
+                ("C:b".into(), true),
+                ("C:a".into(), false),
+                ("C:c".into(), false),
+                ("C:a".into(), true),
+            ]
+        );
+        assert_eq!(states[&("C", "a")], Some((true, 100)));
+        assert_eq!(states[&("C", "b")], Some((true, 100)));
+        assert_eq!(states[&("C", "c")], Some((false, 100)));
+        // At the campaign's end: tombstones, and the keys forgotten.
+        let events = [event(&a, 100, false, false), event(&b, 100, false, false)];
+        let written = messages(&upsert, Some(&mut states), &events).unwrap();
+        assert_eq!(
+            sent(&written),
+            [("C:a".into(), false), ("C:b".into(), false)]
+        );
+        assert_eq!(states[&("C", "a")], None);
+        assert_eq!(states[&("C", "b")], None);
+        // A tombstoned key is not tombstoned twice.
+        let events = [event(&c, 50, false, false)];
+        assert!(
+            messages(&upsert, Some(&mut states), &events)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_append_envelope_sends_changed_rows_only() {
+        let append = DraftEncoder {
+            envelope: Envelope::Append,
+        };
+        let a = draft("C", "a", 100);
+        let events = [
+            Event {
+                draft: &a,
+                time: 10,
+                put: true,
+                forward: false,
+            },
+            Event {
+                draft: &a,
+                time: 11,
+                put: false,
+                forward: false,
+            },
+            Event {
+                draft: &a,
+                time: 12,
+                put: true,
+                forward: true,
+            },
+        ];
+        let written = messages(&append, None, &events).unwrap();
+        assert_eq!(sent(&written), [("C:a".into(), true)]);
     }
 }

@@ -7,6 +7,9 @@
 //!                                                                            ▼
 //!          drafts ─► Postgres subscribers_feedback (idempotent; the ledger of drafts sent)
 //!                        └─ drafts new to the table, retractions ─► Kafka promo_notifications
+//!   --envelope upsert, at the start time: − the live drafts as last written
+//!                        (dishflow_draft_keys ⋈ subscribers_feedback, when the start
+//!                        rebuilds the whole state): those gone meanwhile get tombstones
 //! ```
 //!
 //! A campaign is a dead letter when its message is bad or when its drafts are larger than the
@@ -38,7 +41,8 @@ use crate::sinks::by_key;
 use crate::sinks::outbox::{Outbox, payload_room, recover_retired};
 use crate::sinks::postgres::TableWriter;
 
-use self::feedback::FeedbackBatch;
+use self::feedback::{FeedbackBatch, live_drafts};
+use crate::positions;
 use crate::sources::postgres::{FollowConfig, followed_table};
 
 /// The job's name in dishflow's bookkeeping tables (outbox, positions).
@@ -76,6 +80,20 @@ pub fn run(args: PromosArgs) -> Result<()> {
     info!(notification_topic = %args.notification_topic, envelope = ?args.envelope,
         max_draft_bytes = room, "promos outputs");
     let source = job.source(&started, started.run.plan.replay_until.clone());
+    // With the upsert envelope, a start that rebuilds every live draft retracts those the
+    // notification topic last had as live: what is still there cancels out, and a draft
+    // whose campaign ended or whose subscriber left while the job was down gets its
+    // tombstone.
+    let run = &started.run;
+    let reconcile = args.envelope == Envelope::Upsert
+        && positions::rebuilds_everything(&args.from, &run.watermarks, &run.committed);
+    if args.envelope == Envelope::Upsert && !reconcile {
+        info!(
+            "this start does not replay every live campaign (--from, or messages deleted by \
+             retention): drafts that ended while the job was down get no tombstone"
+        );
+    }
+    let url = args.postgres_url.clone();
     let subscribers_config = FollowConfig {
         url: args.postgres_url.clone(),
         publication: pg::SUBSCRIBERS_PUBLICATION.to_string(),
@@ -105,7 +123,11 @@ pub fn run(args: PromosArgs) -> Result<()> {
         );
         let (campaigns, dead_letters) = promos::decode(records, room);
         dataflow.dead_letters(dead_letters);
-        let (drafts, retention) = promos::drafts_and_retention(campaigns, subscriptions);
+        let (mut drafts, retention) = promos::drafts_and_retention(campaigns, subscriptions);
+        if reconcile {
+            let url = url.clone();
+            drafts = dataflow.reconciled(drafts, "LiveDrafts", move || live_drafts(&url));
+        }
         // One worker writes all changes of a notification key, in time order (a
         // replacement that changes the restaurant would otherwise split across workers).
         let drafts = by_key(drafts, promos::Draft::route);
