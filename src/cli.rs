@@ -109,6 +109,20 @@ pub struct SetupArgs {
     #[arg(long)]
     pub drop: bool,
 
+    /// Print the SQL that creates a role per job (promos, orders, geo, dashboard) with only
+    /// what it needs, instead of setting anything up: run it as a superuser in the jobs'
+    /// database after `dishflow setup`, then give each role a password. A job run as such
+    /// a role leaves the schema to its owner and checks its grants at startup (a missing
+    /// one ends it with the SQL that gives it). See docs/operations.md.
+    #[arg(long, conflicts_with = "drop")]
+    pub print_roles: bool,
+
+    /// The prefix of the roles `--print-roles` creates: `<prefix>promos`, … (lower-case
+    /// letters, digits and `_`, starting with a letter or `_`).
+    #[arg(long, default_value = "dishflow_", requires = "print_roles",
+          value_parser = crate::pg::roles::role_prefix)]
+    pub role_prefix: String,
+
     /// Which job's schema to create.
     #[arg(long, value_enum, default_value_t = SetupJob::All)]
     pub job: SetupJob,

@@ -36,6 +36,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup(args) => {
             let url = &args.postgres_url;
+            if args.print_roles {
+                print!("{}", dishflow::pg::roles::roles_sql(&args.role_prefix));
+                return Ok(());
+            }
             if args.drop {
                 return dishflow::pg::drop_change_capture(url);
             }

@@ -7,6 +7,7 @@ use postgres::{Client, Transaction};
 /// The default Postgres URL: the local server's database `de`.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/de";
 
+pub mod roles;
 pub mod tls;
 
 /// Connects to `url` (TLS per its `sslmode`, see [`tls`]), with an error that names the

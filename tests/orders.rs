@@ -21,34 +21,6 @@ fn run_bounded(db: &str, prefix: &str, extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-/// `dishflow produce orders` of a small data set with ids `<prefix>_…`.
-fn produce(prefix: &str, orders: &str) {
-    let args: Vec<String> = [
-        "produce",
-        "orders",
-        "--brokers",
-        &brokers(),
-        "--redis-url",
-        &redis_url(),
-        "--topic",
-        &format!("{prefix}.orders"),
-        "--id-prefix",
-        &format!("{prefix}_"),
-        "--orders",
-        orders,
-        "--restaurants",
-        "20",
-        "--users",
-        "200",
-        "--seed",
-        "7",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    assert_success(&dishflow(&args, MINUTE));
-}
-
 /// Every row of every table as text, sorted; with `exact`, every column, else without the
 /// columns that depend on when and in which order rows were written (`id`, `load_dt`, `since`,
 /// `changed_at`).
@@ -74,7 +46,7 @@ fn dump(db: &str, exact: bool) -> Vec<(String, Vec<String>)> {
 fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     let db = database("ord_truth");
     let prefix = prefix("ordtruth");
-    produce(&prefix, "1500");
+    produce_orders(&prefix, "1500");
     let (stg_topic, dds_topic) = (format!("{prefix}.stg"), format!("{prefix}.dds"));
     let tag_topic = format!("{prefix}.tags");
     let topics = [
@@ -126,7 +98,7 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
     // The whole data set again: re-delivered orders and dictionary values change nothing,
     // whether the job resumes (replaying what it retains) or reads everything again.
     let before = dump(&db, true);
-    produce(&prefix, "1500");
+    produce_orders(&prefix, "1500");
     run_bounded(&db, &prefix, &topics);
     assert_eq!(dump(&db, true), before);
     let mut again = topics.to_vec();
@@ -185,7 +157,7 @@ fn counters_equal_the_sql_ground_truth_and_a_second_delivery_changes_nothing() {
 fn malformed_orders_go_to_the_dead_letter_topic_and_other_types_are_ignored() {
     let db = database("ord_dlq");
     let prefix = prefix("orddlq");
-    produce(&prefix, "20");
+    produce_orders(&prefix, "20");
     let topic = format!("{prefix}.orders");
     produce_raw(
         &topic,
@@ -415,7 +387,7 @@ const WAIT: Duration = Duration::from_secs(40);
 #[test]
 fn two_processes_write_the_same_tables_as_one() {
     let prefix = prefix("ordscale");
-    produce(&prefix, "1500");
+    produce_orders(&prefix, "1500");
     let one = database("ord_one");
     run_bounded(&one, &prefix, &[]);
 
@@ -439,7 +411,7 @@ fn two_processes_write_the_same_tables_as_one() {
 fn a_backlog_read_in_small_rounds_ends_equal_to_the_sql_ground_truth() {
     for workers in ["1", "2"] {
         let prefix = prefix(&format!("ordrounds{workers}"));
-        produce(&prefix, "1500");
+        produce_orders(&prefix, "1500");
         let db = database(&format!("ord_rounds{workers}"));
         let stg_topic = format!("{prefix}.stg");
         let rounds = ["--round-records", "150", "--workers", workers];
@@ -488,7 +460,7 @@ fn a_backlog_read_in_small_rounds_ends_equal_to_the_sql_ground_truth() {
 
         // The same data delivered again, read in rounds after the replay: nothing changes.
         let before = dump(&db, true);
-        produce(&prefix, "1500");
+        produce_orders(&prefix, "1500");
         run_bounded(&db, &prefix, &rounds);
         assert_eq!(dump(&db, true), before);
     }

@@ -30,6 +30,32 @@ pub const ORDERS_TABLES: [&str; 19] = [
     "cdm.orders_summary",
 ];
 
+/// `dishflow produce orders` of a small data set: `orders` orders with ids `<prefix>_…` to
+/// `<prefix>.orders`, their 20 restaurants and 200 users in the test Redis (seed 7).
+pub fn produce_orders(prefix: &str, orders: &str) {
+    let args = [
+        "produce",
+        "orders",
+        "--brokers",
+        &brokers(),
+        "--redis-url",
+        &redis_url(),
+        "--topic",
+        &format!("{prefix}.orders"),
+        "--id-prefix",
+        &format!("{prefix}_"),
+        "--orders",
+        orders,
+        "--restaurants",
+        "20",
+        "--users",
+        "200",
+        "--seed",
+        "7",
+    ];
+    assert_success(&dishflow(args, std::time::Duration::from_secs(60)));
+}
+
 /// Arguments of an orders run on `db`, topics `<prefix>.orders/.dlq`, Redis keys `<prefix>*`
 /// of the test Redis.
 pub fn orders_args(db: &str, prefix: &str) -> Vec<String> {

@@ -68,7 +68,9 @@ pub fn run(args: GeoArgs) -> Result<()> {
         cluster: args.cluster.clone(),
         ops: args.ops.clone(),
     };
-    let started = job.start(|| pg::setup_geo(&args.postgres_url, None))?;
+    let url = &args.postgres_url;
+    let started =
+        job.start(|| pg::roles::prepare(url, &pg::roles::GEO, || pg::setup_geo(url, None)))?;
     if let Some(topic) = &args.recommendation_topic {
         crate::kafka::ensure_topic(&args.kafka, topic, started.partitions)?;
     }

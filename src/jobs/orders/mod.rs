@@ -73,7 +73,8 @@ pub fn run(args: OrdersArgs) -> Result<()> {
         ops: args.ops.clone(),
     };
     let started = job.start(|| {
-        pg::setup_orders(&args.postgres_url)?;
+        let url = &args.postgres_url;
+        pg::roles::prepare(url, &pg::roles::ORDERS, || pg::setup_orders(url))?;
         crate::sources::redis::check(&args.redis_url)
     })?;
     for topic in [&args.stg_topic, &args.dds_topic, &args.tag_topic]

@@ -68,7 +68,9 @@ pub fn run(args: PromosArgs) -> Result<()> {
         cluster: args.cluster.clone(),
         ops: args.ops.clone(),
     };
-    let started = job.start(|| pg::setup_promos(&args.postgres_url))?;
+    let url = &args.postgres_url;
+    let started =
+        job.start(|| pg::roles::prepare(url, &pg::roles::PROMOS, || pg::setup_promos(url)))?;
     kafka_topic(&args, started.partitions)?;
     // A campaign whose drafts the notification topic cannot take is a dead letter.
     let room = payload_room(crate::kafka::max_message_bytes(
