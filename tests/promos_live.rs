@@ -741,6 +741,15 @@ fn metrics_count_what_a_running_job_read_dead_lettered_and_wrote() {
             &["sink=\"DraftsSink\"", "step=\"write\""]
         ) >= 1.0
     );
+    // Each batch's changes: committed, then (through the outbox) acknowledged, with their
+    // time since the job's logical time of them.
+    for step in ["written", "delivered"] {
+        let step = format!("step=\"{step}\"");
+        let labels = ["sink=\"DraftsSink\"", step.as_str()];
+        let count = m("dishflow_sink_latency_seconds_count", &labels);
+        let sum = m("dishflow_sink_latency_seconds_sum", &labels);
+        assert!(count >= 1.0 && sum / count < 30.0, "{step}: {text}");
+    }
     assert!(
         m("dishflow_arrangement_updates", &["CampaignsByRestaurant"]) >= 4.0,
         "the 4 valid campaigns are arranged: {text}"

@@ -143,11 +143,13 @@ fn home(user: i64, cities: &[(f64, f64)]) -> (f64, f64) {
 }
 
 /// The drafts sink's seconds so far writing batches (its Postgres transactions) and
-/// flushing (waiting for the broker's acknowledgements), and its batches, from the promos
-/// job's `/metrics` on `port` (zeros while it does not answer).
-fn drafts_sink_seconds(port: u16) -> [f64; 3] {
+/// flushing (waiting for the broker's acknowledgements), its batches, and the sum and count
+/// of its delivered latencies (the job's own: its logical time of a change → the broker's
+/// acknowledgement), from the promos job's `/metrics` on `port` (zeros while it does not
+/// answer).
+fn drafts_sink_seconds(port: u16) -> [f64; 5] {
     let Some((200, text)) = http_get(port, "/metrics") else {
-        return [0.0; 3];
+        return [0.0; 5];
     };
     let sink = "sink=\"DraftsSink\"";
     [
@@ -166,7 +168,32 @@ fn drafts_sink_seconds(port: u16) -> [f64; 3] {
             "dishflow_sink_seconds_count",
             &[sink, "step=\"write\""],
         ),
+        metric(
+            &text,
+            "dishflow_sink_latency_seconds_sum",
+            &[sink, "step=\"delivered\""],
+        ),
+        metric(
+            &text,
+            "dishflow_sink_latency_seconds_count",
+            &[sink, "step=\"delivered\""],
+        ),
     ]
+}
+
+/// Jiffies the machine's CPUs spent idle (idle + iowait) and in all, from `/proc/stat`.
+fn machine_jiffies() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    (idle, fields.iter().sum())
 }
 
 /// The UTC wall clock as `YYYY-MM-DD HH:MM:SS`.
@@ -499,6 +526,9 @@ pub fn soak(minutes: u64) -> Value {
     let mut broker_before = broker.map_or(0.0, |pid| usage(pid).0);
     let mut postgres_before = postgres_cpu();
     let mut drafts_sink_before = drafts_sink_seconds(promos_port);
+    let mut bench_before = usage(std::process::id()).0;
+    let mut machine_before = machine_jiffies();
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
     for minute in 0..minutes {
         let due = start + Duration::from_secs(60 * (minute + 1));
         while Instant::now() < due {
@@ -523,7 +553,23 @@ pub fn soak(minutes: u64) -> Value {
         sample["promos"]["sink_write_s"] = json!(drafts_sink[0] - drafts_sink_before[0]);
         sample["promos"]["sink_flush_s"] = json!(drafts_sink[1] - drafts_sink_before[1]);
         sample["promos"]["sink_batches"] = json!(drafts_sink[2] - drafts_sink_before[2]);
+        let delivered = drafts_sink[4] - drafts_sink_before[4];
+        if delivered > 0.0 {
+            sample["promos"]["delivered_mean_ms"] =
+                json!((drafts_sink[3] - drafts_sink_before[3]) / delivered * 1e3);
+        }
         drafts_sink_before = drafts_sink;
+        // The bench's own producers, consumers and bookkeeping, and what the machine had
+        // left: the jobs, the broker and PostgreSQL share its cores with them.
+        let bench = usage(std::process::id()).0;
+        sample["bench_cpu_s_per_s"] = json!((bench - bench_before) / 60.0);
+        bench_before = bench;
+        let machine = machine_jiffies();
+        let (idle, total) = (machine.0 - machine_before.0, machine.1 - machine_before.1);
+        if total > 0.0 {
+            sample["idle_cores"] = json!(idle / total * cores);
+        }
+        machine_before = machine;
         // A backend that exited during the minute takes its CPU with it: at least zero.
         let postgres = postgres_cpu();
         sample["postgres_cpu_s_per_s"] = json!(((postgres - postgres_before) / 60.0).max(0.0));
@@ -651,7 +697,9 @@ pub fn soak(minutes: u64) -> Value {
              at once for {minutes} minutes on one broker and database; per minute each job's \
              VmRSS and CPU s/s, the broker's and PostgreSQL's CPU s/s, and the p99 latency \
              of the inputs sent that minute, beside a probe produced and consumed by the \
-             bench alone ({PROBES_PER_S}/s: the broker's floor)"
+             bench alone ({PROBES_PER_S}/s: the broker's floor); the promos job's own mean \
+             latency to the broker's acknowledgement of its drafts, the bench's CPU and the \
+             machine's idle cores"
         ),
         "minutes": samples,
         "invalid_runs": invalid,
@@ -681,7 +729,7 @@ pub fn markdown(result: &Value) -> String {
         return String::new();
     }
     let mut md = format!(
-        "\n### SOAK\n\n{}\n\n| minute | promos RSS MB | promos CPU s/s | promo p99 ms | insert p99 ms | orders RSS MB | orders CPU s/s | order p99 ms | geo RSS MB | geo CPU s/s | new user p99 ms | probe p99 ms | broker CPU s/s | Postgres CPU s/s | drafts sink write / flush s, batches |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\n### SOAK\n\n{}\n\n| minute | promos RSS MB | promos CPU s/s | promo p99 ms | insert p99 ms | orders RSS MB | orders CPU s/s | order p99 ms | geo RSS MB | geo CPU s/s | new user p99 ms | probe p99 ms | broker CPU s/s | Postgres CPU s/s | drafts sink write / flush s, batches | drafts delivered mean ms (job) | bench CPU s/s | idle cores |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         result["what"].as_str().unwrap_or_default()
     );
     let cell = |v: &Value, digits: usize| {
@@ -691,7 +739,7 @@ pub fn markdown(result: &Value) -> String {
     let minutes: Vec<&Value> = result["minutes"].as_array().into_iter().flatten().collect();
     for m in &minutes {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {}, {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {}, {} | {} | {} | {} |\n",
             m["minute"],
             cell(&m["promos"]["rss_mb"], 0),
             cell(&m["promos"]["cpu_s_per_s"], 2),
@@ -709,6 +757,9 @@ pub fn markdown(result: &Value) -> String {
             cell(&m["promos"]["sink_write_s"], 1),
             cell(&m["promos"]["sink_flush_s"], 1),
             cell(&m["promos"]["sink_batches"], 0),
+            cell(&m["promos"]["delivered_mean_ms"], 0),
+            cell(&m["bench_cpu_s_per_s"], 2),
+            cell(&m["idle_cores"], 2),
         ));
     }
     let after: Vec<&&Value> = minutes.iter().skip(WARM_UP_MINUTES).collect();

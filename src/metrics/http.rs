@@ -96,6 +96,13 @@ impl Metrics {
             Unit::Seconds,
             self.sink_seconds.clone(),
         );
+        r.register_with_unit(
+            "sink_latency",
+            "Wall clock minus the logical time of the changes a sink wrote, once per time per \
+             batch: committed (step=written) or acknowledged by the broker (step=delivered)",
+            Unit::Seconds,
+            self.sink_latency.clone(),
+        );
         r.register(
             "kafka_messages_delivered",
             "Messages the brokers acknowledged",

@@ -27,6 +27,7 @@
 //! | `dishflow_dead_letters_total` | counter | reason | records sent to the dead-letter topic |
 //! | `dishflow_sink_updates_total` | counter | sink | updates written (rows, messages) |
 //! | `dishflow_sink_seconds` | histogram | sink, step | duration of a batch's write / of a flush |
+//! | `dishflow_sink_latency_seconds` | histogram | sink, step | wall clock − logical time of the changes a sink wrote (step=written: committed; step=delivered: acknowledged by the broker, sinks with an outbox), once per logical time per batch |
 //! | `dishflow_kafka_messages_delivered_total` | counter | topic | messages the brokers acknowledged |
 //! | `dishflow_output_frontier_lag_seconds` | gauge | | wall clock − time up to which every sink wrote (since start before the first write, 0 when complete) |
 //! | `dishflow_arrangement_updates` | gauge | operator | updates held by an arrangement (differential logging) |
@@ -238,6 +239,8 @@ pub struct SinkMetrics {
     updates: Counter,
     write: Histogram,
     flush: Histogram,
+    written_latency: Histogram,
+    delivered_latency: Histogram,
 }
 
 impl SinkMetrics {
@@ -251,6 +254,29 @@ impl SinkMetrics {
     /// A flush took `elapsed`.
     pub fn flushed(&self, elapsed: Duration) {
         self.flush.observe(elapsed.as_secs_f64());
+    }
+
+    /// The changes at `times` (sorted) are committed: their latency, once per time.
+    pub fn written_at(&self, times: impl IntoIterator<Item = dataflows::Time>) {
+        observe_latency(&self.written_latency, times);
+    }
+
+    /// The changes at `times` (sorted) are acknowledged by the broker.
+    pub fn delivered_at(&self, times: impl IntoIterator<Item = dataflows::Time>) {
+        observe_latency(&self.delivered_latency, times);
+    }
+}
+
+/// Observes wall clock − each distinct time of `times` (sorted; milliseconds since the unix
+/// epoch, the logical time of the changes).
+fn observe_latency(histogram: &Histogram, times: impl IntoIterator<Item = dataflows::Time>) {
+    let now = crate::clock::wall_clock_ms();
+    let mut last = None;
+    for time in times {
+        if last != Some(time) {
+            last = Some(time);
+            histogram.observe(now.saturating_sub(time) as f64 / 1000.0);
+        }
     }
 }
 
@@ -267,6 +293,7 @@ pub struct Metrics {
     dead_letters: Family<ReasonLabels, Counter>,
     sink_updates: Family<SinkLabels, Counter>,
     sink_seconds: Family<SinkStepLabels, Histogram, fn() -> Histogram>,
+    sink_latency: Family<SinkStepLabels, Histogram, fn() -> Histogram>,
     delivered: Family<TopicLabels, Counter>,
     arrangement_updates: Family<OperatorLabels, Gauge>,
     arrangement_batches: Family<OperatorLabels, Gauge>,
@@ -312,6 +339,7 @@ impl Metrics {
             dead_letters: Family::default(),
             sink_updates: Family::default(),
             sink_seconds: Family::new_with_constructor(sink_histogram),
+            sink_latency: Family::new_with_constructor(sink_histogram),
             delivered: Family::default(),
             arrangement_updates: Family::default(),
             arrangement_batches: Family::default(),
@@ -396,6 +424,8 @@ impl Metrics {
             updates,
             write: self.sink_seconds.get_or_create_owned(&step("write")),
             flush: self.sink_seconds.get_or_create_owned(&step("flush")),
+            written_latency: self.sink_latency.get_or_create_owned(&step("written")),
+            delivered_latency: self.sink_latency.get_or_create_owned(&step("delivered")),
         }
     }
 

@@ -72,6 +72,10 @@ pub trait SinkWriter<D>: Send + 'static {
     fn flush(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// The sink's metrics, given once before the first write, for a writer that learns of
+    /// deliveries after `write` returns (an outbox) to record their latency.
+    fn delivery_metrics(&mut self, _metrics: crate::metrics::SinkMetrics) {}
 }
 
 /// About the most updates in one batch (see the module docs).
@@ -110,6 +114,7 @@ where
     let sink = name.to_string();
     let fatal = control.clone();
     let metrics = crate::metrics::metrics().sink(name);
+    writer.delivery_metrics(metrics.clone());
     let handle = std::thread::Builder::new()
         .name(format!("sink-{name}"))
         .spawn(move || {
@@ -137,6 +142,7 @@ where
                         .map_err(isolate::explain);
                         if outcome.is_ok() {
                             metrics.written(batch.len(), started.elapsed());
+                            metrics.written_at(batch.iter().map(|(_, time, _)| *time));
                         }
                         let failed = outcome.is_err();
                         if done_tx.send(outcome).is_err() || failed {

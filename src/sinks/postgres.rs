@@ -170,6 +170,10 @@ pub struct TableWriter<B> {
     batch: B,
     outbox: Option<(Outbox, String)>,
     backoff: Backoff,
+    /// Where deliveries' latencies go (see [`SinkWriter::delivery_metrics`]).
+    metrics: Option<crate::metrics::SinkMetrics>,
+    /// The times of the changes whose messages are sent and not yet settled.
+    unsettled_times: Vec<Time>,
 }
 
 impl<B> TableWriter<B> {
@@ -186,6 +190,8 @@ impl<B> TableWriter<B> {
             batch,
             outbox: outbox.map(|(o, topic)| (o, topic.to_string())),
             backoff: Backoff::new(name),
+            metrics: None,
+            unsettled_times: Vec::new(),
         };
         retry_transient(
             &mut writer,
@@ -239,7 +245,10 @@ impl<B> TableWriter<B> {
         };
         let staged = match staged {
             // The recovery delivered the committed batch.
-            Some(_) if recovered => return Ok(()),
+            Some(_) if recovered => {
+                self.delivered(updates);
+                return Ok(());
+            }
             Some(staged) => staged,
             None => {
                 let name = self.batch.name();
@@ -269,9 +278,23 @@ impl<B> TableWriter<B> {
             // The previous batch's messages were delivered meanwhile; this batch's go now.
             Some((outbox, _)) => {
                 outbox.settle(client).map_err(WriteError::outbox)?;
-                outbox.send(staged).map_err(WriteError::outbox)
+                let sent = !staged.is_empty();
+                outbox.send(staged).map_err(WriteError::outbox)?;
+                self.delivered::<D>(&[]);
+                if sent {
+                    self.unsettled_times = distinct_times(updates);
+                }
+                Ok(())
             }
             None => Ok(()),
+        }
+    }
+
+    /// Records the latency of what was sent before, and of `updates`, as delivered.
+    fn delivered<D>(&mut self, updates: &[(D, Time, Diff)]) {
+        let sent = std::mem::take(&mut self.unsettled_times);
+        if let Some(metrics) = &self.metrics {
+            metrics.delivered_at(sent.into_iter().chain(distinct_times(updates)));
         }
     }
 
@@ -284,17 +307,30 @@ impl<B> TableWriter<B> {
         if !self.outbox.as_ref().is_some_and(|(o, _)| o.unsettled()) {
             return Ok(());
         }
-        if self.connect()? {
-            return Ok(());
+        if !self.connect()?
+            && let (Some((outbox, _)), Some(client)) = (&mut self.outbox, self.client.as_mut())
+        {
+            outbox.settle(client).map_err(WriteError::outbox)?;
         }
-        match (&mut self.outbox, self.client.as_mut()) {
-            (Some((outbox, _)), Some(client)) => outbox.settle(client).map_err(WriteError::outbox),
-            _ => Ok(()),
-        }
+        self.delivered::<D>(&[]);
+        Ok(())
     }
 }
 
+/// The distinct times of `updates` (sorted by time).
+fn distinct_times<D>(updates: &[(D, Time, Diff)]) -> Vec<Time> {
+    let mut times: Vec<Time> = updates.iter().map(|(_, time, _)| *time).collect();
+    times.dedup();
+    times
+}
+
 impl<D, B: TableBatch<D>> SinkWriter<D> for TableWriter<B> {
+    fn delivery_metrics(&mut self, metrics: crate::metrics::SinkMetrics) {
+        if self.outbox.is_some() {
+            self.metrics = Some(metrics);
+        }
+    }
+
     fn flush(&mut self) -> Result<()> {
         retry_transient(
             self,
