@@ -143,6 +143,18 @@ fn promos_runs_under_its_role_and_a_missing_grant_stops_it_at_startup_with_the_s
         line.contains(&format!("ALTER ROLE {role} REPLICATION")),
         "{line}"
     );
+    // A schema and a sequence: every missing grant in the one line.
+    roles.sql(&format!(
+        "ALTER ROLE {role} REPLICATION; REVOKE USAGE ON SCHEMA mart FROM {role}; \
+         REVOKE USAGE ON SEQUENCE public.subscribers_feedback_id_seq FROM {role}"
+    ));
+    let line = lacks_line(&dishflow(&args, WAIT));
+    for grant in [
+        format!("GRANT USAGE ON SCHEMA mart TO {role}"),
+        format!("GRANT USAGE ON SEQUENCE public.subscribers_feedback_id_seq TO {role}"),
+    ] {
+        assert!(line.contains(&grant), "{grant}: {line}");
+    }
 }
 
 #[test]

@@ -205,15 +205,27 @@ pub fn roles_sql(prefix: &str) -> String {
     sql
 }
 
+/// The OID of the relation named (schema-qualified) by the SQL expression `name`, or NULL,
+/// from the catalogs: unlike `to_regclass` it needs no privilege on the schema.
+fn relation(name: &str) -> String {
+    format!(
+        "(SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+          WHERE n.nspname = split_part({name}, '.', 1) AND c.relname = split_part({name}, '.', 2))"
+    )
+}
+
 /// Whether the connected role may run the job's `setup`: every table of `needs` that exists
 /// is owned by a role it has the privileges of (a superuser has all). Otherwise the tables
 /// are someone else's, and the job leaves the schema to its owner.
 pub fn owns_schema(client: &mut Client, needs: &Needs) -> Result<bool> {
     let tables: Vec<&str> = needs.tables.iter().map(|(t, _)| *t).collect();
+    let t_name = relation("t.name");
     let row = client
         .query_one(
-            "SELECT coalesce(bool_and(pg_has_role(current_user, c.relowner, 'USAGE')), true)
-             FROM unnest($1::text[]) AS t(name) JOIN pg_class c ON c.oid = to_regclass(t.name)",
+            &format!(
+                "SELECT coalesce(bool_and(pg_has_role(current_user, c.relowner, 'USAGE')), true)
+             FROM unnest($1::text[]) AS t(name) JOIN pg_class c ON c.oid = {t_name}"
+            ),
             &[&tables],
         )
         .context("cannot read the owners of the job's tables")?;
@@ -238,55 +250,67 @@ pub fn check(client: &mut Client, needs: &Needs) -> Result<()> {
             "REPLICATION (logical decoding of the followed table): ALTER ROLE {role} REPLICATION"
         ));
     }
-    for schema in schemas(needs) {
-        let row = client.query_one(
-            "SELECT to_regnamespace($1) IS NOT NULL \
-             AND has_schema_privilege(to_regnamespace($1), 'USAGE')",
-            &[&schema],
-        )?;
-        if !row.try_get::<_, bool>(0)? {
-            missing.push(format!(
-                "USAGE on schema {schema}: GRANT USAGE ON SCHEMA {schema} TO {role}"
-            ));
-        }
+    // One round trip each for the schemas, the tables and the sequences.
+    let names = schemas(needs);
+    let rows = client
+        .query(
+            "SELECT n FROM unnest($1::text[]) WITH ORDINALITY AS s(n, i)
+             WHERE to_regnamespace(n) IS NULL OR NOT has_schema_privilege(to_regnamespace(n), 'USAGE')
+             ORDER BY i",
+            &[&names],
+        )
+        .context("cannot read the role's schema privileges")?;
+    for row in rows {
+        let schema: &str = row.try_get(0)?;
+        missing.push(format!(
+            "USAGE on schema {schema}: GRANT USAGE ON SCHEMA {schema} TO {role}"
+        ));
     }
-    for (table, privileges) in needs.tables {
-        let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[table])?
-            .try_get(0)?;
+    let (tables, privileges): (Vec<&str>, Vec<&str>) = needs.tables.iter().copied().unzip();
+    let t = relation("t");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT t, {t} IS NOT NULL,
+                    ARRAY(SELECT p FROM unnest(string_to_array(ps, ', ')) WITH ORDINALITY AS q(p, j)
+                          WHERE {t} IS NOT NULL
+                            AND NOT has_table_privilege({t}, p) ORDER BY j)
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(t, ps, i) ORDER BY i"
+            ),
+            &[&tables, &privileges],
+        )
+        .context("cannot read the role's table privileges")?;
+    for row in rows {
+        let (table, exists, lacking): (&str, bool, Vec<String>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         if !exists {
             missing.push(format!(
                 "table {table} does not exist: run `dishflow setup --job {}` as its owner",
                 needs.job
             ));
-            continue;
         }
-        for privilege in privileges.split(", ") {
-            let has: bool = client
-                .query_one(
-                    "SELECT has_table_privilege(to_regclass($1), $2)",
-                    &[table, &privilege],
-                )?
-                .try_get(0)?;
-            if !has {
-                missing.push(format!(
-                    "{privilege} on {table}: GRANT {privilege} ON {table} TO {role}"
-                ));
-            }
-        }
-    }
-    for sequence in needs.sequences {
-        let has: bool = client
-            .query_one(
-                "SELECT to_regclass($1) IS NULL OR has_sequence_privilege(to_regclass($1), 'USAGE')",
-                &[sequence],
-            )?
-            .try_get(0)?;
-        if !has {
+        for privilege in lacking {
             missing.push(format!(
-                "USAGE on sequence {sequence}: GRANT USAGE ON SEQUENCE {sequence} TO {role}"
+                "{privilege} on {table}: GRANT {privilege} ON {table} TO {role}"
             ));
         }
+    }
+    let s = relation("s");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT s FROM unnest($1::text[]) WITH ORDINALITY AS u(s, i)
+             WHERE {s} IS NOT NULL AND NOT has_sequence_privilege({s}, 'USAGE')
+             ORDER BY i"
+            ),
+            &[&needs.sequences],
+        )
+        .context("cannot read the role's sequence privileges")?;
+    for row in rows {
+        let sequence: &str = row.try_get(0)?;
+        missing.push(format!(
+            "USAGE on sequence {sequence}: GRANT USAGE ON SEQUENCE {sequence} TO {role}"
+        ));
     }
     if !missing.is_empty() {
         bail!(
