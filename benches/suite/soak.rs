@@ -264,23 +264,20 @@ pub fn soak(minutes: u64) -> Value {
         .collect();
 
     // The orders' dictionaries (restaurants with menus, users) under `<prefix>_…` keys.
-    let produced = dishflow_command([
-        "produce",
-        "orders",
-        "--brokers",
-        &brokers(),
-        "--redis-url",
-        &redis_url(),
-        "--id-prefix",
-        &format!("{prefix}_"),
-        "--restaurants",
-        "100",
-        "--users",
-        "2000",
-        "--dictionaries-only",
-    ])
-    .output()
-    .expect("produce dictionaries");
+    let mut args = produce_orders_args(&prefix);
+    args.extend(
+        [
+            "--restaurants",
+            "100",
+            "--users",
+            "2000",
+            "--dictionaries-only",
+        ]
+        .map(String::from),
+    );
+    let produced = dishflow_command(args)
+        .output()
+        .expect("produce dictionaries");
     assert!(
         produced.status.success(),
         "produce orders --dictionaries-only"

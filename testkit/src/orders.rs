@@ -30,20 +30,31 @@ pub const ORDERS_TABLES: [&str; 19] = [
     "cdm.orders_summary",
 ];
 
-/// `dishflow produce orders` of a small data set: `orders` orders with ids `<prefix>_…` to
-/// `<prefix>.orders`, their 20 restaurants and 200 users in the test Redis (seed 7).
-pub fn produce_orders(prefix: &str, orders: &str) {
-    let args = [
+/// The start of a `dishflow produce orders` command line: the test broker and Redis, ids
+/// (and Redis keys) `<prefix>_…`.
+pub fn produce_orders_args(prefix: &str) -> Vec<String> {
+    [
         "produce",
         "orders",
         "--brokers",
         &brokers(),
         "--redis-url",
         &redis_url(),
-        "--topic",
-        &format!("{prefix}.orders"),
         "--id-prefix",
         &format!("{prefix}_"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `dishflow produce orders` of a small data set: `orders` orders to `<prefix>.orders`,
+/// their 20 restaurants and 200 users in the test Redis (seed 7), ids `<prefix>_…`.
+pub fn produce_orders(prefix: &str, orders: &str) {
+    let mut args = produce_orders_args(prefix);
+    let topic = format!("{prefix}.orders");
+    let rest = [
+        "--topic",
+        &topic,
         "--orders",
         orders,
         "--restaurants",
@@ -53,6 +64,7 @@ pub fn produce_orders(prefix: &str, orders: &str) {
         "--seed",
         "7",
     ];
+    args.extend(rest.map(String::from));
     assert_success(&dishflow(args, std::time::Duration::from_secs(60)));
 }
 

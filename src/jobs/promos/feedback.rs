@@ -422,23 +422,20 @@ impl<'a> Event<'a> {
 /// if the key has an insertion at that time, else a retraction.
 fn events(updates: &[(Draft, Time, Diff)]) -> Vec<Event<'_>> {
     let mut events: Vec<Event<'_>> = Vec::with_capacity(updates.len());
-    let mut at_time: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut at_time: HashMap<Key<'_>, usize> = HashMap::new();
     let mut current = None;
     for (draft, time, diff) in updates {
         if current != Some(*time) {
             current = Some(*time);
             at_time.clear();
         }
-        let key = (
-            draft.campaign.adv_campaign_id.as_str(),
-            draft.client_id.as_str(),
-        );
         let event = Event {
             draft,
             time: *time,
             put: *diff > 0,
             forward: false,
         };
+        let key = event.key();
         match at_time.get(&key) {
             // Retractions come first within a time: an insertion of the key replaces it.
             Some(&i) if event.put => events[i] = event,
@@ -607,13 +604,9 @@ fn upsert_rows(
     let mut summary = Summary::default();
     let puts: Vec<usize> = (0..events.len()).filter(|&i| events[i].put).collect();
     let mut chunk: Vec<usize> = Vec::new();
-    let mut keys: HashSet<(&str, &str)> = HashSet::new();
+    let mut keys: HashSet<Key<'_>> = HashSet::new();
     for i in puts {
-        let draft = events[i].draft;
-        let key = (
-            draft.campaign.adv_campaign_id.as_str(),
-            draft.client_id.as_str(),
-        );
+        let key = events[i].key();
         if chunk.len() == CHUNK || keys.contains(&key) {
             write_chunk(tx, upsert, events, &chunk, &mut summary)?;
             chunk.clear();
@@ -659,18 +652,17 @@ fn write_chunk(
         )
         .context("cannot write to public.subscribers_feedback")?;
     // Rows inserted or changed → whether inserted (a new draft, counted in the summary).
-    let mut changed: HashMap<(&str, &str), bool> = HashMap::with_capacity(rows.len());
+    let mut changed: HashMap<Key<'_>, bool> = HashMap::with_capacity(rows.len());
     for row in &rows {
         changed.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
     }
     for (&i, trigger) in chunk.iter().zip(&c.trigger) {
-        let d = events[i].draft;
-        let campaign = d.campaign.adv_campaign_id.as_str();
-        let inserted = changed.get(&(campaign, d.client_id.as_str())).copied();
+        let key = events[i].key();
+        let inserted = changed.get(&key).copied();
         events[i].forward = inserted.is_some();
         if let Some(inserted) = inserted {
-            let restaurant = d.campaign.restaurant_id.as_str();
-            summary.add(campaign, restaurant, i64::from(*trigger), inserted);
+            let restaurant = events[i].draft.campaign.restaurant_id.as_str();
+            summary.add(key.0, restaurant, i64::from(*trigger), inserted);
         }
     }
     Ok(())
