@@ -156,7 +156,8 @@ struct DeliveryLog {
     first_error: Option<String>,
     /// Records the broker refused for what they are (too large, invalid): data errors.
     refused: Vec<Refused>,
-    next_offsets: HashMap<(String, i32), i64>,
+    /// Per topic, per partition.
+    next_offsets: HashMap<String, HashMap<i32, i64>>,
     pending: usize,
     /// Per topic, the metrics counter of acknowledged messages.
     delivered: HashMap<String, prometheus_client::metrics::counter::Counter>,
@@ -218,11 +219,14 @@ impl ProducerContext for Deliveries {
                     counter.inc();
                 }
                 let next = message.offset() + 1;
-                let slot = log
-                    .next_offsets
-                    .entry((message.topic().to_string(), message.partition()))
-                    .or_insert(next);
-                *slot = (*slot).max(next);
+                // Found by the topic's name: no allocation per delivery report.
+                if !log.next_offsets.contains_key(topic) {
+                    log.next_offsets.insert(topic.to_string(), HashMap::new());
+                }
+                if let Some(partitions) = log.next_offsets.get_mut(topic) {
+                    let slot = partitions.entry(message.partition()).or_insert(next);
+                    *slot = (*slot).max(next);
+                }
             }
             Err((error, message)) if refused_record(error) => {
                 log.refused.push(Refused {
@@ -359,7 +363,13 @@ impl Producer {
                  delivered (raise the topic's max.message.bytes to take such records)"
             );
         }
-        Ok(log.next_offsets)
+        let mut next_offsets = HashMap::new();
+        for (topic, partitions) in log.next_offsets {
+            for (partition, next) in partitions {
+                next_offsets.insert((topic.clone(), partition), next);
+            }
+        }
+        Ok(next_offsets)
     }
 
     /// Waits until every queued message has its delivery report, whatever it says.

@@ -27,6 +27,7 @@
 //! process's connection closes and its lock goes with it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -155,7 +156,8 @@ fn unframe(blob: &[u8]) -> Option<Vec<KafkaMessage>> {
 /// A message committed to the outbox, not yet confirmed delivered.
 pub struct Staged {
     seq: i64,
-    topic: String,
+    /// Shared by the messages staged together (one allocation, not one per message).
+    topic: Arc<str>,
     message: KafkaMessage,
 }
 
@@ -279,10 +281,11 @@ impl Outbox {
         )
         .context("cannot write to public.dishflow_outbox")?;
         let mut staged = Vec::with_capacity(messages.len());
+        let topic: Arc<str> = Arc::from(topic);
         for (i, message) in messages.into_iter().enumerate() {
             staged.push(Staged {
                 seq: firsts[i / CHUNK] + (i % CHUNK) as i64,
-                topic: topic.to_string(),
+                topic: Arc::clone(&topic),
                 message,
             });
         }
@@ -303,11 +306,12 @@ impl Outbox {
     /// batch N right after committing it and settles it after committing batch N + 1, so
     /// the deliveries of one batch overlap the next batch's transaction.
     pub fn send(&mut self, staged: &[Staged]) -> Result<()> {
+        let mut seq = itoa::Buffer::new();
         for s in staged {
-            let seq = s.seq.to_string();
+            let seq = seq.format(s.seq).as_bytes();
             let sent = self
                 .producer
-                .send(&s.topic, &s.message, &[(SEQ_HEADER, seq.as_bytes())]);
+                .send(&s.topic, &s.message, &[(SEQ_HEADER, seq)]);
             match sent {
                 Ok(()) => {}
                 // Staged before its topic's limit shrank (`stage` refuses such messages):
@@ -414,7 +418,7 @@ impl Outbox {
             let mut left = Vec::new();
             for row in &rows {
                 let seq: i64 = row.try_get(0)?;
-                let topic: String = row.try_get(1)?;
+                let topic: Arc<str> = Arc::from(row.try_get::<_, &str>(1)?);
                 let value: Option<Vec<u8>> = row.try_get(3)?;
                 let messages = match value.as_deref().and_then(unframe) {
                     Some(messages) => messages,
@@ -428,7 +432,7 @@ impl Outbox {
                 for (i, message) in messages.into_iter().enumerate() {
                     left.push(Staged {
                         seq: seq + i as i64,
-                        topic: topic.clone(),
+                        topic: Arc::clone(&topic),
                         message,
                     });
                 }
@@ -471,7 +475,7 @@ impl Outbox {
     /// The sequence numbers among `left` found in their topics after the writer's marks.
     fn delivered(&self, client: &mut Client, left: &[Staged]) -> Result<HashSet<i64>> {
         let wanted: HashSet<i64> = left.iter().map(|s| s.seq).collect();
-        let topics: BTreeSet<&str> = left.iter().map(|s| s.topic.as_str()).collect();
+        let topics: BTreeSet<&str> = left.iter().map(|s| &*s.topic).collect();
         let mut found = HashSet::new();
         for topic in topics {
             let marks = client.query(

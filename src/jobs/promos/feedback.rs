@@ -42,13 +42,14 @@
 //! constraint of its own) is isolated and dead-lettered by the sink (`sinks::isolate`);
 //! other errors that a retry cannot fix (a permission error) are fatal.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use dataflows::promos::{Campaign, Draft};
 use dataflows::{Diff, Time, secs_to_time, time_to_secs};
+use hashbrown::{HashMap, HashSet};
 use postgres::{Client, Statement, Transaction};
 
 use crate::sinks::kafka::{Encoder, KafkaMessage};
@@ -156,7 +157,7 @@ impl Encoder<Draft> for DraftEncoder {
         Ok(match (diff > 0, self.envelope) {
             (true, _) => Some(KafkaMessage {
                 key,
-                value: Some(serde_json::to_vec(&draft.notification(time))?),
+                value: Some(draft.notification(time).to_json()?),
                 headers: Vec::new(),
             }),
             (false, Envelope::Upsert) => Some(KafkaMessage {
