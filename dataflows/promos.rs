@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 
 pub use crate::decode::Reject;
-use crate::decode::{decode_records, integer, object, string};
+use crate::decode::{decode_records, integer, object, storable, string};
 use crate::{
     DeadLetter, Diff, RawRecord, Replayable, Retained, Retention, Schedule, Time, replay_state,
     secs_to_time,
@@ -170,8 +170,85 @@ impl Notification<'_> {
     }
 }
 
+/// A campaign message whose eight fields are all there with their types: what nearly every
+/// message is, read straight into its fields (no map of JSON values first).
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(borrow)]
+    restaurant_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    adv_campaign_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    adv_campaign_content: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    adv_campaign_owner: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    adv_campaign_owner_contact: std::borrow::Cow<'a, str>,
+    adv_campaign_datetime_start: i64,
+    adv_campaign_datetime_end: i64,
+    datetime_created: i64,
+}
+
+/// The campaign of a well-formed message: a UTF-8 JSON object (not an array, which serde
+/// would also read into a struct) with every field of its type, none twice. `None` for
+/// anything else, which [`parse_campaign`] then reads field by field to say what is wrong.
+fn typed_campaign(value: Option<&[u8]>) -> Option<Campaign> {
+    let text = std::str::from_utf8(value?).ok()?;
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let t: Typed<'_> = serde_json::from_str(text).ok()?;
+    Some(Campaign {
+        restaurant_id: t.restaurant_id.into_owned(),
+        adv_campaign_id: t.adv_campaign_id.into_owned(),
+        adv_campaign_content: t.adv_campaign_content.into_owned(),
+        adv_campaign_owner: t.adv_campaign_owner.into_owned(),
+        adv_campaign_owner_contact: t.adv_campaign_owner_contact.into_owned(),
+        adv_campaign_datetime_start: t.adv_campaign_datetime_start,
+        adv_campaign_datetime_end: t.adv_campaign_datetime_end,
+        datetime_created: t.datetime_created,
+    })
+}
+
 /// Decodes one campaign message value. Unknown extra fields are ignored.
 pub fn parse_campaign(value: Option<&[u8]>) -> Result<Campaign, Reject> {
+    let campaign = match typed_campaign(value) {
+        Some(campaign) => {
+            let strings = [
+                (&campaign.restaurant_id, "restaurant_id"),
+                (&campaign.adv_campaign_id, "adv_campaign_id"),
+                (&campaign.adv_campaign_content, "adv_campaign_content"),
+                (&campaign.adv_campaign_owner, "adv_campaign_owner"),
+                (
+                    &campaign.adv_campaign_owner_contact,
+                    "adv_campaign_owner_contact",
+                ),
+            ];
+            for (text, name) in strings {
+                storable(text, name)?;
+            }
+            campaign
+        }
+        None => parse_fields(value)?,
+    };
+    validate(campaign)
+}
+
+/// The rules across a campaign's fields.
+fn validate(campaign: Campaign) -> Result<Campaign, Reject> {
+    // `trigger_datetime_created` (int4) is at least the start, so the start must fit an int4.
+    if i32::try_from(campaign.adv_campaign_datetime_start).is_err() {
+        return Err(Reject::OutOfRange("adv_campaign_datetime_start"));
+    }
+    if campaign.adv_campaign_datetime_end <= campaign.adv_campaign_datetime_start {
+        return Err(Reject::EndNotAfterStart);
+    }
+    Ok(campaign)
+}
+
+/// Reads a campaign field by field from the message's JSON object: the first field missing,
+/// null or of another type is the rejection.
+fn parse_fields(value: Option<&[u8]>) -> Result<Campaign, Reject> {
     let obj = &object(value)?;
     let campaign = Campaign {
         restaurant_id: string(obj, "restaurant_id", "restaurant_id")?,
@@ -195,13 +272,6 @@ pub fn parse_campaign(value: Option<&[u8]>) -> Result<Campaign, Reject> {
         )?,
         datetime_created: integer(obj, "datetime_created", "datetime_created")?,
     };
-    // `trigger_datetime_created` (int4) is at least the start, so the start must fit an int4.
-    if i32::try_from(campaign.adv_campaign_datetime_start).is_err() {
-        return Err(Reject::OutOfRange("adv_campaign_datetime_start"));
-    }
-    if campaign.adv_campaign_datetime_end <= campaign.adv_campaign_datetime_start {
-        return Err(Reject::EndNotAfterStart);
-    }
     Ok(campaign)
 }
 
@@ -229,7 +299,7 @@ pub fn decode<'s>(
 ) {
     decode_records(raw, move |record| {
         let campaign = parse_campaign(record.value.as_deref())?;
-        if smallest_draft(&campaign) > room {
+        if !fits(&campaign, room) {
             return Err(Reject::TooLarge("draft"));
         }
         Ok(CampaignMessage {
@@ -238,6 +308,22 @@ pub fn decode<'s>(
             offset: record.offset,
         })
     })
+}
+
+/// Whether the campaign's smallest draft takes at most `room` bytes of key and value. Most
+/// campaigns are far smaller than a topic's limit: they are let through by a bound (every
+/// byte of their strings escaped at its longest, `\u00XX`) without encoding them.
+fn fits(campaign: &Campaign, room: usize) -> bool {
+    let strings = [
+        &campaign.restaurant_id,
+        &campaign.adv_campaign_id,
+        &campaign.adv_campaign_content,
+        &campaign.adv_campaign_owner,
+        &campaign.adv_campaign_owner_contact,
+    ];
+    let bytes: usize = strings.iter().map(|s| s.len()).sum();
+    let bound = NOTIFICATION_JSON_FRAME + 6 * bytes + campaign.adv_campaign_id.len() + 1;
+    bound <= room || smallest_draft(campaign) <= room
 }
 
 /// The key and value bytes of the campaign's smallest draft (an empty client id), its
@@ -784,7 +870,61 @@ mod tests {
         assert_eq!(seen.lock().expect("lock").len(), 2);
     }
 
+    /// A campaign field as a message might carry it: its value, another type, null, or
+    /// absent (`None`); strings with escapes, quotes, NUL, non-ASCII.
+    fn any_field(string: bool) -> impl proptest::strategy::Strategy<Value = Option<String>> {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            Just(String::new()),
+            "[a-z0-9-]{1,12}",
+            Just(r"\u0000".to_string()),
+            Just(r#"a\\\"b\n\u00e9\ud83d\ude00"#.to_string()),
+            Just("Зина ☕".to_string()),
+        ];
+        let (strings, numbers) = if string { (8, 1) } else { (1, 8) };
+        prop_oneof![
+            strings => text.prop_map(|t| Some(format!("\"{t}\""))),
+            numbers => crate::arbitrary::number_text().prop_map(Some),
+            1 => crate::arbitrary::field_text().prop_map(Some),
+            1 => Just(None),
+        ]
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        #[test]
+        fn the_typed_reading_decides_as_the_field_by_field_one(
+            strings in proptest::collection::vec(any_field(true), 5),
+            numbers in proptest::collection::vec(any_field(false), 3),
+            duplicate in proptest::option::of(0usize..8),
+            shape in 0usize..4,
+        ) {
+            const NAMES: [&str; 8] = [
+                "restaurant_id", "adv_campaign_id", "adv_campaign_content", "adv_campaign_owner",
+                "adv_campaign_owner_contact", "adv_campaign_datetime_start",
+                "adv_campaign_datetime_end", "datetime_created",
+            ];
+            let fields: Vec<Option<String>> = strings.into_iter().chain(numbers).collect();
+            let mut members: Vec<String> = NAMES
+                .iter()
+                .zip(&fields)
+                .filter_map(|(name, value)| value.as_ref().map(|v| format!("\"{name}\":{v}")))
+                .collect();
+            if let Some(i) = duplicate {
+                members.push(format!("\"{}\":\"again\"", NAMES[i]));
+            }
+            members.push("\"extra\":[1,{\"x\":null}]".to_string());
+            let body = members.join(",");
+            let text = match shape {
+                0 => format!("{{{body}}}"),
+                1 => format!(" \n{{{body}}} "),
+                2 => format!("[{}]", fields.iter().flatten().cloned().collect::<Vec<_>>().join(",")),
+                _ => format!("{{{body}}} x"),
+            };
+            let bytes = Some(text.as_bytes());
+            proptest::prop_assert_eq!(parse_campaign(bytes), parse_fields(bytes).and_then(validate));
+        }
+
         #[test]
         fn any_number_gives_a_campaign_or_a_dead_letter(
             start in crate::arbitrary::number_text(),
@@ -993,6 +1133,17 @@ mod tests {
             draft.key(),
             format!("{}:client-1", draft.campaign.adv_campaign_id)
         );
+    }
+
+    #[test]
+    fn a_campaign_fits_exactly_when_its_smallest_draft_does() {
+        let mut campaign = parse_campaign(Some(VALID.as_bytes())).expect("valid");
+        // Quotes and control characters: escaped, longer than their bytes.
+        campaign.adv_campaign_content = "\"\u{1}\\ \u{1f}".repeat(50);
+        let exact = smallest_draft(&campaign);
+        for room in [exact - 1, exact, exact + 1, exact * 10] {
+            assert_eq!(fits(&campaign, room), exact <= room, "room {room}");
+        }
     }
 
     #[test]
