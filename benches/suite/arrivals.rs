@@ -81,15 +81,24 @@ pub(crate) fn latency_consumer(topic: &str) -> BaseConsumer {
     consumer
 }
 
+/// A producer that sends each message at once, as the latency runs' arrivals need.
 pub(crate) fn latency_producer() -> BaseProducer {
     producer_lingering("0")
 }
 
 /// A producer that waits up to `linger_ms` to batch messages (librdkafka's default is 5).
+/// It is idempotent, as the jobs' own are, which also bounds its requests in flight to 5:
+/// with librdkafka's default (unbounded) a producer at 100/s and more kept dozens of
+/// produce requests in flight, and the local broker (Tansu 0.6) now and then left one
+/// unanswered — librdkafka then waits `socket.timeout.ms` (60 s) and resends everything
+/// behind it, which put a 60 s p99 on every stream that shared the producer (the soak).
 pub(crate) fn producer_lingering(linger_ms: &str) -> BaseProducer {
-    dishflow::kafka::client_config(&kafka(), &[("linger.ms", linger_ms)])
-        .create()
-        .expect("producer")
+    dishflow::kafka::client_config(
+        &kafka(),
+        &[("linger.ms", linger_ms), ("enable.idempotence", "true")],
+    )
+    .create()
+    .expect("producer")
 }
 
 /// Sends `payload` with `key` to `topic`, retrying while the local queue is full.

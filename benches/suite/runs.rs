@@ -1,5 +1,12 @@
-//! Running and measuring processes (wall time, CPU seconds, peak RSS through wait4(2)),
-//! and the series of runs of one engine on one workload.
+//! Running and measuring processes (wall time and CPU seconds through wait4(2), peak RSS
+//! from /proc), and the series of runs of one engine on one workload.
+//!
+//! Why not wait4's `ru_maxrss` for the peak: Linux counts in a child's peak the resident
+//! memory of the parent it was spawned from (exec keeps the larger of the old and the new
+//! memory's high-water marks), so every engine's peak read at least the suite's own RSS —
+//! which holds the ground truths of the checks (a `/bin/true` spawned by a 500 MB process
+//! reports 513 MB). Each process's own high-water mark (`VmHWM` in /proc/PID/status, reset
+//! by exec) is read instead while it runs, for it and every process under it.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -83,7 +90,21 @@ pub(crate) fn try_measure_all(
         .map(|(c, _, _)| c.id() as libc::pid_t)
         .collect();
     let mut failed = Vec::new();
+    let mut polls = 0u64;
+    let mut tree: Vec<u32> = Vec::new();
     while !left.is_empty() {
+        // Every 250 ms: the processes under those measured; every 25 ms: the high-water
+        // marks of all of them so far (what the last interval before an exit adds is not
+        // seen).
+        if polls.is_multiple_of(50) {
+            tree = descendants(&left);
+        }
+        if polls.is_multiple_of(5) {
+            for pid in left.iter().map(|&p| p as u32).chain(tree.iter().copied()) {
+                max_rss_mb = max_rss_mb.max(super::arrivals::usage(pid).1);
+            }
+        }
+        polls += 1;
         let mut ended = Vec::new();
         for &pid in &left {
             let mut status: libc::c_int = 0;
@@ -94,7 +115,6 @@ pub(crate) fn try_measure_all(
             if done == pid {
                 let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
                 cpu_s += secs(usage.ru_utime) + secs(usage.ru_stime);
-                max_rss_mb = max_rss_mb.max(usage.ru_maxrss as f64 / 1024.0);
                 if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
                     failed.push(pid);
                 }
@@ -131,6 +151,39 @@ pub(crate) fn try_measure_all(
         cpu_s,
         max_rss_mb,
     })
+}
+
+/// The processes under `roots` (children, theirs, …), from every process's parent in
+/// /proc/PID/stat.
+fn descendants(roots: &[libc::pid_t]) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // After the command name (which may contain spaces): state, then the parent.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok());
+        if let Some(parent) = parent {
+            parents.push((pid, parent));
+        }
+    }
+    let mut found: Vec<u32> = roots.iter().map(|&p| p as u32).collect();
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    found.split_off(roots.len())
 }
 
 /// Runs one workload, recording how long it took (`suite_s` in its result) and saying so.

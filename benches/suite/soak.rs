@@ -111,19 +111,10 @@ fn steady(rate: u64, stop: &AtomicBool, mut act: impl FnMut(u64)) {
     }
 }
 
-/// [`steady`] with a producer of its own, flushed when `stop` is set. The producer is
-/// idempotent, as the jobs' own are, which also bounds its requests in flight to 5: with
-/// librdkafka's default (unbounded) a producer at 100/s and more kept dozens of produce
-/// requests in flight, and the local broker (Tansu 0.6) now and then left one unanswered —
-/// librdkafka then waits `socket.timeout.ms` (60 s) and resends everything behind it, which
-/// put a 60 s p99 on every stream that shared the producer.
+/// [`steady`] with a producer of its own ([`latency_producer`]: idempotent, no linger),
+/// flushed when `stop` is set.
 fn steady_sends(rate: u64, stop: &AtomicBool, mut act: impl FnMut(u64, &BaseProducer)) {
-    let producer: BaseProducer = dishflow::kafka::client_config(
-        &kafka(),
-        &[("linger.ms", "0"), ("enable.idempotence", "true")],
-    )
-    .create()
-    .expect("producer");
+    let producer = latency_producer();
     steady(rate, stop, |i| act(i, &producer));
     producer.flush(Duration::from_secs(30)).ok();
 }
