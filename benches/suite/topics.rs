@@ -105,8 +105,8 @@ pub(crate) fn pipe(input: &str, output: Option<&str>) {
     }
 }
 
-/// Deletes the topics and databases whose names start with `prefix` — the workload's own
-/// (Tansu keeps every topic in memory); kept with `--keep`.
+/// Deletes the topics, databases and Redis keys whose names start with `prefix` — the
+/// workload's own (Tansu keeps every topic in memory); kept with `--keep`.
 pub(crate) fn clean_up(prefix: &str) {
     if std::env::args().any(|a| a == "--keep") {
         return;
@@ -116,6 +116,9 @@ pub(crate) fn clean_up(prefix: &str) {
     }
     if let Err(e) = drop_databases(prefix) {
         eprintln!("cannot drop the databases of {prefix}: {e}");
+    }
+    if let Err(e) = delete_redis_keys(prefix) {
+        eprintln!("cannot delete the Redis keys of {prefix}: {e}");
     }
 }
 
