@@ -131,18 +131,40 @@ impl Draft {
 
     /// The notification for this draft, which came into existence at logical time `time`.
     pub fn notification(&self, time: Time) -> Notification<'_> {
-        let c = &self.campaign;
+        self.campaign
+            .notification(&self.client_id, crate::time_to_secs(time))
+    }
+}
+
+impl Campaign {
+    /// The campaign's text fields with their names, in the order of the SPEC.
+    pub fn texts(&self) -> [(&str, &'static str); 5] {
+        [
+            (&self.restaurant_id, "restaurant_id"),
+            (&self.adv_campaign_id, "adv_campaign_id"),
+            (&self.adv_campaign_content, "adv_campaign_content"),
+            (&self.adv_campaign_owner, "adv_campaign_owner"),
+            (
+                &self.adv_campaign_owner_contact,
+                "adv_campaign_owner_contact",
+            ),
+        ]
+    }
+
+    /// The notification of this campaign for `client_id`, triggered at unix second
+    /// `trigger`.
+    pub fn notification<'a>(&'a self, client_id: &'a str, trigger: i64) -> Notification<'a> {
         Notification {
-            restaurant_id: &c.restaurant_id,
-            adv_campaign_id: &c.adv_campaign_id,
-            adv_campaign_content: &c.adv_campaign_content,
-            adv_campaign_owner: &c.adv_campaign_owner,
-            adv_campaign_owner_contact: &c.adv_campaign_owner_contact,
-            adv_campaign_datetime_start: c.adv_campaign_datetime_start,
-            adv_campaign_datetime_end: c.adv_campaign_datetime_end,
-            client_id: &self.client_id,
-            datetime_created: c.datetime_created,
-            trigger_datetime_created: crate::time_to_secs(time),
+            restaurant_id: &self.restaurant_id,
+            adv_campaign_id: &self.adv_campaign_id,
+            adv_campaign_content: &self.adv_campaign_content,
+            adv_campaign_owner: &self.adv_campaign_owner,
+            adv_campaign_owner_contact: &self.adv_campaign_owner_contact,
+            adv_campaign_datetime_start: self.adv_campaign_datetime_start,
+            adv_campaign_datetime_end: self.adv_campaign_datetime_end,
+            client_id,
+            datetime_created: self.datetime_created,
+            trigger_datetime_created: trigger,
         }
     }
 }
@@ -214,17 +236,7 @@ fn typed_campaign(value: Option<&[u8]>) -> Option<Campaign> {
 pub fn parse_campaign(value: Option<&[u8]>) -> Result<Campaign, Reject> {
     let campaign = match typed_campaign(value) {
         Some(campaign) => {
-            let strings = [
-                (&campaign.restaurant_id, "restaurant_id"),
-                (&campaign.adv_campaign_id, "adv_campaign_id"),
-                (&campaign.adv_campaign_content, "adv_campaign_content"),
-                (&campaign.adv_campaign_owner, "adv_campaign_owner"),
-                (
-                    &campaign.adv_campaign_owner_contact,
-                    "adv_campaign_owner_contact",
-                ),
-            ];
-            for (text, name) in strings {
+            for (text, name) in campaign.texts() {
                 storable(text, name)?;
             }
             campaign
@@ -314,14 +326,7 @@ pub fn decode<'s>(
 /// campaigns are far smaller than a topic's limit: they are let through by a bound (every
 /// byte of their strings escaped at its longest, `\u00XX`) without encoding them.
 fn fits(campaign: &Campaign, room: usize) -> bool {
-    let strings = [
-        &campaign.restaurant_id,
-        &campaign.adv_campaign_id,
-        &campaign.adv_campaign_content,
-        &campaign.adv_campaign_owner,
-        &campaign.adv_campaign_owner_contact,
-    ];
-    let bytes: usize = strings.iter().map(|s| s.len()).sum();
+    let bytes: usize = campaign.texts().iter().map(|(text, _)| text.len()).sum();
     let bound = NOTIFICATION_JSON_FRAME + 6 * bytes + campaign.adv_campaign_id.len() + 1;
     bound <= room || smallest_draft(campaign) <= room
 }
@@ -329,18 +334,7 @@ fn fits(campaign: &Campaign, room: usize) -> bool {
 /// The key and value bytes of the campaign's smallest draft (an empty client id), its
 /// trigger time given the most digits an int4 has.
 pub fn smallest_draft(campaign: &Campaign) -> usize {
-    let notification = Notification {
-        restaurant_id: &campaign.restaurant_id,
-        adv_campaign_id: &campaign.adv_campaign_id,
-        adv_campaign_content: &campaign.adv_campaign_content,
-        adv_campaign_owner: &campaign.adv_campaign_owner,
-        adv_campaign_owner_contact: &campaign.adv_campaign_owner_contact,
-        adv_campaign_datetime_start: campaign.adv_campaign_datetime_start,
-        adv_campaign_datetime_end: campaign.adv_campaign_datetime_end,
-        client_id: "",
-        datetime_created: campaign.datetime_created,
-        trigger_datetime_created: i64::from(i32::MIN),
-    };
+    let notification = campaign.notification("", i64::from(i32::MIN));
     let value = notification.to_json().map_or(usize::MAX, |v| v.len());
     // The key: `<adv_campaign_id>:`.
     value.saturating_add(campaign.adv_campaign_id.len() + 1)

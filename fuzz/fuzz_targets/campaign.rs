@@ -10,16 +10,7 @@ fuzz_target!(|data: &[u8]| {
         match parse_campaign(value) {
             Err(reject) => check_reject(&reject),
             Ok(campaign) => {
-                for (text, what) in [
-                    (&campaign.restaurant_id, "restaurant_id"),
-                    (&campaign.adv_campaign_id, "adv_campaign_id"),
-                    (&campaign.adv_campaign_content, "adv_campaign_content"),
-                    (&campaign.adv_campaign_owner, "adv_campaign_owner"),
-                    (
-                        &campaign.adv_campaign_owner_contact,
-                        "adv_campaign_owner_contact",
-                    ),
-                ] {
+                for (text, what) in campaign.texts() {
                     check_storable(text, what);
                 }
                 // trigger_datetime_created (int4) is at least the start.

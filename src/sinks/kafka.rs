@@ -219,13 +219,17 @@ impl ProducerContext for Deliveries {
                     counter.inc();
                 }
                 let next = message.offset() + 1;
-                // Found by the topic's name: no allocation per delivery report.
-                if !log.next_offsets.contains_key(topic) {
-                    log.next_offsets.insert(topic.to_string(), HashMap::new());
-                }
-                if let Some(partitions) = log.next_offsets.get_mut(topic) {
-                    let slot = partitions.entry(message.partition()).or_insert(next);
-                    *slot = (*slot).max(next);
+                // Found by the topic's name: a name is copied once, not per report.
+                let partition = message.partition();
+                match log.next_offsets.get_mut(topic) {
+                    Some(partitions) => {
+                        let slot = partitions.entry(partition).or_insert(next);
+                        *slot = (*slot).max(next);
+                    }
+                    None => {
+                        let partitions = HashMap::from([(partition, next)]);
+                        log.next_offsets.insert(topic.to_string(), partitions);
+                    }
                 }
             }
             Err((error, message)) if refused_record(error) => {
