@@ -34,6 +34,7 @@ use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Serialize};
+use smallvec::{SmallVec, smallvec};
 use timely::dataflow::Stream;
 
 pub use crate::decode::Reject;
@@ -46,8 +47,9 @@ use crate::{
 /// A promotion campaign, as published on the promos topic (all eight fields are required).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Campaign {
-    /// Restaurant running the campaign; joins with the subscriptions.
-    pub restaurant_id: String,
+    /// Restaurant running the campaign; joins with the subscriptions. Shared (`Arc<str>`):
+    /// it is the key under which the campaign's updates are arranged for the join.
+    pub restaurant_id: Arc<str>,
     /// Identifies the campaign.
     pub adv_campaign_id: String,
     /// Text of the promotion.
@@ -65,12 +67,16 @@ pub struct Campaign {
 }
 
 /// One row of `subscribers_restaurants`: a client has a restaurant among their favourites.
+///
+/// Its ids are shared (`Arc<str>`): the followed table's rows, the arrangements that keep
+/// the distinct pairs and every draft of the client hold the same two allocations (a copy
+/// per arrangement was most of a large table's memory).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Subscription {
     /// The subscribing client.
-    pub client_id: String,
+    pub client_id: Arc<str>,
     /// The restaurant subscribed to.
-    pub restaurant_id: String,
+    pub restaurant_id: Arc<str>,
 }
 
 /// A notification draft: one campaign for one subscribed client.
@@ -83,8 +89,8 @@ pub struct Subscription {
 pub struct Draft {
     /// The campaign, as valid when the draft exists.
     pub campaign: Arc<Campaign>,
-    /// The client to notify.
-    pub client_id: String,
+    /// The client to notify (shared with the subscription it comes from).
+    pub client_id: Arc<str>,
 }
 
 /// The notification message and feedback row, field for field in the order of the SPEC.
@@ -140,7 +146,7 @@ impl Campaign {
     /// The campaign's text fields with their names, in the order of the SPEC.
     pub fn texts(&self) -> [(&str, &'static str); 5] {
         [
-            (&self.restaurant_id, "restaurant_id"),
+            (&*self.restaurant_id, "restaurant_id"),
             (&self.adv_campaign_id, "adv_campaign_id"),
             (&self.adv_campaign_content, "adv_campaign_content"),
             (&self.adv_campaign_owner, "adv_campaign_owner"),
@@ -221,7 +227,7 @@ fn typed_campaign(value: Option<&[u8]>) -> Option<Campaign> {
     }
     let t: Typed<'_> = serde_json::from_str(text).ok()?;
     Some(Campaign {
-        restaurant_id: t.restaurant_id.into_owned(),
+        restaurant_id: Arc::from(t.restaurant_id.as_ref()),
         adv_campaign_id: t.adv_campaign_id.into_owned(),
         adv_campaign_content: t.adv_campaign_content.into_owned(),
         adv_campaign_owner: t.adv_campaign_owner.into_owned(),
@@ -263,7 +269,7 @@ fn validate(campaign: Campaign) -> Result<Campaign, Reject> {
 fn parse_fields(value: Option<&[u8]>) -> Result<Campaign, Reject> {
     let obj = &object(value)?;
     let campaign = Campaign {
-        restaurant_id: string(obj, "restaurant_id", "restaurant_id")?,
+        restaurant_id: Arc::from(string(obj, "restaurant_id", "restaurant_id")?),
         adv_campaign_id: string(obj, "adv_campaign_id", "adv_campaign_id")?,
         adv_campaign_content: string(obj, "adv_campaign_content", "adv_campaign_content")?,
         adv_campaign_owner: string(obj, "adv_campaign_owner", "adv_campaign_owner")?,
@@ -350,8 +356,8 @@ struct Current {
     /// When every version seen so far has ended: the state can be forgotten then.
     forget_at: Time,
     /// Per partition, the first offset of a version seen: replaying from there rebuilds
-    /// this state.
-    first: Vec<(i32, i64)>,
+    /// this state. Nearly always one partition: kept inline.
+    first: SmallVec<[(i32, i64); 1]>,
 }
 
 impl Current {
@@ -380,10 +386,12 @@ impl Current {
 ///
 /// Memory per remembered campaign is its body (shared with the collection downstream) and
 /// one table entry: the table finds a campaign by the id inside its version in force, so
-/// the id is not stored again as a key.
+/// the id is not stored again as a key. The entries are boxed: the table's slots (a power
+/// of two of them, up to twice the campaigns, and both the old and the new set while it
+/// grows) are then a pointer each, not the whole entry.
 #[derive(Default)]
 pub struct Lifecycle {
-    current: HashTable<Current>,
+    current: HashTable<Box<Current>>,
     hasher: DefaultHashBuilder,
     /// Campaigns (by their id) to look at when the frontier reaches a time (their
     /// `forget_at` when scheduled). The version scheduled is kept until then, even if a
@@ -464,12 +472,12 @@ impl Lifecycle {
                     self.positions.insert(position);
                     self.current.insert_unique(
                         hash(&campaign.adv_campaign_id),
-                        Current {
+                        Box::new(Current {
                             campaign: Arc::clone(&campaign),
                             arrival: (t, position.0, position.1),
                             forget_at: end,
-                            first: vec![position],
-                        },
+                            first: smallvec![position],
+                        }),
                         |c| hash(&c.campaign.adv_campaign_id),
                     );
                     (end, campaign)
@@ -579,7 +587,7 @@ pub fn drafts_and_retention<'s>(
 ) {
     let (campaigns, retention) = campaigns_and_retention(messages);
     let campaigns = campaigns
-        .map(|campaign| (campaign.restaurant_id.clone(), campaign))
+        .map(|campaign| (Arc::clone(&campaign.restaurant_id), campaign))
         .arrange_by_key_named("CampaignsByRestaurant");
     let drafts = subscriptions
         .map(|s| (s.restaurant_id, s.client_id))
@@ -589,7 +597,7 @@ pub fn drafts_and_retention<'s>(
         .join_core(campaigns, |_restaurant, client_id, campaign| {
             Some(Draft {
                 campaign: Arc::clone(campaign),
-                client_id: client_id.clone(),
+                client_id: Arc::clone(client_id),
             })
         });
     (drafts, retention)
@@ -946,7 +954,7 @@ mod tests {
     #[test]
     fn parses_a_valid_campaign_and_ignores_unknown_fields() {
         let c = parse_campaign(Some(VALID.as_bytes())).expect("valid");
-        assert_eq!(c.restaurant_id, "r");
+        assert_eq!(&*c.restaurant_id, "r");
         assert_eq!(
             (c.adv_campaign_datetime_start, c.adv_campaign_datetime_end),
             (10, 20)
@@ -1145,7 +1153,7 @@ mod tests {
         let campaign = Arc::new(parse_campaign(Some(VALID.as_bytes())).expect("valid"));
         let draft = Draft {
             campaign: campaign.clone(),
-            client_id: String::new(),
+            client_id: Arc::from(""),
         };
         let value = serde_json::to_vec(&draft.notification(1_659_304_828_999)).expect("json");
         let exact = value.len() + draft.key().len();

@@ -133,7 +133,7 @@ pub fn uuid_like(n: u64) -> String {
 /// The SPEC's example fields for campaign number `n` of restaurant number `r`.
 fn campaign(n: u64, r: u64, start: i64, end: i64, created: i64) -> Campaign {
     Campaign {
-        restaurant_id: uuid_like(426_614_174_000 + r),
+        restaurant_id: uuid_like(426_614_174_000 + r).into(),
         adv_campaign_id: uuid_like(426_614_174_000 + n),
         adv_campaign_content: if n == 3 {
             "first campaign".to_string()
@@ -459,7 +459,7 @@ mod tests {
         );
         let c = campaign(3, 0, 1, 2, 0);
         assert_eq!(c.adv_campaign_id, "123e4567-e89b-12d3-a456-426614174003");
-        assert_eq!(c.restaurant_id, "123e4567-e89b-12d3-a456-426614174000");
+        assert_eq!(&*c.restaurant_id, "123e4567-e89b-12d3-a456-426614174000");
         assert_eq!(c.adv_campaign_content, "first campaign");
     }
 

@@ -377,7 +377,7 @@ pub fn live_drafts(url: &str) -> Result<Vec<Draft>> {
     let mut campaign: Option<Arc<Campaign>> = None;
     for row in rows {
         let read = Campaign {
-            restaurant_id: row.try_get(0)?,
+            restaurant_id: Arc::from(row.try_get::<_, &str>(0)?),
             adv_campaign_id: row.try_get(1)?,
             adv_campaign_content: row.try_get(2)?,
             adv_campaign_owner: row.try_get(3)?,
@@ -393,7 +393,7 @@ pub fn live_drafts(url: &str) -> Result<Vec<Draft>> {
         };
         drafts.push(Draft {
             campaign: shared.clone(),
-            client_id: row.try_get(8)?,
+            client_id: Arc::from(row.try_get::<_, &str>(8)?),
         });
         campaign = Some(shared);
     }
@@ -414,7 +414,7 @@ impl<'a> Event<'a> {
     fn key(&self) -> Key<'a> {
         (
             self.draft.campaign.adv_campaign_id.as_str(),
-            self.draft.client_id.as_str(),
+            &self.draft.client_id,
         )
     }
 }
@@ -662,7 +662,7 @@ fn write_chunk(
         let inserted = changed.get(&key).copied();
         events[i].forward = inserted.is_some();
         if let Some(inserted) = inserted {
-            let restaurant = events[i].draft.campaign.restaurant_id.as_str();
+            let restaurant = &*events[i].draft.campaign.restaurant_id;
             summary.add(key.0, restaurant, i64::from(*trigger), inserted);
         }
     }

@@ -1,6 +1,8 @@
 //! `public.subscribers_restaurants` as a followed table: its rows are the promos job's
 //! [`Subscription`]s, shared among the workers by `id`.
 
+use std::sync::Arc;
+
 use anyhow::{Result, bail};
 use dataflows::promos::Subscription;
 
@@ -16,8 +18,8 @@ impl FollowedRow for Subscription {
     fn from_columns(values: &[Option<&str>]) -> Result<Self> {
         match values {
             [Some(client_id), Some(restaurant_id)] => Ok(Subscription {
-                client_id: client_id.to_string(),
-                restaurant_id: restaurant_id.to_string(),
+                client_id: Arc::from(*client_id),
+                restaurant_id: Arc::from(*restaurant_id),
             }),
             _ => bail!("{} row with a NULL client_id or restaurant_id", Self::TABLE),
         }
@@ -31,10 +33,7 @@ mod tests {
     #[test]
     fn a_row_is_a_subscription_and_null_columns_are_refused() {
         let row = Subscription::from_columns(&[Some("c1"), Some("r1")]).expect("a row");
-        assert_eq!(
-            (row.client_id.as_str(), row.restaurant_id.as_str()),
-            ("c1", "r1")
-        );
+        assert_eq!((&*row.client_id, &*row.restaurant_id), ("c1", "r1"));
         assert!(Subscription::from_columns(&[Some("c1"), None]).is_err());
     }
 }
