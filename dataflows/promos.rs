@@ -45,25 +45,94 @@ use crate::{
 };
 
 /// A promotion campaign, as published on the promos topic (all eight fields are required).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Every live campaign is kept in the job's state, so it is kept small: the four texts
+/// other than the restaurant are one allocation (read them with [`Campaign::adv_campaign_id`]
+/// and its siblings, or all fields at once with [`Campaign::fields`]; build one from
+/// [`CampaignFields`]). It (de)serializes as the message's JSON object.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Campaign {
     /// Restaurant running the campaign; joins with the subscriptions. Shared (`Arc<str>`):
     /// it is the key under which the campaign's updates are arranged for the join.
     pub restaurant_id: Arc<str>,
-    /// Identifies the campaign.
-    pub adv_campaign_id: String,
-    /// Text of the promotion.
-    pub adv_campaign_content: String,
-    /// Person responsible for the campaign.
-    pub adv_campaign_owner: String,
-    /// Contact of the owner.
-    pub adv_campaign_owner_contact: String,
+    /// `adv_campaign_id`, `adv_campaign_content`, `adv_campaign_owner` and
+    /// `adv_campaign_owner_contact`, one after the other.
+    texts: Box<str>,
+    /// Where the id, the content and the owner end in `texts`.
+    ends: [usize; 3],
     /// Start of validity, unix seconds (inclusive).
     pub adv_campaign_datetime_start: i64,
     /// End of validity, unix seconds (exclusive).
     pub adv_campaign_datetime_end: i64,
     /// When the campaign version was created, unix seconds.
     pub datetime_created: i64,
+}
+
+/// A campaign's fields, borrowed, in the order of the SPEC: what a [`Campaign`] is made
+/// from and read as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CampaignFields<'a> {
+    /// Restaurant running the campaign.
+    pub restaurant_id: &'a str,
+    /// Identifies the campaign.
+    pub adv_campaign_id: &'a str,
+    /// Text of the promotion.
+    pub adv_campaign_content: &'a str,
+    /// Person responsible for the campaign.
+    pub adv_campaign_owner: &'a str,
+    /// Contact of the owner.
+    pub adv_campaign_owner_contact: &'a str,
+    /// Start of validity, unix seconds (inclusive).
+    pub adv_campaign_datetime_start: i64,
+    /// End of validity, unix seconds (exclusive).
+    pub adv_campaign_datetime_end: i64,
+    /// When the campaign version was created, unix seconds.
+    pub datetime_created: i64,
+}
+
+impl From<CampaignFields<'_>> for Campaign {
+    fn from(f: CampaignFields<'_>) -> Self {
+        let parts = [
+            f.adv_campaign_id,
+            f.adv_campaign_content,
+            f.adv_campaign_owner,
+            f.adv_campaign_owner_contact,
+        ];
+        let mut texts = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0; 3];
+        for (i, part) in parts.iter().enumerate() {
+            texts.push_str(part);
+            if let Some(end) = ends.get_mut(i) {
+                *end = texts.len();
+            }
+        }
+        Campaign {
+            restaurant_id: Arc::from(f.restaurant_id),
+            texts: texts.into_boxed_str(),
+            ends,
+            adv_campaign_datetime_start: f.adv_campaign_datetime_start,
+            adv_campaign_datetime_end: f.adv_campaign_datetime_end,
+            datetime_created: f.datetime_created,
+        }
+    }
+}
+
+impl std::fmt::Debug for Campaign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fields().fmt(f)
+    }
+}
+
+impl Serialize for Campaign {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.fields().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Campaign {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Typed::deserialize(deserializer).map(|t| Campaign::from(t.fields()))
+    }
 }
 
 /// One row of `subscribers_restaurants`: a client has a restaurant among their favourites.
@@ -121,7 +190,7 @@ pub struct Notification<'a> {
 impl Draft {
     /// The Kafka key of the draft: `<adv_campaign_id>:<client_id>`.
     pub fn key(&self) -> String {
-        let (campaign, client) = (&self.campaign.adv_campaign_id, &self.client_id);
+        let (campaign, client) = (self.campaign.adv_campaign_id(), &self.client_id);
         let mut key = String::with_capacity(campaign.len() + 1 + client.len());
         key.push_str(campaign);
         key.push(':');
@@ -132,7 +201,7 @@ impl Draft {
     /// A hash of the draft's key (campaign, client): what routes every version of a draft
     /// to one writer.
     pub fn route(&self) -> u64 {
-        (&self.campaign.adv_campaign_id, &self.client_id).hashed()
+        (self.campaign.adv_campaign_id(), &*self.client_id).hashed()
     }
 
     /// The notification for this draft, which came into existence at logical time `time`.
@@ -143,15 +212,49 @@ impl Draft {
 }
 
 impl Campaign {
+    /// Identifies the campaign.
+    pub fn adv_campaign_id(&self) -> &str {
+        &self.texts[..self.ends[0]]
+    }
+
+    /// Text of the promotion.
+    pub fn adv_campaign_content(&self) -> &str {
+        &self.texts[self.ends[0]..self.ends[1]]
+    }
+
+    /// Person responsible for the campaign.
+    pub fn adv_campaign_owner(&self) -> &str {
+        &self.texts[self.ends[1]..self.ends[2]]
+    }
+
+    /// Contact of the owner.
+    pub fn adv_campaign_owner_contact(&self) -> &str {
+        &self.texts[self.ends[2]..]
+    }
+
+    /// All the campaign's fields.
+    pub fn fields(&self) -> CampaignFields<'_> {
+        CampaignFields {
+            restaurant_id: &self.restaurant_id,
+            adv_campaign_id: self.adv_campaign_id(),
+            adv_campaign_content: self.adv_campaign_content(),
+            adv_campaign_owner: self.adv_campaign_owner(),
+            adv_campaign_owner_contact: self.adv_campaign_owner_contact(),
+            adv_campaign_datetime_start: self.adv_campaign_datetime_start,
+            adv_campaign_datetime_end: self.adv_campaign_datetime_end,
+            datetime_created: self.datetime_created,
+        }
+    }
+
     /// The campaign's text fields with their names, in the order of the SPEC.
     pub fn texts(&self) -> [(&str, &'static str); 5] {
         [
             (&*self.restaurant_id, "restaurant_id"),
-            (&self.adv_campaign_id, "adv_campaign_id"),
-            (&self.adv_campaign_content, "adv_campaign_content"),
-            (&self.adv_campaign_owner, "adv_campaign_owner"),
+            (self.adv_campaign_id(), "adv_campaign_id"),
+            (self.adv_campaign_content(), "adv_campaign_content"),
+            (self.adv_campaign_owner(), "adv_campaign_owner"),
             (
-                &self.adv_campaign_owner_contact,
+                self.adv_campaign_owner_contact(),
                 "adv_campaign_owner_contact",
             ),
         ]
@@ -162,10 +265,10 @@ impl Campaign {
     pub fn notification<'a>(&'a self, client_id: &'a str, trigger: i64) -> Notification<'a> {
         Notification {
             restaurant_id: &self.restaurant_id,
-            adv_campaign_id: &self.adv_campaign_id,
-            adv_campaign_content: &self.adv_campaign_content,
-            adv_campaign_owner: &self.adv_campaign_owner,
-            adv_campaign_owner_contact: &self.adv_campaign_owner_contact,
+            adv_campaign_id: self.adv_campaign_id(),
+            adv_campaign_content: self.adv_campaign_content(),
+            adv_campaign_owner: self.adv_campaign_owner(),
+            adv_campaign_owner_contact: self.adv_campaign_owner_contact(),
             adv_campaign_datetime_start: self.adv_campaign_datetime_start,
             adv_campaign_datetime_end: self.adv_campaign_datetime_end,
             client_id,
@@ -217,6 +320,21 @@ struct Typed<'a> {
     datetime_created: i64,
 }
 
+impl Typed<'_> {
+    fn fields(&self) -> CampaignFields<'_> {
+        CampaignFields {
+            restaurant_id: &self.restaurant_id,
+            adv_campaign_id: &self.adv_campaign_id,
+            adv_campaign_content: &self.adv_campaign_content,
+            adv_campaign_owner: &self.adv_campaign_owner,
+            adv_campaign_owner_contact: &self.adv_campaign_owner_contact,
+            adv_campaign_datetime_start: self.adv_campaign_datetime_start,
+            adv_campaign_datetime_end: self.adv_campaign_datetime_end,
+            datetime_created: self.datetime_created,
+        }
+    }
+}
+
 /// The campaign of a well-formed message: a UTF-8 JSON object (not an array, which serde
 /// would also read into a struct) with every field of its type, none twice. `None` for
 /// anything else, which [`parse_campaign`] then reads field by field to say what is wrong.
@@ -226,16 +344,7 @@ fn typed_campaign(value: Option<&[u8]>) -> Option<Campaign> {
         return None;
     }
     let t: Typed<'_> = serde_json::from_str(text).ok()?;
-    Some(Campaign {
-        restaurant_id: Arc::from(t.restaurant_id.as_ref()),
-        adv_campaign_id: t.adv_campaign_id.into_owned(),
-        adv_campaign_content: t.adv_campaign_content.into_owned(),
-        adv_campaign_owner: t.adv_campaign_owner.into_owned(),
-        adv_campaign_owner_contact: t.adv_campaign_owner_contact.into_owned(),
-        adv_campaign_datetime_start: t.adv_campaign_datetime_start,
-        adv_campaign_datetime_end: t.adv_campaign_datetime_end,
-        datetime_created: t.datetime_created,
-    })
+    Some(Campaign::from(t.fields()))
 }
 
 /// Decodes one campaign message value. Unknown extra fields are ignored.
@@ -268,16 +377,22 @@ fn validate(campaign: Campaign) -> Result<Campaign, Reject> {
 /// null or of another type is the rejection.
 fn parse_fields(value: Option<&[u8]>) -> Result<Campaign, Reject> {
     let obj = &object(value)?;
-    let campaign = Campaign {
-        restaurant_id: Arc::from(string(obj, "restaurant_id", "restaurant_id")?),
-        adv_campaign_id: string(obj, "adv_campaign_id", "adv_campaign_id")?,
-        adv_campaign_content: string(obj, "adv_campaign_content", "adv_campaign_content")?,
-        adv_campaign_owner: string(obj, "adv_campaign_owner", "adv_campaign_owner")?,
-        adv_campaign_owner_contact: string(
-            obj,
-            "adv_campaign_owner_contact",
-            "adv_campaign_owner_contact",
-        )?,
+    // In the SPEC's order: the first field that is wrong is the rejection.
+    let restaurant_id = string(obj, "restaurant_id", "restaurant_id")?;
+    let adv_campaign_id = string(obj, "adv_campaign_id", "adv_campaign_id")?;
+    let content = string(obj, "adv_campaign_content", "adv_campaign_content")?;
+    let owner = string(obj, "adv_campaign_owner", "adv_campaign_owner")?;
+    let contact = string(
+        obj,
+        "adv_campaign_owner_contact",
+        "adv_campaign_owner_contact",
+    )?;
+    let fields = CampaignFields {
+        restaurant_id: &restaurant_id,
+        adv_campaign_id: &adv_campaign_id,
+        adv_campaign_content: &content,
+        adv_campaign_owner: &owner,
+        adv_campaign_owner_contact: &contact,
         adv_campaign_datetime_start: integer(
             obj,
             "adv_campaign_datetime_start",
@@ -290,7 +405,7 @@ fn parse_fields(value: Option<&[u8]>) -> Result<Campaign, Reject> {
         )?,
         datetime_created: integer(obj, "datetime_created", "datetime_created")?,
     };
-    Ok(campaign)
+    Ok(Campaign::from(fields))
 }
 
 /// A decoded campaign message with its position in the topic: versions of one campaign are
@@ -333,7 +448,7 @@ pub fn decode<'s>(
 /// byte of their strings escaped at its longest, `\u00XX`) without encoding them.
 fn fits(campaign: &Campaign, room: usize) -> bool {
     let bytes: usize = campaign.texts().iter().map(|(text, _)| text.len()).sum();
-    let bound = NOTIFICATION_JSON_FRAME + 6 * bytes + campaign.adv_campaign_id.len() + 1;
+    let bound = NOTIFICATION_JSON_FRAME + 6 * bytes + campaign.adv_campaign_id().len() + 1;
     bound <= room || smallest_draft(campaign) <= room
 }
 
@@ -343,7 +458,7 @@ pub fn smallest_draft(campaign: &Campaign) -> usize {
     let notification = campaign.notification("", i64::from(i32::MIN));
     let value = notification.to_json().map_or(usize::MAX, |v| v.len());
     // The key: `<adv_campaign_id>:`.
-    value.saturating_add(campaign.adv_campaign_id.len() + 1)
+    value.saturating_add(campaign.adv_campaign_id().len() + 1)
 }
 
 /// The version of one campaign currently in force.
@@ -422,7 +537,7 @@ impl Replayable for Lifecycle {
     type Output = Arc<Campaign>;
 
     fn route(message: &CampaignMessage) -> u64 {
-        message.campaign.adv_campaign_id.hashed()
+        message.campaign.adv_campaign_id().hashed()
     }
 
     fn apply(
@@ -460,10 +575,10 @@ impl Lifecycle {
             let order = order(&message);
             let end = secs_to_time(message.campaign.adv_campaign_datetime_end);
             let position = (message.partition, message.offset);
-            let id = &message.campaign.adv_campaign_id;
+            let id = message.campaign.adv_campaign_id();
             let found = self
                 .current
-                .find_mut(hash(id), |c| c.campaign.adv_campaign_id == *id);
+                .find_mut(hash(id), |c| c.campaign.adv_campaign_id() == id);
             let (forget_at, campaign) = match found {
                 None if end <= t => continue, // ended before it arrived: nothing to remember
                 None => {
@@ -471,14 +586,14 @@ impl Lifecycle {
                     validity(&campaign, t, 1, emit);
                     self.positions.insert(position);
                     self.current.insert_unique(
-                        hash(&campaign.adv_campaign_id),
+                        hash(campaign.adv_campaign_id()),
                         Box::new(Current {
                             campaign: Arc::clone(&campaign),
                             arrival: (t, position.0, position.1),
                             forget_at: end,
                             first: smallvec![position],
                         }),
-                        |c| hash(&c.campaign.adv_campaign_id),
+                        |c| hash(c.campaign.adv_campaign_id()),
                     );
                     (end, campaign)
                 }
@@ -522,9 +637,9 @@ impl Lifecycle {
         let positions = &mut self.positions;
         let hasher = &self.hasher;
         self.expiry.take_until(time, |_, scheduled| {
-            let id = &scheduled.adv_campaign_id;
+            let id = scheduled.adv_campaign_id();
             if let Ok(entry) =
-                current.find_entry(hasher.hash_one(id), |c| c.campaign.adv_campaign_id == *id)
+                current.find_entry(hasher.hash_one(id), |c| c.campaign.adv_campaign_id() == id)
                 && entry.get().forget_at <= time
             {
                 let (gone, _) = entry.remove();
@@ -611,16 +726,16 @@ mod tests {
     use timely::dataflow::operators::{Capture, ToStream};
 
     fn campaign(id: &str, restaurant: &str, start: i64, end: i64) -> Campaign {
-        Campaign {
-            restaurant_id: restaurant.into(),
-            adv_campaign_id: id.into(),
-            adv_campaign_content: "first campaign".into(),
-            adv_campaign_owner: "Ivanov Ivan Ivanovich".into(),
-            adv_campaign_owner_contact: "iiivanov@restaurant.ru".into(),
+        Campaign::from(CampaignFields {
+            restaurant_id: restaurant,
+            adv_campaign_id: id,
+            adv_campaign_content: "first campaign",
+            adv_campaign_owner: "Ivanov Ivan Ivanovich",
+            adv_campaign_owner_contact: "iiivanov@restaurant.ru",
             adv_campaign_datetime_start: start,
             adv_campaign_datetime_end: end,
             datetime_created: 1_659_131_516,
-        }
+        })
     }
 
     fn sub(client: &str, restaurant: &str) -> Subscription {
@@ -661,12 +776,12 @@ mod tests {
     }
 
     fn version(c: &Campaign, created: i64, content: &str, end: i64) -> Campaign {
-        Campaign {
+        Campaign::from(CampaignFields {
             datetime_created: created,
-            adv_campaign_content: content.into(),
+            adv_campaign_content: content,
             adv_campaign_datetime_end: end,
-            ..c.clone()
-        }
+            ..c.fields()
+        })
     }
 
     #[test]
@@ -962,6 +1077,43 @@ mod tests {
     }
 
     #[test]
+    fn a_campaign_reads_back_the_fields_it_was_made_of_and_serializes_as_the_message() {
+        let fields = CampaignFields {
+            restaurant_id: "r",
+            adv_campaign_id: "",
+            adv_campaign_content: "Скидка 10% \"на всё\"",
+            adv_campaign_owner: "",
+            adv_campaign_owner_contact: "o@x",
+            adv_campaign_datetime_start: 1,
+            adv_campaign_datetime_end: 2,
+            datetime_created: 3,
+        };
+        let campaign = Campaign::from(fields);
+        assert_eq!(campaign.fields(), fields);
+        assert_eq!(campaign.adv_campaign_content(), fields.adv_campaign_content);
+        assert_eq!(campaign.adv_campaign_owner_contact(), "o@x");
+        let json = serde_json::to_string(&campaign).expect("json");
+        assert_eq!(
+            json,
+            r#"{"restaurant_id":"r","adv_campaign_id":"","adv_campaign_content":"Скидка 10% \"на всё\"","adv_campaign_owner":"","adv_campaign_owner_contact":"o@x","adv_campaign_datetime_start":1,"adv_campaign_datetime_end":2,"datetime_created":3}"#
+        );
+        let back: Campaign = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, campaign);
+        assert_eq!(parse_campaign(Some(json.as_bytes())), Ok(campaign.clone()));
+        // Where one text ends and the next begins is part of the campaign: "ab" + "c" is
+        // not "a" + "bc".
+        let split = |id, content| {
+            Campaign::from(CampaignFields {
+                adv_campaign_id: id,
+                adv_campaign_content: content,
+                ..fields
+            })
+        };
+        assert_ne!(split("ab", "c"), split("a", "bc"));
+        assert_eq!(split("a", "bc").adv_campaign_content(), "bc");
+    }
+
+    #[test]
     fn rejects_every_class_of_bad_input_with_its_reason() {
         let with = |from: &str, to: &str| VALID.replace(from, to);
         let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
@@ -1133,15 +1285,19 @@ mod tests {
         assert!(json.capacity() >= json.len() && json.capacity() < json.len() + 100);
         assert_eq!(
             draft.key(),
-            format!("{}:client-1", draft.campaign.adv_campaign_id)
+            format!("{}:client-1", draft.campaign.adv_campaign_id())
         );
     }
 
     #[test]
     fn a_campaign_fits_exactly_when_its_smallest_draft_does() {
-        let mut campaign = parse_campaign(Some(VALID.as_bytes())).expect("valid");
+        let valid = parse_campaign(Some(VALID.as_bytes())).expect("valid");
         // Quotes and control characters: escaped, longer than their bytes.
-        campaign.adv_campaign_content = "\"\u{1}\\ \u{1f}".repeat(50);
+        let content = "\"\u{1}\\ \u{1f}".repeat(50);
+        let campaign = Campaign::from(CampaignFields {
+            adv_campaign_content: &content,
+            ..valid.fields()
+        });
         let exact = smallest_draft(&campaign);
         for room in [exact - 1, exact, exact + 1, exact * 10] {
             assert_eq!(fits(&campaign, room), exact <= room, "room {room}");

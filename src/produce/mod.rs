@@ -7,7 +7,7 @@ pub use geo::{ProduceEventsArgs, event_data, events};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use dataflows::promos::Campaign;
+use dataflows::promos::{Campaign, CampaignFields};
 
 use clap::{Args, Subcommand};
 
@@ -132,20 +132,21 @@ pub fn uuid_like(n: u64) -> String {
 
 /// The SPEC's example fields for campaign number `n` of restaurant number `r`.
 fn campaign(n: u64, r: u64, start: i64, end: i64, created: i64) -> Campaign {
-    Campaign {
-        restaurant_id: uuid_like(426_614_174_000 + r).into(),
-        adv_campaign_id: uuid_like(426_614_174_000 + n),
-        adv_campaign_content: if n == 3 {
-            "first campaign".to_string()
-        } else {
-            format!("campaign {n}")
-        },
-        adv_campaign_owner: "Ivanov Ivan Ivanovich".to_string(),
-        adv_campaign_owner_contact: "iiivanov@restaurant.ru".to_string(),
+    let content = if n == 3 {
+        "first campaign".to_string()
+    } else {
+        format!("campaign {n}")
+    };
+    Campaign::from(CampaignFields {
+        restaurant_id: &uuid_like(426_614_174_000 + r),
+        adv_campaign_id: &uuid_like(426_614_174_000 + n),
+        adv_campaign_content: &content,
+        adv_campaign_owner: "Ivanov Ivan Ivanovich",
+        adv_campaign_owner_contact: "iiivanov@restaurant.ru",
         adv_campaign_datetime_start: start,
         adv_campaign_datetime_end: end,
         datetime_created: created,
-    }
+    })
 }
 
 /// Campaigns as JSON values, keyed by campaign id.
@@ -154,7 +155,7 @@ struct CampaignEncoder;
 impl Encoder<Campaign> for CampaignEncoder {
     fn encode(&self, c: &Campaign, _: u64, _: isize) -> Result<Option<KafkaMessage>> {
         Ok(Some(KafkaMessage {
-            key: Some(c.adv_campaign_id.clone().into_bytes()),
+            key: Some(c.adv_campaign_id().as_bytes().to_vec()),
             value: Some(serde_json::to_vec(c)?),
             headers: Vec::new(),
         }))
@@ -458,9 +459,9 @@ mod tests {
             "123e4567-e89b-12d3-a456-426614174000"
         );
         let c = campaign(3, 0, 1, 2, 0);
-        assert_eq!(c.adv_campaign_id, "123e4567-e89b-12d3-a456-426614174003");
+        assert_eq!(c.adv_campaign_id(), "123e4567-e89b-12d3-a456-426614174003");
         assert_eq!(&*c.restaurant_id, "123e4567-e89b-12d3-a456-426614174000");
-        assert_eq!(c.adv_campaign_content, "first campaign");
+        assert_eq!(c.adv_campaign_content(), "first campaign");
     }
 
     #[test]

@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use dataflows::promos::{Campaign, Draft};
+use dataflows::promos::{Campaign, CampaignFields, Draft};
 use dataflows::{Diff, Time, secs_to_time, time_to_secs};
 use hashbrown::{HashMap, HashSet};
 use postgres::{Client, Statement, Transaction};
@@ -376,8 +376,8 @@ pub fn live_drafts(url: &str) -> Result<Vec<Draft>> {
     let mut drafts = Vec::with_capacity(rows.len());
     let mut campaign: Option<Arc<Campaign>> = None;
     for row in rows {
-        let read = Campaign {
-            restaurant_id: Arc::from(row.try_get::<_, &str>(0)?),
+        let read = CampaignFields {
+            restaurant_id: row.try_get(0)?,
             adv_campaign_id: row.try_get(1)?,
             adv_campaign_content: row.try_get(2)?,
             adv_campaign_owner: row.try_get(3)?,
@@ -388,8 +388,8 @@ pub fn live_drafts(url: &str) -> Result<Vec<Draft>> {
         };
         // Rows come by campaign: the drafts of one campaign share it, as the job's do.
         let shared = match campaign.take() {
-            Some(last) if *last == read => last,
-            _ => Arc::new(read),
+            Some(last) if last.fields() == read => last,
+            _ => Arc::new(Campaign::from(read)),
         };
         drafts.push(Draft {
             campaign: shared.clone(),
@@ -412,10 +412,7 @@ struct Event<'a> {
 
 impl<'a> Event<'a> {
     fn key(&self) -> Key<'a> {
-        (
-            self.draft.campaign.adv_campaign_id.as_str(),
-            &self.draft.client_id,
-        )
+        (self.draft.campaign.adv_campaign_id(), &self.draft.client_id)
     }
 }
 
@@ -675,16 +672,16 @@ mod tests {
 
     fn draft(campaign: &str, client: &str, end: i64) -> Draft {
         Draft {
-            campaign: Arc::new(Campaign {
-                restaurant_id: "r".into(),
-                adv_campaign_id: campaign.into(),
-                adv_campaign_content: "c".into(),
-                adv_campaign_owner: "o".into(),
-                adv_campaign_owner_contact: "o@x".into(),
+            campaign: Arc::new(Campaign::from(CampaignFields {
+                restaurant_id: "r",
+                adv_campaign_id: campaign,
+                adv_campaign_content: "c",
+                adv_campaign_owner: "o",
+                adv_campaign_owner_contact: "o@x",
                 adv_campaign_datetime_start: 0,
                 adv_campaign_datetime_end: end,
                 datetime_created: 0,
-            }),
+            })),
             client_id: client.into(),
         }
     }
