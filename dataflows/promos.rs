@@ -92,20 +92,17 @@ pub struct CampaignFields<'a> {
 
 impl From<CampaignFields<'_>> for Campaign {
     fn from(f: CampaignFields<'_>) -> Self {
-        let parts = [
+        let (id, content, owner) = (
             f.adv_campaign_id,
             f.adv_campaign_content,
             f.adv_campaign_owner,
-            f.adv_campaign_owner_contact,
+        );
+        let texts = [id, content, owner, f.adv_campaign_owner_contact].concat();
+        let ends = [
+            id.len(),
+            id.len() + content.len(),
+            id.len() + content.len() + owner.len(),
         ];
-        let mut texts = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0; 3];
-        for (i, part) in parts.iter().enumerate() {
-            texts.push_str(part);
-            if let Some(end) = ends.get_mut(i) {
-                *end = texts.len();
-            }
-        }
         Campaign {
             restaurant_id: Arc::from(f.restaurant_id),
             texts: texts.into_boxed_str(),
@@ -162,7 +159,9 @@ pub struct Draft {
     pub client_id: Arc<str>,
 }
 
-/// The notification message and feedback row, field for field in the order of the SPEC.
+/// The notification message and feedback row, field for field in the order of the SPEC
+/// (a campaign's [`CampaignFields`] with the client between the end and the creation time,
+/// which is why it does not embed them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification<'a> {
     /// See [`Campaign::restaurant_id`].
