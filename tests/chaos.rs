@@ -64,13 +64,18 @@ fn sigkill_at_any_moment_loses_and_duplicates_nothing() {
     dishflow::kafka::ensure_topic(&kafka(), &input, PARTITIONS).expect("topic");
     // Each start picks 1 to 3 Postgres connections per worker (the same in every
     // process): a start with fewer than the last leaves outbox writers behind that it must
-    // deliver first.
+    // deliver first. And the backlog at which a worker writes through all of them: always
+    // (0), whenever a wave of campaigns is being written (500: keys move between
+    // connections while the job is killed), or only for a backlog this test never has.
     let args = promos_args_from(&db, &input, &prefix);
     let mut chaos = Chaos::new(&prefix, processes, seed, move |rng| {
         let mut args = args.clone();
         let connections = 1 + rng.draw() % 3;
+        let backlog = [0, 500, 50_000][rng.draw() as usize % 3];
         args.extend(["--tick-ms", "50", "--feedback-connections"].map(String::from));
         args.push(connections.to_string());
+        args.push("--feedback-backlog".to_string());
+        args.push(backlog.to_string());
         args
     });
     let moments = Moments {

@@ -404,12 +404,9 @@ fn two_workers_and_two_processes_give_the_same_output_as_one() {
     let db2 = database("scale2");
     copy_subscribers(&db1, &db2);
     let out2 = prefix("scale_two");
-    // Two workers, each writing through three connections (sink lanes).
-    run(
-        &db2,
-        &out2,
-        &["--workers", "2", "--feedback-connections", "3"],
-    );
+    // Two workers, each writing through three connections (sink lanes), all in use.
+    let lanes = ["--feedback-connections", "3", "--feedback-backlog", "0"];
+    run(&db2, &out2, &[&["--workers", "2"][..], &lanes].concat());
     assert_eq!(outputs(&db2, &out2), one);
 
     let db3 = database("scale3");

@@ -290,18 +290,15 @@ pub(crate) fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option
         record(series, engine, m, Some(check));
     };
     // Pathway as its users run a backlog: its default commit interval, and as many threads
-    // as the dishflow rows beside it use cores.
+    // as the dishflow rows beside it use cores (dishflow's default writes a backlog through
+    // two Postgres connections).
     let peer = |python: &str, input: &str, out: &str, db: &str, threads: usize| -> Command {
         let mut c = pathway_promos(python, input, out, db);
         c.arg("--static")
             .env("PATHWAY_THREADS", threads.to_string());
         c
     };
-    let pathways: &[(usize, &'static str)] = if w.scaling || !w.pipe_limit {
-        &[(1, PATHWAY_1), (2, PATHWAY_2)]
-    } else {
-        &[(1, PATHWAY_1)]
-    };
+    let pathways: &[(usize, &'static str)] = &[(1, PATHWAY_1), (2, PATHWAY_2)];
     for round in 0..rounds {
         // The fixed cost of a run (start, connect, stop): each engine on an empty topic and
         // an empty subscribers table.
@@ -325,12 +322,13 @@ pub(crate) fn promos_workload(w: &PromosWorkload, rounds: usize, pathway: Option
 
         single(&mut series, "dishflow", &format!("d{round}"), &[]);
         if !w.pipe_limit {
-            // A backlog of fan-out: Postgres inserts in parallel over two connections.
+            // A backlog of fan-out through one Postgres connection (the default writes it
+            // through two).
             single(
                 &mut series,
-                "dishflow, --feedback-connections 2",
+                "dishflow, --feedback-connections 1",
                 &format!("f{round}"),
-                &["--feedback-connections", "2"],
+                &["--feedback-connections", "1"],
             );
         }
 

@@ -38,7 +38,7 @@ use crate::sinks::isolate::Refusals;
 use crate::sinks::kafka::{DeadLetterEncoder, KafkaWriter};
 use crate::sinks::outbox::recover_retired;
 use crate::sinks::rejects::{Rejects, ledger_job};
-use crate::sinks::{SinkWriter, sink};
+use crate::sinks::{SinkWriter, Spread, sink};
 use crate::sources::kafka::{KafkaSourceConfig, kafka_source};
 use crate::sources::snapshot::snapshot;
 use crate::{cluster, kafka};
@@ -304,11 +304,28 @@ impl<'s> Dataflow<'s> {
         D: differential_dataflow::Data + serde::Serialize + Send,
         W: SinkWriter<D>,
     {
+        self.sink_spread(collection, name, writers, key, Spread::default());
+    }
+
+    /// [`Self::sink`], with several `writers` all in use when `spread` says (see
+    /// [`Spread`]).
+    pub fn sink_spread<D, W>(
+        &mut self,
+        collection: VecCollection<'s, Time, D, Diff>,
+        name: &str,
+        writers: Vec<W>,
+        key: Option<fn(&D) -> u64>,
+        spread: Spread,
+    ) where
+        D: differential_dataflow::Data + serde::Serialize + Send,
+        W: SinkWriter<D>,
+    {
         let written = sink(
             collection,
             name,
             writers,
             key,
+            spread,
             Some(self.refusals.clone()),
             &self.lifecycle,
         );
@@ -352,6 +369,7 @@ impl<'s> Dataflow<'s> {
             "RejectedValuesSink",
             vec![self.refusals.rejects.clone()],
             None,
+            Spread::default(),
             None,
             &self.lifecycle,
         );
@@ -379,6 +397,7 @@ impl<'s> Dataflow<'s> {
             "DeadLetterSink",
             vec![writer],
             None,
+            Spread::default(),
             None,
             &self.lifecycle,
         );

@@ -31,11 +31,17 @@
 //! parts are written.
 //!
 //! **Lanes.** A sink with a key may have several writers, each on its own thread (and, for
-//! the Postgres writers, its own connection and transactions): every update goes to the
-//! writer its key's hash picks, so all changes of a key are written by one writer, in time
-//! order, while the writers work in parallel. A time is released once every lane has
-//! written its share. One Postgres connection is bound by one server process; the promos
-//! job's 2M-draft backlog took 45 s with one connection and 35 s with two.
+//! the Postgres writers, its own connection and transactions). While the sink keeps up, the
+//! first writer writes everything: one transaction per batch. Once a backlog waits (at
+//! least [`Spread::wide_at`] complete updates not yet handed to a writer), every update goes
+//! to the writer its key's hash picks and the writers work in parallel; after the backlog
+//! has stayed small for [`Spread::narrow_after`], the first one takes everything again. Each
+//! change of the lanes in use waits until every writer has finished its batch and flushed
+//! (its messages delivered and confirmed), then routes the waiting updates anew: all changes
+//! of a key are written in time order, and what one writer sent of a key is delivered before
+//! another writes it. A time is released once every lane has written its share. One
+//! Postgres connection is bound by one server process: the promos job's 2M-draft backlog
+//! took 34.5 s with one connection and 22.2 s with two (2026-12-07).
 
 pub mod isolate;
 pub mod kafka;
@@ -45,6 +51,7 @@ pub mod rejects;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
+use std::time::Instant;
 
 use anyhow::Result;
 use dataflows::{Diff, Time};
@@ -55,7 +62,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{CapabilitySet, Operator};
 use timely::scheduling::SyncActivator;
-use tracing::info;
+use tracing::{debug, info};
 
 use self::isolate::{Refusals, write_isolating};
 use crate::control::{Control, Lifecycle};
@@ -87,19 +94,31 @@ pub const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200
 /// A batch handed to the writer thread.
 type Batch<D> = Vec<(D, Time, Diff)>;
 
+/// What the operator hands a writer thread.
+enum Job<D> {
+    /// Write these updates.
+    Write(Batch<D>),
+    /// Finish what the writes left in progress now ([`SinkWriter::flush`]): before the
+    /// sink changes how many lanes it writes through.
+    Flush,
+}
+
 /// How a writer thread isolates updates Postgres refuses: the sink's key, and where the
 /// refused updates go (none: a refusal stops the job).
 type Isolation<D> = (Option<fn(&D) -> u64>, Option<Refusals>);
 
-/// The operator's ends of a writer thread: batches to write, outcomes of the writes.
-type WriterThread<D> = (Sender<Batch<D>>, Receiver<Result<()>>);
+/// The operator's ends of a writer thread: jobs to do, outcomes of the jobs.
+type WriterThread<D> = (Sender<Job<D>>, Receiver<Result<()>>);
 
-/// Starts the writer thread of sink `name`: it writes each batch it receives and reports
-/// the outcome, waking the operator; it flushes the writer when idle and when the operator
-/// is gone (the end of the run: the process waits for the thread, see
-/// [`Control::register_thread`]; a failed final flush is fatal).
+/// Starts the writer thread of lane `lane` of sink `name`: it does each job it receives (a
+/// write or a flush) and reports the outcome, waking the operator; it flushes the writer
+/// when idle and when the operator is gone (the end of the run: the process waits for the
+/// thread, see [`Control::register_thread`]; a failed final flush is fatal). The lanes of a
+/// sink share its metrics and its dead letters' identity (a refused update is dead-lettered
+/// once, whichever lane writes it).
 fn writer_thread<D, W>(
     name: &str,
+    lane: Option<usize>,
     mut writer: W,
     (key, refusals): Isolation<D>,
     wake: SyncActivator,
@@ -109,19 +128,32 @@ where
     D: Clone + serde::Serialize + Send + 'static,
     W: SinkWriter<D>,
 {
-    let (batches, batch_rx) = channel::<Batch<D>>();
+    let (jobs, job_rx) = channel::<Job<D>>();
     let (done_tx, done) = channel::<Result<()>>();
     let sink = name.to_string();
     let fatal = control.clone();
     let metrics = crate::metrics::metrics().sink(name);
     writer.delivery_metrics(metrics.clone());
+    let flush = {
+        let metrics = metrics.clone();
+        move |writer: &mut W| -> Result<()> {
+            let started = std::time::Instant::now();
+            let _busy = crate::metrics::metrics().busy_guard();
+            writer.flush()?;
+            metrics.flushed(started.elapsed());
+            Ok(())
+        }
+    };
     let handle = std::thread::Builder::new()
-        .name(format!("sink-{name}"))
+        .name(match lane {
+            Some(lane) => format!("sink-{name}-{lane}"),
+            None => format!("sink-{name}"),
+        })
         .spawn(move || {
             let mut unflushed = false;
             loop {
-                match batch_rx.recv_timeout(IDLE_FLUSH) {
-                    Ok(batch) => {
+                let outcome = match job_rx.recv_timeout(IDLE_FLUSH) {
+                    Ok(Job::Write(batch)) => {
                         let started = std::time::Instant::now();
                         // A write waiting on Postgres or Kafka is not a stall (`stall`).
                         let _busy = crate::metrics::metrics().busy_guard();
@@ -144,35 +176,36 @@ where
                             metrics.written(batch.len(), started.elapsed());
                             metrics.written_at(batch.iter().map(|(_, time, _)| *time));
                         }
-                        let failed = outcome.is_err();
-                        if done_tx.send(outcome).is_err() || failed {
-                            let _ = wake.activate();
-                            return;
-                        }
-                        let _ = wake.activate();
                         unflushed = true;
+                        outcome
                     }
-                    Err(RecvTimeoutError::Timeout) if !unflushed => {}
+                    Ok(Job::Flush) => {
+                        unflushed = false;
+                        flush(&mut writer)
+                    }
+                    Err(RecvTimeoutError::Timeout) if !unflushed => continue,
                     Err(timeout_or_end) => {
-                        let started = std::time::Instant::now();
-                        let busy = crate::metrics::metrics().busy_guard();
-                        let flushed = writer.flush();
-                        drop(busy);
-                        if let Err(error) = flushed {
+                        if let Err(error) = flush(&mut writer) {
                             fatal.fail(error.context(format!("sink {sink}")));
                             return;
                         }
-                        metrics.flushed(started.elapsed());
                         unflushed = false;
                         if timeout_or_end == RecvTimeoutError::Disconnected {
                             return;
                         }
+                        continue;
                     }
+                };
+                let failed = outcome.is_err();
+                if done_tx.send(outcome).is_err() || failed {
+                    let _ = wake.activate();
+                    return;
                 }
+                let _ = wake.activate();
             }
         })?;
     control.register_thread(handle);
-    Ok((batches, done))
+    Ok((jobs, done))
 }
 
 /// A complete time too large for one batch, split by key into parts (each a batch), of
@@ -267,13 +300,70 @@ fn share(key: u64, n: usize, salt: u64) -> usize {
 const LANE_SALT: u64 = 0x6c61_6e65;
 const PART_SALT: u64 = 0x7061_7274;
 
+/// When a sink with several writers (lanes) writes through all of them, and when through
+/// one (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    /// Complete updates waiting for the writers (not yet handed to one) at which every lane
+    /// starts writing.
+    pub wide_at: usize,
+    /// Fewer waiting than this for `narrow_after`, and one lane writes everything again.
+    pub narrow_below: usize,
+    /// See `narrow_below`.
+    pub narrow_after: std::time::Duration,
+}
+
+impl Spread {
+    /// All lanes once `wide_at` complete updates wait (0: always all), one again after
+    /// fewer than a fifth of that have waited for 3 s. A backlog's updates come in bursts
+    /// (as sources pause and resume, see `Control::sinks_behind`): after 1 s, a bounded
+    /// 250k-draft run went back to one lane and to all again a quarter of a second later.
+    pub fn at(wide_at: usize) -> Spread {
+        Spread {
+            wide_at,
+            narrow_below: wide_at / 5,
+            narrow_after: std::time::Duration::from_secs(3),
+        }
+    }
+}
+
+impl Default for Spread {
+    /// All lanes while half a batch waits (the one writer is behind: a backlog), one once
+    /// caught up (one transaction per batch, not one per lane).
+    fn default() -> Self {
+        Spread::at(MAX_BATCH / 2)
+    }
+}
+
+/// A change of the number of lanes in use, to the number it holds: first every lane
+/// finishes its batch (`Draining`), then every lane flushes (`Flushing`: the messages it
+/// sent are confirmed), then the waiting updates are routed anew. A key that moves to
+/// another lane is thereby written there only after everything written of it before is
+/// durable and delivered: its changes stay in order, in the tables and in Kafka, and a
+/// restart's recovery finds them in one writer's outbox at most.
+#[derive(Clone, Copy, Debug)]
+enum Switch {
+    Draining(usize),
+    Flushing(usize),
+}
+
+/// The lane that writes `d` while `spread` lanes are in use.
+fn lane_of<D>(key: Option<fn(&D) -> u64>, d: &D, spread: usize) -> usize {
+    match key {
+        Some(key) if spread > 1 => share(key(d), spread, LANE_SALT),
+        _ => 0,
+    }
+}
+
 /// One writer of a sink and the updates waiting for it.
 struct Lane<D> {
     pending: BTreeMap<Time, Vec<(D, Diff)>>,
     remainder: Option<Remainder<D>>,
     /// The least time of the batch being written, if one is.
     in_flight: Option<Time>,
-    batches: Sender<Batch<D>>,
+    /// Whether the writer is flushing (see [`Job::Flush`]).
+    flushing: bool,
+    jobs: Sender<Job<D>>,
     done: Receiver<Result<()>>,
 }
 
@@ -291,31 +381,62 @@ impl<D> Lane<D> {
                 .map_or(0, |r| r.parts.as_slice().iter().map(Vec::len).sum())
     }
 
-    /// Takes the outcome of the batch in flight if it came (a failed write is an error), and
-    /// hands the writer its next batch (`complete(t)`: whether time t may be written) when
+    /// Whether the writer is doing a job.
+    fn busy(&self) -> bool {
+        self.in_flight.is_some() || self.flushing
+    }
+
+    /// Takes the outcome of the job in progress if it came (a failed one is an error).
+    fn collect(&mut self) -> Result<()> {
+        match self.done.try_recv() {
+            Ok(outcome) => {
+                outcome?;
+                self.in_flight = None;
+                self.flushing = false;
+                Ok(())
+            }
+            Err(TryRecvError::Empty) => Ok(()),
+            Err(TryRecvError::Disconnected) => anyhow::bail!("writer thread ended"),
+        }
+    }
+
+    /// Hands the writer its next batch (`complete(t)`: whether time t may be written) when
     /// it is free.
     fn advance(&mut self, key: Option<fn(&D) -> u64>, complete: impl Fn(Time) -> bool) -> Result<()>
     where
         D: differential_dataflow::Data,
     {
-        match self.done.try_recv() {
-            Ok(outcome) => {
-                outcome?;
-                self.in_flight = None;
-            }
-            Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Disconnected) => anyhow::bail!("writer thread ended"),
-        }
-        if self.in_flight.is_none() {
+        if !self.busy() {
             let batch = next_batch(&mut self.pending, &mut self.remainder, key, complete);
             if let Some(&(_, least, _)) = batch.first() {
-                if self.batches.send(batch).is_err() {
-                    anyhow::bail!("writer thread ended");
-                }
+                self.send(Job::Write(batch))?;
                 self.in_flight = Some(least);
             }
         }
         Ok(())
+    }
+
+    /// Asks the (free) writer to flush.
+    fn flush(&mut self) -> Result<()> {
+        self.send(Job::Flush)?;
+        self.flushing = true;
+        Ok(())
+    }
+
+    fn send(&self, job: Job<D>) -> Result<()> {
+        if self.jobs.send(job).is_err() {
+            anyhow::bail!("writer thread ended");
+        }
+        Ok(())
+    }
+
+    /// Takes every update waiting for this lane, with its time.
+    fn take_waiting(&mut self) -> Vec<(Time, Vec<(D, Diff)>)> {
+        let mut waiting: Vec<_> = std::mem::take(&mut self.pending).into_iter().collect();
+        if let Some(rest) = self.remainder.take() {
+            waiting.extend(rest.parts.map(|part| (rest.time, part)));
+        }
+        waiting
     }
 
     /// The least time this lane has not written.
@@ -327,6 +448,17 @@ impl<D> Lane<D> {
             .chain(held)
             .chain(least_pending)
             .min()
+    }
+}
+
+/// Routes every update waiting for `lanes` anew, for `spread` lanes in use.
+fn reroute<D>(lanes: &mut [Lane<D>], key: Option<fn(&D) -> u64>, spread: usize) {
+    let waiting: Vec<_> = lanes.iter_mut().flat_map(Lane::take_waiting).collect();
+    for (time, updates) in waiting {
+        for (d, r) in updates {
+            let lane = &mut lanes[lane_of(key, &d, spread)];
+            lane.pending.entry(time).or_default().push((d, r));
+        }
     }
 }
 
@@ -352,10 +484,10 @@ where
 /// written (see [`isolate`]); without, such an error stops the job. With `key` (the writers'
 /// identity of a row, hashed), a time with more than [`MAX_BATCH`] updates is written in
 /// several batches, split by key; with several writers (*lanes*, each on its own thread and
-/// connection), every key always goes to the same one, and they write in parallel. The
-/// returned stream carries no data; its frontier says which times are written by every
-/// lane (the sink holds a capability for every time it has not written yet), for progress
-/// tracking.
+/// connection), the first writes everything until a backlog waits, then all write in
+/// parallel, each key through one of them (`spread` says when). The returned stream carries
+/// no data; its frontier says which times are written by every lane (the sink holds a
+/// capability for every time it has not written yet), for progress tracking.
 ///
 /// # Panics
 /// With no writer, or several writers and no key.
@@ -364,6 +496,7 @@ pub fn sink<'s, D, W>(
     name: &str,
     writers: Vec<W>,
     key: Option<fn(&D) -> u64>,
+    spread: Spread,
     refusals: Option<Refusals>,
     lifecycle: &Lifecycle,
 ) -> Stream<'s, Time, Vec<()>>
@@ -382,6 +515,8 @@ where
     let mut buffered = 0usize;
     let mut failed = false;
     let mut capabilities: CapabilitySet<Time> = CapabilitySet::new();
+    // Lanes in use, a change of that under way, and since when few updates have waited.
+    let (mut in_use, mut switch, mut quiet_since) = (1usize, None::<Switch>, None::<Instant>);
     let scope = collection.inner.scope();
     collection
         .inner
@@ -392,18 +527,15 @@ where
                 let wake = scope.worker().sync_activator_for(info.address.to_vec());
                 let mut lanes: Vec<Lane<D>> = Vec::with_capacity(lanes_count);
                 for (i, writer) in writers.into_iter().enumerate() {
-                    let thread = if lanes_count == 1 {
-                        name.clone()
-                    } else {
-                        format!("{name}-{i}")
-                    };
+                    let lane = (lanes_count > 1).then_some(i);
                     let isolation = (key, refusals.clone());
-                    match writer_thread(&thread, writer, isolation, wake.clone(), &control) {
-                        Ok((batches, done)) => lanes.push(Lane {
+                    match writer_thread(&name, lane, writer, isolation, wake.clone(), &control) {
+                        Ok((jobs, done)) => lanes.push(Lane {
                             pending: BTreeMap::new(),
                             remainder: None,
                             in_flight: None,
-                            batches,
+                            flushing: false,
+                            jobs,
                             done,
                         }),
                         Err(error) => {
@@ -416,13 +548,7 @@ where
                 move |(input, frontier), _output| {
                     input.for_each(|capability, data| {
                         for (d, t, r) in data.drain(..) {
-                            let lane = match key {
-                                Some(key) if lanes.len() > 1 => {
-                                    share(key(&d), lanes.len(), LANE_SALT)
-                                }
-                                _ => 0,
-                            };
-                            let Some(lane) = lanes.get_mut(lane) else {
+                            let Some(lane) = lanes.get_mut(lane_of(key, &d, in_use)) else {
                                 continue; // no writer started: the run is failing
                             };
                             if !lane.pending.contains_key(&t) {
@@ -434,18 +560,56 @@ where
                     if failed {
                         return;
                     }
-                    let horizon = completion.horizon();
-                    for lane in &mut lanes {
-                        let advanced = lane.advance(key, |time| {
-                            !frontier.less_equal(&time) && horizon.is_none_or(|h| time <= h)
-                        });
-                        if let Err(error) = advanced {
-                            failed = true;
-                            control.fail(error.context(format!("sink {name}")));
-                            return;
+                    let stepped = (|| -> Result<()> {
+                        for lane in &mut lanes {
+                            lane.collect()?;
                         }
+                        // Only complete updates count: those the writers are behind on.
+                        // (Others wait for the dataflow or the clock; counting them in the
+                        // process's backlog could pause the very sources whose progress
+                        // completes them.)
+                        let complete = |t: Time| !frontier.less_equal(&t);
+                        if switch.is_none() && lanes.len() > 1 {
+                            let waiting = lanes.iter().map(|l| l.backlog(complete)).sum();
+                            switch = next_switch(
+                                &spread,
+                                in_use,
+                                lanes.len(),
+                                waiting,
+                                &mut quiet_since,
+                            );
+                        }
+                        let free = lanes.iter().all(|l| !l.busy());
+                        match switch {
+                            Some(Switch::Draining(to)) if free => {
+                                for lane in &mut lanes {
+                                    lane.flush()?;
+                                }
+                                switch = Some(Switch::Flushing(to));
+                            }
+                            Some(Switch::Flushing(to)) if free => {
+                                reroute(&mut lanes, key, to);
+                                debug!(sink = %name, lanes = to, "lanes in use");
+                                (in_use, switch) = (to, None);
+                            }
+                            _ => {}
+                        }
+                        if switch.is_none() {
+                            let horizon = completion.horizon();
+                            for lane in &mut lanes {
+                                lane.advance(key, |time| {
+                                    !frontier.less_equal(&time) && horizon.is_none_or(|h| time <= h)
+                                })?;
+                            }
+                        }
+                        Ok(())
+                    })();
+                    if let Err(error) = stepped {
+                        failed = true;
+                        control.fail(error.context(format!("sink {name}")));
+                        return;
                     }
-                    let idle = lanes.iter().all(|l| l.in_flight.is_none());
+                    let idle = switch.is_none() && lanes.iter().all(|l| !l.busy());
                     if idle && frontier.is_empty() {
                         let held: usize = lanes
                             .iter_mut()
@@ -464,9 +628,6 @@ where
                             );
                         }
                     }
-                    // Only complete updates count: those the writers are behind on. (Others
-                    // wait for the dataflow or the clock; counting them could pause the
-                    // very sources whose progress completes them.)
                     let backlog = lanes
                         .iter()
                         .map(|l| l.backlog(|t| !frontier.less_equal(&t)))
@@ -480,6 +641,32 @@ where
                 }
             },
         )
+}
+
+/// Whether to change the number of lanes in use (`in_use` of `lanes`), with `waiting`
+/// complete updates not yet handed to a writer; `quiet_since`: since when fewer than
+/// `spread.narrow_below` have waited.
+fn next_switch(
+    spread: &Spread,
+    in_use: usize,
+    lanes: usize,
+    waiting: usize,
+    quiet_since: &mut Option<Instant>,
+) -> Option<Switch> {
+    if waiting >= spread.narrow_below {
+        *quiet_since = None;
+    }
+    if in_use < lanes && waiting >= spread.wide_at {
+        return Some(Switch::Draining(lanes));
+    }
+    if in_use > 1 && waiting < spread.narrow_below {
+        let since = *quiet_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= spread.narrow_after {
+            *quiet_since = None;
+            return Some(Switch::Draining(1));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -566,37 +753,78 @@ mod tests {
         assert_eq!(total, 2 * n as usize + 1);
     }
 
-    /// A writer that records the batches it is given.
-    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<Batch<Rec>>>>);
+    /// What a writer of lane `.0` was asked to do, in the order the writers did it.
+    #[derive(Clone, Debug)]
+    enum Event {
+        Write(Batch<Rec>),
+        Flush,
+    }
+
+    type Log = std::sync::Arc<std::sync::Mutex<Vec<(usize, Event)>>>;
+
+    /// A writer that records what it is asked to do in a log shared by the lanes.
+    struct Recorder(usize, Log);
 
     impl SinkWriter<Rec> for Recorder {
         fn write(&mut self, updates: &[(Rec, Time, Diff)]) -> Result<()> {
-            self.0.lock().expect("recorder").push(updates.to_vec());
+            let event = Event::Write(updates.to_vec());
+            self.1.lock().expect("recorder").push((self.0, event));
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<()> {
+            self.1
+                .lock()
+                .expect("recorder")
+                .push((self.0, Event::Flush));
             Ok(())
         }
     }
 
     #[test]
-    fn lanes_write_all_changes_of_a_key_through_one_writer_in_time_order() {
+    fn lanes_write_all_changes_of_a_key_in_time_order_through_one_lane_until_a_backlog() {
         use differential_dataflow::input::Input;
         use timely::dataflow::operators::Probe;
 
         let (fatal, _outcomes) = channel();
         let control = Control::new(fatal, Default::default());
-        let logs: Vec<std::sync::Arc<std::sync::Mutex<Vec<Batch<Rec>>>>> =
-            (0..3).map(|_| Default::default()).collect();
-        let (keys, times) = (500u64, 4u64);
+        let log: Log = Default::default();
+        // Keys per time: a few (one lane), a backlog (all lanes), a few again (one lane once
+        // caught up), a backlog. Every key gets a new version at every time it is in.
+        let sizes = [50u64, 3000, 50, 3000];
+        let mut version: std::collections::HashMap<u64, Time> = Default::default();
+        let times: Vec<Vec<(Rec, Diff)>> = (0..)
+            .zip(sizes)
+            .map(|(t, size)| {
+                // (k, t) replaces the key's version of the time before, if it had one.
+                let mut updates = Vec::new();
+                for k in 0..size {
+                    updates.push(((k, t), 1));
+                    if let Some(before) = version.insert(k, t) {
+                        updates.push(((k, before), -1));
+                    }
+                }
+                updates
+            })
+            .collect();
+        let expected: usize = times.iter().map(Vec::len).sum();
+        let spread = Spread {
+            wide_at: 1000,
+            narrow_below: 100,
+            narrow_after: std::time::Duration::ZERO,
+        };
         timely::execute_directly({
-            let (logs, control) = (logs.clone(), control.clone());
+            let (log, control) = (log.clone(), control.clone());
             move |worker| {
                 let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
                     let (input, records) = scope.new_collection::<Rec, Diff>();
-                    let writers = logs.iter().map(|log| Recorder(log.clone())).collect();
+                    let writers = (0..3).map(|lane| Recorder(lane, log.clone())).collect();
                     let written = sink(
                         records,
                         "test",
                         writers,
                         Some(|r: &Rec| r.0),
+                        spread,
                         None,
                         &Lifecycle {
                             control: control.clone(),
@@ -607,15 +835,15 @@ mod tests {
                     );
                     (input, written.probe().0)
                 });
-                // Every key gets a new version at every time: (k, t) replaces (k, t - 1).
-                for t in 0..times {
-                    for k in 0..keys {
-                        input.update((k, t), 1);
-                        if t > 0 {
-                            input.update((k, t - 1), -1);
-                        }
+                for (t, updates) in (0..).zip(times) {
+                    for (record, diff) in updates {
+                        input.update(record, diff);
                     }
                     input.advance_to(t + 1);
+                    input.flush();
+                    while probe.less_than(&(t + 1)) {
+                        worker.step();
+                    }
                 }
                 input.close();
                 while !probe.done() {
@@ -624,25 +852,39 @@ mod tests {
             }
         });
         control.join_threads();
-        let mut lane_of = std::collections::HashMap::new();
-        let mut last = std::collections::HashMap::new();
+        let log = log.lock().expect("log");
+        // Per key: the lane and time of its last write, and whether that lane flushed since.
+        let mut last: std::collections::HashMap<u64, (usize, Time, bool)> = Default::default();
+        let mut lanes_of_time: BTreeMap<Time, std::collections::BTreeSet<usize>> = BTreeMap::new();
         let mut total = 0;
-        for (lane, log) in logs.iter().enumerate() {
-            let batches = log.lock().expect("log");
-            assert!(!batches.is_empty(), "lane {lane} wrote nothing");
-            for ((k, v), t, r) in batches.iter().flatten() {
+        for (lane, event) in log.iter() {
+            let Event::Write(batch) = event else {
+                for (l, _, flushed) in last.values_mut() {
+                    *flushed |= l == lane;
+                }
+                continue;
+            };
+            for ((k, v), t, r) in batch {
                 total += 1;
-                assert_eq!(
-                    *lane_of.entry(*k).or_insert(lane),
-                    lane,
-                    "key {k} in two lanes"
-                );
-                assert_eq!(*v, if *r > 0 { *t } else { *t - 1 }, "consolidated");
-                let previous = last.insert((*k, *r), *t);
-                assert!(previous.is_none_or(|p| p < *t), "key {k} out of time order");
+                lanes_of_time.entry(*t).or_default().insert(*lane);
+                if *r > 0 {
+                    assert_eq!(v, t, "consolidated");
+                }
+                if let Some((was, before, flushed)) = last.insert(*k, (*lane, *t, false)) {
+                    assert!(before <= *t, "key {k} out of time order");
+                    assert!(
+                        was == *lane || flushed,
+                        "key {k} moved from lane {was} to {lane} before {was} flushed"
+                    );
+                }
             }
         }
-        assert_eq!(lane_of.len(), keys as usize);
-        assert_eq!(total, keys * (2 * times - 1));
+        let narrow: Vec<usize> = lanes_of_time.values().map(|lanes| lanes.len()).collect();
+        assert_eq!(narrow, [1, 3, 1, 3], "lanes that wrote each time");
+        for t in [0, 2] {
+            let first = std::collections::BTreeSet::from([0]);
+            assert_eq!(lanes_of_time[&t], first, "one lane while caught up");
+        }
+        assert_eq!(total, expected);
     }
 }

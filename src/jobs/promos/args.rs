@@ -87,15 +87,22 @@ pub struct PromosArgs {
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub cdc_poll_ms: u64,
 
-    /// Postgres connections per worker writing drafts (feedback rows and their outbox), each
-    /// with its own transactions and its share of the drafts (by key); every draft key always
-    /// goes through the same one, so its changes stay in order. One connection is bound by
-    /// one Postgres server process: 2 writes a large backlog of drafts about 1.3× faster
-    /// where Postgres has a core to spare, but costs more per draft (twice the commits),
-    /// which at a high steady rate on a small machine adds latency.
-    #[arg(long, env = "DISHFLOW_FEEDBACK_CONNECTIONS", default_value_t = 1,
+    /// The most Postgres connections per worker writing drafts (feedback rows and their
+    /// outbox). While the job keeps up, one writes everything (one transaction per batch:
+    /// the least work per draft, the lowest latency); while a backlog of drafts waits (see
+    /// --feedback-backlog), all of them, each with its own transactions and its share of
+    /// the drafts by key, and one again once the backlog is gone. One connection is bound by
+    /// one Postgres server process: 2 write a large backlog ~1.5× faster where Postgres has
+    /// a core to spare. 1 writes through one connection always.
+    #[arg(long, env = "DISHFLOW_FEEDBACK_CONNECTIONS", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub feedback_connections: u16,
+
+    /// Drafts ready to write and waiting for a connection at which a worker writes through
+    /// all its --feedback-connections; it goes back to one after fewer than a fifth of this
+    /// have waited for 3 s. 0: all connections always.
+    #[arg(long, env = "DISHFLOW_FEEDBACK_BACKLOG", default_value_t = 50_000)]
+    pub feedback_backlog: usize,
 
     /// Timely cluster.
     #[command(flatten)]

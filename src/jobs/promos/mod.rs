@@ -37,9 +37,9 @@ use tracing::info;
 use self::feedback::DraftEncoder;
 use super::kafka_job::KafkaJob;
 use crate::pg;
-use crate::sinks::by_key;
 use crate::sinks::outbox::{Outbox, payload_room, recover_retired};
 use crate::sinks::postgres::TableWriter;
+use crate::sinks::{Spread, by_key};
 
 use self::feedback::{FeedbackBatch, live_drafts};
 use crate::positions;
@@ -102,6 +102,7 @@ pub fn run(args: PromosArgs) -> Result<()> {
         follow: !args.stop_at_end,
         poll: Duration::from_millis(args.cdc_poll_ms),
     };
+    let spread = Spread::at(args.feedback_backlog);
     let open = move |worker: usize| -> Result<Vec<TableWriter<FeedbackBatch<DraftEncoder>>>> {
         (0..connections)
             .map(|lane| {
@@ -133,7 +134,8 @@ pub fn run(args: PromosArgs) -> Result<()> {
         // One worker writes all changes of a notification key, in time order (a
         // replacement that changes the restaurant would otherwise split across workers).
         let drafts = by_key(drafts, promos::Draft::route);
-        dataflow.sink(drafts, "DraftsSink", writers, Some(promos::Draft::route));
+        let route = promos::Draft::route;
+        dataflow.sink_spread(drafts, "DraftsSink", writers, Some(route), spread);
         retention
     })
 }
