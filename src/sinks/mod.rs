@@ -21,10 +21,10 @@
 //! are dead-lettered (see [`isolate`]); any other write error is fatal: it is reported
 //! through [`Control`] and the process exits non-zero instead of silently losing output.
 //!
-//! **Batch size.** A batch holds at most about [`MAX_BATCH`] updates, so that a large output
-//! (a startup backlog: millions of updates at one or a few times) is written as a pipeline
-//! — the writer sends one batch's messages while the next batch's transaction runs — and
-//! the writer's working set stays bounded. Whole times are never split, except for a sink
+//! **Batch size.** A batch holds at most about [`MAX_BATCH`] updates (divided among the
+//! lanes in use, below), so that a large output (a startup backlog: millions of updates at
+//! one or a few times) is written as a pipeline — the writer sends one batch's messages
+//! while the next batch's transaction runs — and the writers' working set stays bounded. Whole times are never split, except for a sink
 //! given a *key* (the writer's identity of a row): then a time with more updates is split by
 //! a hash of the key into parts of about that size, each its own batch, every update of a
 //! key in the same part, retractions before insertions. The time is released once all its
@@ -216,13 +216,14 @@ struct Remainder<D> {
 }
 
 /// Takes the next batch of complete updates, in time order: whole times while the batch has
-/// room; with a `key`, a time with more than [`MAX_BATCH`] updates is split into parts of
-/// about that size by key, and each part is a batch (the rest wait in `remainder`).
-/// `complete(t)`: whether time t may be written.
+/// fewer than `limit` updates; with a `key`, a time with more than `limit` updates is split
+/// into parts of about that size by key, and each part is a batch (the rest wait in
+/// `remainder`). `complete(t)`: whether time t may be written.
 fn next_batch<D: differential_dataflow::Data>(
     pending: &mut BTreeMap<Time, Vec<(D, Diff)>>,
     remainder: &mut Option<Remainder<D>>,
     key: Option<fn(&D) -> u64>,
+    limit: usize,
     complete: impl Fn(Time) -> bool,
 ) -> Batch<D> {
     let mut batch: Batch<D> = Vec::new();
@@ -235,7 +236,7 @@ fn next_batch<D: differential_dataflow::Data>(
             }
             *remainder = None;
         }
-        if batch.len() >= MAX_BATCH {
+        if batch.len() >= limit {
             return batch;
         }
         let Some(entry) = pending.first_entry() else {
@@ -248,10 +249,10 @@ fn next_batch<D: differential_dataflow::Data>(
         let mut updates = entry.remove();
         consolidate(&mut updates);
         match key {
-            Some(key) if updates.len() > MAX_BATCH => {
+            Some(key) if updates.len() > limit => {
                 *remainder = Some(Remainder {
                     time,
-                    parts: split_by_key(updates, key).into_iter(),
+                    parts: split_by_key(updates, key, limit).into_iter(),
                 });
                 if !batch.is_empty() {
                     return batch; // its parts are the next batches
@@ -265,13 +266,17 @@ fn next_batch<D: differential_dataflow::Data>(
     }
 }
 
-/// Splits one time's consolidated `updates` into parts of about [`MAX_BATCH`] by a hash of
-/// their `key`: every update of a key in the same part, retractions first in each part.
+/// Splits one time's consolidated `updates` into parts of about `limit` by a hash of their
+/// `key`: every update of a key in the same part, retractions first in each part.
 /// Within a part the updates keep their (sorted) order: walking them in hash order instead
 /// would read the records' heap data at random (measured: the writer's CPU time doubled at
 /// 2M drafts).
-fn split_by_key<D>(updates: Vec<(D, Diff)>, key: fn(&D) -> u64) -> Vec<Vec<(D, Diff)>> {
-    let count = updates.len().div_ceil(MAX_BATCH);
+fn split_by_key<D>(
+    updates: Vec<(D, Diff)>,
+    key: fn(&D) -> u64,
+    limit: usize,
+) -> Vec<Vec<(D, Diff)>> {
+    let count = updates.len().div_ceil(limit);
     let mut parts: Vec<Vec<(D, Diff)>> = (0..count)
         .map(|_| Vec::with_capacity(updates.len() / count + 1))
         .collect();
@@ -400,14 +405,19 @@ impl<D> Lane<D> {
         }
     }
 
-    /// Hands the writer its next batch (`complete(t)`: whether time t may be written) when
-    /// it is free.
-    fn advance(&mut self, key: Option<fn(&D) -> u64>, complete: impl Fn(Time) -> bool) -> Result<()>
+    /// Hands the writer its next batch of about `limit` updates (`complete(t)`: whether time
+    /// t may be written) when it is free.
+    fn advance(
+        &mut self,
+        key: Option<fn(&D) -> u64>,
+        limit: usize,
+        complete: impl Fn(Time) -> bool,
+    ) -> Result<()>
     where
         D: differential_dataflow::Data,
     {
         if !self.busy() {
-            let batch = next_batch(&mut self.pending, &mut self.remainder, key, complete);
+            let batch = next_batch(&mut self.pending, &mut self.remainder, key, limit, complete);
             if let Some(&(_, least, _)) = batch.first() {
                 self.send(Job::Write(batch))?;
                 self.in_flight = Some(least);
@@ -596,8 +606,11 @@ where
                         }
                         if switch.is_none() {
                             let horizon = completion.horizon();
+                            // The lanes in use share a batch's worth: as much in flight (and
+                            // in memory) as with one.
+                            let limit = MAX_BATCH / in_use;
                             for lane in &mut lanes {
-                                lane.advance(key, |time| {
+                                lane.advance(key, limit, |time| {
                                     !frontier.less_equal(&time) && horizon.is_none_or(|h| time <= h)
                                 })?;
                             }
@@ -688,7 +701,7 @@ mod tests {
         let mut remainder = None;
         let mut out = Vec::new();
         loop {
-            let batch = next_batch(&mut pending, &mut remainder, key, |t| t < until);
+            let batch = next_batch(&mut pending, &mut remainder, key, MAX_BATCH, |t| t < until);
             if batch.is_empty() {
                 assert!(remainder.is_none());
                 return (out, pending);
