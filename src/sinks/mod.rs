@@ -570,15 +570,15 @@ where
                     if failed {
                         return;
                     }
+                    // Only complete updates count as waiting: those the writers are behind
+                    // on. (Others wait for the dataflow or the clock; counting them in the
+                    // process's backlog could pause the very sources whose progress
+                    // completes them.)
+                    let complete = |t: Time| !frontier.less_equal(&t);
                     let stepped = (|| -> Result<()> {
                         for lane in &mut lanes {
                             lane.collect()?;
                         }
-                        // Only complete updates count: those the writers are behind on.
-                        // (Others wait for the dataflow or the clock; counting them in the
-                        // process's backlog could pause the very sources whose progress
-                        // completes them.)
-                        let complete = |t: Time| !frontier.less_equal(&t);
                         if switch.is_none() && lanes.len() > 1 {
                             let waiting = lanes.iter().map(|l| l.backlog(complete)).sum();
                             switch = next_switch(
@@ -611,7 +611,7 @@ where
                             let limit = MAX_BATCH / in_use;
                             for lane in &mut lanes {
                                 lane.advance(key, limit, |time| {
-                                    !frontier.less_equal(&time) && horizon.is_none_or(|h| time <= h)
+                                    complete(time) && horizon.is_none_or(|h| time <= h)
                                 })?;
                             }
                         }
@@ -641,10 +641,7 @@ where
                             );
                         }
                     }
-                    let backlog = lanes
-                        .iter()
-                        .map(|l| l.backlog(|t| !frontier.less_equal(&t)))
-                        .sum();
+                    let backlog = lanes.iter().map(|l| l.backlog(complete)).sum();
                     control.sink_buffered(buffered, backlog);
                     buffered = backlog;
                     match lanes.iter().filter_map(Lane::least).min() {

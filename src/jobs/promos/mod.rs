@@ -133,8 +133,8 @@ pub fn run(args: PromosArgs) -> Result<()> {
         }
         // One worker writes all changes of a notification key, in time order (a
         // replacement that changes the restaurant would otherwise split across workers).
-        let drafts = by_key(drafts, promos::Draft::route);
         let route = promos::Draft::route;
+        let drafts = by_key(drafts, route);
         dataflow.sink_spread(drafts, "DraftsSink", writers, Some(route), spread);
         retention
     })
