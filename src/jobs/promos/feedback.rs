@@ -10,8 +10,7 @@
 //!         INSERT INTO subscribers_feedback (...) SELECT * FROM unnest($1, ..., $10)
 //!         ON CONFLICT (adv_campaign_id, client_id) DO UPDATE SET <campaign columns>
 //!           WHERE <campaign columns differ>
-//!         RETURNING adv_campaign_id, client_id, …     ← rows inserted or changed:
-//!           how many, and which were changed (all of them when some key was a no-op)
+//!         RETURNING adv_campaign_id, client_id, …     ← rows inserted or changed
 //!       --envelope upsert: the batch's keys in dishflow_draft_keys (live or tombstoned)
 //!         → which puts to send again, which retractions to tombstone; their new states
 //!       outbox rows, then the inserted rows counted per campaign and per hour →
@@ -46,7 +45,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::ValueEnum;
 use dataflows::promos::{Campaign, CampaignFields, Draft};
 use dataflows::{Diff, Time, secs_to_time, time_to_secs};
@@ -56,13 +55,7 @@ use postgres::{Client, Statement, Transaction};
 use crate::sinks::kafka::{Encoder, KafkaMessage};
 use crate::sinks::postgres::{CHUNK, TableBatch};
 
-/// Upserts a chunk of feedback rows (distinct keys; `$11`: how many) and reads back which
-/// were written. Every row returned carries `n`, the number written (inserted or changed).
-/// When `n` is the chunk's length, only the changed rows are listed (the others were
-/// inserted); otherwise every row written is. One row of nulls stands for none listed. A
-/// backlog of new drafts thereby reads back one row per statement, not one per draft.
 const UPSERT: &str = "
-WITH written AS (
 INSERT INTO public.subscribers_feedback AS f (
     restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
     adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
@@ -84,10 +77,7 @@ WHERE (f.restaurant_id, f.adv_campaign_content, f.adv_campaign_owner,
       (excluded.restaurant_id, excluded.adv_campaign_content, excluded.adv_campaign_owner,
        excluded.adv_campaign_owner_contact, excluded.adv_campaign_datetime_start,
        excluded.adv_campaign_datetime_end, excluded.datetime_created)
-RETURNING adv_campaign_id, client_id, xmax = 0 AS inserted),
-counted AS (SELECT count(*) AS n FROM written)
-SELECT w.adv_campaign_id, w.client_id, w.inserted, c.n
-FROM counted c LEFT JOIN written w ON NOT w.inserted OR c.n < $11";
+RETURNING adv_campaign_id, client_id, xmax = 0";
 
 /// Adds the drafts whose rows a batch inserted to `mart.promo_campaigns`, and moves a
 /// replaced campaign to its (new) restaurant.
@@ -638,7 +628,6 @@ fn write_chunk(
     chunk: &[usize],
     summary: &mut Summary,
 ) -> Result<()> {
-    let length = i64::try_from(chunk.len())?;
     let mut c = Columns::default();
     for &i in chunk {
         c.push(events[i].draft, events[i].time)?;
@@ -657,30 +646,17 @@ fn write_chunk(
                 &c.created,
                 &c.client_id,
                 &c.trigger,
-                &length,
             ],
         )
         .context("cannot write to public.subscribers_feedback")?;
-    // Rows listed → whether inserted (a new draft, counted in the summary); a row not
-    // listed was inserted when every key was written, else left as it was (see UPSERT).
-    let written: i64 = match rows.first() {
-        Some(row) => row.try_get(3)?,
-        None => bail!("the upsert into public.subscribers_feedback returned no count"),
-    };
-    let unlisted = (written == length).then_some(true);
-    let mut listed: HashMap<Key<'_>, bool> = HashMap::with_capacity(rows.len());
+    // Rows inserted or changed → whether inserted (a new draft, counted in the summary).
+    let mut changed: HashMap<Key<'_>, bool> = HashMap::with_capacity(rows.len());
     for row in &rows {
-        if let Some(campaign) = row.try_get::<_, Option<&str>>(0)? {
-            listed.insert((campaign, row.try_get(1)?), row.try_get(2)?);
-        }
+        changed.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
     }
     for (&i, trigger) in chunk.iter().zip(&c.trigger) {
         let key = events[i].key();
-        let inserted = if listed.is_empty() {
-            unlisted
-        } else {
-            listed.get(&key).copied().or(unlisted)
-        };
+        let inserted = changed.get(&key).copied();
         events[i].forward = inserted.is_some();
         if let Some(inserted) = inserted {
             let restaurant = &*events[i].draft.campaign.restaurant_id;
