@@ -24,11 +24,11 @@
 //! **Batch size.** A batch holds at most about [`MAX_BATCH`] updates (divided among the
 //! lanes in use, below), so that a large output (a startup backlog: millions of updates at
 //! one or a few times) is written as a pipeline — the writer sends one batch's messages
-//! while the next batch's transaction runs — and the writers' working set stays bounded. Whole times are never split, except for a sink
-//! given a *key* (the writer's identity of a row): then a time with more updates is split by
-//! a hash of the key into parts of about that size, each its own batch, every update of a
-//! key in the same part, retractions before insertions. The time is released once all its
-//! parts are written.
+//! while the next batch's transaction runs — and the writers' working set stays bounded.
+//! Whole times are never split, except for a sink given a *key* (the writer's identity of a
+//! row): then a time with more updates is split by a hash of the key into parts of about
+//! that size, each its own batch, every update of a key in the same part, retractions
+//! before insertions. The time is released once all its parts are written.
 //!
 //! **Lanes.** A sink with a key may have several writers, each on its own thread (and, for
 //! the Postgres writers, its own connection and transactions). While the sink keeps up, the
